@@ -1,0 +1,31 @@
+# The two entry points of the README. Each does its whole set-up first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DS_ACCELERATOR ?= cpu
+export DS_BUILD_OPS ?= 0
+
+.PHONY: setup run test lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py requirements-cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel
+	# torch first: DeepSpeed ships only an sdist whose build imports torch.
+	$(PY) -m pip install -q $$(grep -E '^(torch|triton)==' requirements-cpu.txt)
+	$(PY) -m pip install -q --no-build-isolation -r requirements-cpu.txt
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $@
+
+# Main job on the embedded default.
+run: setup
+	$(PY) benchmarks/bench_dpo_loss.py
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) benchmarks/bench_dpo_loss.py

@@ -1,0 +1,1 @@
+"""videogpa.engine: models, objectives, DPO step, distributed training, data, geometry scoring."""

@@ -1,0 +1,46 @@
+"""Test-wide set-up: Triton's interpreter on machines without a GPU, fixture paths, seeding."""
+
+import os
+
+import torch
+
+# Must happen before any @triton.jit function is defined (i.e. before videogpa.kernels is imported):
+# without a GPU every Triton kernel then runs on the CPU through the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fixtures_dir() -> Path:
+    return Path(os.environ.get("VIDEOGPA_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """../shared/fixtures (the authors' reference numbers); CI requires it, elsewhere it may be absent."""
+    path = _fixtures_dir()
+    if not path.is_dir():
+        if os.environ.get("VIDEOGPA_REQUIRE_FIXTURES") == "1":
+            pytest.fail(f"reference fixtures not found at {path} (set VIDEOGPA_FIXTURES)")
+        pytest.skip(f"reference fixtures not found at {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
