@@ -1,0 +1,1 @@
+"""Data formats and sources: synthetic scenes, videos, preference shards (model-family agnostic)."""
