@@ -1,0 +1,160 @@
+"""VGGTConfig: the architecture knobs of VGGT (defaults build VGGT-1B) and their JSON forms."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class VGGTConfig:
+    """Sizes of every VGGT submodule; the defaults are the public VGGT-1B."""
+
+    img_size: int = 518  # side of the square the learned patch-embed position table was trained for
+    patch_size: int = 14
+    embed_dim: int = 1024  # aggregator width (= patch-embed ViT width); heads read 2·embed_dim
+    depth: int = 24  # frame-attention blocks (as many global blocks follow, alternating)
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qk_norm: bool = True
+    rope_freq: float = 100.0
+    init_values: float = 0.01  # LayerScale init of aggregator and camera-trunk blocks
+    patch_embed_depth: int = 24  # DINOv2-style ViT-L/14 with registers
+    patch_embed_num_heads: int = 16
+    patch_embed_init_values: float = 1.0
+    camera_trunk_depth: int = 4
+    camera_num_heads: int = 16
+    camera_iterations: int = 4  # refinement iterations of the camera head
+    dpt_features: int = 256
+    dpt_out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
+    dpt_layers: tuple[int, ...] = (4, 11, 17, 23)  # aggregator outputs the DPT heads read
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dpt_out_channels", tuple(int(c) for c in self.dpt_out_channels))
+        object.__setattr__(self, "dpt_layers", tuple(int(i) for i in self.dpt_layers))
+        checks = [
+            (self.img_size % self.patch_size == 0, "img_size must be a multiple of patch_size"),
+            (self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
+            ((self.embed_dim // self.num_heads) % 4 == 0, "the head width must be a multiple of 4 (2D RoPE)"),
+            (
+                self.embed_dim % self.patch_embed_num_heads == 0,
+                "embed_dim must divide by patch_embed_num_heads",
+            ),
+            (
+                (2 * self.embed_dim) % self.camera_num_heads == 0,
+                "2·embed_dim must divide by camera_num_heads",
+            ),
+            (len(self.dpt_out_channels) == 4, "dpt_out_channels must have 4 entries"),
+            (len(self.dpt_layers) == 4, "dpt_layers must have 4 entries"),
+            (all(0 <= i < self.depth for i in self.dpt_layers), "dpt_layers must index aggregator outputs"),
+            (self.dpt_features % 4 == 0, "dpt_features must be a multiple of 4 (sin-cos position embedding)"),
+            (self.camera_iterations >= 1, "camera_iterations must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"VGGTConfig: {message} (got {self})")
+
+    @property
+    def head_dim_in(self) -> int:
+        """Width of the aggregator outputs: frame and global tokens concatenated."""
+        return 2 * self.embed_dim
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> VGGTConfig:
+        """Build from a (possibly partial) dict of field values; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: a VGGT config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown VGGTConfig keys {unknown}; expected a subset of {sorted(known)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> VGGTConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source}: not valid JSON ({exc})") from exc
+        return cls.from_dict(data, source)
+
+
+def config_from_official_args(construction: dict, source: str = "construction") -> VGGTConfig:
+    """Map the official submodules' constructor arguments (aggregator, patch-embed ViT, heads) to VGGTConfig.
+
+    `construction` has the layout of a fixture's config.json "construction" entry: "aggregator",
+    "patch_embed_vit", "camera_head", "depth_head" and "point_head", each with an "args" dict (and the
+    camera head a "forward_num_iterations"). Arguments VGGT cannot express raise ValueError.
+    """
+    try:
+        agg = construction["aggregator"]["args"]
+        vit = construction["patch_embed_vit"]["args"]
+        cam_entry = construction["camera_head"]
+        cam = cam_entry["args"]
+        heads = {name: construction[name]["args"] for name in ("depth_head", "point_head")}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{source}: missing official constructor entry {exc}") from exc
+    config = VGGTConfig(
+        img_size=agg["img_size"],
+        patch_size=agg["patch_size"],
+        embed_dim=agg["embed_dim"],
+        depth=agg["depth"],
+        num_heads=agg["num_heads"],
+        mlp_ratio=float(agg["mlp_ratio"]),
+        num_register_tokens=agg["num_register_tokens"],
+        qk_norm=agg["qk_norm"],
+        rope_freq=agg["rope_freq"],
+        init_values=agg["init_values"],
+        patch_embed_depth=vit["depth"],
+        patch_embed_num_heads=vit["num_heads"],
+        patch_embed_init_values=vit["init_values"],
+        camera_trunk_depth=cam["trunk_depth"],
+        camera_num_heads=cam["num_heads"],
+        camera_iterations=cam_entry.get("forward_num_iterations", 4),
+        dpt_features=heads["depth_head"]["features"],
+        dpt_out_channels=tuple(heads["depth_head"]["out_channels"]),
+        dpt_layers=tuple(heads["depth_head"]["intermediate_layer_idx"]),
+    )
+    _check_official_args(config, agg, vit, cam, heads, source)
+    return config
+
+
+def _check_official_args(
+    config: VGGTConfig, agg: dict, vit: dict, cam: dict, heads: dict, source: str
+) -> None:
+    """Raise ValueError for official arguments that differ from what VGGT(config) builds."""
+    expected = {
+        "aggregator.aa_order": (agg.get("aa_order", ["frame", "global"]), ["frame", "global"]),
+        "aggregator.aa_block_size": (agg.get("aa_block_size", 1), 1),
+        "patch_embed_vit.embed_dim": (vit["embed_dim"], config.embed_dim),
+        "patch_embed_vit.img_size": (vit.get("img_size", config.img_size), config.img_size),
+        "patch_embed_vit.patch_size": (vit.get("patch_size", config.patch_size), config.patch_size),
+        "patch_embed_vit.mlp_ratio": (float(vit.get("mlp_ratio", config.mlp_ratio)), config.mlp_ratio),
+        "patch_embed_vit.num_register_tokens": (vit["num_register_tokens"], config.num_register_tokens),
+        "camera_head.dim_in": (cam["dim_in"], config.head_dim_in),
+        "camera_head.mlp_ratio": (float(cam.get("mlp_ratio", config.mlp_ratio)), config.mlp_ratio),
+        "camera_head.init_values": (cam.get("init_values", config.init_values), config.init_values),
+    }
+    for name, args in heads.items():
+        expected[f"{name}.dim_in"] = (args["dim_in"], config.head_dim_in)
+        expected[f"{name}.patch_size"] = (args["patch_size"], config.patch_size)
+        expected[f"{name}.features"] = (args["features"], config.dpt_features)
+        expected[f"{name}.out_channels"] = (tuple(args["out_channels"]), config.dpt_out_channels)
+        expected[f"{name}.intermediate_layer_idx"] = (
+            tuple(args["intermediate_layer_idx"]),
+            config.dpt_layers,
+        )
+        expected[f"{name}.down_ratio"] = (args.get("down_ratio", 1), 1)
+    for name, (got, want) in expected.items():
+        if got != want:
+            raise ValueError(f"{source}: {name} = {got!r} cannot be built by VGGT(config); expected {want!r}")
