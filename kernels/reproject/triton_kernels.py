@@ -1,0 +1,107 @@
+"""Triton kernels of the nearest-point reprojection (two launches, deterministic).
+
+1. `zbuffer_kernel`, grid (point blocks,): each program loads its points once and, for every view, projects
+   them and does a 64-bit atomic-min of key = (float bits of z, point index) into zbuf [T·H·W]. z > 0, so
+   the float bits order like the depths; the minimum key is the nearest point, the lowest index on ties —
+   the same result in any execution order.
+2. `resolve_kernel`, grid (T, pixel blocks): decodes the winner of each pixel, quantises its colour
+   (⌊255·c⌋, the authors' uint8 truncation) and writes images and hit, and/or (fused) the per-block sums
+   of (reprojection in [0, 1] − frame)² without storing the images.
+
+Byte floor: read the points (12 B each), write + read the 8-byte z-buffer, gather the winners' colours,
+write the outputs (12 B + 1 B per pixel) or read the frames (12 B per pixel in fp32).
+"""
+
+import triton
+import triton.language as tl
+
+EMPTY_KEY = 9223372036854775807  # int64 max
+
+
+@triton.jit
+def _round_half_even(x):
+    """torch.round for fp32: nearest integer, halves to even."""
+    f = tl.floor(x)
+    d = x - f
+    odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0
+    return f + tl.where((d > 0.5) | ((d == 0.5) & odd), 1.0, 0.0)
+
+
+@triton.jit
+def zbuffer_kernel(
+    points_ptr,
+    intr_ptr,
+    extr_ptr,
+    zbuf_ptr,
+    n_points,
+    n_views,
+    height,
+    width,
+    extr_stride,
+    BLOCK: tl.constexpr,
+):
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < n_points
+    x = tl.load(points_ptr + idx * 3, mask=ok, other=0.0)
+    y = tl.load(points_ptr + idx * 3 + 1, mask=ok, other=0.0)
+    w = tl.load(points_ptr + idx * 3 + 2, mask=ok, other=0.0)
+    n_pixels = height * width
+    zbuf_view = zbuf_ptr  # pointer arithmetic is 64-bit: T·H·W may exceed 2**31
+    e = extr_ptr
+    k = intr_ptr
+    for _ in range(n_views):
+        cx = tl.load(e + 0) * x + tl.load(e + 1) * y + tl.load(e + 2) * w + tl.load(e + 3)
+        cy = tl.load(e + 4) * x + tl.load(e + 5) * y + tl.load(e + 6) * w + tl.load(e + 7)
+        cz = tl.load(e + 8) * x + tl.load(e + 9) * y + tl.load(e + 10) * w + tl.load(e + 11)
+        px = tl.load(k + 0) * cx + tl.load(k + 1) * cy + tl.load(k + 2) * cz
+        py = tl.load(k + 3) * cx + tl.load(k + 4) * cy + tl.load(k + 5) * cz
+        pz = tl.load(k + 6) * cx + tl.load(k + 7) * cy + tl.load(k + 8) * cz
+        denom = pz + 1e-8
+        u = _round_half_even(tl.math.div_rn(px, denom))
+        v = _round_half_even(tl.math.div_rn(py, denom))
+        lands = ok & (pz > 0.0) & (u >= 0.0) & (u < width) & (v >= 0.0) & (v < height)
+        pixel = tl.where(lands, v, 0.0).to(tl.int64) * width + tl.where(lands, u, 0.0).to(tl.int64)
+        key = (tl.where(lands, pz, 1.0).to(tl.int32, bitcast=True).to(tl.int64) << 32) | idx.to(tl.int64)
+        tl.atomic_min(zbuf_view + pixel, key, mask=lands)
+        zbuf_view += n_pixels
+        e += extr_stride
+        k += 9
+
+
+@triton.jit
+def resolve_kernel(
+    zbuf_ptr,
+    colors_ptr,
+    images_ptr,
+    hit_ptr,
+    frames_ptr,
+    partial_ptr,
+    n_pixels,
+    n_blocks,
+    WRITE_IMAGES: tl.constexpr,
+    COMPUTE_ERROR: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    view = tl.program_id(0).to(tl.int64)
+    block = tl.program_id(1)
+    pix = block * BLOCK + tl.arange(0, BLOCK)
+    ok = pix < n_pixels
+    key = tl.load(zbuf_ptr + view * n_pixels + pix, mask=ok, other=EMPTY_KEY)
+    hit = key != EMPTY_KEY
+    winner = tl.where(hit, key & 0xFFFFFFFF, 0)
+    if WRITE_IMAGES:
+        tl.store(hit_ptr + view * n_pixels + pix, hit.to(tl.uint8), mask=ok)
+    err = tl.zeros([BLOCK], dtype=tl.float32)
+    for c in range(3):
+        color = tl.load(colors_ptr + winner * 3 + c, mask=ok & hit, other=0.0).to(tl.float32)
+        level = tl.floor(tl.minimum(tl.maximum(color * 255.0, 0.0), 255.0))
+        value = tl.math.div_rn(level, 255.0) * 2.0 - 1.0
+        out = (view * 3 + c) * n_pixels + pix
+        if WRITE_IMAGES:
+            tl.store(images_ptr + out, value, mask=ok)
+        if COMPUTE_ERROR:
+            frame = tl.load(frames_ptr + out, mask=ok, other=0.0).to(tl.float32)
+            diff = tl.math.div_rn(value + 1.0, 2.0) - frame
+            err += tl.where(ok, diff * diff, 0.0)
+    if COMPUTE_ERROR:
+        tl.store(partial_ptr + view * n_blocks + block, tl.sum(err, axis=0))
