@@ -1,1 +1,11 @@
 """videogpa.kernels: Triton kernels with plain-PyTorch references (a leaf: torch and triton only)."""
+
+from videogpa.kernels.dpo_loss import (
+    LOSS_TYPES,
+    DiffusionDPOLoss,
+    DPOOutput,
+    diffusion_dpo_loss,
+    per_sample_mse,
+)
+
+__all__ = ["LOSS_TYPES", "DPOOutput", "DiffusionDPOLoss", "diffusion_dpo_loss", "per_sample_mse"]

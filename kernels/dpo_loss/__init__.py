@@ -1,0 +1,7 @@
+"""Fused Diffusion-DPO loss: Triton kernels, the plain-PyTorch reference and the public API."""
+
+from videogpa.kernels.dpo_loss.api import DiffusionDPOLoss, diffusion_dpo_loss
+from videogpa.kernels.dpo_loss.output import LOSS_TYPES, DPOOutput
+from videogpa.kernels.dpo_loss.reference import per_sample_mse
+
+__all__ = ["LOSS_TYPES", "DPOOutput", "DiffusionDPOLoss", "diffusion_dpo_loss", "per_sample_mse"]

@@ -1,0 +1,54 @@
+"""Agreement with the authors' Diffusion-DPO loss (../shared/fixtures/dpo_loss_a).
+
+Their loss takes winners and losers as separate tensors; ours takes [w; l] along dim 0. Their logit is
+β·[(r_w - m_w) - (r_l - m_l)] (the same sign as ours); their hinge ignores label smoothing, ours rejects
+it, so hinge cases run with ε = 0. Their reward metrics use the policy errors only.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videogpa.kernels import diffusion_dpo_loss
+
+
+def _cases(fixtures_dir):
+    folder = fixtures_dir / "dpo_loss_a"
+    index = json.loads((folder / "index.json").read_text())
+    return index["cases"], load_file(folder / "dpo_loss.safetensors")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_matches_authors_loss(fixtures_dir, backend):
+    cases, tensors = _cases(fixtures_dir)
+    assert cases, "fixture has no cases"
+    for case in cases:
+        g, name = case["inputs_prefix"], case["name"]
+        beta, loss_type = case["beta"], case["loss_type"]
+        smoothing = case["label_smoothing"] if loss_type == "sigmoid" else 0.0
+        policy = torch.cat([tensors[f"{g}.v_win"], tensors[f"{g}.v_lose"]]).requires_grad_(True)
+        ref = torch.cat([tensors[f"{g}.v_win_ref"], tensors[f"{g}.v_lose_ref"]])
+        target = torch.cat([tensors[f"{g}.v_win_target"], tensors[f"{g}.v_lose_target"]])
+        out = diffusion_dpo_loss(
+            policy, ref, target, beta, loss_type=loss_type, label_smoothing=smoothing, backend=backend
+        )
+        out.loss.backward()
+        exact = case["values_float64_inputs"]
+        atol = 1e-6 + 5e-8 * beta  # β·(difference of MSEs) cancels: fp32 noise grows with β
+        assert out.loss.item() == pytest.approx(exact["loss"], rel=1e-5, abs=atol), name
+        assert out.reward_margin.item() == pytest.approx(exact["reward_margin"], abs=1e-5), name
+        assert -out.policy_err_w.item() == pytest.approx(exact["winner_reward"], abs=1e-5), name
+        assert -out.policy_err_l.item() == pytest.approx(exact["loser_reward"], abs=1e-5), name
+        b = case["B"]
+        authors_accuracy = (out.policy_err[:b] < out.policy_err[b:]).float().mean().item()
+        assert authors_accuracy == pytest.approx(exact["accuracy"]), name
+        # The fixture's logits are float32 debug values: allow for fp32 summation-order noise times β.
+        logits_tol = 1e-6 + 4e-7 * beta
+        torch.testing.assert_close(
+            out.logits, torch.tensor(case["logits"]), rtol=1e-5, atol=logits_tol, msg=name
+        )
+        grad = torch.cat([tensors[f"{name}.grad_v_win"], tensors[f"{name}.grad_v_lose"]])
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(policy.grad, grad, rtol=1e-3, atol=1e-3 * scale + 1e-12, msg=name)
