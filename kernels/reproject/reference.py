@@ -58,8 +58,10 @@ def quantize(colors: torch.Tensor) -> torch.Tensor:
 def resolve(zbuf: torch.Tensor, colors: torch.Tensor):
     """(images [T, 3, H, W] in [−1, 1], hit [T, H, W] bool) from a z-buffer of keys."""
     hit = zbuf != EMPTY_KEY
-    winner = torch.where(hit, zbuf & 0xFFFFFFFF, 0)
-    levels = quantize(colors)[winner] * hit[..., None]  # [T, H, W, 3]; background level 0
+    palette = torch.cat(
+        [quantize(colors), colors.new_zeros(1, 3, dtype=torch.float32)]
+    )  # last row: background
+    levels = palette[torch.where(hit, zbuf & 0xFFFFFFFF, colors.shape[0])]  # [T, H, W, 3]
     images = levels / 255.0 * 2.0 - 1.0
     return images.permute(0, 3, 1, 2).contiguous(), hit
 
