@@ -49,5 +49,9 @@ def test_config_json_round_trip_and_unknown_keys():
     assert VGGTConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="enable_track"):
         VGGTConfig.from_dict({"embed_dim": 64, "enable_track": True}, "x.json")
+    with pytest.raises(ValueError, match="embed_dim must look like 1024"):
+        VGGTConfig.from_dict({"embed_dim": "big"}, "x.json")
+    with pytest.raises(ValueError, match="dpt_layers"):
+        VGGTConfig.from_dict({"dpt_layers": [0, 1, 2, 2.5]}, "x.json")
     with pytest.raises(ValueError, match="not valid JSON"):
         VGGTConfig.from_json("{", "x.json")

@@ -1,6 +1,6 @@
 """VGGT in-tree: the geometry foundation model, weight-compatible with the public VGGT-1B checkpoint."""
 
-from videogpa.engine.geometry.vggt.config import VGGTConfig, config_from_official_args
+from videogpa.engine.geometry.vggt.config import TINY_CONFIG, VGGTConfig, config_from_official_args
 from videogpa.engine.geometry.vggt.geometry_model import VGGTGeometryModel
 from videogpa.engine.geometry.vggt.loading import load_vggt, save_vggt
 from videogpa.engine.geometry.vggt.model import VGGT
@@ -9,6 +9,7 @@ from videogpa.engine.geometry.vggt.preprocess import prepare_video
 from videogpa.engine.geometry.vggt.unproject import depth_to_world_points
 
 __all__ = [
+    "TINY_CONFIG",
     "VGGT",
     "VGGTConfig",
     "VGGTGeometryModel",

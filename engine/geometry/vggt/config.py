@@ -78,6 +78,11 @@ class VGGTConfig:
             raise ValueError(
                 f"{source}: unknown VGGTConfig keys {unknown}; expected a subset of {sorted(known)}"
             )
+        for name, value in data.items():
+            if not _fits(value, getattr(cls, name)):
+                raise ValueError(
+                    f"{source}: VGGTConfig.{name} must look like {getattr(cls, name)!r}, got {value!r}"
+                )
         return cls(**data)
 
     @classmethod
@@ -87,6 +92,17 @@ class VGGTConfig:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{source}: not valid JSON ({exc})") from exc
         return cls.from_dict(data, source)
+
+
+def _fits(value: object, default: object) -> bool:
+    """Whether a JSON value can stand for a field whose default is `default` (bool, int, float, int tuple)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(_fits(v, default[0]) for v in value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, int)
 
 
 def config_from_official_args(construction: dict, source: str = "construction") -> VGGTConfig:
@@ -158,3 +174,19 @@ def _check_official_args(
     for name, (got, want) in expected.items():
         if got != want:
             raise ValueError(f"{source}: {name} = {got!r} cannot be built by VGGT(config); expected {want!r}")
+
+
+# A few-hundred-thousand-parameter VGGT with every code path of the real one: CPU tests, `--small` benchmarks.
+TINY_CONFIG = VGGTConfig(
+    img_size=56,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    patch_embed_depth=1,
+    patch_embed_num_heads=2,
+    camera_trunk_depth=1,
+    camera_num_heads=2,
+    dpt_features=16,
+    dpt_out_channels=(8, 16, 32, 32),
+    dpt_layers=(0, 1, 1, 1),
+)
