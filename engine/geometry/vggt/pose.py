@@ -19,7 +19,7 @@ def quaternion_to_matrix(quat: torch.Tensor) -> torch.Tensor:
 
 def matrix_to_quaternion(rot: torch.Tensor) -> torch.Tensor:
     """Unit quaternions [..., 4] (x, y, z, w) with w ≥ 0 from rotation matrices [..., 3, 3]."""
-    m = rot.unbind(-1)
+    m = rot.unbind(-2)  # rows
     r00, r01, r02 = m[0].unbind(-1)
     r10, r11, r12 = m[1].unbind(-1)
     r20, r21, r22 = m[2].unbind(-1)
