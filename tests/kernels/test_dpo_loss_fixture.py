@@ -15,16 +15,20 @@ from videogpa.kernels import diffusion_dpo_loss
 
 
 def _cases(fixtures_dir):
-    folder = fixtures_dir / "dpo_loss_a"
-    index = json.loads((folder / "index.json").read_text())
-    return index["cases"], load_file(folder / "dpo_loss.safetensors")
+    """Every case of every dpo_loss_* fixture folder, with that folder's tensors."""
+    folders = sorted(fixtures_dir.glob("dpo_loss_*"))
+    assert folders, f"no dpo_loss_* fixture under {fixtures_dir}"
+    for folder in folders:
+        tensors = load_file(folder / "dpo_loss.safetensors")
+        for case in json.loads((folder / "index.json").read_text())["cases"]:
+            yield case, tensors
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_matches_authors_loss(fixtures_dir, backend):
-    cases, tensors = _cases(fixtures_dir)
-    assert cases, "fixture has no cases"
-    for case in cases:
+    n_cases = 0
+    for case, tensors in _cases(fixtures_dir):
+        n_cases += 1
         g, name = case["inputs_prefix"], case["name"]
         beta, loss_type = case["beta"], case["loss_type"]
         smoothing = case["label_smoothing"] if loss_type == "sigmoid" else 0.0
@@ -52,3 +56,4 @@ def test_matches_authors_loss(fixtures_dir, backend):
         grad = torch.cat([tensors[f"{name}.grad_v_win"], tensors[f"{name}.grad_v_lose"]])
         scale = grad.abs().max().item()
         torch.testing.assert_close(policy.grad, grad, rtol=1e-3, atol=1e-3 * scale + 1e-12, msg=name)
+    assert n_cases > 0, "fixture folders hold no cases"
