@@ -1,0 +1,124 @@
+"""Video scoring throughput: VGGT (random weights) + point cloud + reprojection kernel + metrics.
+
+Full size (GPU): the VGGT-1B architecture, T = 10 frames of 518², bf16 autocast trunk and float32 heads
+(as the authors run it), batches of 1 and 4 videos per call. Rows: VGGT alone and the whole score
+(VGGT → depth-confidence-filtered cloud of the point head's world points → nearest-point reprojection
+into every frame → MSE + motion score), in videos/s, with the peak extra GPU memory.
+`--small` runs the tiny config on the CPU in seconds (plumbing, not speed).
+
+    python benchmarks/bench_vggt.py [--small] [--frames 10] [--batches 1,4] [--dtype bf16] [--no-save]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():  # the reprojection kernel can only run through the interpreter on a CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import append_results, extra_memory_bytes, print_table, time_fn  # noqa: E402
+
+from videogpa.engine.geometry import Geometry  # noqa: E402
+from videogpa.engine.geometry.metrics import reprojection_mse  # noqa: E402
+from videogpa.engine.geometry.motion import motion_score  # noqa: E402
+from videogpa.engine.geometry.pointcloud import geometry_point_cloud  # noqa: E402
+from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTConfig  # noqa: E402
+from videogpa.engine.geometry.vggt.geometry_model import resolve_compute_dtype  # noqa: E402
+from videogpa.kernels.reproject import render_point_cloud  # noqa: E402
+
+
+def score(geometry: Geometry, frames: torch.Tensor) -> tuple[float, float]:
+    """(reprojection MSE, motion score) of one reconstructed video."""
+    points, colors = geometry_point_cloud(geometry, frames)
+    rendered, _ = render_point_cloud(
+        points, colors, geometry.intrinsics, geometry.extrinsics, *frames.shape[-2:]
+    )
+    return reprojection_mse(frames, (rendered + 1) / 2), motion_score(geometry.extrinsics)
+
+
+def make_runs(model: VGGT, videos: torch.Tensor, dtype: torch.dtype):
+    """Two callables over a batch of videos: the VGGT forward alone, and forward + scoring of every video."""
+    device = videos.device
+
+    @torch.inference_mode()
+    def forward():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return model(videos)
+
+    def full():
+        out = forward()
+        for i in range(videos.shape[0]):
+            geometry = Geometry(
+                depth=out["depth"][i, ..., 0],
+                depth_conf=out["depth_conf"][i],
+                intrinsics=out["intrinsic"][i],
+                extrinsics=out["extrinsic"][i],
+                world_points=out["world_points"][i],
+                world_points_conf=out["world_points_conf"][i],
+            )
+            score(geometry, videos[i])
+
+    return forward, full
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--small", action="store_true", help="tiny VGGT config (CPU-friendly)")
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--batches", default="1,4", help="videos per call, comma-separated")
+    parser.add_argument(
+        "--dtype", default=None, help="trunk autocast dtype: bf16, fp16, fp32 (default per device)"
+    )
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--no-save", action="store_true", help="do not append rows to benchmarks/results")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = TINY_CONFIG if args.small else VGGTConfig()
+    dtype = resolve_compute_dtype(args.dtype, device)
+    iters = args.iters or (10 if device.type == "cuda" else 2)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = VGGT(config).eval()  # random weights: throughput does not depend on them
+    size = config.img_size
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        videos = torch.rand(batch, args.frames, 3, size, size, device=device)
+        for name, fn in zip(("vggt", "vggt+score"), make_runs(model, videos, dtype)):
+            seconds = time_fn(fn, device, warmup=1 if device.type == "cpu" else 3, iters=iters)
+            rows.append(
+                {
+                    "bench": name,
+                    "config": "tiny" if args.small else "vggt-1b",
+                    "videos_per_call": batch,
+                    "frames": args.frames,
+                    "size": size,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "ms_per_video": 1e3 * seconds / batch,
+                    "videos_per_s": batch / seconds,
+                    "extra_mem_gb": _gb(extra_memory_bytes(fn, device)),
+                }
+            )
+    print_table(
+        rows,
+        ["bench", "config", "videos_per_call", "frames", "size", "dtype", "ms_per_video"]
+        + ["videos_per_s", "extra_mem_gb"],
+    )
+    if not args.no_save:
+        print("appended to", append_results("bench_vggt", rows, device))
+    return rows
+
+
+def _gb(n: int | None) -> float | None:
+    return None if n is None else n / 2**30
+
+
+if __name__ == "__main__":
+    main()

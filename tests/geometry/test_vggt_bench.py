@@ -1,0 +1,22 @@
+"""benchmarks/bench_vggt.py runs end to end at the tiny config and reports sensible rows."""
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vggt.py"
+
+
+def test_small_benchmark_scores_videos():
+    spec = importlib.util.spec_from_file_location("bench_vggt", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--small", "--no-save", "--batches", "1,2", "--frames", "2", "--iters", "1"])
+    assert [(r["bench"], r["videos_per_call"]) for r in rows] == [
+        ("vggt", 1),
+        ("vggt+score", 1),
+        ("vggt", 2),
+        ("vggt+score", 2),
+    ]
+    for row in rows:
+        assert row["videos_per_s"] > 0 and row["config"] == "tiny" and row["frames"] == 2
+        assert abs(row["ms_per_video"] * row["videos_per_s"] - 1e3) < 1e-6 * 1e3
