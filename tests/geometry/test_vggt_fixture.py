@@ -52,6 +52,11 @@ def test_intermediate_tokens_match_the_reference(tiny_cases):
         torch.testing.assert_close(patch_tokens, io["patch_embed.x_norm_patchtokens"], **TOL)
         torch.testing.assert_close(aggregated, io["aggregated_tokens"], **TOL)
         assert model.aggregator.patch_start_idx == meta["patch_start_idx"], name
+        last = len(aggregated) - 1
+        with torch.no_grad():
+            kept = model.aggregator(images, keep={last})
+        assert all(t is None for t in kept[:last])
+        torch.testing.assert_close(kept[last], aggregated[last], rtol=0, atol=0)
 
 
 def test_points_unprojected_from_depth_match_the_reference(tiny_cases):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -51,7 +53,8 @@ class Aggregator(nn.Module):
         per_frame = torch.cat([special[:, :1], special[:, 1:].expand(-1, s - 1, -1, -1)], dim=1)
         return per_frame.expand(b, -1, -1, -1).reshape(b * s, *special.shape[2:]).to(dtype)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, keep: Collection[int] | None = None) -> list[torch.Tensor | None]:
+        """All `depth` outputs, or only those whose index is in `keep` (the others are None, saving memory)."""
         b, s, _, h, w = images.shape
         mean = images.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = images.new_tensor(IMAGENET_STD).view(3, 1, 1)
@@ -64,9 +67,10 @@ class Aggregator(nn.Module):
         frame_rope = rope_tables(positions, c // self.num_heads, self.rope_freq)
         global_rope = tuple(t.repeat(s, 1) for t in frame_rope)
         outputs = []
-        for frame_block, global_block in zip(self.frame_blocks, self.global_blocks):
+        for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
             tokens = frame_block(tokens.reshape(b * s, p, c), frame_rope)
             frame_out = tokens.reshape(b, s, p, c)
             tokens = global_block(tokens.reshape(b, s * p, c), global_rope)
-            outputs.append(torch.cat([frame_out, tokens.reshape(b, s, p, c)], dim=-1))
+            kept = keep is None or i in keep
+            outputs.append(torch.cat([frame_out, tokens.reshape(b, s, p, c)], dim=-1) if kept else None)
         return outputs

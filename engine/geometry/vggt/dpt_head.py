@@ -126,12 +126,12 @@ class DPTHead(nn.Module):
 
     def forward(
         self,
-        tokens: list[torch.Tensor],
+        tokens: list[torch.Tensor | None],
         image_hw: tuple[int, int],
         patch_start_idx: int,
         frames_chunk_size: int = 8,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, s = tokens[0].shape[:2]
+        b, s = tokens[self.layers[0]].shape[:2]
         selected = [tokens[i][:, :, patch_start_idx:].flatten(0, 1) for i in self.layers]  # [B·S, h·w, 2C]
         chunks = [
             self._dense([x[i : i + frames_chunk_size] for x in selected], image_hw)

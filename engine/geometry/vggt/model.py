@@ -34,10 +34,10 @@ class VGGT(nn.Module):
                 f"got {tuple(images.shape)}"
             )
         image_hw = (images.shape[-2], images.shape[-1])
-        tokens = self.aggregator(images)
+        tokens = self.aggregator(images, keep={*self.config.dpt_layers, self.config.depth - 1})
         start = self.aggregator.patch_start_idx
         with torch.autocast(images.device.type, enabled=False):
-            tokens = [t.float() for t in tokens]
+            tokens = [None if t is None else t.float() for t in tokens]
             pose_enc_list = self.camera_head(tokens[-1])
             depth, depth_conf = self.depth_head(tokens, image_hw, start)
             world_points, world_points_conf = self.point_head(tokens, image_hw, start)
