@@ -1,5 +1,6 @@
 """The in-tree VGGT reproduces the authors' tiny VGGT (weights, input, every output) in float32."""
 
+import copy
 import json
 
 import pytest
@@ -79,3 +80,18 @@ def test_image_sizes_that_are_not_patch_multiples_are_rejected(tiny_cases):
     _, _, model, io, _ = tiny_cases[0]
     with pytest.raises(ValueError, match=f"multiples of {model.config.patch_size}"):
         model(io["images"][..., :-1])
+
+
+@pytest.mark.gpu
+def test_cuda_float32_matches_and_bf16_autocast_stays_close(tiny_cases):
+    _, _, model, io, _ = tiny_cases[0]
+    cuda_model = copy.deepcopy(model).to("cuda")
+    images = io["images"].cuda()
+    with torch.no_grad():
+        full = cuda_model(images)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = cuda_model(images)
+    for key in OUTPUTS:
+        torch.testing.assert_close(full[key].cpu(), io[key], rtol=1e-3, atol=1e-3)  # TF32 convolutions
+        assert low[key].dtype == torch.float32  # the heads run in float32
+    torch.testing.assert_close(low["depth"].cpu(), io["depth"], rtol=0.05, atol=0.05)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from videogpa.engine.geometry.vggt import VGGT, VGGTConfig
+from videogpa.engine.geometry.vggt.loading import check_state_dict
 
 
 def test_default_state_dict_equals_the_vggt_1b_manifest(fixtures_dir):
@@ -55,3 +56,32 @@ def test_config_json_round_trip_and_unknown_keys():
         VGGTConfig.from_dict({"dpt_layers": [0, 1, 2, 2.5]}, "x.json")
     with pytest.raises(ValueError, match="not valid JSON"):
         VGGTConfig.from_json("{", "x.json")
+
+
+def manifest_state_dict(manifest):
+    return {e["key"]: torch.empty(e["shape"], device="meta") for e in manifest["keys"]}
+
+
+def test_full_checkpoint_check_drops_exactly_the_track_head(fixtures_dir):
+    manifest = json.loads((fixtures_dir / "vggt_1b_manifest.json").read_text())
+    with torch.device("meta"):
+        model = VGGT()
+    kept = check_state_dict(model, manifest_state_dict(manifest), "manifest")
+    dropped = {e["key"] for e in manifest["keys"]} - set(kept)
+    assert dropped == {e["key"] for e in manifest["keys"] if e["module"] == "track_head"}
+    assert list(kept) == list(model.state_dict())
+
+
+def test_full_checkpoint_check_names_a_missing_and_a_misshaped_key(fixtures_dir):
+    manifest = json.loads((fixtures_dir / "vggt_1b_manifest.json").read_text())
+    with torch.device("meta"):
+        model = VGGT()
+    state = manifest_state_dict(manifest)
+    del state["aggregator.global_blocks.23.ls2.gamma"]
+    state["depth_head.scratch.output_conv2.2.weight"] = torch.empty(3, 32, 1, 1, device="meta")
+    with pytest.raises(ValueError) as info:
+        check_state_dict(model, state, "public.safetensors")
+    assert "missing keys: aggregator.global_blocks.23.ls2.gamma" in str(info.value)
+    assert "depth_head.scratch.output_conv2.2.weight (expected [2, 32, 1, 1], got [3, 32, 1, 1])" in str(
+        info.value
+    )
