@@ -1,0 +1,21 @@
+"""Geometry backends by name: build_geometry_model("oracle" | "vggt", **kwargs)."""
+
+from __future__ import annotations
+
+import importlib
+
+from videogpa.engine.geometry.base import GeometryModel
+
+# name -> (module, class); modules are imported only when that backend is built.
+BACKENDS = {
+    "oracle": ("videogpa.engine.geometry.oracle", "OracleGeometryModel"),
+    "vggt": ("videogpa.engine.geometry.vggt", "VGGTGeometryModel"),
+}
+
+
+def build_geometry_model(name: str, **kwargs) -> GeometryModel:
+    """oracle: geometry= or geometry_path=; vggt: weights_path=, device=, dtype=."""
+    if name not in BACKENDS:
+        raise ValueError(f"geometry backend must be one of {sorted(BACKENDS)}, got {name!r}")
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)(**kwargs)

@@ -1,0 +1,92 @@
+"""Score one video's 3D consistency from a reconstruction: cloud -> reprojection -> metrics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from videogpa.engine.geometry.base import Geometry
+from videogpa.engine.geometry.metrics import SSIM_WINDOW, consistency_score, psnr, reprojection_mse, ssim
+from videogpa.engine.geometry.motion import motion_score
+from videogpa.engine.geometry.mvcs import mvcs
+from videogpa.engine.geometry.pointcloud import geometry_point_cloud
+from videogpa.kernels.reproject import render_point_cloud, reprojection_error
+
+
+@dataclass
+class VideoScore:
+    """score = 3DCS = mse + λ·lpips (= mse when LPIPS is off); lower is more 3D-consistent."""
+
+    score: float
+    mse: float
+    lpips: float | None
+    psnr: float | None
+    ssim: float | None
+    mvcs: float
+    motion: float
+    n_points: int
+    coverage: float | None  # fraction of pixels some point lands on
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _on(geometry: Geometry, device: torch.device) -> Geometry:
+    fields = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(geometry).items()}
+    return Geometry(**fields)
+
+
+def score_reconstruction(
+    frames: torch.Tensor,
+    geometry: Geometry,
+    *,
+    conf_thres: float = 0.0,
+    lpips=None,
+    lpips_weight: float = 1.0,
+    image_metrics: bool = True,
+    backend: str = "auto",
+) -> VideoScore:
+    """Scores of frames [T, 3, H, W] in [0, 1] given their reconstruction (same T, H, W).
+
+    All frames' points (filtered by conf_thres) form one cloud, rendered into every camera (nearest point,
+    empty pixels black); MSE/PSNR/SSIM/LPIPS compare the renders with the frames. `lpips` is a callable
+    (frames, renders) -> per-frame distances [T] (e.g. engine.geometry.lpips.LPIPS) or None (off).
+    image_metrics=False computes only the MSE, with the fused kernel that never stores the renders.
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"score_reconstruction: frames must be [T, 3, H, W], got {tuple(frames.shape)}")
+    if (frames.shape[0], *frames.shape[2:]) != tuple(geometry.depth.shape):
+        raise ValueError(
+            f"score_reconstruction: frames {tuple(frames.shape)} do not match the geometry's [T, H, W] = "
+            f"{tuple(geometry.depth.shape)}"
+        )
+    if lpips is not None and not image_metrics:
+        raise ValueError("score_reconstruction: LPIPS needs image_metrics=True")
+    frames = frames.float()
+    geometry = _on(geometry, frames.device)
+    points, colors = geometry_point_cloud(geometry, frames, conf_thres)
+    k, e = geometry.intrinsics, geometry.extrinsics
+    common = {
+        "mvcs": mvcs(geometry.depth, k, e)[0],
+        "motion": motion_score(e),
+        "n_points": int(points.shape[0]),
+    }
+    if not image_metrics:
+        mse = float(reprojection_error(points, colors, k, e, frames, backend=backend).mean())
+        return VideoScore(score=mse, mse=mse, lpips=None, psnr=None, ssim=None, coverage=None, **common)
+    images, hit = render_point_cloud(
+        points, colors, k, e, frames.shape[-2], frames.shape[-1], backend=backend
+    )
+    renders = (images + 1.0) / 2.0
+    mse = reprojection_mse(frames, renders)
+    lp = None if lpips is None else float(lpips(frames, renders).mean())
+    return VideoScore(
+        score=consistency_score(mse, lp, lpips_weight),
+        mse=mse,
+        lpips=lp,
+        psnr=psnr(frames, renders),
+        ssim=ssim(frames, renders) if min(frames.shape[-2:]) >= SSIM_WINDOW else None,
+        coverage=float(hit.float().mean()),
+        **common,
+    )
