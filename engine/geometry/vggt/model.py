@@ -41,7 +41,7 @@ class VGGT(nn.Module):
             pose_enc_list = self.camera_head(tokens[-1])
             depth, depth_conf = self.depth_head(tokens, image_hw, start)
             world_points, world_points_conf = self.point_head(tokens, image_hw, start)
-        extrinsic, intrinsic = pose_encoding_to_cameras(pose_enc_list[-1], image_hw)
+            extrinsic, intrinsic = pose_encoding_to_cameras(pose_enc_list[-1], image_hw)
         return {
             "pose_enc": pose_enc_list[-1],
             "pose_enc_list": torch.stack(pose_enc_list),
