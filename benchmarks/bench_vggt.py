@@ -1,9 +1,9 @@
 """Video scoring throughput: VGGT (random weights) + point cloud + reprojection kernel + metrics.
 
 Full size (GPU): the VGGT-1B architecture, T = 10 frames of 518², bf16 autocast trunk and float32 heads
-(as the authors run it), batches of 1 and 4 videos per call. Rows: VGGT alone and the whole score
-(VGGT → depth-confidence-filtered cloud of the point head's world points → nearest-point reprojection
-into every frame → MSE + motion score), in videos/s, with the peak extra GPU memory.
+(as the authors run it), batches of 1 and 4 videos per call. Rows: VGGT alone, and VGGT + the whole
+score (engine.geometry.scoring: depth-confidence-filtered cloud of the point head's world points →
+nearest-point reprojection kernel into every frame → metrics), in videos/s, with the peak extra GPU memory.
 `--small` runs the tiny config on the CPU in seconds (plumbing, not speed).
 
     python benchmarks/bench_vggt.py [--small] [--frames 10] [--batches 1,4] [--dtype bf16] [--no-save]
@@ -24,34 +24,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import append_results, extra_memory_bytes, print_table, time_fn  # noqa: E402
 
 from videogpa.engine.geometry import Geometry  # noqa: E402
-from videogpa.engine.geometry.metrics import reprojection_mse  # noqa: E402
-from videogpa.engine.geometry.motion import motion_score  # noqa: E402
-from videogpa.engine.geometry.pointcloud import geometry_point_cloud  # noqa: E402
+from videogpa.engine.geometry.scoring import score_reconstruction  # noqa: E402
 from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTConfig  # noqa: E402
 from videogpa.engine.geometry.vggt.geometry_model import resolve_compute_dtype  # noqa: E402
-from videogpa.kernels.reproject import render_point_cloud  # noqa: E402
+
+RUNS = {  # row name -> score_reconstruction(image_metrics=...), None = the VGGT forward alone
+    "vggt": None,
+    "vggt+score": False,  # fused reprojection-MSE kernel + MVCS + motion: what pair selection needs
+    "vggt+score+images": True,  # renders + MSE/PSNR/SSIM + MVCS + motion
+}
 
 
-def score(geometry: Geometry, frames: torch.Tensor) -> tuple[float, float]:
-    """(reprojection MSE, motion score) of one reconstructed video."""
-    points, colors = geometry_point_cloud(geometry, frames)
-    rendered, _ = render_point_cloud(
-        points, colors, geometry.intrinsics, geometry.extrinsics, *frames.shape[-2:]
-    )
-    return reprojection_mse(frames, (rendered + 1) / 2), motion_score(geometry.extrinsics)
-
-
-def make_runs(model: VGGT, videos: torch.Tensor, dtype: torch.dtype):
-    """Two callables over a batch of videos: the VGGT forward alone, and forward + scoring of every video."""
+def make_run(model: VGGT, videos: torch.Tensor, dtype: torch.dtype, image_metrics: bool | None):
+    """One callable over a batch of videos: VGGT forward, then (unless image_metrics is None) every score."""
     device = videos.device
 
     @torch.inference_mode()
-    def forward():
+    def run():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return model(videos)
-
-    def full():
-        out = forward()
+            out = model(videos)
+        if image_metrics is None:
+            return
         for i in range(videos.shape[0]):
             geometry = Geometry(
                 depth=out["depth"][i, ..., 0],
@@ -61,9 +54,9 @@ def make_runs(model: VGGT, videos: torch.Tensor, dtype: torch.dtype):
                 world_points=out["world_points"][i],
                 world_points_conf=out["world_points_conf"][i],
             )
-            score(geometry, videos[i])
+            score_reconstruction(videos[i], geometry, image_metrics=image_metrics)
 
-    return forward, full
+    return run
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -91,8 +84,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         videos = torch.rand(batch, args.frames, 3, size, size, device=device)
-        for name, fn in zip(("vggt", "vggt+score"), make_runs(model, videos, dtype)):
-            seconds = time_fn(fn, device, warmup=1 if device.type == "cpu" else 3, iters=iters)
+        for name, image_metrics in RUNS.items():
+            fn = make_run(model, videos, dtype, image_metrics)
+            seconds = time_fn(fn, device, warmup=2 if device.type == "cpu" else 3, iters=iters)
             rows.append(
                 {
                     "bench": name,

@@ -1,12 +1,11 @@
-"""VGGTGeometryModel behind the GeometryModel interface, and the paper's input preprocessing."""
+"""VGGTGeometryModel behind the GeometryModel interface."""
 
 import pytest
 import torch
 
 from videogpa.engine.geometry import Geometry, GeometryModel
-from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTGeometryModel, prepare_video, save_vggt
+from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTGeometryModel, save_vggt
 from videogpa.engine.geometry.vggt.geometry_model import resolve_compute_dtype
-from videogpa.engine.geometry.vggt.preprocess import center_crop_resize, uniform_frame_indices
 
 
 @pytest.fixture(scope="module")
@@ -76,24 +75,3 @@ def test_bad_frames_are_rejected(gfm):
         gfm.reconstruct(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
     with pytest.raises(ValueError, match="multiples of 14"):
         gfm.reconstruct(torch.rand(2, 3, 30, 28))
-
-
-def test_uniform_frame_indices():
-    assert uniform_frame_indices(49, 10)[0] == 0 and uniform_frame_indices(49, 10)[-1] == 48
-    steps = torch.diff(torch.tensor(uniform_frame_indices(49, 10)))
-    assert steps.min() >= 5 and steps.max() <= 6
-    assert uniform_frame_indices(4, 10) == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="num_frames"):
-        uniform_frame_indices(0, 10)
-
-
-def test_center_crop_keeps_the_middle_and_resizes():
-    columns = torch.arange(8.0).view(1, 1, 1, 8).expand(2, 3, 4, 8) / 8
-    cropped = center_crop_resize(columns, 4)
-    torch.testing.assert_close(cropped, columns[..., 2:6])
-    resized = center_crop_resize(torch.rand(2, 3, 30, 50), 14)
-    assert resized.shape == (2, 3, 14, 14) and resized.min() >= 0 and resized.max() <= 1
-    video = prepare_video(torch.rand(20, 3, 30, 50), 5, 14)
-    assert video.shape == (5, 3, 14, 14)
-    with pytest.raises(ValueError, match="frames"):
-        center_crop_resize(torch.rand(3, 30, 50), 14)

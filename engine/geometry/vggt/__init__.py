@@ -5,7 +5,6 @@ from videogpa.engine.geometry.vggt.geometry_model import VGGTGeometryModel
 from videogpa.engine.geometry.vggt.loading import load_vggt, save_vggt
 from videogpa.engine.geometry.vggt.model import VGGT
 from videogpa.engine.geometry.vggt.pose import cameras_to_pose_encoding, pose_encoding_to_cameras
-from videogpa.engine.geometry.vggt.preprocess import prepare_video
 from videogpa.engine.geometry.vggt.unproject import depth_to_world_points
 
 __all__ = [
@@ -18,6 +17,5 @@ __all__ = [
     "depth_to_world_points",
     "load_vggt",
     "pose_encoding_to_cameras",
-    "prepare_video",
     "save_vggt",
 ]
