@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from videogpa.engine.geometry import Geometry, GeometryModel
+from videogpa.engine.geometry.registry import build_geometry_model
+from videogpa.engine.geometry.scoring import score_reconstruction
 from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTGeometryModel, save_vggt
 from videogpa.engine.geometry.vggt.geometry_model import resolve_compute_dtype
 
@@ -75,3 +77,12 @@ def test_bad_frames_are_rejected(gfm):
         gfm.reconstruct(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
     with pytest.raises(ValueError, match="multiples of 14"):
         gfm.reconstruct(torch.rand(2, 3, 30, 28))
+
+
+def test_the_registry_builds_it_and_its_geometry_scores(weights):
+    gfm = build_geometry_model("vggt", weights_path=weights, device="cpu", dtype="fp32")
+    assert isinstance(gfm, VGGTGeometryModel)
+    frames = torch.rand(3, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    result = score_reconstruction(frames, gfm.reconstruct(frames))
+    assert result.n_points == 3 * 28 * 28  # depth confidence 1 + exp(·) > 1e-5 keeps every point
+    assert 0 <= result.mse <= 1 and result.motion >= 0
