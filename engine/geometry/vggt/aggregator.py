@@ -17,7 +17,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Aggregator(nn.Module):
-    """Images [B, S, 3, H, W] in [0, 1] → `depth` outputs [B, S, P, 2C] (frame ‖ global tokens)."""
+    """Images [B, S, 3, H, W] in [0, 1] → `depth` outputs [B, S, P, 2C] (frame ‖ global tokens).
+
+    Frame attention runs on (B·S, P, C), global attention on (B, S·P, C); they alternate in `aa_order`,
+    `aa_block_size` blocks of one kind at a time, and output i pairs frame block i with global block i.
+    """
 
     def __init__(self, config: VGGTConfig) -> None:
         super().__init__()
@@ -26,6 +30,8 @@ class Aggregator(nn.Module):
         self.patch_size = c.patch_size
         self.num_heads = c.num_heads
         self.rope_freq = c.rope_freq
+        self.aa_order = c.aa_order
+        self.aa_block_size = c.aa_block_size
         # Slot 0 is frame 0's token, slot 1 every other frame's.
         self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, dim))
         self.register_token = nn.Parameter(torch.zeros(1, 2, c.num_register_tokens, dim))
@@ -66,11 +72,18 @@ class Aggregator(nn.Module):
         )
         frame_rope = rope_tables(positions, c // self.num_heads, self.rope_freq)
         global_rope = tuple(t.repeat(s, 1) for t in frame_rope)
+        views = {"frame": (self.frame_blocks, (b * s, p, c), frame_rope)}
+        views["global"] = (self.global_blocks, (b, s * p, c), global_rope)
         outputs = []
-        for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
-            tokens = frame_block(tokens.reshape(b * s, p, c), frame_rope)
-            frame_out = tokens.reshape(b, s, p, c)
-            tokens = global_block(tokens.reshape(b, s * p, c), global_rope)
-            kept = keep is None or i in keep
-            outputs.append(torch.cat([frame_out, tokens.reshape(b, s, p, c)], dim=-1) if kept else None)
+        for first in range(0, len(self.frame_blocks), self.aa_block_size):
+            steps = range(first, first + self.aa_block_size)
+            results = {}
+            for kind in self.aa_order:
+                blocks, shape, rope = views[kind]
+                results[kind] = []
+                for i in steps:
+                    tokens = blocks[i](tokens.reshape(shape), rope)
+                    results[kind].append(tokens.reshape(b, s, p, c) if keep is None or i in keep else None)
+            for frame_out, global_out in zip(results["frame"], results["global"]):
+                outputs.append(None if frame_out is None else torch.cat([frame_out, global_out], dim=-1))
         return outputs

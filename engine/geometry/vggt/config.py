@@ -21,6 +21,8 @@ class VGGTConfig:
     qk_norm: bool = True
     rope_freq: float = 100.0
     init_values: float = 0.01  # LayerScale init of aggregator and camera-trunk blocks
+    aa_order: tuple[str, ...] = ("frame", "global")  # which attention runs first in each alternation
+    aa_block_size: int = 1  # blocks of one kind run back to back before switching
     patch_embed_depth: int = 24  # DINOv2-style ViT-L/14 with registers
     patch_embed_num_heads: int = 16
     patch_embed_init_values: float = 1.0
@@ -34,6 +36,7 @@ class VGGTConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "dpt_out_channels", tuple(int(c) for c in self.dpt_out_channels))
         object.__setattr__(self, "dpt_layers", tuple(int(i) for i in self.dpt_layers))
+        object.__setattr__(self, "aa_order", tuple(self.aa_order))
         checks = [
             (self.img_size % self.patch_size == 0, "img_size must be a multiple of patch_size"),
             (self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
@@ -51,6 +54,11 @@ class VGGTConfig:
             (all(0 <= i < self.depth for i in self.dpt_layers), "dpt_layers must index aggregator outputs"),
             (self.dpt_features % 4 == 0, "dpt_features must be a multiple of 4 (sin-cos position embedding)"),
             (self.camera_iterations >= 1, "camera_iterations must be >= 1"),
+            (sorted(self.aa_order) == ["frame", "global"], "aa_order must order 'frame' and 'global'"),
+            (
+                self.aa_block_size >= 1 and self.depth % self.aa_block_size == 0,
+                "depth must divide by aa_block_size",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,6 +110,8 @@ def _fits(value: object, default: object) -> bool:
         return isinstance(value, (list, tuple)) and all(_fits(v, default[0]) for v in value)
     if isinstance(default, float):
         return isinstance(value, (int, float))
+    if isinstance(default, str):
+        return isinstance(value, str)
     return isinstance(value, int)
 
 
@@ -131,6 +141,8 @@ def config_from_official_args(construction: dict, source: str = "construction") 
         qk_norm=agg["qk_norm"],
         rope_freq=agg["rope_freq"],
         init_values=agg["init_values"],
+        aa_order=tuple(agg.get("aa_order", ("frame", "global"))),
+        aa_block_size=agg.get("aa_block_size", 1),
         patch_embed_depth=vit["depth"],
         patch_embed_num_heads=vit["num_heads"],
         patch_embed_init_values=vit["init_values"],
@@ -145,13 +157,25 @@ def config_from_official_args(construction: dict, source: str = "construction") 
     return config
 
 
+BIASES = ("qkv_bias", "proj_bias", "ffn_bias")
+POSE_ENCODING = "absT_quaR_FoV"
+CAMERA_ACTS = {"trans_act": "linear", "quat_act": "linear", "fl_act": "relu"}
+HEAD_OUTPUTS = {"depth_head": (2, "exp", "expp1"), "point_head": (4, "inv_log", "expp1")}
+
+
 def _check_official_args(
     config: VGGTConfig, agg: dict, vit: dict, cam: dict, heads: dict, source: str
 ) -> None:
     """Raise ValueError for official arguments that differ from what VGGT(config) builds."""
     expected = {
-        "aggregator.aa_order": (agg.get("aa_order", ["frame", "global"]), ["frame", "global"]),
-        "aggregator.aa_block_size": (agg.get("aa_block_size", 1), 1),
+        "aggregator.patch_embed": (agg.get("patch_embed", "dinov2_vitl14_reg").startswith("dinov2_"), True),
+        "aggregator.qkv_bias/proj_bias/ffn_bias": ([agg.get(k, True) for k in BIASES], [True] * 3),
+        "patch_embed_vit.qkv_bias/proj_bias/ffn_bias": ([vit.get(k, True) for k in BIASES], [True] * 3),
+        "patch_embed_vit.ffn_layer": (vit.get("ffn_layer", "mlp"), "mlp"),
+        "patch_embed_vit.block_chunks": (vit.get("block_chunks", 0), 0),
+        "patch_embed_vit.interpolate_antialias": (vit.get("interpolate_antialias", True), True),
+        "patch_embed_vit.interpolate_offset": (vit.get("interpolate_offset", 0.0), 0.0),
+        "patch_embed_vit.qk_norm": (vit.get("qk_norm", False), False),
         "patch_embed_vit.embed_dim": (vit["embed_dim"], config.embed_dim),
         "patch_embed_vit.img_size": (vit.get("img_size", config.img_size), config.img_size),
         "patch_embed_vit.patch_size": (vit.get("patch_size", config.patch_size), config.patch_size),
@@ -160,6 +184,11 @@ def _check_official_args(
         "camera_head.dim_in": (cam["dim_in"], config.head_dim_in),
         "camera_head.mlp_ratio": (float(cam.get("mlp_ratio", config.mlp_ratio)), config.mlp_ratio),
         "camera_head.init_values": (cam.get("init_values", config.init_values), config.init_values),
+        "camera_head.pose_encoding_type": (cam.get("pose_encoding_type", POSE_ENCODING), POSE_ENCODING),
+        "camera_head activations": (
+            [cam.get(k, v) for k, v in CAMERA_ACTS.items()],
+            list(CAMERA_ACTS.values()),
+        ),
     }
     for name, args in heads.items():
         expected[f"{name}.dim_in"] = (args["dim_in"], config.head_dim_in)
@@ -171,6 +200,12 @@ def _check_official_args(
             config.dpt_layers,
         )
         expected[f"{name}.down_ratio"] = (args.get("down_ratio", 1), 1)
+        expected[f"{name}.pos_embed"] = (args.get("pos_embed", True), True)
+        expected[f"{name}.feature_only"] = (args.get("feature_only", False), False)
+        expected[f"{name} outputs"] = (
+            [args.get(k) for k in ("output_dim", "activation", "conf_activation")],
+            list(HEAD_OUTPUTS[name]),
+        )
     for name, (got, want) in expected.items():
         if got != want:
             raise ValueError(f"{source}: {name} = {got!r} cannot be built by VGGT(config); expected {want!r}")
