@@ -14,6 +14,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
+class VideoReadError(ValueError):
+    """A video that cannot be used; the message names the file."""
+
+
 def is_video(path: Path) -> bool:
     """A video file by suffix, or a folder holding image frames."""
     if path.is_dir():
@@ -26,10 +30,10 @@ def _read_folder(path: Path) -> np.ndarray:
 
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"video folder {path} holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
+        raise VideoReadError(f"video folder {path} holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
     frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     if len({f.shape for f in frames}) != 1:
-        raise ValueError(f"video folder {path}: frames differ in size")
+        raise VideoReadError(f"video folder {path}: frames differ in size")
     return np.stack(frames)
 
 
@@ -45,10 +49,10 @@ def _read_av(path: Path) -> np.ndarray:
 
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"video {path} has no video stream")
+            raise VideoReadError(f"video {path} has no video stream")
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     if not frames:
-        raise ValueError(f"video {path} decodes to no frames")
+        raise VideoReadError(f"video {path} decodes to no frames")
     return np.stack(frames)
 
 
@@ -56,7 +60,7 @@ def read_frames(path: str | os.PathLike) -> torch.Tensor:
     """All frames as uint8 [N, H, W, 3]; ValueError naming the file when it is missing or unreadable."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"video {path} does not exist")
+        raise VideoReadError(f"video {path} does not exist")
     try:
         if path.is_dir():
             frames = _read_folder(path)
@@ -64,10 +68,10 @@ def read_frames(path: str | os.PathLike) -> torch.Tensor:
             frames = _read_gif(path)
         else:
             frames = _read_av(path)
-    except ValueError:
+    except VideoReadError:
         raise
     except Exception as err:  # decoders raise many types (av.error.*, PIL.UnidentifiedImageError, OSError)
-        raise ValueError(f"video {path} could not be read: {type(err).__name__}: {err}") from err
+        raise VideoReadError(f"video {path} could not be read: {type(err).__name__}: {err}") from err
     return torch.from_numpy(frames)
 
 
@@ -115,7 +119,7 @@ def load_video(path: str | os.PathLike, n_frames: int, size: int | None = None) 
     try:
         indices = uniform_indices(raw.shape[0], n_frames)
     except ValueError as err:
-        raise ValueError(f"video {path}: {err}") from err
+        raise VideoReadError(f"video {path}: {err}") from err
     frames = raw[indices].permute(0, 3, 1, 2).float() / 255.0
     height, width = raw.shape[1:3]
     crop = None if size is None else centre_square(height, width)

@@ -1,0 +1,83 @@
+"""recipes/score.py end to end on a generated synthetic set with the oracle backend."""
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from lpips_weights import random_weight_files
+
+from videogpa.engine.geometry.runner import list_videos
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    path = Path(__file__).resolve().parents[2] / "recipes" / "score.py"
+    spec = importlib.util.spec_from_file_location("score_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_synthetic_end_to_end_resume_and_bad_video(recipe, tmp_path, caplog, capsys):
+    workdir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert recipe.main(["--synthetic", "2", "--num-frames", "6", "--workdir", str(workdir)]) == 0
+    assert "LPIPS is OFF" in caplog.text
+    out = workdir / "videos" / "scores.jsonl"
+    rows = read_rows(out)
+    assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        assert r["backend"] == "oracle" and r["lpips"] is None and r["score"] == r["mse"]
+        assert r["frames_used"] == list(range(6)) and r["size"] == [64, 64] and r["versions"]["torch"]
+    for group in (0, 1):
+        clean = next(r["score"] for r in rows if r["group"] == group and r["corruption"] is None)
+        assert all(clean < r["score"] for r in rows if r["group"] == group and r["corruption"])
+    assert "clean scored better than its corrupted version in 8/8 pairs" in capsys.readouterr().out
+    # Resume: nothing is scored twice.
+    assert recipe.main(["--synthetic", "2", "--num-frames", "6", "--workdir", str(workdir)]) == 0
+    assert read_rows(out) == rows
+    # A folder with a broken video: an error row naming it, the others still scored.
+    videos = workdir / "videos"
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    folder_out = tmp_path / "folder.jsonl"
+    assert recipe.main(["--videos", str(videos), "--out", str(folder_out), "--num-frames", "6"]) == 0
+    folder_rows = read_rows(folder_out)
+    assert len(folder_rows) == 11 == len(list_videos(videos))
+    broken = [r for r in folder_rows if r["status"] == "error"]
+    assert len(broken) == 1 and "broken.mp4" in broken[0]["error"]
+    ok = {r["video"].split("/")[-1]: r["score"] for r in folder_rows if r["status"] == "ok"}
+    assert ok == {r["video"].split("/")[-1]: r["score"] for r in rows}
+
+
+def test_lpips_on_and_too_short(recipe, tmp_path):
+    vgg, lins, _, _ = random_weight_files(tmp_path)
+    workdir = tmp_path / "run"
+    args = ["--synthetic", "1", "--num-frames", "4", "--workdir", str(workdir)]
+    assert recipe.main([*args, "--vgg-weights", str(vgg), "--lpips-weights", str(lins)]) == 0
+    rows = read_rows(workdir / "videos" / "scores.jsonl")
+    assert all(r["lpips"] > 0 and r["score"] == pytest.approx(r["mse"] + r["lpips"]) for r in rows)
+    out = tmp_path / "long.jsonl"
+    assert (
+        recipe.main(
+            ["--videos", str(workdir / "videos" / "manifest.jsonl"), "--num-frames", "9", "--out", str(out)]
+        )
+        == 0
+    )
+    assert all(r["status"] == "error" and "too short" in r["error"] for r in read_rows(out))
+    with pytest.raises(SystemExit):
+        recipe.main([*args, "--vgg-weights", str(vgg)])
