@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     iters = args.iters or (10 if device.type == "cuda" else 2)
     torch.manual_seed(0)
     with torch.device(device):
-        model = VGGT(config).eval()  # random weights: throughput does not depend on them
+        model = VGGT(config).eval()  # random weights: the network's cost does not depend on them
+    with torch.no_grad():  # but the scorer needs finite cameras: fix both fields of view (the head's
+        fov = model.camera_head.pose_branch.fc2  # last two outputs, summed over its iterations) at 1 rad
+        fov.weight[7:].zero_()
+        fov.bias[7:].fill_(1.0 / config.camera_iterations)
     size = config.img_size
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
