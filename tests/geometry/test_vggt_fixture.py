@@ -41,6 +41,8 @@ def test_outputs_match_the_reference(tiny_cases):
             torch.testing.assert_close(
                 outputs[key], io[key], **TOL, msg=lambda m, k=key, n=name: f"{n} {k}: {m}"
             )
+            relative = (outputs[key] - io[key]).abs().max() / io[key].abs().max()
+            assert relative <= 1e-4, (name, key, float(relative))
 
 
 def test_intermediate_tokens_match_the_reference(tiny_cases):
