@@ -1,0 +1,152 @@
+"""DeepSpeed set-up: the DeepSpeed JSON generated from the one YAML config, process-group start-up."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from videogpa.engine.config import Config
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Start the process group; without a launcher (plain `python`) act as rank 0 of a world of 1."""
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over all ranks (returns a new tensor)."""
+    out = values.detach().clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(out)
+        out /= dist.get_world_size()
+    return out
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    out = values.detach().clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's value of a picklable object on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def accumulation_steps(cfg: Config, world: int) -> int:
+    """Gradient-accumulation steps so that micro × accumulation × ranks = the global batch."""
+    per_step = cfg.train.micro_batch_size * world
+    if cfg.train.global_batch_size % per_step:
+        raise ValueError(
+            f"config key 'train.global_batch_size' ({cfg.train.global_batch_size}) must be a multiple of "
+            f"train.micro_batch_size × ranks = {cfg.train.micro_batch_size} × {world}"
+        )
+    return cfg.train.global_batch_size // per_step
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def deepspeed_config(cfg: Config, world: int) -> dict:
+    """The DeepSpeed JSON for this run; a user's `distributed.deepspeed_config` file is merged over it."""
+    dcfg = cfg.distributed
+    zero: dict = {"stage": dcfg.zero_stage}
+    if dcfg.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=False)
+    if dcfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if dcfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": accumulation_steps(cfg, world),
+        "train_batch_size": cfg.train.global_batch_size,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        # The optimizer is torch AdamW, handed to DeepSpeed (its own fused/CPU Adam compile at start-up).
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if dcfg.deepspeed_config is not None:
+        path = Path(dcfg.deepspeed_config)
+        if not path.is_file():
+            raise ValueError(f"config key 'distributed.deepspeed_config': file {str(path)!r} does not exist")
+        try:
+            user = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"config key 'distributed.deepspeed_config': {path} is not valid JSON: {err}"
+            ) from None
+        ds = _merge(ds, user)
+    return ds
+
+
+def inference_config(cfg: Config, offload: bool) -> dict:
+    """DeepSpeed JSON for a frozen ZeRO-3 inference engine (the `separate` reference)."""
+    zero: dict = {"stage": 3}
+    if offload:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        "steps_per_print": 2**31 - 1,
+    }

@@ -1,0 +1,146 @@
+"""Run records on rank 0: metrics.jsonl, TensorBoard events, run info, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value: object) -> object:
+    """Non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Appends one JSON line per optimizer step and mirrors scalars to TensorBoard (rank 0 only)."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int = 0, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / METRICS_FILE
+        self.writer = None
+        if not enabled:
+            return
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(output_dir) if r["step"] <= resume_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {k: _jsonable(v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def format_line(record: dict) -> str:
+    """One human-readable log line for a metrics record."""
+    keys = ("loss", "accuracy", "reward_margin", "lr", "grad_norm", "samples_per_s")
+    parts = [f"step {record['step']}"]
+    for key in keys:
+        value = record.get(key)
+        if value is not None:
+            parts.append(f"{key} {value:.4g}")
+    return " | ".join(parts)
+
+
+def _package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(path: str | Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_info(seed: int, world_size: int, source_dir: str | Path) -> dict:
+    """Versions and provenance written next to the resolved config."""
+    info = {name: _package_version(name) for name in ("torch", "diffusers", "deepspeed", "peft", "triton")}
+    info.update(
+        python=platform.python_version(),
+        git_commit=git_commit(source_dir),
+        seed=seed,
+        world_size=world_size,
+    )
+    return info
+
+
+def plot_heldout_accuracy(before: float, after: float, pairs: int, path: str | Path) -> None:
+    """Bar chart of held-out preference accuracy before and after training (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=120)
+    bars = ax.bar(["before", "after"], [100 * before, 100 * after], color=["#999999", "#2a7ab9"])
+    ax.bar_label(bars, fmt="%.1f%%")
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("held-out preference accuracy (%)")
+    ax.set_title(f"Diffusion-DPO, {pairs} held-out pairs")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_training_curves(records: list[dict], path: str | Path) -> None:
+    """Loss and training-batch accuracy per step (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r.get("loss") is not None]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
+    ax1.plot(steps, [r["loss"] for r in rows])
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("DPO loss")
+    ax2.plot(steps, [r["accuracy"] for r in rows])
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("train implicit-reward accuracy")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
