@@ -99,6 +99,10 @@ def test_torch_checkpoints_are_never_unpickled_beyond_weights(tmp_path):
     torch.save({"model": NotAStateDict()}, pickled)
     with pytest.raises(ValueError, match="weights-only"):
         load_vggt(pickled, config=TINY_CONFIG)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"garbage, not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt is neither safetensors nor"):
+        load_vggt(garbage, config=TINY_CONFIG)
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(ValueError, match="dict of name"):
