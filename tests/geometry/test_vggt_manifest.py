@@ -35,6 +35,7 @@ def test_per_module_parameter_counts_match_the_manifest(fixtures_dir):
     ("overrides", "message"),
     [
         ({"img_size": 100}, "multiple of patch_size"),
+        ({"num_heads": 0}, "num_heads must be positive"),
         ({"embed_dim": 30, "num_heads": 3}, "multiple of 4"),
         ({"dpt_layers": (0, 1, 2, 24)}, "dpt_layers"),
         ({"dpt_out_channels": (8, 16, 32)}, "dpt_out_channels"),

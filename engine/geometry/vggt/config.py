@@ -6,6 +6,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, fields
 
+POSITIVE_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+POSITIVE_FIELDS += ("patch_embed_num_heads", "camera_num_heads", "dpt_features", "aa_block_size")
+
 
 @dataclass(frozen=True)
 class VGGTConfig:
@@ -37,6 +40,9 @@ class VGGTConfig:
         object.__setattr__(self, "dpt_out_channels", tuple(int(c) for c in self.dpt_out_channels))
         object.__setattr__(self, "dpt_layers", tuple(int(i) for i in self.dpt_layers))
         object.__setattr__(self, "aa_order", tuple(self.aa_order))
+        for name in POSITIVE_FIELDS:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"VGGTConfig: {name} must be positive, got {getattr(self, name)}")
         checks = [
             (self.img_size % self.patch_size == 0, "img_size must be a multiple of patch_size"),
             (self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
@@ -55,10 +61,7 @@ class VGGTConfig:
             (self.dpt_features % 4 == 0, "dpt_features must be a multiple of 4 (sin-cos position embedding)"),
             (self.camera_iterations >= 1, "camera_iterations must be >= 1"),
             (sorted(self.aa_order) == ["frame", "global"], "aa_order must order 'frame' and 'global'"),
-            (
-                self.aa_block_size >= 1 and self.depth % self.aa_block_size == 0,
-                "depth must divide by aa_block_size",
-            ),
+            (self.depth % self.aa_block_size == 0, "depth must divide by aa_block_size"),
         ]
         for ok, message in checks:
             if not ok:
