@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,29 +14,36 @@ POS_EMBED_RATIO = 0.1
 OUTPUT_HIDDEN = 32  # width of the last 3×3 conv before the 1×1 output conv
 
 
-def uv_grid(height: int, width: int, aspect: float) -> torch.Tensor:
+def uv_grid(height: int, width: int, aspect: float, device: torch.device | None = None) -> torch.Tensor:
     """Centred (x, y) grid [H, W, 2] normalised by the image diagonal (aspect = image W / H)."""
     diag = (aspect**2 + 1.0) ** 0.5
     span_x, span_y = aspect / diag, 1.0 / diag
-    xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width)
-    ys = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, height)
+    xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, device=device)
+    ys = torch.linspace(
+        -span_y * (height - 1) / height, span_y * (height - 1) / height, height, device=device
+    )
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
 
 
 def sincos_embedding(grid: torch.Tensor, channels: int, omega_0: float = 100.0) -> torch.Tensor:
     """[H, W, 2] → [channels, H, W]: [sin, cos](p·ω_k), ω_k = ω₀^(−k/(C/4)), x then y, float64 → float32."""
     quarter = channels // 4
-    omega = 1.0 / omega_0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    omega = 1.0 / omega_0 ** (torch.arange(quarter, dtype=torch.float64, device=grid.device) / quarter)
     angles = grid.to(torch.float64)[..., None] * omega  # [H, W, 2, C/4]
     emb = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # x: sin, cos; y: sin, cos
     return emb.to(torch.float32).permute(2, 0, 1)
 
 
+@functools.lru_cache(maxsize=32)
+def _position_embedding(h: int, w: int, channels: int, aspect: float, device: torch.device) -> torch.Tensor:
+    """0.1 · sin-cos embedding [C, h, w], made once per size and device (the heads call it per level)."""
+    return POS_EMBED_RATIO * sincos_embedding(uv_grid(h, w, aspect, device), channels)
+
+
 def add_position_embedding(x: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
     """x [N, C, h, w] + 0.1 · sin-cos embedding of its uv grid."""
-    h, w = x.shape[-2:]
-    emb = sincos_embedding(uv_grid(h, w, image_hw[1] / image_hw[0]), x.shape[1])
-    return x + POS_EMBED_RATIO * emb.to(device=x.device, dtype=x.dtype)
+    emb = _position_embedding(*x.shape[-2:], x.shape[1], image_hw[1] / image_hw[0], x.device)
+    return x + emb.to(x.dtype)
 
 
 def conv3x3(cin: int, cout: int, bias: bool = True, stride: int = 1) -> nn.Conv2d:
