@@ -24,6 +24,7 @@ LIGHT = (0.4, 0.8, 0.3)
 EYE_HEIGHT = 1.6
 ORBIT_RADIUS = 3.2
 FOV_DEGREES = 60.0
+DRIFT = 0.8  # scene units the drifting box has moved by the last frame at strength 1
 
 
 @dataclass
@@ -237,11 +238,20 @@ def _perturbed_pixels(kind: str, strength: float, n_frames: int, height: int, wi
     return base + shift
 
 
+def _most_central_box(clip: Clip) -> int:
+    """The box whose centre the middle camera sees nearest the image centre (so that its drift is seen)."""
+    middle = clip.frames.shape[0] // 2
+    rot, trans = clip.extrinsics[middle, :, :3], clip.extrinsics[middle, :, 3]
+    cam = clip.scene.centers @ rot.T + trans
+    off_axis = torch.linalg.vector_norm(cam[:, :2], dim=1) / cam[:, 2].clamp(min=1e-6)
+    return int(torch.where(cam[:, 2] > 0, off_axis, torch.inf).argmin())
+
+
 def corrupt(clip: Clip, kind: str, strength: float, seed: int) -> Clip:
     """A geometry-corrupted re-render of `clip` (needs clip.scene), with the depth of what it shows.
 
     warp: a smooth non-rigid image warp growing from nothing at the first frame to 6%·strength of the image
-    size at the last; drift: one box slides on its own (0.5·strength scene units by the last frame);
+    size at the last; drift: the box nearest the view centre slides on its own (0.8·strength units by the last frame);
     scale: per-frame zoom flicker of 6-12%·strength; jitter: per-frame image shifts of up to 4%·strength.
     Every corruption is rendered exactly (perturbed rays or moved boxes, no resampling blur); the cameras
     stay the clean clip's. strength 0 gives the clean clip.
@@ -256,11 +266,11 @@ def corrupt(clip: Clip, kind: str, strength: float, seed: int) -> Clip:
     n_frames, _, height, width = clip.frames.shape
     if kind == "drift":
         n_boxes = clip.scene.centers.shape[0]
-        box = int(torch.randint(n_boxes, (1,), generator=g))
+        box = _most_central_box(clip)
         angle = 2 * math.pi * float(torch.rand(1, generator=g))
         offsets = torch.zeros(n_frames, n_boxes, 3)
-        offsets[:, box, 0] = 0.5 * strength * _growing(n_frames) * math.cos(angle)
-        offsets[:, box, 2] = 0.5 * strength * _growing(n_frames) * math.sin(angle)
+        offsets[:, box, 0] = DRIFT * strength * _growing(n_frames) * math.cos(angle)
+        offsets[:, box, 2] = DRIFT * strength * _growing(n_frames) * math.sin(angle)
         return render_clip(clip.scene, clip.extrinsics, n_frames, height, width, box_offsets=offsets)
     coords = _perturbed_pixels(kind, strength, n_frames, height, width, g)
     return render_clip(clip.scene, clip.extrinsics, n_frames, height, width, pixel_coords=coords)

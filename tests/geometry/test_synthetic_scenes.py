@@ -1,12 +1,14 @@
 """Synthetic scenes: exact cameras/depth, deterministic rendering, and oracle scores that rank clean above corrupted."""
 
+import json
 import random
 
 import pytest
 import torch
 
 from videogpa.engine.data.synthetic import CAMERA_PATHS, CORRUPTIONS, corrupt, make_scene, render_clip
-from videogpa.engine.data.synthetic_set import clip_geometry
+from videogpa.engine.data.synthetic_set import clip_geometry, write_synthetic_set
+from videogpa.engine.geometry.io import load_geometry
 from videogpa.engine.geometry.pointcloud import unproject_depth
 from videogpa.engine.geometry.scoring import score_reconstruction
 from videogpa.kernels.reproject.reference import project
@@ -94,3 +96,22 @@ def test_score_grows_with_strength(kind):
         clip = render_clip(make_scene(50 + seed), CAMERA_PATHS[seed], FRAMES, SIZE, SIZE)
         totals += torch.tensor([oracle_mse(corrupt(clip, kind, s, seed=seed)) for s in strengths])
     assert (totals[1:] > totals[:-1]).all(), totals
+
+
+def test_synthetic_set_writer_is_deterministic(tmp_path):
+    first = write_synthetic_set(
+        tmp_path / "a", 2, n_frames=4, size=32, kinds=("warp", "drift"), seed=3, progress=False
+    )
+    second = write_synthetic_set(
+        tmp_path / "b", 2, n_frames=4, size=32, kinds=("warp", "drift"), seed=3, progress=False
+    )
+    rows = [json.loads(line) for line in first.read_text().splitlines()]
+    assert first.read_text() == second.read_text() and len(rows) == 6
+    assert [r["corruption"] for r in rows[:3]] == [None, "warp", "drift"] and rows[0]["strength"] == 0.0
+    assert all(0.3 <= r["strength"] <= 1.0 for r in rows if r["corruption"])
+    for row in rows:
+        a, b = (load_geometry(tmp_path / d / row["geometry"]) for d in ("a", "b"))
+        assert torch.equal(a.depth, b.depth) and a.depth.shape == (4, 32, 32)
+        assert (tmp_path / "a" / row["video"]).read_bytes() == (tmp_path / "b" / row["video"]).read_bytes()
+    with pytest.raises(ValueError, match="unknown corruption"):
+        write_synthetic_set(tmp_path / "c", 1, kinds=("blur",))
