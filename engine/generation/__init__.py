@@ -1,0 +1,1 @@
+"""The VideoGPA loop around the trainer: candidate generation, preference pairs, evaluation."""
