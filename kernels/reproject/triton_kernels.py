@@ -15,7 +15,7 @@ write the outputs (12 B + 1 B per pixel) or read the frames (12 B per pixel in f
 import triton
 import triton.language as tl
 
-EMPTY_KEY = 9223372036854775807  # int64 max
+EMPTY_KEY = tl.constexpr(9223372036854775807)  # int64 max; jit code may only read constexpr globals
 
 
 @triton.jit
@@ -88,20 +88,21 @@ def resolve_kernel(
     ok = pix < n_pixels
     key = tl.load(zbuf_ptr + view * n_pixels + pix, mask=ok, other=EMPTY_KEY)
     hit = key != EMPTY_KEY
-    winner = tl.where(hit, key & 0xFFFFFFFF, 0)
+    winner = tl.where(hit, key & 0x7FFFFFFF, 0)  # point indices are < 2**31
     if WRITE_IMAGES:
         tl.store(hit_ptr + view * n_pixels + pix, hit.to(tl.uint8), mask=ok)
     err = tl.zeros([BLOCK], dtype=tl.float32)
+    levels_per_unit = tl.full([BLOCK], 255.0, tl.float32)
     for c in range(3):
         color = tl.load(colors_ptr + winner * 3 + c, mask=ok & hit, other=0.0).to(tl.float32)
         level = tl.floor(tl.minimum(tl.maximum(color * 255.0, 0.0), 255.0))
-        value = tl.math.div_rn(level, 255.0) * 2.0 - 1.0
+        value = tl.math.div_rn(level, levels_per_unit) * 2.0 - 1.0  # IEEE division, as torch
         out = (view * 3 + c) * n_pixels + pix
         if WRITE_IMAGES:
             tl.store(images_ptr + out, value, mask=ok)
         if COMPUTE_ERROR:
             frame = tl.load(frames_ptr + out, mask=ok, other=0.0).to(tl.float32)
-            diff = tl.math.div_rn(value + 1.0, 2.0) - frame
+            diff = (value + 1.0) * 0.5 - frame
             err += tl.where(ok, diff * diff, 0.0)
     if COMPUTE_ERROR:
         tl.store(partial_ptr + view * n_blocks + block, tl.sum(err, axis=0))

@@ -1,4 +1,9 @@
-"""Nearest-point reprojection: Triton kernel (interpreter on CPU) vs PyTorch reference vs the authors' fixture."""
+"""Nearest-point reprojection: Triton kernel (interpreter on a CPU) vs PyTorch reference vs the authors' fixture.
+
+Tensors live on the GPU when there is one (the compiled kernel), else on the CPU (the interpreter). On a GPU,
+FMA contraction may move a point lying within an ulp of a rounding boundary, so random-input comparisons there
+allow a handful of differing pixels; on the CPU they are exact.
+"""
 
 import json
 
@@ -9,6 +14,9 @@ from safetensors.torch import load_file
 
 from videogpa.kernels.reproject import render_point_cloud, reprojection_error
 from videogpa.kernels.reproject.reference import project
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+MAX_DIFFERING_PIXELS = 1e-4 if DEVICE.type == "cuda" else 0.0
 
 
 def random_scene(n_points: int, n_views: int, height: int, width: int, seed: int):
@@ -32,12 +40,12 @@ def random_scene(n_points: int, n_views: int, height: int, width: int, seed: int
     extr[:, 0, 0], extr[:, 0, 2], extr[:, 1, 1] = angle.cos(), angle.sin(), 1.0
     extr[:, 2, 0], extr[:, 2, 2] = -angle.sin(), angle.cos()
     extr[:, :, 3] = torch.randn(n_views, 3, generator=g) * 0.05
-    return points, colors, intr, extr
+    return points.to(DEVICE), colors.to(DEVICE), intr.to(DEVICE), extr.to(DEVICE)
 
 
 def brute_force_winners(points, intr, extr, height, width) -> torch.Tensor:
     """[T, H, W] winner index by lexicographic sort on (pixel, depth, index): an independent z-buffer."""
-    z, u, v = project(points, intr, extr)
+    z, u, v = (x.cpu() for x in project(points.cpu(), intr.cpu(), extr.cpu()))
     winners = torch.full((intr.shape[0], height * width), -1, dtype=torch.int64)
     for t in range(intr.shape[0]):
         ok = ((z[t] > 0) & (u[t] >= 0) & (u[t] < width) & (v[t] >= 0) & (v[t] < height)).numpy()
@@ -50,20 +58,22 @@ def brute_force_winners(points, intr, extr, height, width) -> torch.Tensor:
     return winners.view(-1, height, width)
 
 
+def assert_same_render(images, hit, ref_images, ref_hit):
+    differing = ((images != ref_images).any(dim=1) | (hit != ref_hit)).float().mean().item()
+    assert differing <= MAX_DIFFERING_PIXELS
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_matches_fixture(fixtures_dir, backend):
-    data = load_file(fixtures_dir / "reproj_a" / "reproj.safetensors")
+    data = {k: v.to(DEVICE) for k, v in load_file(fixtures_dir / "reproj_a" / "reproj.safetensors").items()}
     n_views, _, height, width = data["reprojected"].shape
-    colors = data["kept_colors"] / 255.0
-    images, hit = render_point_cloud(
-        data["kept_vertices"], colors, data["intrinsic"], data["extrinsic"], height, width, backend=backend
-    )
+    points, colors = data["kept_vertices"], data["kept_colors"] / 255.0
+    cameras = (data["intrinsic"], data["extrinsic"])
+    images, hit = render_point_cloud(points, colors, *cameras, height, width, backend=backend)
     torch.testing.assert_close(images, data["reprojected"], rtol=0, atol=0)
     assert torch.equal(hit, data["winner_index"] >= 0)
     frames = data["gt_frames"].permute(0, 3, 1, 2).float() / 255.0
-    errors = reprojection_error(
-        data["kept_vertices"], colors, data["intrinsic"], data["extrinsic"], frames, backend=backend
-    )
+    errors = reprojection_error(points, colors, *cameras, frames, backend=backend)
     assert errors.shape == (n_views,)
     meta = json.loads((fixtures_dir / "reproj_a" / "meta.json").read_text())
     assert errors.mean().item() == pytest.approx(meta["results"]["mse"], rel=1e-5)
@@ -75,27 +85,29 @@ def test_kernel_matches_reference_and_brute_force(n_points, n_views, height, wid
     points, colors, intr, extr = random_scene(n_points, n_views, height, width, seed)
     colors = colors.to(color_dtype)
     ref_images, ref_hit = render_point_cloud(points, colors, intr, extr, height, width, backend="torch")
-    out_images = torch.full((n_views, 3, height, width), float("nan"))
-    out_hit = torch.ones((n_views, height, width), dtype=torch.bool)
+    out_images = torch.full((n_views, 3, height, width), float("nan"), device=DEVICE)
+    out_hit = torch.ones((n_views, height, width), dtype=torch.bool, device=DEVICE)
     images, hit = render_point_cloud(
         points, colors, intr, extr, height, width, backend="triton", out_images=out_images, out_hit=out_hit
     )
     assert images.data_ptr() == out_images.data_ptr() and hit.data_ptr() == out_hit.data_ptr()
-    torch.testing.assert_close(images, ref_images, rtol=0, atol=0)
-    assert torch.equal(hit, ref_hit)
-    winners = brute_force_winners(points, intr, extr, height, width)
-    assert torch.equal(hit, winners >= 0)
-    assert 0 < hit.float().mean() < 1
+    assert not images.isnan().any()
+    assert_same_render(images, hit, ref_images, ref_hit)
+    winners = brute_force_winners(points, intr, extr, height, width).to(DEVICE)
+    assert torch.equal(ref_hit, winners >= 0)
+    assert 0 < ref_hit.float().mean() < 1
     levels = torch.floor(torch.clamp(colors.float() * 255, 0, 255))
     expected = torch.where(winners[:, None] >= 0, levels[winners.clamp(min=0)].permute(0, 3, 1, 2), 0.0)
-    torch.testing.assert_close((images + 1) / 2 * 255, expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close((ref_images + 1) / 2 * 255, expected, rtol=0, atol=1e-4)
 
 
 def test_ties_go_to_lower_index():
-    points = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 2.0], [0.0, 0.0, 3.0]]).flip(0)  # index 1 and 2 tie
-    colors = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.6, 0.6, 0.6]])
-    intr = torch.tensor([[[4.0, 0.0, 2.0], [0.0, 4.0, 2.0], [0.0, 0.0, 1.0]]])
-    extr = torch.eye(4)[None]
+    points = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 2.0], [0.0, 0.0, 3.0]], device=DEVICE).flip(
+        0
+    )  # 1, 2 tie
+    colors = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.6, 0.6, 0.6]], device=DEVICE)
+    intr = torch.tensor([[[4.0, 0.0, 2.0], [0.0, 4.0, 2.0], [0.0, 0.0, 1.0]]], device=DEVICE)
+    extr = torch.eye(4, device=DEVICE)[None]
     for backend in ("torch", "triton"):
         images, hit = render_point_cloud(points, colors, intr, extr, 5, 5, backend=backend)
         assert hit.sum() == 1 and hit[0, 2, 2]
@@ -107,28 +119,39 @@ def test_ties_go_to_lower_index():
 def test_fused_error_matches_reference(frame_dtype):
     n_views, height, width = 3, 19, 26
     points, colors, intr, extr = random_scene(2000, n_views, height, width, seed=5)
-    frames = torch.rand(n_views, 3, height, width).to(frame_dtype)
+    frames = torch.rand(n_views, 3, height, width, device=DEVICE).to(frame_dtype)
     ref = reprojection_error(points, colors, intr, extr, frames, backend="torch")
     images, _ = render_point_cloud(points, colors, intr, extr, height, width, backend="torch")
     direct = (((images + 1) / 2 - frames.float()) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(ref, direct, rtol=1e-6, atol=1e-7)
     fused = reprojection_error(points, colors, intr, extr, frames, backend="triton")
-    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fused, ref, rtol=1e-3 if DEVICE.type == "cuda" else 1e-5, atol=1e-7)
     again = reprojection_error(points, colors, intr, extr, frames, backend="triton")
     assert torch.equal(fused, again)
 
 
 def test_4x4_extrinsics_empty_cloud_and_determinism():
     points, colors, intr, extr = random_scene(500, 2, 9, 11, seed=3)
-    square = torch.cat([extr, torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(2, 1, 4)], dim=1)
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=DEVICE).expand(2, 1, 4)
     a = render_point_cloud(points, colors, intr, extr, 9, 11, backend="triton")
-    b = render_point_cloud(points, colors, intr, square, 9, 11, backend="triton")
+    b = render_point_cloud(points, colors, intr, torch.cat([extr, bottom], dim=1), 9, 11, backend="triton")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    empty = torch.zeros(0, 3, device=DEVICE)
     for backend in ("torch", "triton"):
-        images, hit = render_point_cloud(
-            torch.zeros(0, 3), torch.zeros(0, 3), intr, extr, 9, 11, backend=backend
-        )
+        images, hit = render_point_cloud(empty, empty, intr, extr, 9, 11, backend=backend)
         assert (images == -1).all() and not hit.any()
+
+
+@pytest.mark.gpu
+def test_paper_size_on_gpu_is_deterministic():
+    """T = 10 views of 518² (2.68 M points): repeated kernel runs are bit-identical and agree with the reference."""
+    n_views, size = 10, 518
+    points, colors, intr, extr = random_scene(n_views * size * size, n_views, size, size, seed=9)
+    first = render_point_cloud(points, colors, intr, extr, size, size, backend="triton")
+    for _ in range(3):
+        again = render_point_cloud(points, colors, intr, extr, size, size, backend="triton")
+        assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    assert_same_render(*first, *render_point_cloud(points, colors, intr, extr, size, size, backend="torch"))
 
 
 @pytest.mark.parametrize(
@@ -142,6 +165,7 @@ def test_4x4_extrinsics_empty_cloud_and_determinism():
         ({"width": 2.5}, "width"),
         ({"backend": "cuda"}, "backend"),
         ({"out_images": torch.zeros(2, 3, 4, 4)}, "out_images"),
+        ({"points": torch.zeros(4, 3, dtype=torch.int64)}, "floating"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, message):
@@ -156,3 +180,11 @@ def test_bad_input_names_the_argument(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         render_point_cloud(**args)
+
+
+def test_fused_error_checks_frames():
+    cameras = (torch.eye(3).repeat(2, 1, 1), torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="3 views"):
+        reprojection_error(torch.zeros(4, 3), torch.zeros(4, 3), *cameras, torch.zeros(3, 3, 5, 6))
+    with pytest.raises(ValueError, match="frames"):
+        reprojection_error(torch.zeros(4, 3), torch.zeros(4, 3), *cameras, torch.zeros(2, 5, 6))
