@@ -1,0 +1,183 @@
+"""CogVideoX (T2V and I2V): v-prediction on a DDPM-style schedule, latents [B, F, C, H, W].
+
+The schedule is the model's own `scheduler/scheduler_config.json` (CogVideoXDDIMScheduler: scaled-linear
+betas, SNR shift, zero-terminal-SNR rescale); t is uniform in {0, ..., T-1}; x_t = √ᾱ x₀ + √(1−ᾱ) ε and the
+target is v = √ᾱ ε − √(1−ᾱ) x₀. Rotary embeddings are computed for the latent grid when the transformer
+config asks for them, as the diffusers pipelines do. I2V: the clean first-frame image latent, zero-padded
+over the remaining frames, is concatenated with x_t along channels (the CogVideoX I2V pipeline's input).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+from torch import nn
+
+from videogpa.engine.models.base import Conditioning, ModelAdapter
+from videogpa.engine.models.common import (
+    DiffusersAdapterMixin,
+    base_module,
+    check_latents,
+    check_timesteps,
+    find_scheduler_config,
+    per_sample,
+)
+from videogpa.engine.models.registry import register_adapter
+
+# CogVideoX-2B's published scheduler config (used when the model folder has none).
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "snr_shift_scale": 3.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "timestep_spacing": "trailing",
+    "clip_sample": False,
+}
+I2V_OFS = 2.0  # the offset-conditioning value the CogVideoX 1.5 I2V pipeline passes when ofs_embed_dim is set
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def alphas_cumprod_from_config(config: dict[str, Any]) -> torch.Tensor:
+    """ᾱ_t (float64, [T]) of a CogVideoX scheduler config; only v-prediction configs are accepted."""
+    prediction = config.get("prediction_type", "v_prediction")
+    if prediction != "v_prediction":
+        raise ValueError(f"scheduler config 'prediction_type': expected 'v_prediction', got {prediction!r}")
+    scheduler = CogVideoXDDIMScheduler.from_config(config)
+    return scheduler.alphas_cumprod.to(torch.float64)
+
+
+@register_adapter
+class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
+    """CogVideoX text-to-video."""
+
+    name: ClassVar[str] = "cogvideox-t2v"
+    latent_layout: ClassVar[str] = "BFCHW"
+    default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_TARGETS
+    transformer_class: ClassVar[type[nn.Module]] = CogVideoXTransformer3DModel
+    image_conditioned: ClassVar[bool] = False
+
+    def __init__(self, path: str | Path | None = None, scheduler_config: dict[str, Any] | None = None):
+        """path: the local diffusers folder (its scheduler config defines the schedule); scheduler_config
+        overrides it; with neither, CogVideoX-2B's published schedule."""
+        config = scheduler_config or find_scheduler_config(path, "CogVideoX") or DEFAULT_SCHEDULER
+        self.alphas_cumprod = alphas_cumprod_from_config(config)
+        self.num_train_timesteps = len(self.alphas_cumprod)
+
+    def sample_timesteps(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """Integer timesteps uniform in [0, T)."""
+        t = torch.randint(0, self.num_train_timesteps, (n,), generator=generator, device=generator.device)
+        return t.to(device)
+
+    def _coefficients(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1−ᾱ_t)) per sample, shaped to broadcast over `like`."""
+        check_timesteps(timesteps, like.shape[0], 0, self.num_train_timesteps)
+        if timesteps.is_floating_point() and not torch.equal(timesteps, timesteps.round()):
+            raise ValueError(f"timesteps: CogVideoX expects integer timesteps, got {timesteps.tolist()}")
+        abar = self.alphas_cumprod[timesteps.long().cpu()]
+        return per_sample(abar.sqrt(), like), per_sample((1 - abar).sqrt(), like)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        check_latents(latents, "latents", self.latent_layout)
+        a, s = self._coefficients(timesteps, latents)
+        return a * latents + s * noise
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ ε − √(1−ᾱ) x₀."""
+        check_latents(latents, "latents", self.latent_layout)
+        a, s = self._coefficients(timesteps, latents)
+        return a * noise - s * latents
+
+    def model_input(self, noisy: torch.Tensor, cond: Conditioning, in_channels: int) -> torch.Tensor:
+        """The transformer's hidden_states: x_t, and for I2V the padded image latent along channels."""
+        channels = noisy.shape[2] * (2 if self.image_conditioned else 1)
+        if channels != in_channels:
+            raise ValueError(
+                f"noisy latents have {noisy.shape[2]} channels; model {self.name!r} needs {in_channels} input "
+                f"channels (expected {in_channels // (2 if self.image_conditioned else 1)} latent channels)"
+            )
+        if not self.image_conditioned:
+            return noisy
+        image = cond.image_latents
+        b, f, c, h, w = noisy.shape
+        if image is None or tuple(image.shape) != (b, 1, c, h, w):
+            got = None if image is None else tuple(image.shape)
+            raise ValueError(f"cond.image_latents: expected [B, 1, C, H, W] = {(b, 1, c, h, w)}, got {got}")
+        padded = torch.cat([image, image.new_zeros(b, f - 1, c, h, w)], dim=1)
+        return torch.cat([noisy, padded.to(noisy.dtype)], dim=2)
+
+    @staticmethod
+    def rotary_embedding(config: Any, frames: int, height: int, width: int, device: torch.device):
+        """(cos, sin) rotary tables for a latent grid of frames × height × width, as the pipelines build them."""
+        p, p_t = config.patch_size, config.patch_size_t
+        grid = (height // p, width // p)
+        base_w, base_h = config.sample_width // p, config.sample_height // p
+        if p_t is None:  # CogVideoX 1.0
+            crops = get_resize_crop_region_for_grid(grid, base_w, base_h)
+            return get_3d_rotary_pos_embed(
+                embed_dim=config.attention_head_dim,
+                crops_coords=crops,
+                grid_size=grid,
+                temporal_size=frames,
+                device=device,
+            )
+        return get_3d_rotary_pos_embed(  # CogVideoX 1.5
+            embed_dim=config.attention_head_dim,
+            crops_coords=None,
+            grid_size=grid,
+            temporal_size=frames // p_t,
+            grid_type="slice",
+            max_size=(base_h, base_w),
+            device=device,
+        )
+
+    def predict(
+        self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        check_latents(noisy, "noisy", self.latent_layout)
+        config = base_module(transformer).config
+        b, f, _, h, w = noisy.shape
+        if (
+            h % config.patch_size
+            or w % config.patch_size
+            or (config.patch_size_t and f % config.patch_size_t)
+        ):
+            raise ValueError(
+                f"noisy: latent grid F×H×W = {f}×{h}×{w} is not divisible by the patch size "
+                f"({config.patch_size_t or 1}×{config.patch_size}×{config.patch_size})"
+            )
+        text = cond.text_embeds
+        if text.ndim != 3 or text.shape[0] != b or text.shape[2] != config.text_embed_dim:
+            raise ValueError(
+                f"cond.text_embeds: expected [B={b}, L, D={config.text_embed_dim}], got {tuple(text.shape)}"
+            )
+        rotary = None
+        if config.use_rotary_positional_embeddings:
+            rotary = self.rotary_embedding(config, f, h, w, noisy.device)
+        ofs = None if config.ofs_embed_dim is None else noisy.new_full((b,), I2V_OFS)
+        out = transformer(
+            hidden_states=self.model_input(noisy, cond, config.in_channels),
+            encoder_hidden_states=text.to(noisy.dtype),
+            timestep=timesteps.to(noisy.device),
+            ofs=ofs,
+            image_rotary_emb=rotary,
+            return_dict=False,
+        )[0]
+        return out
+
+
+@register_adapter
+class CogVideoXI2VAdapter(CogVideoXAdapter):
+    """CogVideoX image-to-video: cond.image_latents [B, 1, C, H, W] is required."""
+
+    name: ClassVar[str] = "cogvideox-i2v"
+    image_conditioned: ClassVar[bool] = True

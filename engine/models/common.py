@@ -1,0 +1,113 @@
+"""Helpers shared by every adapter: local diffusers loading, scheduler configs, latent checks, unwrapping."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
+
+
+def base_module(model: nn.Module) -> nn.Module:
+    """The diffusers model inside DeepSpeed / DDP wrappers (they keep it as `.module`)."""
+    while not hasattr(model, "config") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    if not hasattr(model, "config"):
+        raise ValueError(
+            f"expected a diffusers transformer (a module with .config), got {type(model).__name__}"
+        )
+    return model
+
+
+def transformer_folder(path: str | Path) -> Path:
+    """The folder holding the transformer's config.json: `path/transformer` or `path` itself."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"model folder {str(root)!r} does not exist (expected a local diffusers folder)")
+    for folder in (root / "transformer", root):
+        if (folder / "config.json").is_file():
+            return folder
+    raise ValueError(
+        f"model folder {str(root)!r} has no transformer: expected {str(root / 'transformer' / 'config.json')!r} "
+        f"or {str(root / 'config.json')!r}"
+    )
+
+
+def load_diffusers_model(cls: type[nn.Module], path: str | Path, dtype: torch.dtype) -> nn.Module:
+    """`cls.from_pretrained` offline from a local folder; a ValueError naming the path if it is unusable."""
+    folder = transformer_folder(path)
+    config_file = folder / "config.json"
+    try:
+        class_name = json.loads(config_file.read_text()).get("_class_name")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from err
+    if class_name is not None and class_name != cls.__name__:
+        raise ValueError(f"{str(config_file)!r} describes a {class_name}, expected a {cls.__name__}")
+    try:
+        model = cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"could not load a {cls.__name__} from {str(folder)!r} (missing or incomplete weights?): {err}"
+        ) from err
+    return model
+
+
+def find_scheduler_config(path: str | Path | None, family: str) -> dict[str, Any] | None:
+    """The scheduler config of a diffusers folder (`path/scheduler/...` or, for a transformer folder, its
+    parent's); None with a warning when the folder has none (the family's published defaults apply)."""
+    if path is None:
+        return None
+    root = Path(path)
+    for candidate in (root / SCHEDULER_CONFIG, root.parent / SCHEDULER_CONFIG):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{str(candidate)!r} is not valid JSON: {err}") from err
+    warnings.warn(
+        f"no {SCHEDULER_CONFIG} in {str(root)!r} or its parent: using the default {family} noise schedule",
+        stacklevel=3,
+    )
+    return None
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] values viewed as [B, 1, 1, 1, 1] in like's dtype, for broadcasting over 5-D latents."""
+    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def check_latents(latents: torch.Tensor, name: str, layout: str) -> None:
+    """A ValueError unless `latents` is a finite floating 5-D batch in the given native layout."""
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
+        shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"{name}: expected 5-D latents [B, {', '.join(layout[1:])}], got {shape}")
+    if not latents.is_floating_point():
+        raise ValueError(f"{name}: expected floating-point latents, got {latents.dtype}")
+    if not torch.isfinite(latents).all():
+        raise ValueError(f"{name}: latents contain NaN or infinite values")
+
+
+def check_timesteps(timesteps: torch.Tensor, batch: int, low: float, high: float) -> None:
+    """A ValueError unless `timesteps` is [batch] with values in [low, high)."""
+    if timesteps.ndim != 1 or timesteps.shape[0] != batch:
+        raise ValueError(f"timesteps: expected shape [{batch}], got {tuple(timesteps.shape)}")
+    if timesteps.numel() and (timesteps.min() < low or timesteps.max() >= high):
+        raise ValueError(f"timesteps: expected values in [{low}, {high}), got {timesteps.tolist()}")
+
+
+class DiffusersAdapterMixin:
+    """load_transformer for adapters whose transformer is one diffusers model class."""
+
+    transformer_class: ClassVar[type[nn.Module]]
+
+    @classmethod
+    def load_transformer(cls, path: str | Path, dtype: torch.dtype) -> nn.Module:
+        """Load `transformer_class` from a local diffusers folder (`path/transformer` or `path`), offline."""
+        if path is None:
+            raise ValueError(f"model {cls.name!r}: a local diffusers folder path is required")
+        return load_diffusers_model(cls.transformer_class, path, dtype)

@@ -1,0 +1,135 @@
+"""Wan 2.2 TI2V: flow matching, latents [B, C, F, H, W], per-token timesteps.
+
+s ~ U(0, 1), σ = shift·s / (1 + (shift − 1)·s) (shift from the scheduler config's `flow_shift`, 5 by
+default), x_t = (1 − σ) x₀ + σ ε, target ε − x₀, and the model's timestep is 1000·σ. Wan 2.2 TI2V takes one
+timestep per patch token ([B, F·H/p·W/p], as diffusers' WanPipeline with expand_timesteps builds it).
+Image-to-video (cond.image_latents [B, C, 1, H, W] given): x_t's first latent frame is the clean image
+latent, its tokens get timestep 0, and it is excluded from the loss (`loss_mask`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from diffusers import WanTransformer3DModel
+from torch import nn
+
+from videogpa.engine.models.base import Conditioning, ModelAdapter
+from videogpa.engine.models.common import (
+    DiffusersAdapterMixin,
+    base_module,
+    check_latents,
+    check_timesteps,
+    find_scheduler_config,
+    per_sample,
+)
+from videogpa.engine.models.registry import register_adapter
+
+DEFAULT_SHIFT = 5.0  # Wan 2.2 TI2V's published flow_shift
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shifted_sigma(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """σ = shift·s / (1 + (shift − 1)·s)."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
+@register_adapter
+class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
+    """Wan 2.2 TI2V (text-to-video, or image-to-video when cond.image_latents is given)."""
+
+    name: ClassVar[str] = "wan2.2-ti2v"
+    latent_layout: ClassVar[str] = "BCFHW"
+    default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    transformer_class: ClassVar[type[nn.Module]] = WanTransformer3DModel
+
+    def __init__(self, path: str | Path | None = None, shift: float | None = None):
+        """path: the local diffusers folder (its scheduler config's flow_shift); shift overrides it."""
+        if shift is None:
+            config: dict[str, Any] = find_scheduler_config(path, "Wan 2.2") or {}
+            shift = config.get("flow_shift", config.get("shift", DEFAULT_SHIFT))
+        if not float(shift) > 0:
+            raise ValueError(f"shift: expected a positive flow shift, got {shift!r}")
+        self.shift = float(shift)
+
+    def sample_timesteps(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """1000·σ(s) for s uniform in (0, 1) (float32)."""
+        s = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
+        return (NUM_TRAIN_TIMESTEPS * shifted_sigma(s, self.shift)).to(device=device, dtype=torch.float32)
+
+    def _sigma(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        check_timesteps(timesteps, like.shape[0], 0, NUM_TRAIN_TIMESTEPS)
+        return per_sample(timesteps.double() / NUM_TRAIN_TIMESTEPS, like)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        check_latents(latents, "latents", self.latent_layout)
+        sigma = self._sigma(timesteps, latents)
+        return (1 - sigma) * latents + sigma * noise
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """ε − x₀."""
+        check_latents(latents, "latents", self.latent_layout)
+        return noise - latents
+
+    @staticmethod
+    def _check_image(image: torch.Tensor, noisy: torch.Tensor) -> None:
+        b, c, _, h, w = noisy.shape
+        if tuple(image.shape) != (b, c, 1, h, w):
+            raise ValueError(
+                f"cond.image_latents: expected [B, C, 1, H, W] = {(b, c, 1, h, w)}, got {tuple(image.shape)}"
+            )
+
+    def token_timesteps(self, timesteps: torch.Tensor, noisy: torch.Tensor, patch: tuple, clean_first: bool):
+        """Per-token timesteps [B, F/p_t · H/p_h · W/p_w] (frame-major), 0 on the first frame if clean_first."""
+        b, _, f, h, w = noisy.shape
+        p_t, p_h, p_w = patch
+        grid = (
+            timesteps.to(noisy.device, torch.float32)
+            .reshape(b, 1, 1, 1)
+            .expand(b, f // p_t, h // p_h, w // p_w)
+        )
+        if clean_first:
+            grid = torch.cat([torch.zeros_like(grid[:, :1]), grid[:, 1:]], dim=1)
+        return grid.reshape(b, -1)
+
+    def predict(
+        self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        check_latents(noisy, "noisy", self.latent_layout)
+        config = base_module(transformer).config
+        b, c, f, h, w = noisy.shape
+        p_t, p_h, p_w = config.patch_size
+        if c != config.in_channels:
+            raise ValueError(f"noisy: expected {config.in_channels} latent channels (dim 1), got {c}")
+        if f % p_t or h % p_h or w % p_w:
+            raise ValueError(
+                f"noisy: latent grid F×H×W = {f}×{h}×{w} is not divisible by the patch {config.patch_size}"
+            )
+        text = cond.text_embeds
+        if text.ndim != 3 or text.shape[0] != b or text.shape[2] != config.text_dim:
+            raise ValueError(
+                f"cond.text_embeds: expected [B={b}, L, D={config.text_dim}], got {tuple(text.shape)}"
+            )
+        image = cond.image_latents
+        if image is not None:
+            self._check_image(image, noisy)
+            if p_t != 1:
+                raise ValueError(f"image-to-video needs a temporal patch size of 1, got {config.patch_size}")
+            noisy = torch.cat([image.to(noisy.dtype), noisy[:, :, 1:]], dim=2)
+        check_timesteps(timesteps, b, 0, NUM_TRAIN_TIMESTEPS)
+        return transformer(
+            hidden_states=noisy,
+            timestep=self.token_timesteps(timesteps, noisy, (p_t, p_h, p_w), image is not None),
+            encoder_hidden_states=text.to(noisy.dtype),
+            return_dict=False,
+        )[0]
+
+    def loss_mask(self, latents: torch.Tensor, cond: Conditioning) -> torch.Tensor | None:
+        """Image-to-video: [1, 1, F, 1, 1] weights, 0 on the clean first frame; text-to-video: None."""
+        if cond.image_latents is None:
+            return None
+        mask = torch.ones(1, 1, latents.shape[2], 1, 1, device=latents.device)
+        mask[:, :, 0] = 0
+        return mask
