@@ -51,6 +51,10 @@ class Clip:
     extrinsics: torch.Tensor
     scene: Scene | None = None
 
+    def __iter__(self):
+        """`frames, depth, intrinsics, extrinsics = render_clip(...)`."""
+        return iter((self.frames, self.depth, self.intrinsics, self.extrinsics))
+
 
 def make_scene(seed: int, n_boxes: int | None = None) -> Scene:
     """A random room with 2-5 boxes standing on the floor, deterministic in seed."""

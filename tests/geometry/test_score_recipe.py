@@ -62,6 +62,17 @@ def test_synthetic_end_to_end_resume_and_bad_video(recipe, tmp_path, caplog, cap
     assert len(broken) == 1 and "broken.mp4" in broken[0]["error"]
     ok = {r["video"].split("/")[-1]: r["score"] for r in folder_rows if r["status"] == "ok"}
     assert ok == {r["video"].split("/")[-1]: r["score"] for r in rows}
+    # Centre-crop/resize: the oracle geometry follows the frames.
+    resized_out = tmp_path / "resized.jsonl"
+    manifest = str(videos / "manifest.jsonl")
+    assert (
+        recipe.main(["--videos", manifest, "--out", str(resized_out), "--num-frames", "3", "--size", "40"])
+        == 0
+    )
+    resized = read_rows(resized_out)
+    assert all(
+        r["status"] == "ok" and r["size"] == [40, 40] and r["frames_used"] == [0, 2, 5] for r in resized
+    )
 
 
 def test_lpips_on_and_too_short(recipe, tmp_path):

@@ -33,6 +33,10 @@ def oracle_mse(clip) -> float:
 def test_render_is_deterministic_and_well_formed(path):
     a = render_clip(make_scene(7), path, FRAMES, SIZE, SIZE + 8)
     b = render_clip(make_scene(7), path, FRAMES, SIZE, SIZE + 8)
+    frames, depth, intrinsics, extrinsics = b
+    assert (
+        frames is b.frames and depth is b.depth and intrinsics is b.intrinsics and extrinsics is b.extrinsics
+    )
     assert torch.equal(a.frames, b.frames) and torch.equal(a.depth, b.depth)
     assert a.frames.shape == (FRAMES, 3, SIZE, SIZE + 8) and a.depth.shape == (FRAMES, SIZE, SIZE + 8)
     assert a.frames.min() >= 0 and a.frames.max() <= 1 and a.frames.std() > 0.05
