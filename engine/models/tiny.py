@@ -56,7 +56,7 @@ def build_tiny_transformer(dtype: torch.dtype = torch.float32, spec: TinySpec = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = CogVideoXTransformer3DModel(**tiny_transformer_config(spec))
-    return model.to(dtype)
+    return model if dtype == torch.float32 else model.to(dtype)
 
 
 @register_adapter

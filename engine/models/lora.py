@@ -1,0 +1,136 @@
+"""Making the transformer trainable: LoRA through peft (diffusers' PEFT integration), full fine-tuning,
+activation checkpointing, the adapters-off context for the DPO reference, and the LoRA export.
+
+The export is `pytorch_lora_weights.safetensors` in the diffusers pipelines' format: keys
+`transformer.<module path>.lora_A.weight` / `.lora_B.weight`, and the LoRA config in the safetensors
+metadata under `lora_adapter_metadata` (keys prefixed `transformer.`), so `pipe.load_lora_weights(folder)`
+or `transformer.load_lora_adapter(file, prefix="transformer")` restore rank and alpha exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from videogpa.engine.models.common import base_module
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_PREFIX = "transformer"  # the pipeline component the LoRA belongs to
+ADAPTER_NAME = "default"
+METADATA_KEY = "lora_adapter_metadata"
+
+
+def _lora_layers(model: nn.Module) -> list[BaseTunerLayer]:
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def apply_lora(
+    model: nn.Module, rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0
+) -> nn.Module:
+    """Add a LoRA adapter (rank r, scale alpha/r) to every module whose name ends with one of `targets`;
+    freezes everything else. Returns the same model (modified in place); only LoRA weights require grad."""
+    if not (isinstance(rank, int) and rank > 0):
+        raise ValueError(f"lora rank: expected a positive integer, got {rank!r}")
+    if not alpha > 0:
+        raise ValueError(f"lora alpha: expected a positive number, got {alpha!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"lora dropout: expected a value in [0, 1), got {dropout!r}")
+    if not targets or any(not isinstance(t, str) or not t for t in targets):
+        raise ValueError(f"lora targets: expected a non-empty list of module-name suffixes, got {targets!r}")
+    base = base_module(model)
+    names = [name for name, _ in base.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(f"lora targets {missing} match no module of {type(base).__name__}")
+    if _lora_layers(base):
+        raise ValueError(f"{type(base).__name__} already has LoRA adapters")
+    base.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout)
+    base.add_adapter(config, adapter_name=ADAPTER_NAME)
+    for name, param in base.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return model
+
+
+def enable_full_finetuning(model: nn.Module) -> nn.Module:
+    """Full fine-tuning: every parameter is trainable (no LoRA). Returns the same model."""
+    if _lora_layers(model):
+        raise ValueError("full fine-tuning: the model has LoRA adapters (use LoRA or a fresh model)")
+    return model.requires_grad_(True)
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every parameter that requires grad: LoRA weights, or everything in full FT."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _non_reentrant_checkpoint(module: nn.Module, *args):
+    return checkpoint(module.__call__, *args, use_reentrant=False)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    """Activation checkpointing of every transformer block with torch's non-reentrant checkpoint, so
+    parameters get gradients even when a block's inputs do not require grad. Returns the same model."""
+    base_module(model).enable_gradient_checkpointing(gradient_checkpointing_func=_non_reentrant_checkpoint)
+    return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, the model computes as its base (LoRA off); on exit adapters and requires_grad flags are
+    restored exactly. For the trainer's adapters_off reference."""
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError(f"adapters_disabled: {type(model).__name__} has no LoRA adapters")
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_enabled = [not layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer, enabled in zip(layers, was_enabled):
+            layer.enable_adapters(enabled)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights in diffusers pipeline naming (`transformer.<path>.lora_A.weight`), on the CPU."""
+    base = base_module(model)
+    if not _lora_layers(base):
+        raise ValueError(f"{type(base).__name__} has no LoRA adapters to export")
+    state = get_peft_model_state_dict(base, adapter_name=ADAPTER_NAME)
+    return {f"{LORA_PREFIX}.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def lora_metadata(model: nn.Module) -> dict[str, str]:
+    """safetensors metadata carrying the LoRA config (rank, alpha, targets) the diffusers loaders read."""
+    config = base_module(model).peft_config[ADAPTER_NAME].to_dict()
+    config = {f"{LORA_PREFIX}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    return {"format": "pt", METADATA_KEY: json.dumps(config, indent=2, sort_keys=True, default=str)}
+
+
+def save_lora_weights(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write out_dir/pytorch_lora_weights.safetensors atomically (tmp file, then os.replace); returns it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = lora_state_dict(model)
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    path = out / LORA_WEIGHT_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=lora_metadata(model))
+    os.replace(tmp, path)
+    return path
