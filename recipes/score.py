@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-frames", type=int, default=10, help="frames sampled uniformly per video")
     p.add_argument("--size", type=int, help="centre-crop and resize to this square (default: the model's)")
     p.add_argument("--conf-thres", type=float, default=0.0, help="confidence percentile filter (0 keeps all)")
+    p.add_argument(
+        "--points",
+        default="auto",
+        choices=["auto", "depth", "pointmap"],
+        help="cloud source: world points + depth confidence (auto, the paper), unprojected depth, or point map",
+    )
     p.add_argument("--vgg-weights", help="torchvision-format VGG16 state dict for LPIPS")
     p.add_argument("--lpips-weights", help="LPIPS linear-layer weights (lin0..lin4) for LPIPS")
     p.add_argument("--lpips-weight", type=float, default=1.0, help="λ in 3DCS = MSE + λ·LPIPS")
@@ -132,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size or (4 if args.device.startswith("cuda") else 1),
         device=args.device,
         conf_thres=args.conf_thres,
+        points=args.points,
         lpips=lpips,
         lpips_weight=args.lpips_weight,
         backend=args.kernel_backend,
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": args.geometry,
             "kernel_backend": args.kernel_backend,
             "conf_thres": args.conf_thres,
+            "points": args.points,
             "n_frames": args.num_frames,
             "versions": versions(),
         },

@@ -94,12 +94,25 @@ def colored_point_cloud(
     return points, colors
 
 
+POINT_SOURCES = ("auto", "depth", "pointmap")
+
+
 def geometry_point_cloud(
-    geometry: Geometry, frames: torch.Tensor, conf_thres: float = 0.0
+    geometry: Geometry, frames: torch.Tensor, conf_thres: float = 0.0, source: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scoring cloud of one video: the model's world points (or its unprojected depth), filtered by the
-    depth confidence (the paper's pipeline pairs the point head's points with the depth head's confidence)."""
-    points = geometry.world_points
+    """The scoring cloud of one video, coloured by frames [T, 3, H, W] in [0, 1].
+
+    source "auto" (the paper's pipeline): the model's world points (its unprojected depth when it has none)
+    with the depth confidence; "depth": always the unprojected depth, depth confidence; "pointmap": the
+    world points with their own confidence (the authors' mode="pointmap").
+    """
+    if source not in POINT_SOURCES:
+        raise ValueError(f"geometry_point_cloud: source must be one of {POINT_SOURCES}, got {source!r}")
+    if source == "pointmap":
+        if geometry.world_points is None:
+            raise ValueError("geometry_point_cloud: source='pointmap' but the geometry has no world_points")
+        return colored_point_cloud(geometry.world_points, frames, geometry.world_points_conf, conf_thres)
+    points = geometry.world_points if source == "auto" else None
     if points is None:
         points = unproject_depth(geometry.depth, geometry.intrinsics, geometry.extrinsics)
     return colored_point_cloud(points, frames, geometry.depth_conf, conf_thres)

@@ -36,7 +36,7 @@ class VideoJob:
 def list_videos(source: str | os.PathLike) -> list[VideoJob]:
     """Videos of a folder (sorted; files by suffix and frame folders) or of a JSONL manifest (`video`, and
     optionally `geometry`, relative to the manifest)."""
-    source = Path(source)
+    source = Path(source).resolve()  # absolute paths: resuming works from any working directory
     if source.is_dir():
         return [VideoJob(p, sidecar_path(p)) for p in sorted(source.iterdir()) if is_video(p)]
     if not source.is_file():
@@ -113,6 +113,7 @@ def score_videos(
     batch_size: int = 1,
     device: torch.device | str = "cpu",
     conf_thres: float = 0.0,
+    points: str = "auto",
     lpips=None,
     lpips_weight: float = 1.0,
     backend: str = "auto",
@@ -170,6 +171,7 @@ def score_videos(
                     video.frames.to(device),
                     geometry,
                     conf_thres=conf_thres,
+                    points=points,
                     lpips=lpips,
                     lpips_weight=lpips_weight,
                     backend=backend,

@@ -42,6 +42,7 @@ def score_reconstruction(
     geometry: Geometry,
     *,
     conf_thres: float = 0.0,
+    points: str = "auto",
     lpips=None,
     lpips_weight: float = 1.0,
     image_metrics: bool = True,
@@ -49,7 +50,8 @@ def score_reconstruction(
 ) -> VideoScore:
     """Scores of frames [T, 3, H, W] in [0, 1] given their reconstruction (same T, H, W).
 
-    All frames' points (filtered by conf_thres) form one cloud, rendered into every camera (nearest point,
+    All frames' points (`points`: "auto" | "depth" | "pointmap", see geometry_point_cloud; filtered by
+    conf_thres) form one cloud, rendered into every camera (nearest point,
     empty pixels black); MSE/PSNR/SSIM/LPIPS compare the renders with the frames. `lpips` is a callable
     (frames, renders) -> per-frame distances [T] (e.g. engine.geometry.lpips.LPIPS) or None (off).
     image_metrics=False computes only the MSE, with the fused kernel that never stores the renders.
@@ -65,19 +67,17 @@ def score_reconstruction(
         raise ValueError("score_reconstruction: LPIPS needs image_metrics=True")
     frames = frames.float()
     geometry = _on(geometry, frames.device)
-    points, colors = geometry_point_cloud(geometry, frames, conf_thres)
+    cloud, colors = geometry_point_cloud(geometry, frames, conf_thres, source=points)
     k, e = geometry.intrinsics, geometry.extrinsics
     common = {
         "mvcs": mvcs(geometry.depth, k, e)[0],
         "motion": motion_score(e),
-        "n_points": int(points.shape[0]),
+        "n_points": int(cloud.shape[0]),
     }
     if not image_metrics:
-        mse = float(reprojection_error(points, colors, k, e, frames, backend=backend).mean())
+        mse = float(reprojection_error(cloud, colors, k, e, frames, backend=backend).mean())
         return VideoScore(score=mse, mse=mse, lpips=None, psnr=None, ssim=None, coverage=None, **common)
-    images, hit = render_point_cloud(
-        points, colors, k, e, frames.shape[-2], frames.shape[-1], backend=backend
-    )
+    images, hit = render_point_cloud(cloud, colors, k, e, frames.shape[-2], frames.shape[-1], backend=backend)
     renders = (images + 1.0) / 2.0
     mse = reprojection_mse(frames, renders)
     lp = None if lpips is None else float(lpips(frames, renders).mean())

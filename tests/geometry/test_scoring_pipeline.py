@@ -135,3 +135,23 @@ def test_psnr_ssim_and_3dcs():
     assert consistency_score(0.1, None) == 0.1
     with pytest.raises(ValueError, match="frames"):
         psnr(x[:, :2], y)
+
+
+def test_point_sources(clip):
+    """auto takes the world points when present; depth always unprojects; pointmap uses the point confidence."""
+    shifted = unproject_depth(clip.depth, clip.intrinsics, clip.extrinsics) + 0.05
+    point_conf = torch.zeros_like(clip.depth)
+    point_conf[:, :4] = 1.0  # only four rows are confident
+    geometry = Geometry(
+        clip.depth, torch.ones_like(clip.depth), clip.intrinsics, clip.extrinsics, shifted, point_conf
+    )
+    auto = score_reconstruction(clip.frames, geometry)
+    depth = score_reconstruction(clip.frames, geometry, points="depth")
+    pointmap = score_reconstruction(clip.frames, geometry, points="pointmap")
+    assert depth == score_reconstruction(clip.frames, clip_geometry(clip))
+    assert auto.mse > depth.mse and auto.n_points == depth.n_points == clip.depth.numel()
+    assert pointmap.n_points == 6 * 4 * 40
+    with pytest.raises(ValueError, match="source"):
+        score_reconstruction(clip.frames, geometry, points="mesh")
+    with pytest.raises(ValueError, match="no world_points"):
+        score_reconstruction(clip.frames, clip_geometry(clip), points="pointmap")
