@@ -147,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
             "kernel_backend": args.kernel_backend,
             "conf_thres": args.conf_thres,
             "points": args.points,
-            "n_frames": args.num_frames,
             "versions": versions(),
         },
     )

@@ -92,3 +92,39 @@ def test_lpips_on_and_too_short(recipe, tmp_path):
     assert all(r["status"] == "error" and "too short" in r["error"] for r in read_rows(out))
     with pytest.raises(SystemExit):
         recipe.main([*args, "--vgg-weights", str(vgg)])
+
+
+def test_vggt_backend_batched(recipe, tmp_path):
+    """--geometry vggt goes through the registry; batches of videos use VGGT's reconstruct_batch."""
+    from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTGeometryModel, save_vggt
+
+    torch.manual_seed(0)
+    weights = save_vggt(VGGT(TINY_CONFIG), tmp_path / "tiny.safetensors")
+    calls = []
+    original = VGGTGeometryModel.reconstruct_batch
+
+    def spy(self, videos):
+        calls.append(videos.shape[0])
+        return original(self, videos)
+
+    VGGTGeometryModel.reconstruct_batch = spy
+    try:
+        args = [
+            "--synthetic",
+            "1",
+            "--num-frames",
+            "3",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--batch-size",
+            "2",
+        ]
+        assert recipe.main([*args, "--geometry", "vggt", "--weights", str(weights)]) == 0
+    finally:
+        VGGTGeometryModel.reconstruct_batch = original
+    rows = read_rows(tmp_path / "run" / "videos" / "scores.jsonl")
+    assert len(rows) == 5 and all(r["status"] == "ok" and r["backend"] == "vggt" for r in rows)
+    assert all(r["size"] == [TINY_CONFIG.img_size] * 2 for r in rows)
+    assert calls == [2, 2, 1]  # two batches of two, then the fifth video alone
+    with pytest.raises(SystemExit):
+        recipe.main([*args, "--geometry", "vggt"])
