@@ -42,9 +42,10 @@ def zbuffer_kernel(
 ):
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = idx < n_points
-    x = tl.load(points_ptr + idx * 3, mask=ok, other=0.0)
-    y = tl.load(points_ptr + idx * 3 + 1, mask=ok, other=0.0)
-    w = tl.load(points_ptr + idx * 3 + 2, mask=ok, other=0.0)
+    row = points_ptr + idx.to(tl.int64) * 3  # 64-bit offsets: 3·N may exceed 2**31
+    x = tl.load(row, mask=ok, other=0.0)
+    y = tl.load(row + 1, mask=ok, other=0.0)
+    w = tl.load(row + 2, mask=ok, other=0.0)
     n_pixels = height * width
     zbuf_view = zbuf_ptr  # pointer arithmetic is 64-bit: T·H·W may exceed 2**31
     e = extr_ptr
