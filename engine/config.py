@@ -20,7 +20,7 @@ LR_SCHEDULES = ("cosine", "constant")
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"  # adapter registry name
+    name: str = "tiny"  # adapter registry name (videogpa.engine.models.adapter_names())
     path: str | None = None  # local diffusers transformer folder (None: the adapter's built-in tiny config)
     gradient_checkpointing: bool = True
 
@@ -189,6 +189,9 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks that the types alone cannot express."""
+    from videogpa.engine.models import adapter_names
+
+    _choice(cfg.model.name, tuple(adapter_names()), "model.name")
     _choice(cfg.dpo.reference, REFERENCE_STRATEGIES, "dpo.reference")
     _choice(cfg.dpo.loss_type, LOSS_TYPES, "dpo.loss_type")
     _choice(cfg.dpo.nan_policy, NAN_POLICIES, "dpo.nan_policy")

@@ -9,7 +9,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from videogpa.engine import checkpoint as ckpt
 from videogpa.engine import distributed as D
 from videogpa.engine import reference as R
 from videogpa.engine.config import Config, OptimConfig, save_config
-from videogpa.engine.data.preference import PreferenceDataset, collate_pairs
-from videogpa.engine.dpo_step import LossSettings, StepInputs, build_inputs, dpo_forward, draw_seed
+from videogpa.engine.data.preference import PreferenceDataset, PreferenceSampler, collate_pairs
+from videogpa.engine.dpo_step import LossSettings, StepInputs, build_inputs, dpo_forward
 from videogpa.engine.logging_utils import (
     MetricsLogger,
     format_line,
@@ -31,7 +30,12 @@ from videogpa.engine.logging_utils import (
     run_info,
 )
 from videogpa.engine.models import get_adapter
-from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing, save_lora_weights
+from videogpa.engine.models.lora import (
+    apply_lora,
+    enable_full_finetuning,
+    enable_gradient_checkpointing,
+    save_lora_weights,
+)
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out draws never coincide with training draws
 METRIC_NAMES = ("loss", "accuracy", "reward_margin", "logits_mean", "policy_err_w", "policy_err_l")
@@ -39,27 +43,16 @@ METRIC_NAMES += ("ref_err_w", "ref_err_l")
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a sample sits in the global stream: which pair, in which epoch."""
+class EngineForward:
+    """Calls the DeepSpeed engine (its forward arms the ZeRO backward hooks and accumulation scaling) while
+    exposing the wrapped model as `.module`, so adapters read the diffusers config there and not the
+    engine's own `.config` (a dict of DeepSpeed settings)."""
 
-    pair: int
-    epoch: int
+    def __init__(self, engine):
+        self.engine, self.module = engine, engine.module
 
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
-    gen = torch.Generator().manual_seed(draw_seed(seed, -1, epoch))
-    return tuple(torch.randperm(n, generator=gen).tolist())
-
-
-def micro_batch_positions(
-    step: int, micro_step: int, rank: int, micro: int, world: int, global_batch: int, n: int, seed: int
-) -> list[Position]:
-    """The pairs one rank trains on in one micro-step: a seeded permutation per epoch, read in global order,
-    so the set of pairs in an optimizer step depends on the global batch only, not on the rank layout."""
-    start = step * global_batch + micro_step * micro * world + rank * micro
-    return [Position(_epoch_order(seed, p // n, n)[p % n], p // n) for p in range(start, start + micro)]
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
 
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -110,9 +103,13 @@ class Trainer:
         self.gas = D.accumulation_steps(cfg, self.world)
         seed_everything(cfg.seed)
         self._prepare_output_dir()
+        self.adapter = self._adapter()
         self.train_set, self.heldout_set = self._datasets()
-        self.adapter = get_adapter(cfg.model.name)
+        self.sampler = PreferenceSampler(
+            len(self.train_set), cfg.train.global_batch_size, D.rank(), self.world, cfg.seed
+        )
         self.engine, self.ref_model = self._build_engine()
+        self.policy = EngineForward(self.engine)
         self.start_step, self.nan_skipped = 0, 0
         if resume:
             self._resume()
@@ -136,9 +133,17 @@ class Trainer:
         if data.synthetic is not None:
             from videogpa.engine.data.synthetic_pairs import write_synthetic_pairs
 
+            spec = getattr(self.adapter, "spec", None)
+            if spec is None:
+                raise ValueError(
+                    f"config section 'data.synthetic': model {self.cfg.model.name!r} has no built-in sample "
+                    "shapes; synthetic pairs are for the tiny model (set data.train to preference shards)"
+                )
             root = self.out / "data"
             if D.is_main():
-                write_synthetic_pairs(root, get_adapter(self.cfg.model.name), data.synthetic)
+                write_synthetic_pairs(
+                    root, data.synthetic, spec.latent_shape, self.adapter.latent_layout, spec.text_shape
+                )
             D.barrier()
             train, heldout = root / "train", root / "heldout"
         train_set = PreferenceDataset(train)
@@ -149,20 +154,20 @@ class Trainer:
             raise ValueError(f"held-out preference set {str(heldout)!r} is empty")
         return train_set, heldout_set
 
-    def _load_model(self) -> nn.Module:
+    def _adapter(self):
         path = self.cfg.model.path
         if path is not None and not Path(path).is_dir():
             raise ValueError(
                 f"config key 'model.path': checkpoint folder {path!r} does not exist (set it to a local "
-                f"diffusers transformer folder for model {self.cfg.model.name!r})"
+                f"diffusers folder for model {self.cfg.model.name!r})"
             )
-        return self.adapter.load_transformer(path, torch.float32)
+        return get_adapter(self.cfg.model.name, path=path)
 
     def _build_engine(self):
         import deepspeed
 
         cfg = self.cfg
-        model = self._load_model()
+        model = self.adapter.load_transformer(cfg.model.path, torch.float32)
         ref_model = None
         if cfg.dpo.reference == "separate":
             ref_model = copy.deepcopy(model).requires_grad_(False).eval()
@@ -170,7 +175,7 @@ class Trainer:
             targets = cfg.lora.targets or list(self.adapter.default_lora_targets)
             model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, targets, cfg.lora.dropout)
         else:
-            model.requires_grad_(True)
+            model = enable_full_finetuning(model)
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
@@ -232,7 +237,7 @@ class Trainer:
 
     def _train_draws(self) -> int:
         """How many distinct per-pair draws training uses: one per epoch, or the noise cycle."""
-        epochs = math.ceil(self.cfg.train.max_steps * self.cfg.train.global_batch_size / len(self.train_set))
+        epochs = math.ceil(self.cfg.train.max_steps / self.sampler.batches_per_epoch)
         cycle = self.cfg.dpo.noise_cycle
         return epochs if cycle is None else min(epochs, cycle)
 
@@ -266,24 +271,15 @@ class Trainer:
 
     def _micro_step(self, step: int, k: int) -> dict[str, float]:
         cfg = self.cfg
-        positions = micro_batch_positions(
-            step,
-            k,
-            D.rank(),
-            cfg.train.micro_batch_size,
-            self.world,
-            cfg.train.global_batch_size,
-            len(self.train_set),
-            cfg.seed,
-        )
-        inputs = self._inputs(
-            self.train_set, [p.pair for p in positions], [self._draw(p.epoch) for p in positions], cfg.seed
-        )
-        out = dpo_forward(self.adapter, self.engine, self.reference, inputs, self.loss)
+        epoch, batch = divmod(step, self.sampler.batches_per_epoch)
+        micro = cfg.train.micro_batch_size
+        pairs = self.sampler.rank_batch(epoch, batch)[k * micro : (k + 1) * micro]
+        inputs = self._inputs(self.train_set, pairs, [self._draw(epoch)] * len(pairs), cfg.seed)
+        out = dpo_forward(self.adapter, self.policy, self.reference, inputs, self.loss)
         bad = D.all_reduce_max(torch.tensor(float(not torch.isfinite(out.loss)), device=self.device))
         if bad.item() > 0 and cfg.dpo.nan_policy == "stop":
             raise FloatingPointError(
-                f"non-finite DPO loss at step {step + 1} (pairs {[p.pair for p in positions]}); "
+                f"non-finite DPO loss at step {step + 1} (pairs {pairs}); "
                 "set dpo.nan_policy: skip to skip such steps"
             )
         # A non-finite loss gives non-finite gradients; DeepSpeed then discards the whole optimizer step.
@@ -330,7 +326,7 @@ class Trainer:
         for draw in range(self.cfg.eval.draws):
             for idx, real in R.rank_shard(n, self.cfg.eval.batch_size):
                 inputs = self._inputs(self.heldout_set, idx, [draw] * len(idx), seed)
-                out = dpo_forward(self.adapter, self.engine, reference, inputs, self.loss)
+                out = dpo_forward(self.adapter, self.policy, reference, inputs, self.loss)
                 logits[idx[:real]] += out.logits[:real].double()
         self.engine.train()
         if self.world > 1:

@@ -9,6 +9,7 @@ held-out sets come from disjoint seeds, so held-out scenes are never trained on.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from videogpa.engine.config import SyntheticDataConfig
+from videogpa.engine.data.preference import PreferenceShardWriter
 
 JITTER = 2  # max per-frame crop jump of a loser, in latent pixels
 FLOATERS = 0.5  # std of a loser's per-frame independent noise, relative to the unit-std scene
@@ -70,19 +72,21 @@ def make_pairs(
     return torch.stack(winners), torch.stack(losers), text
 
 
-def write_synthetic_pairs(root: str | Path, adapter, cfg: SyntheticDataConfig) -> tuple[Path, Path]:
-    """Write the train and held-out sets as preference shards under root/{train,heldout}."""
-    from videogpa.engine.data.preference import write_pairs
-
+def write_synthetic_pairs(
+    root: str | Path,
+    cfg: SyntheticDataConfig,
+    latent_shape: Sequence[int],
+    layout: str,
+    text_shape: Sequence[int],
+) -> tuple[Path, Path]:
+    """Write the train and held-out sets as preference shards under root/{train,heldout} (replacing any
+    previous ones). Scores are the corruption level: 0 for winners, 1 for losers (lower is better)."""
     root = Path(root)
-    out = []
-    for split, n, seed in (
-        ("train", cfg.train_pairs, cfg.seed),
-        ("heldout", cfg.heldout_pairs, cfg.seed + 1),
-    ):
-        winners, losers, text = make_pairs(
-            n, seed, adapter.sample_shape, adapter.latent_layout, adapter.text_shape
-        )
-        write_pairs(root / split, winners, losers, text)
-        out.append(root / split)
-    return out[0], out[1]
+    splits = (("train", cfg.train_pairs, cfg.seed), ("heldout", cfg.heldout_pairs, cfg.seed + 1))
+    for split, n, seed in splits:
+        shutil.rmtree(root / split, ignore_errors=True)
+        winners, losers, text = make_pairs(n, seed, latent_shape, layout, text_shape)
+        with PreferenceShardWriter(root / split) as writer:
+            for i in range(n):
+                writer.add(f"{split}-{i:05d}", winners[i], losers[i], text[i], score_w=0.0, score_l=1.0)
+    return root / "train", root / "heldout"
