@@ -52,6 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lpips-weights", help="LPIPS linear-layer weights (lin0..lin4) for LPIPS")
     p.add_argument("--lpips-weight", type=float, default=1.0, help="λ in 3DCS = MSE + λ·LPIPS")
     p.add_argument(
+        "--mse-only",
+        action="store_true",
+        help="only the reprojection MSE (fused kernel, no rendered images): no PSNR/SSIM/LPIPS, fastest",
+    )
+    p.add_argument(
         "--batch-size", type=int, help="videos per reconstruction call (default 4 on GPU, 1 on CPU)"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_lpips(args: argparse.Namespace) -> LPIPS | None:
     if bool(args.vgg_weights) != bool(args.lpips_weights):
         raise SystemExit("give both --vgg-weights and --lpips-weights for LPIPS, or neither")
+    if args.mse_only:
+        if args.vgg_weights:
+            raise SystemExit("--mse-only scores without LPIPS: drop --vgg-weights/--lpips-weights")
+        log.info("--mse-only: 3DCS = reprojection MSE from the fused kernel; no PSNR/SSIM/LPIPS")
+        return None
     if not args.vgg_weights:
         log.warning("LPIPS is OFF (no --vgg-weights/--lpips-weights given): 3DCS = reprojection MSE only")
         return None
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         points=args.points,
         lpips=lpips,
         lpips_weight=args.lpips_weight,
+        image_metrics=not args.mse_only,
         backend=args.kernel_backend,
         row_info={
             "backend": args.geometry,

@@ -116,6 +116,7 @@ def score_videos(
     points: str = "auto",
     lpips=None,
     lpips_weight: float = 1.0,
+    image_metrics: bool = True,
     backend: str = "auto",
     row_info: dict | None = None,
     progress: bool = True,
@@ -174,6 +175,7 @@ def score_videos(
                     points=points,
                     lpips=lpips,
                     lpips_weight=lpips_weight,
+                    image_metrics=image_metrics,
                     backend=backend,
                 )
             except Exception as err:

@@ -92,6 +92,13 @@ def test_lpips_on_and_too_short(recipe, tmp_path):
     assert all(r["status"] == "error" and "too short" in r["error"] for r in read_rows(out))
     with pytest.raises(SystemExit):
         recipe.main([*args, "--vgg-weights", str(vgg)])
+    fast_out = tmp_path / "fast.jsonl"
+    manifest = str(workdir / "videos" / "manifest.jsonl")
+    assert recipe.main(["--videos", manifest, "--num-frames", "4", "--out", str(fast_out), "--mse-only"]) == 0
+    fast = {r["video"]: r for r in read_rows(fast_out)}
+    for row in rows:
+        assert fast[row["video"]]["psnr"] is None and fast[row["video"]]["lpips"] is None
+        assert fast[row["video"]]["score"] == pytest.approx(row["mse"], rel=1e-5)
 
 
 def test_vggt_backend_batched(recipe, tmp_path):
