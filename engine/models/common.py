@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from diffusers.configuration_utils import ConfigMixin
 from torch import nn
 
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 
 
 def base_module(model: nn.Module) -> nn.Module:
-    """The diffusers model inside DeepSpeed / DDP wrappers (they keep it as `.module`)."""
-    while not hasattr(model, "config") and isinstance(getattr(model, "module", None), nn.Module):
+    """The diffusers model inside DeepSpeed / DDP wrappers (they keep it as `.module`; a DeepSpeed engine
+    has a `.config` of its own, so unwrapping stops only at a diffusers ConfigMixin)."""
+    while not isinstance(model, ConfigMixin) and isinstance(getattr(model, "module", None), nn.Module):
         model = model.module
-    if not hasattr(model, "config"):
-        raise ValueError(
-            f"expected a diffusers transformer (a module with .config), got {type(model).__name__}"
-        )
+    if not isinstance(model, ConfigMixin):
+        raise ValueError(f"expected a diffusers transformer (a ConfigMixin), got {type(model).__name__}")
     return model
 
 

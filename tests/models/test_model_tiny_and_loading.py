@@ -125,3 +125,27 @@ def test_incomplete_or_corrupt_weights(tmp_path):
         adapter.load_transformer(tmp_path, torch.float32)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["_class_name"] == "CogVideoXTransformer3DModel"
+
+
+class _EngineLikeWrapper(torch.nn.Module):
+    """The attribute layout of a DeepSpeed engine: the model as `.module`, and a `.config` of its own."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.config = module, {"train_micro_batch_size_per_gpu": 1}
+
+    def forward(self, **kwargs):
+        return self.module(**kwargs)
+
+
+def test_predict_through_a_wrapper_reads_the_inner_model_config():
+    adapter = get_adapter("tiny")
+    model = adapter.load_transformer(None, torch.float32)
+    x, c = _tiny_inputs()
+    t = torch.tensor([3, 30])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            adapter.predict(_EngineLikeWrapper(model), x, t, c), adapter.predict(model, x, t, c)
+        )
+    with pytest.raises(ValueError, match="expected a diffusers transformer"):
+        adapter.predict(torch.nn.Linear(2, 2), x, t, c)
