@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS ?= 0
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench score
 
 setup: $(VENV)/.installed
 
@@ -27,5 +27,12 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# Kernel and model microbenchmarks (full sizes on a GPU, small ones on a CPU).
 bench: setup
 	$(PY) benchmarks/bench_dpo_loss.py
+	$(PY) benchmarks/bench_reproject.py
+	$(PY) benchmarks/bench_vggt.py
+
+# Score a generated synthetic set with the oracle geometry.
+score: setup
+	$(PY) recipes/score.py

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--small", action="store_true", help="tiny VGGT config (CPU-friendly)")
+    parser.add_argument(
+        "--small", action="store_true", help="tiny VGGT config (CPU-friendly; the default without a GPU)"
+    )
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--batches", default="1,4", help="videos per call, comma-separated")
     parser.add_argument(
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.small = args.small or device.type == "cpu"  # the 1B model on a CPU would take minutes per video
     config = TINY_CONFIG if args.small else VGGTConfig()
     dtype = resolve_compute_dtype(args.dtype, device)
     iters = args.iters or (10 if device.type == "cuda" else 2)

@@ -7,5 +7,14 @@ from videogpa.kernels.dpo_loss import (
     diffusion_dpo_loss,
     per_sample_mse,
 )
+from videogpa.kernels.reproject import render_point_cloud, reprojection_error
 
-__all__ = ["LOSS_TYPES", "DPOOutput", "DiffusionDPOLoss", "diffusion_dpo_loss", "per_sample_mse"]
+__all__ = [
+    "LOSS_TYPES",
+    "DPOOutput",
+    "DiffusionDPOLoss",
+    "diffusion_dpo_loss",
+    "per_sample_mse",
+    "render_point_cloud",
+    "reprojection_error",
+]

@@ -11,38 +11,34 @@ from videogpa.engine.geometry.base import Geometry
 MIN_VALID_CONF = 1e-5
 
 
-def unproject_depth(depth: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:
+def unproject_depth(
+    depth: torch.Tensor,
+    intrinsics: torch.Tensor,
+    extrinsics: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """World points [T, H, W, 3]: X_cam = ((u − c_x)·d/f_x, (v − c_y)·d/f_y, d), X_world = Rᵀ(X_cam − t).
 
-    depth [T, H, W], intrinsics [T, 3, 3], extrinsics [T, 3, 4] world-to-camera; u is the column, v the row.
+    depth [T, H, W], intrinsics [T, 3, 3], extrinsics [T, 3, 4] or [T, 4, 4] world-to-camera; u is the
+    column, v the row. Camera coordinates are rounded to float32 (as the authors' routine does); the world
+    transform runs in `dtype` (their numpy routine returns float64).
     """
     if depth.ndim != 3:
         raise ValueError(f"unproject_depth: depth must be [T, H, W], got {tuple(depth.shape)}")
     n_views, height, width = depth.shape
-    if (
-        intrinsics.shape != (n_views, 3, 3)
-        or extrinsics.shape[0] != n_views
-        or extrinsics.shape[1:]
-        not in (
-            (3, 4),
-            (4, 4),
-        )
-    ):
+    if intrinsics.shape != (n_views, 3, 3) or extrinsics.shape not in ((n_views, 3, 4), (n_views, 4, 4)):
         raise ValueError(
             f"unproject_depth: expected intrinsics [{n_views}, 3, 3] and extrinsics [{n_views}, 3, 4], got "
             f"{tuple(intrinsics.shape)} and {tuple(extrinsics.shape)}"
         )
-    depth = depth.float()
-    k = intrinsics.float()[:, :, :, None, None]
-    v, u = torch.meshgrid(
-        torch.arange(height, device=depth.device, dtype=torch.float32),
-        torch.arange(width, device=depth.device, dtype=torch.float32),
-        indexing="ij",
-    )
-    cam = torch.stack(
-        [(u - k[:, 0, 2]) * depth / k[:, 0, 0], (v - k[:, 1, 2]) * depth / k[:, 1, 1], depth], -1
-    )
-    rot, trans = extrinsics[:, :3, :3].float(), extrinsics[:, :3, 3].float()
+    wide = torch.promote_types(dtype, torch.float32)
+    d = depth.to(wide)
+    k = intrinsics.to(wide)[:, :, :, None, None]
+    u = torch.arange(width, device=depth.device, dtype=wide)
+    v = torch.arange(height, device=depth.device, dtype=wide)[:, None]
+    cam = torch.stack([(u - k[:, 0, 2]) * d / k[:, 0, 0], (v - k[:, 1, 2]) * d / k[:, 1, 1], d], -1)
+    cam = cam.to(torch.float32).to(dtype)
+    rot, trans = extrinsics[:, :3, :3].to(dtype), extrinsics[:, :3, 3].to(dtype)
     return torch.einsum("tji,thwj->thwi", rot, cam - trans[:, None, None, :])
 
 

@@ -84,5 +84,5 @@ def test_bad_shapes_are_rejected():
         cameras_to_pose_encoding(torch.zeros(2, 4, 4), torch.zeros(2, 3, 3), (4, 4))
     with pytest.raises(ValueError, match="depth"):
         depth_to_world_points(torch.zeros(2, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 3))
-    with pytest.raises(ValueError, match="extrinsics must be"):
+    with pytest.raises(ValueError, match="expected intrinsics"):
         depth_to_world_points(torch.zeros(2, 4, 4), torch.zeros(3, 3, 4), torch.zeros(2, 3, 3))
