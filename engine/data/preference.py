@@ -326,8 +326,12 @@ def collate_pairs(pairs: Sequence[PreferencePair]) -> PreferenceBatch:
 
 def epoch_permutation(num_pairs: int, seed: int, epoch: int) -> list[int]:
     """The seeded permutation of range(num_pairs) for one epoch (a pure function of seed and epoch)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, int(epoch)]).generate_state(2)
-    gen = torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+    if not (isinstance(seed, int) and seed >= 0) or not (isinstance(epoch, int) and epoch >= 0):
+        raise ValueError(
+            f"seed and epoch: expected non-negative integers, got seed={seed!r}, epoch={epoch!r}"
+        )
+    low, high = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    gen = torch.Generator().manual_seed(int(low) | int(high) << 32)
     return torch.randperm(num_pairs, generator=gen).tolist()
 
 

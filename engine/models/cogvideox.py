@@ -20,6 +20,7 @@ from torch import nn
 
 from videogpa.engine.models.base import Conditioning, ModelAdapter
 from videogpa.engine.models.common import (
+    ATTENTION_PROJECTIONS,
     DiffusersAdapterMixin,
     base_module,
     check_latents,
@@ -44,7 +45,6 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
     "clip_sample": False,
 }
 I2V_OFS = 2.0  # the offset-conditioning value the CogVideoX 1.5 I2V pipeline passes when ofs_embed_dim is set
-ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def alphas_cumprod_from_config(config: dict[str, Any]) -> torch.Tensor:
@@ -62,7 +62,7 @@ class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
 
     name: ClassVar[str] = "cogvideox-t2v"
     latent_layout: ClassVar[str] = "BFCHW"
-    default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_TARGETS
+    default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_PROJECTIONS
     transformer_class: ClassVar[type[nn.Module]] = CogVideoXTransformer3DModel
     image_conditioned: ClassVar[bool] = False
 

@@ -12,6 +12,7 @@ from diffusers.configuration_utils import ConfigMixin
 from torch import nn
 
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers Attention: the default LoRA targets
 
 
 def base_module(model: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ from torch import nn
 
 from videogpa.engine.models.base import Conditioning, ModelAdapter
 from videogpa.engine.models.common import (
+    ATTENTION_PROJECTIONS,
     DiffusersAdapterMixin,
     base_module,
     check_latents,
@@ -42,7 +43,7 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
 
     name: ClassVar[str] = "wan2.2-ti2v"
     latent_layout: ClassVar[str] = "BCFHW"
-    default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_PROJECTIONS
     transformer_class: ClassVar[type[nn.Module]] = WanTransformer3DModel
 
     def __init__(self, path: str | Path | None = None, shift: float | None = None):

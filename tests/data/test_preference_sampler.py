@@ -64,3 +64,10 @@ def test_sampler_epochs_differ_and_repeat():
 def test_sampler_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         PreferenceSampler(20, **kwargs)
+
+
+def test_permutation_rejects_negative_seed_and_accepts_large():
+    with pytest.raises(ValueError, match="seed"):
+        epoch_permutation(10, seed=-1, epoch=0)
+    big = epoch_permutation(10, seed=2**70, epoch=3)
+    assert sorted(big) == list(range(10)) and big == epoch_permutation(10, seed=2**70, epoch=3)
