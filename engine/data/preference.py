@@ -15,6 +15,7 @@ Sampling: `PreferenceSampler` (see its docstring for the order across epochs, ba
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -335,6 +336,11 @@ def epoch_permutation(num_pairs: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_pairs, generator=gen).tolist()
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_permutation(num_pairs: int, seed: int, epoch: int) -> tuple[int, ...]:
+    return tuple(epoch_permutation(num_pairs, seed, epoch))
+
+
 class PreferenceSampler(torch.utils.data.Sampler[int]):
     """Deterministic, rank-sharded order of pair indices.
 
@@ -379,7 +385,7 @@ class PreferenceSampler(torch.utils.data.Sampler[int]):
         if not 0 <= k < self.batches_per_epoch:
             raise ValueError(f"global batch {k}: expected 0 <= k < {self.batches_per_epoch}")
         g = self.global_batch_size
-        return epoch_permutation(self.num_pairs, self.seed, epoch)[k * g : (k + 1) * g]
+        return list(_cached_permutation(self.num_pairs, self.seed, epoch)[k * g : (k + 1) * g])
 
     def rank_batch(self, epoch: int, k: int) -> list[int]:
         """This rank's share of global batch k."""
@@ -387,7 +393,7 @@ class PreferenceSampler(torch.utils.data.Sampler[int]):
         return self.global_batch(epoch, k)[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def __iter__(self) -> Iterator[int]:
-        perm = epoch_permutation(self.num_pairs, self.seed, self.epoch)
+        perm = _cached_permutation(self.num_pairs, self.seed, self.epoch)
         g, per_rank = self.global_batch_size, self.global_batch_size // self.world_size
         for k in range(self.batches_per_epoch):
             yield from perm[k * g + self.rank * per_rank : k * g + (self.rank + 1) * per_rank]
