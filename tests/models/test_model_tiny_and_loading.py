@@ -78,6 +78,13 @@ def test_load_saved_model_round_trip(tmp_path, subfolder):
         torch.testing.assert_close(adapter.predict(loaded, x, t, c), adapter.predict(model, x, t, c))
 
 
+def test_load_in_bf16(tmp_path):
+    adapter = get_adapter("tiny")
+    adapter.load_transformer(None, torch.float32).save_pretrained(tmp_path)
+    loaded = adapter.load_transformer(tmp_path, torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+
+
 def test_load_wan_saved_model(tmp_path):
     adapter = get_adapter("wan2.2-ti2v")
     model = wan_ti2v()
