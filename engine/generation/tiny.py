@@ -20,16 +20,27 @@ import torch
 # frames makes the CogVideoX VAE decode back to the same 17 frames. Text: TINY_TEXT_LEN tokens of 32 dims.
 TINY_FRAMES = 17
 TINY_SIZE = 64
-TINY_TEXT_LEN = 48
+TINY_TEXT_LEN = 64
+
+
+# Whole-word pieces of the tiny tokenizer: the camera-motion builder's words and common scene words; other
+# words fall back to characters.
+_WORDS = """a an the of in on with and then only where nothing moves moving camera completely static scene slowly
+to slow left right up down forward back pans pan tilts tilt dollies dolly pulls pull orbits orbit around trucks
+truck sideways cranes crane arcs arc centre center red green blue old stone bridge over river quiet library
+tall shelves lighthouse rocky coast kitchen wooden table narrow street town greenhouse full plants snowy
+mountain cabin sunlit museum hall harbour fishing boats desert canyon field barn house room city park forest
+lake sea beach garden tree trees road building window door car light sky night day""".split()
 
 
 def tiny_tokenizer():
-    """A character-level T5Tokenizer (Unigram) over letters, digits and punctuation."""
+    """A T5Tokenizer (Unigram) over whole words of _WORDS, with characters as the fallback."""
     from transformers import T5Tokenizer
 
     chars = string.ascii_letters + string.digits + ",.;:'!?-()"
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(c, -1.0) for c in chars] + [("▁" + c, -1.5) for c in chars]
+    vocab += [(c, -3.0) for c in chars] + [("▁" + c, -3.5) for c in chars]
+    vocab += [("▁" + w, -1.0) for w in _WORDS] + [("▁" + w.capitalize(), -1.0) for w in _WORDS]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 

@@ -1,0 +1,132 @@
+"""Before/after evaluation: the same held-out prompts and seeds generated without and with the trained LoRA,
+both scored, compared side by side (3DCS, MSE, LPIPS, PSNR, SSIM, MVCS, motion) with per-prompt win rates.
+
+A prompt is a win when its mean 3DCS over the seeds is lower with the LoRA (ties count half). Only videos
+scored in both runs are compared.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from videogpa.engine.generation.records import read_jsonl
+
+# metric -> True: lower is better, False: higher is better, None: neither (reported only)
+METRICS = {
+    "score": True,
+    "mse": True,
+    "lpips": True,
+    "psnr": False,
+    "ssim": False,
+    "mvcs": False,
+    "motion": None,
+}
+LABELS = {"score": "3DCS", "mse": "MSE", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", "mvcs": "MVCS",
+          "motion": "motion"}  # fmt: skip
+
+
+def _by_candidate(rows: list[dict], where: str) -> dict[tuple[str, int], dict]:
+    out = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        if "prompt_id" not in row or "seed" not in row:
+            raise ValueError(f"{where}: a score row lacks 'prompt_id'/'seed' (score the generation manifest)")
+        out[(row["prompt_id"], row["seed"])] = row
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLike | list[dict]) -> dict:
+    """The evaluation table of two score files (or row lists) of the same prompts and seeds."""
+    base_rows = read_jsonl(base) if not isinstance(base, list) else base
+    tuned_rows = read_jsonl(tuned) if not isinstance(tuned, list) else tuned
+    b, t = _by_candidate(base_rows, str(base)[:200]), _by_candidate(tuned_rows, str(tuned)[:200])
+    common = sorted(set(b) & set(t))
+    if not common:
+        raise ValueError("evaluation: no video was scored in both the base and the LoRA run")
+    table = {}
+    for metric, lower in METRICS.items():
+        before, after = _mean([b[k].get(metric) for k in common]), _mean([t[k].get(metric) for k in common])
+        better = None
+        if lower is not None and before is not None and after is not None:
+            better = after < before if lower else after > before
+        table[metric] = {"label": LABELS[metric], "base": before, "lora": after, "lower_is_better": lower,
+                         "improved": better}  # fmt: skip
+    per_prompt = defaultdict(lambda: {"base": [], "lora": []})
+    for key in common:
+        per_prompt[key[0]]["base"].append(b[key]["score"])
+        per_prompt[key[0]]["lora"].append(t[key]["score"])
+    prompts = {}
+    for pid, runs in sorted(per_prompt.items()):
+        before, after = _mean(runs["base"]), _mean(runs["lora"])
+        prompts[pid] = {
+            "base": before,
+            "lora": after,
+            "win": 1.0 if after < before else 0.5 if after == before else 0.0,
+        }
+    videos_won = sum(t[k]["score"] < b[k]["score"] for k in common) + 0.5 * sum(
+        t[k]["score"] == b[k]["score"] for k in common
+    )
+    notes = sorted({r["note"] for r in base_rows + tuned_rows if r.get("note")})
+    return {
+        "videos": len(common),
+        "prompts": len(prompts),
+        "skipped": {"base": len(base_rows) - len(common), "lora": len(tuned_rows) - len(common)},
+        "metrics": table,
+        "prompt_win_rate": sum(p["win"] for p in prompts.values()) / len(prompts),
+        "video_win_rate": videos_won / len(common),
+        "per_prompt": prompts,
+        "notes": notes,
+    }
+
+
+def format_table(result: dict) -> str:
+    """A side-by-side Markdown table and the win rates."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.5g}"
+    lines = ["| metric | base | LoRA | better is |", "|---|---|---|---|"]
+    for m in result["metrics"].values():
+        direction = {True: "lower", False: "higher", None: "-"}[m["lower_is_better"]]
+        mark = " ✓" if m["improved"] else ""
+        lines.append(f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} |")
+    lines.append("")
+    lines.append(
+        f"LoRA wins {100 * result['prompt_win_rate']:.1f}% of {result['prompts']} prompts "
+        f"({100 * result['video_win_rate']:.1f}% of {result['videos']} videos) on 3DCS"
+    )
+    lines += [f"NOTE: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+def plot_comparison(result: dict, path: str | os.PathLike) -> None:
+    """Bar plot: base vs LoRA per metric (one panel each) and the per-prompt win rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in result["metrics"].values() if m["base"] is not None and m["lora"] is not None]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(2.2 * (len(metrics) + 1), 2.8))
+    for ax, m in zip(axes, metrics):
+        ax.bar(["base", "LoRA"], [m["base"], m["lora"]], color=["tab:gray", "tab:blue"])
+        ax.set_title(m["label"], fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[-1].bar(["win rate"], [result["prompt_win_rate"]], color="tab:green")
+    axes[-1].set_ylim(0, 1)
+    axes[-1].axhline(0.5, color="k", linestyle="--", linewidth=0.8)
+    axes[-1].set_title("prompts won", fontsize=9)
+    if result["notes"]:
+        fig.suptitle("scores from random-weights geometry: not meaningful", fontsize=8, color="tab:red")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
