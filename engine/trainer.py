@@ -43,18 +43,6 @@ METRIC_NAMES += ("ref_err_w", "ref_err_l")
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 
 
-class EngineForward:
-    """Calls the DeepSpeed engine (its forward arms the ZeRO backward hooks and accumulation scaling) while
-    exposing the wrapped model as `.module`, so adapters read the diffusers config there and not the
-    engine's own `.config` (a dict of DeepSpeed settings)."""
-
-    def __init__(self, engine):
-        self.engine, self.module = engine, engine.module
-
-    def __call__(self, *args, **kwargs):
-        return self.engine(*args, **kwargs)
-
-
 def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to min_ratio (or constant)."""
     if step < warmup:
@@ -109,7 +97,6 @@ class Trainer:
             len(self.train_set), cfg.train.global_batch_size, D.rank(), self.world, cfg.seed
         )
         self.engine, self.ref_model = self._build_engine()
-        self.policy = EngineForward(self.engine)
         self.start_step, self.nan_skipped = 0, 0
         if resume:
             self._resume()
@@ -275,7 +262,7 @@ class Trainer:
         micro = cfg.train.micro_batch_size
         pairs = self.sampler.rank_batch(epoch, batch)[k * micro : (k + 1) * micro]
         inputs = self._inputs(self.train_set, pairs, [self._draw(epoch)] * len(pairs), cfg.seed)
-        out = dpo_forward(self.adapter, self.policy, self.reference, inputs, self.loss)
+        out = dpo_forward(self.adapter, self.engine, self.reference, inputs, self.loss)
         bad = D.all_reduce_max(torch.tensor(float(not torch.isfinite(out.loss)), device=self.device))
         if bad.item() > 0 and cfg.dpo.nan_policy == "stop":
             raise FloatingPointError(
@@ -326,7 +313,7 @@ class Trainer:
         for draw in range(self.cfg.eval.draws):
             for idx, real in R.rank_shard(n, self.cfg.eval.batch_size):
                 inputs = self._inputs(self.heldout_set, idx, [draw] * len(idx), seed)
-                out = dpo_forward(self.adapter, self.policy, reference, inputs, self.loss)
+                out = dpo_forward(self.adapter, self.engine, reference, inputs, self.loss)
                 logits[idx[:real]] += out.logits[:real].double()
         self.engine.train()
         if self.world > 1:

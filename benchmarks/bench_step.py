@@ -1,0 +1,154 @@
+"""One Diffusion-DPO training step on a CogVideoX-2B-config transformer: time, peak memory, MFU.
+
+Full size (GPU): random weights in bf16, 49 frames at 480x720 -> latents [1, 13, 16, 60, 90], 17,550 video
++ 226 text tokens = 17,776, one preference pair, LoRA r64 on the attention projections, non-reentrant
+activation checkpointing, adapters-off reference, fused DPO loss, AdamW step. `--small` runs a tiny config
+in seconds (also on a CPU) to check the plumbing; its MFU is not meaningful.
+
+    python benchmarks/bench_step.py            # needs a GPU
+    python benchmarks/bench_step.py --small    # anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import append_results, print_table, time_fn  # noqa: E402
+
+from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward  # noqa: E402
+from videogpa.engine.models import Conditioning, get_adapter  # noqa: E402
+from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing  # noqa: E402
+from videogpa.engine.reference import AdaptersOff  # noqa: E402
+
+PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
+
+# CogVideoX-2B's transformer config (THUDM/CogVideoX-2b, transformer/config.json).
+COGVIDEOX_2B = dict(
+    num_attention_heads=30,
+    attention_head_dim=64,
+    in_channels=16,
+    out_channels=16,
+    time_embed_dim=512,
+    text_embed_dim=4096,
+    num_layers=30,
+    sample_width=90,
+    sample_height=60,
+    sample_frames=49,
+    patch_size=2,
+    max_text_seq_length=226,
+)
+FULL = dict(config=COGVIDEOX_2B, latent=(13, 16, 60, 90), lora_rank=64)
+SMALL = dict(
+    config=dict(
+        COGVIDEOX_2B,
+        num_attention_heads=2,
+        attention_head_dim=32,
+        text_embed_dim=64,
+        num_layers=2,
+        time_embed_dim=64,
+        sample_width=16,
+        sample_height=16,
+        sample_frames=9,
+        max_text_seq_length=16,
+    ),
+    latent=(3, 16, 16, 16),
+    lora_rank=8,
+)
+
+
+def step_flops(config: dict, latent: tuple[int, ...]) -> tuple[float, int, str]:
+    """Model FLOPs of one DPO step on one pair, the token count, and the formula as text.
+
+    Per layer and sample, forward: 24·N·d² (q, k, v, out: 4·2Nd²; 4d-wide feed-forward: 16Nd²) + 4·N²·d
+    (QKᵀ and AV). A step = reference forward + policy forward + backward (2× forward) on [w; l] = 4 forwards
+    of 2 samples; recomputation under checkpointing is not counted (the usual MFU convention).
+    """
+    frames, _, h, w = latent
+    p = config["patch_size"]
+    n = config["max_text_seq_length"] + frames * (h // p) * (w // p)
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    layers = config["num_layers"]
+    per_forward = 2 * layers * (24 * n * d**2 + 4 * n**2 * d)
+    formula = f"4 passes x 2 samples x {layers} layers x (24*N*d^2 + 4*N^2*d), N={n}, d={d}"
+    return 4 * per_forward, n, formula
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--small", action="store_true", help="tiny config, runs on a CPU in seconds")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--no-save", action="store_true", help="do not append to benchmarks/results")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.small:
+        parser.error("the full-size step needs a GPU; pass --small to run the tiny config on a CPU")
+    size = SMALL if args.small else FULL
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+
+    from diffusers import CogVideoXTransformer3DModel
+
+    adapter = get_adapter("cogvideox-t2v")
+    model = CogVideoXTransformer3DModel(**size["config"]).to(device, dtype)
+    apply_lora(model, size["lora_rank"], 2.0 * size["lora_rank"], list(adapter.default_lora_targets))
+    enable_gradient_checkpointing(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=5e-6)
+    reference = AdaptersOff(adapter, model)
+    loss = LossSettings(beta=1.0)
+
+    cfg = size["config"]
+    w, lo = torch.randn(2, 1, *size["latent"]).unbind(0)
+    cond = Conditioning(torch.randn(1, cfg["max_text_seq_length"], cfg["text_embed_dim"]))
+    step_index = [0]
+
+    def step() -> None:
+        step_index[0] += 1
+        inputs = build_inputs(
+            adapter, w, lo, cond, torch.tensor([0]), torch.tensor([step_index[0]]), 0, device, dtype
+        )
+        dpo_forward(adapter, model, reference, inputs, loss).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = time_fn(step, device, warmup=args.warmup, iters=args.iters)
+    peak_gb = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak_gb = torch.cuda.max_memory_allocated(device) / 1e9
+    flops, tokens, formula = step_flops(cfg, size["latent"])
+    tflops = flops / seconds / 1e12
+    row = {
+        "bench": "dpo_step",
+        "size": "small" if args.small else "cogvideox-2b",
+        "tokens": tokens,
+        "lora_rank": size["lora_rank"],
+        "dtype": str(dtype).removeprefix("torch."),
+        "step_s": seconds,
+        "peak_gb": peak_gb,
+        "step_tflop": flops / 1e12,
+        "tflops": tflops,
+        "mfu": tflops / PEAK_TFLOPS if device.type == "cuda" else None,
+        "baseline": "diffusers + eager loss, H100: 3.60 s, 11.1 GB, 27% MFU",
+    }
+    print(f"FLOPs per step = {formula} = {flops / 1e12:.1f} TFLOP; MFU against {PEAK_TFLOPS:.0f} TFLOP/s")
+    print_table([row], ["size", "tokens", "dtype", "step_s", "peak_gb", "tflops", "mfu"])
+    if not args.no_save:
+        print(f"appended to {append_results('bench_step', [row], device)}")
+    return [row]
+
+
+if __name__ == "__main__":
+    main()
