@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from videogpa.engine.data.prompts import PromptItem
 from videogpa.engine.data.video import write_video
+from videogpa.engine.generation.pipelines import image_argument
 from videogpa.engine.generation.records import append_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def _run_pipeline(pipe, item: PromptItem, seeds: list[int], sampler: SamplerSett
         return kwargs
 
     n = len(seeds)
-    extra = {} if image is None else {"image": [image] * n}
+    extra = {} if image is None else {"image": image_argument(pipe, image, n)}
     negative = None if sampler.negative_prompt is None else [sampler.negative_prompt] * n
     out = pipe(
         prompt=[item.prompt] * n,

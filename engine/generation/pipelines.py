@@ -82,12 +82,26 @@ def load_pipeline(
     if name is None:
         raise ValueError(f"model {model!r} has no {'image' if image_to_video else 'text'}-to-video pipeline")
     folder = pipeline_folder(path)
+    if name == "WanImageToVideoPipeline":
+        import importlib.util
+
+        if importlib.util.find_spec("ftfy") is None:
+            raise ValueError(
+                "Wan image-to-video needs the 'ftfy' package (pip install ftfy): diffusers' "
+                "WanImageToVideoPipeline cleans every prompt with it"
+            )
     try:
         pipe = getattr(diffusers, name).from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
         raise ValueError(f"could not load a {name} from {folder}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def image_argument(pipe, image, n: int):
+    """The `image` argument for n videos of one first frame: CogVideoX's I2V pipeline encodes one image per
+    generator (a list of n), Wan's takes the single image and repeats it."""
+    return [image] * n if type(pipe).__name__.startswith("CogVideoX") else image
 
 
 def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:
