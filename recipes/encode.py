@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout-fraction", type=float, default=0.0, help="pairs kept out of training")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
     p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="default: cuda when available, else cpu")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     summary = run_encode(

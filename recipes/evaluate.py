@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     loop = Loop(setup, args.output_dir, RECIPES / "dpo.py")
-    loop.prepare_models()
-    loop.evaluate(lora=args.lora)
+    with loop.lock():
+        loop.prepare_models()
+        loop.evaluate(lora=args.lora)
     return 0
 
 

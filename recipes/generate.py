@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, GenerationCo
         "--camera-motion", action="store_true", help="prefix + 2-3 random camera motions per prompt"
     )
     p.add_argument("--batch-size", type=int, default=2, help="videos per pipeline call")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
     for name, kind in (("num-frames", int), ("height", int), ("width", int), ("steps", int),
                        ("guidance-scale", float), ("max-sequence-length", int)):  # fmt: skip
         p.add_argument(f"--{name}", type=kind, help="default: the model's")

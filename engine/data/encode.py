@@ -310,10 +310,12 @@ def run_encode(
     heldout_fraction: float = 0.0,
     seed: int = 0,
     shard_size: int = 64,
-    device: str = "cpu",
+    device: str | None = None,
     progress: bool = True,
 ) -> EncodeSummary:
-    """Load the model's pipeline from its local folder and encode the pair index into out_dir."""
+    """Load the model's pipeline from its local folder (on `device`; None: cuda when available, else cpu)
+    and encode the pair index into out_dir."""
+    from videogpa.engine.generation.generate import default_device
     from videogpa.engine.generation.pipelines import SAMPLER_DEFAULTS, load_pipeline, pipeline_spec
     from videogpa.engine.generation.records import read_jsonl
 
@@ -333,7 +335,7 @@ def run_encode(
             )
         max_sequence_length = used.pop() if used else SAMPLER_DEFAULTS[model]["max_sequence_length"]
     image_to_video = spec.requires_image or any(r.get("image") for r in rows)
-    pipe = load_pipeline(model, pipeline, image_to_video=image_to_video, device=device)
+    pipe = load_pipeline(model, pipeline, image_to_video=image_to_video, device=device or default_device())
     encoder = PipelineEncoder(pipe, max_sequence_length)
     return encode_pairs(
         rows,

@@ -245,8 +245,8 @@ class GenerationConfig:
     seed: int = 0  # candidate k of every prompt uses seed + k
     camera_motion: bool = False  # rewrite prompts with the camera-motion builder (seeded by `seed`)
     batch_size: int = 2
-    device: str = "cpu"
-    dtype: str = "fp32"
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None  # fp32 / bf16 / fp16; None: bf16 on cuda, fp32 on cpu
     num_frames: int | None = None
     height: int | None = None
     width: int | None = None
@@ -267,6 +267,10 @@ class GenerationConfig:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_items(
@@ -306,15 +310,17 @@ def run_generation(
     """Load the pipeline (and LoRA), generate every missing candidate of the prompt file into out_dir."""
     from videogpa.engine.generation.pipelines import attach_lora, load_pipeline
 
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"generation dtype: expected one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    device = cfg.device or default_device()
+    dtype = cfg.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+    if dtype not in DTYPES:
+        raise ValueError(f"generation dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     if cfg.pipeline is None:
         raise ValueError("generation: no pipeline folder given (pipeline)")
     items, image_to_video = load_items(cfg, prompts)
     sampler = cfg.sampler()
     seeds = candidate_seeds(cfg.num_candidates, cfg.seed)
     pipe = load_pipeline(
-        cfg.model, cfg.pipeline, image_to_video=image_to_video, device=cfg.device, dtype=DTYPES[cfg.dtype]
+        cfg.model, cfg.pipeline, image_to_video=image_to_video, device=device, dtype=DTYPES[dtype]
     )
     if lora is not None:
         attach_lora(pipe, lora, lora_scale)

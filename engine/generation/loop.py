@@ -17,6 +17,7 @@ exercises every stage on a CPU in minutes, and its scores (hence its pairs and i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -53,7 +54,7 @@ class PairsConfig:
 class EncodeConfig:
     heldout_fraction: float = 0.0  # pairs kept out of training (the trainer reports their accuracy)
     shard_size: int = 64
-    device: str = "cpu"
+    device: str | None = None  # None: cuda when available, else cpu
 
 
 @dataclass
@@ -132,14 +133,23 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
         loop = build_dataclass(LoopConfig, merged, "loop")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    if (
-        loop.generation.model not in ("tiny", trainer.model.name)
-        and loop_data
-        and "model" in loop_data.get("generation", {})
-    ):
-        raise ValueError(f"{path}: loop.generation.model must match model.name ({trainer.model.name!r})")
+    given = ((loop_data or {}).get("generation") or {}).get("model")
+    if given is not None and given != trainer.model.name:
+        raise ValueError(
+            f"{path}: loop.generation.model ({given!r}) must match model.name ({trainer.model.name!r})"
+        )
     loop.generation.model = trainer.model.name
     return LoopSetup(data, loop, tiny)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Loop:
@@ -353,7 +363,36 @@ class Loop:
         self._say("evaluate", f"{path}: LoRA wins {100 * result['prompt_win_rate']:.1f}% of prompts")
         return result
 
+    @contextlib.contextmanager
+    def lock(self):
+        """One loop per folder at a time: DIR/.loop.lock holds the owner's pid (a dead owner's lock is taken
+        over)."""
+        path = self.out / ".loop.lock"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                owner = path.read_text().strip()
+                if owner.isdigit() and _alive(int(owner)):
+                    raise ValueError(
+                        f"{self.out} is in use by another loop (pid {owner}; lock {path})"
+                    ) from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+        else:
+            raise ValueError(f"could not take the lock {path}")
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
     def run(self) -> dict:
+        with self.lock():
+            return self._run()
+
+    def _run(self) -> dict:
         start = time.perf_counter()
         self.prepare_models()
         self.generate()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class ScoreConfig:
     num_frames: int = 10  # frames sampled uniformly per video (the paper: 10)
     size: int | None = None  # square crop size (None: the model's input size)
     batch_size: int = 1
-    device: str = "cpu"
+    device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None
     conf_thres: float = 0.0
     vgg_weights: str | None = None  # LPIPS-VGG from local files (both or neither)
@@ -41,8 +42,10 @@ class Scorer:
 
     @classmethod
     def build(cls, cfg: ScoreConfig) -> Scorer:
+        from videogpa.engine.generation.generate import default_device
         from videogpa.engine.geometry.registry import build_geometry_model
 
+        cfg = dataclasses.replace(cfg, device=cfg.device or default_device())
         if cfg.geometry == "vggt" and not cfg.weights:
             raise ValueError("score: geometry 'vggt' needs weights (a local VGGT safetensors file)")
         model = None
