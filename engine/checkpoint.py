@@ -76,7 +76,8 @@ def save_checkpoint(engine, output_dir: str | Path, step: int, trainer_state: di
     tmp, final = root / f"{TMP_PREFIX}{name}", root / name
     if D.is_main():
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(f"{TMP_PREFIX}*"):  # left by a run killed while saving
+            shutil.rmtree(stale)
         tmp.mkdir()
     D.barrier()
     engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)

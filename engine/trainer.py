@@ -53,14 +53,19 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, total_steps: int):
-    """torch AdamW over the trainable parameters and its warm-up + cosine LambdaLR."""
+def build_optimizer(model: nn.Module, optim: OptimConfig, total_steps: int, cpu_offload: bool = False):
+    """AdamW over the trainable parameters (torch's; DeepSpeed's CPU Adam when the optimizer state is
+    offloaded to the CPU, where DeepSpeed requires it) and its warm-up + cosine LambdaLR."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (check lora.targets)")
-    opt = torch.optim.AdamW(
-        params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
-    )
+    kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+    if cpu_offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        opt = DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    else:
+        opt = torch.optim.AdamW(params, **kwargs)
     schedule = functools.partial(
         lr_lambda,
         warmup=optim.warmup_steps,
@@ -165,7 +170,9 @@ class Trainer:
             model = enable_full_finetuning(model)
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.max_steps)
+        optimizer, scheduler = build_optimizer(
+            model, cfg.optim, cfg.train.max_steps, cpu_offload=cfg.distributed.offload_optimizer
+        )
         engine, *_ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,

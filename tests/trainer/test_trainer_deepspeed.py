@@ -150,6 +150,10 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="model.path.*does not exist"):
         Trainer(tiny_config(tmp_path / "a", model={"path": str(tmp_path / "no-such-model")}))
     with pytest.raises(ValueError, match="index.jsonl"):
+        Trainer(tiny_config(tmp_path / "b", data={"synthetic": None, "train": str(tmp_path / "missing")}))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "index.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.*is empty"):
         Trainer(tiny_config(tmp_path / "b", data={"synthetic": None, "train": str(tmp_path / "empty")}))
     with pytest.raises(ValueError, match="no checkpoint"):
         Trainer(tiny_config(tmp_path / "c"), resume=True)

@@ -1,0 +1,44 @@
+"""The checkpoint folder protocol: complete folders only, stale temporaries removed, newest K kept."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from videogpa.engine import checkpoint as ckpt
+
+
+class FolderEngine:
+    """Writes one file where DeepSpeed's engine would write its state (the folder protocol is under test)."""
+
+    def save_checkpoint(self, save_dir, tag, save_latest):
+        assert not save_latest
+        (Path(save_dir) / tag).mkdir()
+        (Path(save_dir) / tag / "weights.pt").write_bytes(b"x")
+
+
+def test_saves_are_complete_and_pruned_and_stale_temporaries_vanish(tmp_path):
+    root = ckpt.checkpoint_root(tmp_path)
+    (root / ".tmp-step_00000003").mkdir(parents=True)  # a save interrupted by a kill
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    for step in (2, 4, 6):
+        ckpt.save_checkpoint(FolderEngine(), tmp_path, step, {"nan_skipped": 0}, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000004", "step_00000006"]
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert json.loads((latest / "trainer.json").read_text()) == {"step": 6, "nan_skipped": 0}
+    assert (latest / "state" / "weights.pt").is_file() and (latest / "rng_rank0.pt").is_file()
+
+
+def test_rng_state_round_trip():
+    state = ckpt.rng_state()
+    expected = torch.rand(3)
+    torch.rand(5)
+    ckpt.set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_loading_an_incomplete_folder_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="missing or incomplete"):
+        ckpt.load_checkpoint(FolderEngine(), tmp_path / "step_00000002")
