@@ -115,7 +115,8 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> None:
     metrics = [m for m in result["metrics"].values() if m["base"] is not None and m["lora"] is not None]
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(2.2 * (len(metrics) + 1), 2.8))
     for ax, m in zip(axes, metrics):
-        ax.bar(["base", "LoRA"], [m["base"], m["lora"]], color=["tab:gray", "tab:blue"])
+        bars = ax.bar(["base", "LoRA"], [m["base"], m["lora"]], color=["tab:gray", "tab:blue"])
+        ax.bar_label(bars, fmt="%.4g", fontsize=6)
         ax.set_title(m["label"], fontsize=9)
         ax.tick_params(labelsize=7)
     axes[-1].bar(["win rate"], [result["prompt_win_rate"]], color="tab:green")
