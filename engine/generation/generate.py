@@ -100,6 +100,11 @@ def _row_settings(model: str, sampler: SamplerSettings, lora: str | None, lora_s
     }
 
 
+def _image_field(item: PromptItem) -> str | None:
+    """The manifest's `image`: an absolute path (the manifest is read from other folders)."""
+    return None if item.image is None else str(item.image.resolve())
+
+
 def _check_done(rows: list[dict], out_dir: Path, settings: dict, wanted: dict[str, Candidate]) -> set[str]:
     """Stems already generated; ValueError when a row was made with other settings or lost its files."""
     done = set()
@@ -108,7 +113,7 @@ def _check_done(rows: list[dict], out_dir: Path, settings: dict, wanted: dict[st
         if stem not in wanted:
             continue
         item = wanted[stem].item
-        mine = {"prompt": item.prompt, "image": item.image and str(item.image.resolve()), **settings}
+        mine = {"prompt": item.prompt, "image": _image_field(item), **settings}
         theirs = {k: row.get(k) for k in mine}
         if theirs != mine:
             diff = sorted(k for k in mine if theirs[k] != mine[k])
@@ -223,7 +228,7 @@ def generate_candidates(
                 meta = {"model": model, "prompt_id": item.prompt_id, "seed": str(cand.seed)}
                 _save_atomic_latents(out_dir / latents_rel, latent, meta)
                 row = {"video": video_rel, "latents": latents_rel, "prompt_id": item.prompt_id,
-                       "prompt": item.prompt, "image": item.image and str(item.image), "seed": cand.seed,
+                       "prompt": item.prompt, "image": _image_field(item), "seed": cand.seed,
                        **settings}  # fmt: skip
                 append_jsonl(manifest, row)
                 summary.generated += 1

@@ -174,7 +174,7 @@ def test_non_finite_latents_are_reported_not_saved(tiny_folder, tmp_path):
     assert read_rows(tmp_path / FAILURES)[0]["candidate"] == "barn_s0"
 
 
-def test_image_to_video_generation_and_missing_images(tmp_path):
+def test_image_to_video_generation_and_missing_images(tmp_path, monkeypatch):
     folder = write_tiny_pipeline(tmp_path / "tiny_i2v", image_to_video=True)
     Image.fromarray((np.random.default_rng(0).random((80, 96, 3)) * 255).astype("uint8")).save(
         tmp_path / "first.png"
@@ -182,10 +182,13 @@ def test_image_to_video_generation_and_missing_images(tmp_path):
     prompts = write_rows(tmp_path / "p.jsonl", [{"prompt": "a kitchen", "image": "first.png", "id": "k"}])
     cfg = GenerationConfig(model="cogvideox-i2v", pipeline=str(folder), prompts=str(prompts), num_candidates=2,
                            num_frames=9, height=64, width=64, steps=2, max_sequence_length=48)  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # a relative prompt file: its image is relative to the working folder
+    cfg.prompts = "p.jsonl"
     summary = run_generation(cfg, tmp_path / "gen", progress=False)
     assert summary.generated == 2
     row = read_rows(tmp_path / "gen" / MANIFEST)[0]
     assert row["image"] == str((tmp_path / "first.png").resolve()) and row["model"] == "cogvideox-i2v"
+    assert run_generation(cfg, tmp_path / "gen", progress=False).skipped == 2  # resumes with the same image
     write_rows(prompts, [{"prompt": "a kitchen", "image": "gone.png"}])
     with pytest.raises(ValueError, match=r"p.jsonl:1: field 'image': file .*gone.png does not exist"):
         run_generation(cfg, tmp_path / "gen2", progress=False)
