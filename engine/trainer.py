@@ -95,8 +95,8 @@ class Trainer:
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
         seed_everything(cfg.seed)
-        self._prepare_output_dir()
         self.adapter = self._adapter()
+        self._prepare_output_dir()
         self.train_set, self.heldout_set = self._datasets()
         self.sampler = PreferenceSampler(
             len(self.train_set), cfg.train.global_batch_size, D.rank(), self.world, cfg.seed

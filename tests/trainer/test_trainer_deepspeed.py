@@ -1,6 +1,7 @@
 """The trainer under DeepSpeed ZeRO-3 on one in-process CPU rank (gloo): resume, references, NaN, export."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from trainer_helpers import tiny_config
 
 from videogpa.engine import checkpoint as ckpt
 from videogpa.engine import trainer as trainer_module
+from videogpa.engine.config import load_config
 from videogpa.engine.logging_utils import read_metrics
 from videogpa.engine.models.tiny import build_tiny_transformer
 from videogpa.engine.trainer import Trainer
@@ -144,6 +146,15 @@ def test_nan_loss_stops_when_configured(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, dpo={"nan_policy": "stop"}, train={"max_steps": 2, "checkpoint_every": 0})
     with pytest.raises(FloatingPointError, match="non-finite DPO loss at step 1"):
         Trainer(cfg).train_step(0)
+
+
+@pytest.mark.parametrize("name", ["cogvideox_5b_t2v", "cogvideox_5b_i2v", "wan22_ti2v_5b"])
+def test_real_model_configs_name_the_missing_checkpoint_folder(name, tmp_path):
+    path = Path(__file__).resolve().parents[2] / "recipes" / "configs" / f"{name}.yaml"
+    cfg = load_config(path, [f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match=f"model.path.*{cfg.model.path}.*does not exist"):
+        Trainer(cfg)
+    assert not (tmp_path / "out").exists()  # nothing written before the inputs are checked
 
 
 def test_bad_inputs_are_named(tmp_path):
