@@ -31,14 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        setup = load_loop_config(args.config, args.overrides)
+        loop = Loop(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py")
+        with loop.lock():
+            loop.prepare_models()
+            loop.evaluate(lora=args.lora)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    loop = Loop(setup, args.output_dir, RECIPES / "dpo.py")
-    with loop.lock():
-        loop.prepare_models()
-        loop.evaluate(lora=args.lora)
     return 0
 
 

@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         setup = load_loop_config(args.config, args.overrides)
-    except ValueError as err:
+        Loop(setup, args.output_dir, RECIPES / "dpo.py").run()
+    except ValueError as err:  # bad input: named in the message; what was produced so far is kept
         print(f"error: {err}", file=sys.stderr)
         return 2
-    Loop(setup, args.output_dir, RECIPES / "dpo.py").run()
     return 0
 
 
