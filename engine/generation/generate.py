@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from videogpa.engine.data.prompts import PromptItem
 from videogpa.engine.data.video import write_video
-from videogpa.engine.generation.pipelines import image_argument
+from videogpa.engine.generation.pipelines import image_argument, takes_image_list
 from videogpa.engine.generation.records import append_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -150,21 +150,23 @@ def _save_atomic_latents(path: Path, latents: torch.Tensor, metadata: dict[str, 
     os.replace(tmp, path)
 
 
-def _run_pipeline(pipe, item: PromptItem, seeds: list[int], sampler: SamplerSettings, image):
-    """(frames [B, F, 3, H, W] in [0, 1], final latents [B, ...]) for one prompt and several seeds."""
+def _run_pipeline(pipe, batch: list[Candidate], sampler: SamplerSettings, images: dict):
+    """(frames [B, F, 3, H, W] in [0, 1], final latents [B, ...]) of a batch of candidates."""
     final = {}
 
     def keep_latents(_pipe, step, _t, kwargs):
         final["latents"] = kwargs["latents"]
         return kwargs
 
-    n = len(seeds)
-    extra = {} if image is None else {"image": image_argument(pipe, image, n)}
+    n = len(batch)
+    extra = {}
+    if batch[0].item.image is not None:
+        extra["image"] = image_argument(pipe, [images[c.item.prompt_id] for c in batch])
     negative = None if sampler.negative_prompt is None else [sampler.negative_prompt] * n
     out = pipe(
-        prompt=[item.prompt] * n,
+        prompt=[c.item.prompt for c in batch],
         negative_prompt=negative,
-        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        generator=[torch.Generator().manual_seed(c.seed) for c in batch],
         num_frames=sampler.num_frames,
         height=sampler.height,
         width=sampler.width,
@@ -179,6 +181,16 @@ def _run_pipeline(pipe, item: PromptItem, seeds: list[int], sampler: SamplerSett
     if isinstance(frames, torch.Tensor) and frames.ndim == 5 and frames.shape[-3] != 3:
         frames = frames.permute(0, 1, 4, 2, 3)  # [B, F, H, W, 3] → [B, F, 3, H, W]
     return frames, final["latents"]
+
+
+def _batches(todo: list[Candidate], batch_size: int, per_prompt: bool) -> list[list[Candidate]]:
+    """Consecutive candidates in batches of batch_size; per_prompt: never two prompts in one batch."""
+    if not per_prompt:
+        return [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    groups: dict[str, list[Candidate]] = {}
+    for c in todo:
+        groups.setdefault(c.item.prompt_id, []).append(c)
+    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
 def generate_candidates(
@@ -209,30 +221,27 @@ def generate_candidates(
     summary = GenerationSummary(prompts=len(items), candidates=len(wanted), skipped=len(done))
     todo = [c for c in wanted.values() if c.stem not in done]
     bar = tqdm(total=len(todo), desc="generating", unit="video", disable=not progress)
-    for item in items:
-        mine = [c for c in todo if c.item is item]
-        image = None if item.image is None else _load_image(item.image, sampler.width, sampler.height)
-        for i in range(0, len(mine), batch_size):
-            batch = mine[i : i + batch_size]
-            frames, latents = _run_pipeline(pipe, item, [c.seed for c in batch], sampler, image)
-            for cand, video, latent in zip(batch, frames, latents):
-                if not torch.isfinite(latent).all() or not torch.isfinite(video).all():
-                    log.error(
-                        "%s: non-finite latents or frames; not saved (retried on the next run)", cand.stem
-                    )
-                    append_jsonl(out_dir / FAILURES, {"candidate": cand.stem, "error": "non-finite latents"})
-                    summary.failed.append(cand.stem)
-                    continue
-                video_rel, latents_rel = f"videos/{cand.stem}.mp4", f"latents/{cand.stem}.safetensors"
-                _save_atomic_video(out_dir / video_rel, video.float().cpu(), sampler.fps)
-                meta = {"model": model, "prompt_id": item.prompt_id, "seed": str(cand.seed)}
-                _save_atomic_latents(out_dir / latents_rel, latent, meta)
-                row = {"video": video_rel, "latents": latents_rel, "prompt_id": item.prompt_id,
-                       "prompt": item.prompt, "image": _image_field(item), "seed": cand.seed,
-                       **settings}  # fmt: skip
-                append_jsonl(manifest, row)
-                summary.generated += 1
-            bar.update(len(batch))
+    image_to_video = any(c.item.image is not None for c in todo)
+    for batch in _batches(todo, batch_size, per_prompt=image_to_video and not takes_image_list(pipe)):
+        images = {c.item.prompt_id: _load_image(c.item.image, sampler.width, sampler.height)
+                  for c in batch if c.item.image is not None}  # fmt: skip
+        frames, latents = _run_pipeline(pipe, batch, sampler, images)
+        for cand, video, latent in zip(batch, frames, latents):
+            item = cand.item
+            if not torch.isfinite(latent).all() or not torch.isfinite(video).all():
+                log.error("%s: non-finite latents or frames; not saved (retried on the next run)", cand.stem)
+                append_jsonl(out_dir / FAILURES, {"candidate": cand.stem, "error": "non-finite latents"})
+                summary.failed.append(cand.stem)
+                continue
+            video_rel, latents_rel = f"videos/{cand.stem}.mp4", f"latents/{cand.stem}.safetensors"
+            _save_atomic_video(out_dir / video_rel, video.float().cpu(), sampler.fps)
+            meta = {"model": model, "prompt_id": item.prompt_id, "seed": str(cand.seed)}
+            _save_atomic_latents(out_dir / latents_rel, latent, meta)
+            row = {"video": video_rel, "latents": latents_rel, "prompt_id": item.prompt_id,
+                   "prompt": item.prompt, "image": _image_field(item), "seed": cand.seed, **settings}  # fmt: skip
+            append_jsonl(manifest, row)
+            summary.generated += 1
+        bar.update(len(batch))
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary

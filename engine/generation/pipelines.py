@@ -98,10 +98,15 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def image_argument(pipe, image, n: int):
-    """The `image` argument for n videos of one first frame: CogVideoX's I2V pipeline encodes one image per
-    generator (a list of n), Wan's takes the single image and repeats it."""
-    return [image] * n if type(pipe).__name__.startswith("CogVideoX") else image
+def takes_image_list(pipe) -> bool:
+    """CogVideoX's I2V pipeline encodes one first frame per video (a list); Wan's takes one image for the
+    whole batch."""
+    return type(pipe).__name__.startswith("CogVideoX")
+
+
+def image_argument(pipe, images: list):
+    """The pipeline's `image` argument for a batch with these first frames (one per video)."""
+    return images if takes_image_list(pipe) else images[0]
 
 
 def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:

@@ -86,20 +86,32 @@ def test_candidates_save_video_final_latents_and_rows(pipe, tmp_path):
 
 
 def test_same_seed_same_candidate_and_batching_does_not_change_it(pipe, tmp_path):
-    items = [PromptItem("barn", "a red barn")]
-    generate_candidates(
-        pipe, items, tmp_path / "a", seeds=[0, 1], sampler=SAMPLER, model="tiny", batch_size=2, progress=False
+    items = [PromptItem("barn", "a red barn"), PromptItem("bridge", "a stone bridge")]
+    run = lambda name, its, seeds, batch: generate_candidates(
+        pipe,
+        its,
+        tmp_path / name,
+        seeds=seeds,
+        sampler=SAMPLER,
+        model="tiny",
+        batch_size=batch,
+        progress=False,
     )
-    generate_candidates(
-        pipe, items, tmp_path / "b", seeds=[1], sampler=SAMPLER, model="tiny", batch_size=1, progress=False
-    )
-    generate_candidates(
-        pipe, items, tmp_path / "c", seeds=[1], sampler=SAMPLER, model="tiny", batch_size=1, progress=False
-    )
-    assert torch.equal(latents_of(tmp_path / "b", "barn_s1"), latents_of(tmp_path / "c", "barn_s1"))
+    run("a", items, [0, 1], 3)  # batches [barn 0, barn 1, bridge 0] and [bridge 1]
+    run("b", items[1:], [0], 1)
+    run("c", items[1:], [0], 1)
+    assert torch.equal(latents_of(tmp_path / "b", "bridge_s0"), latents_of(tmp_path / "c", "bridge_s0"))
     torch.testing.assert_close(
-        latents_of(tmp_path / "a", "barn_s1"), latents_of(tmp_path / "b", "barn_s1"), atol=1e-4, rtol=1e-4
+        latents_of(tmp_path / "a", "bridge_s0"), latents_of(tmp_path / "b", "bridge_s0"), atol=1e-4, rtol=1e-4
     )
+    rows = read_rows(tmp_path / "a" / MANIFEST)
+    assert [(r["prompt_id"], r["seed"]) for r in rows] == [
+        ("barn", 0),
+        ("barn", 1),
+        ("bridge", 0),
+        ("bridge", 1),
+    ]
+    assert rows[2]["prompt"] == "a stone bridge"
 
 
 def test_resume_skips_done_candidates_and_refuses_other_settings(pipe, tmp_path):
