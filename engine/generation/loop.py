@@ -13,6 +13,16 @@ skips what is already complete and resumes what is not; nothing produced is over
 
 With the tiny model and no `loop:` section the loop runs on built-in prompts with a random-weights VGGT: it
 exercises every stage on a CPU in minutes, and its scores (hence its pairs and its evaluation) mean nothing.
+
+A real model's config adds, for example (model.path: /models/CogVideoX-5b/transformer):
+
+    loop:
+      generation: {prompts: prompts.txt, num_candidates: 4, camera_motion: true, batch_size: 4}
+      score: {weights: /models/vggt_1b.safetensors, vgg_weights: /models/vgg16.pth,
+              lpips_weights: /models/lpips_vgg.pth}
+      encode: {heldout_fraction: 0.05}
+      evaluate: {prompts: heldout_prompts.txt, num_candidates: 2}
+      train_launcher: [deepspeed, --num_gpus, "8"]
 """
 
 from __future__ import annotations
