@@ -194,7 +194,7 @@ class PairEncoder:
 
         return self.cache.get(_key("video", str(video.resolve()), str(video.stat().st_mtime_ns)), encode)
 
-    def image(self, path: str | None, size: tuple[int, int], where: str) -> torch.Tensor | None:
+    def image(self, path: str, size: tuple[int, int], where: str) -> torch.Tensor:
         image_path = Path(path)
         if not image_path.is_file():
             raise ValueError(f"{where}: image {image_path} does not exist")
