@@ -106,6 +106,7 @@ class Trainer:
         if resume:
             self._resume()
         self.reference = self._reference(train=True)
+        self.heldout_reference = self._reference(train=False) if self.heldout_set is not None else None
         self.logger = MetricsLogger(self.out, D.is_main(), resume_step=self.start_step)
 
     # ----------------------------------------------------------------------------------------- set-up
@@ -159,7 +160,7 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
-        model = self.adapter.load_transformer(cfg.model.path, torch.float32)
+        model = self.adapter.load_transformer(cfg.model.path, self.dtype)
         ref_model = None
         if cfg.dpo.reference == "separate":
             ref_model = copy.deepcopy(model).requires_grad_(False).eval()
@@ -314,7 +315,7 @@ class Trainer:
         if self.heldout_set is None:
             raise ValueError("no held-out set: set data.heldout or data.synthetic")
         n, seed = len(self.heldout_set), self.cfg.seed + EVAL_SEED_OFFSET
-        reference = self._heldout_reference
+        reference = self.heldout_reference
         logits = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.engine.eval()
         for draw in range(self.cfg.eval.draws):
@@ -331,7 +332,6 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> dict | None:
         """Train to train.max_steps (or stop after `stop_after` steps, as a kill would); returns eval.json."""
         cfg = self.cfg
-        self._heldout_reference = self._reference(train=False) if self.heldout_set is not None else None
         before = self._accuracy_before()
         bar = None
         if D.is_main() and cfg.train.progress_bar:
@@ -373,6 +373,7 @@ class Trainer:
         if self.start_step > 0 and path.is_file():
             return json.loads(path.read_text())["heldout_accuracy_before"]
         before = self.heldout_accuracy()
+        self.logger.scalar("eval/heldout_accuracy", before, 0)
         if D.is_main():
             path.write_text(json.dumps({"heldout_accuracy_before": before}))
             print(f"held-out preference accuracy before training: {100 * before:.1f}%", flush=True)
@@ -394,10 +395,12 @@ class Trainer:
         D.barrier()
 
     def _finish(self, before: float | None) -> dict | None:
-        self.logger.close()
         if self.heldout_set is None:
+            self.logger.close()
             return None
         after = self.heldout_accuracy()
+        self.logger.scalar("eval/heldout_accuracy", after, self.cfg.train.max_steps)
+        self.logger.close()
         result = {
             "heldout_accuracy_before": before,
             "heldout_accuracy_after": after,
