@@ -197,7 +197,8 @@ def validate(cfg: Config) -> Config:
     _choice(cfg.dpo.nan_policy, NAN_POLICIES, "dpo.nan_policy")
     _choice(cfg.train.precision, PRECISIONS, "train.precision")
     _choice(cfg.optim.schedule, LR_SCHEDULES, "optim.schedule")
-    _choice(cfg.distributed.zero_stage, (0, 1, 2, 3), "distributed.zero_stage")
+    # Stages 1-3 discard a step whose gradients are non-finite (dpo.nan_policy: skip relies on it).
+    _choice(cfg.distributed.zero_stage, (1, 2, 3), "distributed.zero_stage")
     _positive(cfg.dpo.beta, "dpo.beta")
     if not 0.0 <= cfg.dpo.label_smoothing < 0.5:
         raise ValueError("config key 'dpo.label_smoothing': expected a value in [0, 0.5)")
