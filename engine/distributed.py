@@ -73,15 +73,6 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def broadcast_object(obj: object) -> object:
-    """Rank 0's value of a picklable object on every rank."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def accumulation_steps(cfg: Config, world: int) -> int:
     """Gradient-accumulation steps so that micro × accumulation × ranks = the global batch."""
     per_step = cfg.train.micro_batch_size * world
