@@ -74,7 +74,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 10_000
-    micro_batch_size: int = 1  # pairs per rank per forward
+    micro_batch_size: int | None = (
+        1  # pairs per rank per forward (None: global batch / ranks, no accumulation)
+    )
     global_batch_size: int = 16  # pairs per optimizer step (micro × accumulation × ranks)
     precision: str = "bf16"
     log_every: int = 10
@@ -216,8 +218,10 @@ def validate(cfg: Config) -> Config:
         _positive(cfg.lora.alpha, "lora.alpha")
         if not 0.0 <= cfg.lora.dropout < 1.0:
             raise ValueError("config key 'lora.dropout': expected a value in [0, 1)")
-    for key in ("max_steps", "micro_batch_size", "global_batch_size", "log_every"):
+    for key in ("max_steps", "global_batch_size", "log_every"):
         _positive(getattr(cfg.train, key), f"train.{key}")
+    if cfg.train.micro_batch_size is not None:
+        _positive(cfg.train.micro_batch_size, "train.micro_batch_size")
     _positive(cfg.train.checkpoint_every, "train.checkpoint_every", allow_zero=True)
     _positive(cfg.train.keep_checkpoints, "train.keep_checkpoints")
     _positive(cfg.optim.lr, "optim.lr")

@@ -73,15 +73,28 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def micro_batch_size(cfg: Config, world: int) -> int:
+    """Pairs per rank per forward: the configured value, or (None) the global batch split over the ranks."""
+    micro = cfg.train.micro_batch_size
+    if micro is None:
+        if cfg.train.global_batch_size % world:
+            raise ValueError(
+                f"config key 'train.global_batch_size' ({cfg.train.global_batch_size}) must be a multiple of "
+                f"the number of ranks ({world})"
+            )
+        return cfg.train.global_batch_size // world
+    return micro
+
+
 def accumulation_steps(cfg: Config, world: int) -> int:
     """Gradient-accumulation steps so that micro × accumulation × ranks = the global batch."""
-    per_step = cfg.train.micro_batch_size * world
-    if cfg.train.global_batch_size % per_step:
+    micro = micro_batch_size(cfg, world)
+    if cfg.train.global_batch_size % (micro * world):
         raise ValueError(
             f"config key 'train.global_batch_size' ({cfg.train.global_batch_size}) must be a multiple of "
-            f"train.micro_batch_size × ranks = {cfg.train.micro_batch_size} × {world}"
+            f"train.micro_batch_size × ranks = {micro} × {world}"
         )
-    return cfg.train.global_batch_size // per_step
+    return cfg.train.global_batch_size // (micro * world)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -105,7 +118,7 @@ def deepspeed_config(cfg: Config, world: int) -> dict:
     if dcfg.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     ds = {
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world),
         "gradient_accumulation_steps": accumulation_steps(cfg, world),
         "train_batch_size": cfg.train.global_batch_size,
         "gradient_clipping": cfg.optim.grad_clip,
@@ -130,13 +143,13 @@ def deepspeed_config(cfg: Config, world: int) -> dict:
     return ds
 
 
-def inference_config(cfg: Config, offload: bool) -> dict:
+def inference_config(cfg: Config, world: int, offload: bool) -> dict:
     """DeepSpeed JSON for a frozen ZeRO-3 inference engine (the `separate` reference)."""
     zero: dict = {"stage": 3}
     if offload:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return {
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world),
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.train.precision == "bf16"},
         "steps_per_print": 2**31 - 1,

@@ -182,7 +182,7 @@ class Trainer:
         )
         if ref_model is not None:
             ref_model, *_ = deepspeed.initialize(
-                model=ref_model, config=D.inference_config(cfg, cfg.dpo.reference_offload)
+                model=ref_model, config=D.inference_config(cfg, self.world, cfg.dpo.reference_offload)
             )
             ref_model.eval()
         return engine, ref_model
@@ -267,7 +267,7 @@ class Trainer:
     def _micro_step(self, step: int, k: int) -> dict[str, float]:
         cfg = self.cfg
         epoch, batch = divmod(step, self.sampler.batches_per_epoch)
-        micro = cfg.train.micro_batch_size
+        micro = D.micro_batch_size(cfg, self.world)
         pairs = self.sampler.rank_batch(epoch, batch)[k * micro : (k + 1) * micro]
         inputs = self._inputs(self.train_set, pairs, [self._draw(epoch)] * len(pairs), cfg.seed)
         out = dpo_forward(self.adapter, self.engine, self.reference, inputs, self.loss)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from videogpa.engine.config import Config, apply_override, config_from_dict, load_config
-from videogpa.engine.distributed import accumulation_steps, deepspeed_config
+from videogpa.engine.distributed import accumulation_steps, deepspeed_config, micro_batch_size
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "configs").glob("*.yaml"))
 SYNTH = {"data": {"synthetic": {}}}
@@ -78,6 +78,14 @@ def test_accumulation_and_deepspeed_json(tmp_path):
     assert accumulation_steps(cfg, 1) == 8 and accumulation_steps(cfg, 4) == 2
     with pytest.raises(ValueError, match="global_batch_size"):
         accumulation_steps(cfg, 3)
+    auto = config_from_dict({**SYNTH, "train": {"micro_batch_size": None, "global_batch_size": 8}})
+    assert [(micro_batch_size(auto, w), accumulation_steps(auto, w)) for w in (1, 2, 8)] == [
+        (8, 1),
+        (4, 1),
+        (1, 1),
+    ]
+    with pytest.raises(ValueError, match="multiple of the number of ranks"):
+        micro_batch_size(auto, 3)
     ds = deepspeed_config(cfg, world=2)
     assert ds["gradient_accumulation_steps"] == 4 and ds["zero_optimization"]["stage"] == 3
     assert ds["bf16"]["enabled"] and ds["gradient_clipping"] == cfg.optim.grad_clip
