@@ -101,6 +101,12 @@ def format_table(result: dict) -> str:
         f"LoRA wins {100 * result['prompt_win_rate']:.1f}% of {result['prompts']} prompts "
         f"({100 * result['video_win_rate']:.1f}% of {result['videos']} videos) on 3DCS"
     )
+    held = result.get("heldout_pairs")
+    if held and held.get("heldout_accuracy_before") is not None:
+        lines.append(
+            f"trainer's held-out preference pairs ({held['pairs']}): accuracy "
+            f"{100 * held['heldout_accuracy_before']:.1f}% before -> {100 * held['heldout_accuracy_after']:.1f}% after"
+        )
     lines += [f"NOTE: {n}" for n in result["notes"]]
     return "\n".join(lines)
 

@@ -51,6 +51,7 @@ from videogpa.engine.generation.scoring import ScoreConfig, Scorer, score_summar
 log = logging.getLogger(__name__)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+CANDIDATE_SOURCES = ("generate", "synthetic")
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -76,7 +77,19 @@ class EvaluateConfig:
 
 
 @dataclass
+class SyntheticCandidates:
+    """candidates: synthetic — each "prompt" is one procedural scene (engine.data.synthetic): its clean clip
+    and corrupted versions, with exact geometry, so the oracle scores them meaningfully."""
+
+    scenes: int = 8
+    kinds: list[str] | None = None  # corruption kinds (None: all)
+    seed: int = 0
+
+
+@dataclass
 class LoopConfig:
+    candidates: str = "generate"  # "generate": N videos per prompt from the model; "synthetic": scenes
+    synthetic: SyntheticCandidates = field(default_factory=SyntheticCandidates)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -143,6 +156,10 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
         loop = build_dataclass(LoopConfig, merged, "loop")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    if loop.candidates not in CANDIDATE_SOURCES:
+        raise ValueError(
+            f"{path}: loop.candidates: expected one of {CANDIDATE_SOURCES}, got {loop.candidates!r}"
+        )
     given = ((loop_data or {}).get("generation") or {}).get("model")
     if given is not None and given != trainer.model.name:
         raise ValueError(
@@ -237,6 +254,8 @@ class Loop:
                   + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
 
     def generate(self) -> None:
+        if self.cfg.candidates == "synthetic":
+            return self.synthetic_candidates()
         prompts = self._prompt_file("prompts", self.cfg.generation.prompts, TINY_PROMPTS)
         summary = run_generation(self.cfg.generation, self.generated, prompts=prompts)
         self._say("generate", str(summary))
@@ -246,13 +265,45 @@ class Loop:
                 flush=True,
             )
 
+    def synthetic_candidates(self) -> None:
+        """Procedural scenes as the candidates (a scene = a prompt), at the generation's video size."""
+        from videogpa.engine.data.synthetic import CORRUPTIONS
+        from videogpa.engine.data.synthetic_set import write_synthetic_set
+        from videogpa.engine.generation.records import read_jsonl, write_jsonl_atomic
+
+        manifest = self.generated / MANIFEST
+        if manifest.is_file() and all("prompt_id" in r for r in read_jsonl(manifest)):
+            self._say("generate", f"synthetic candidates complete; skipped ({manifest})")
+            return
+        syn, sampler = self.cfg.synthetic, self.cfg.generation.sampler()
+        if sampler.height != sampler.width:
+            raise ValueError(
+                "loop.candidates synthetic: the scenes are square; set generation height = width"
+            )
+        kinds = tuple(syn.kinds) if syn.kinds is not None else CORRUPTIONS
+        write_synthetic_set(self.generated, syn.scenes, n_frames=sampler.num_frames, size=sampler.height,
+                            kinds=kinds, seed=syn.seed)  # fmt: skip
+        rows = read_jsonl(manifest)
+        for row in rows:  # the scene is the prompt: its clean clip and its corruptions are the candidates
+            row["prompt_id"] = f"scene{row['group']:04d}"
+            row["prompt"] = f"a synthetic scene of boxes, the camera moves ({row['camera_path']})"
+            row["seed"] = row["scene_seed"]
+        write_jsonl_atomic(manifest, rows)
+        self._say(
+            "generate", f"{len(rows)} synthetic candidates of {syn.scenes} scenes (kinds {list(kinds)})"
+        )
+
     def score(self, manifest: Path | None = None, stage: str = "score") -> Path:
         manifest = manifest or self.generated / MANIFEST
         scores = manifest.parent / "scores.jsonl"
         if not unscored(manifest, scores):
             self._say(stage, f"complete; skipped ({scores})")
             return scores
-        self.scorer().score(manifest, scores)
+        if stage == "score" and self.cfg.candidates == "synthetic":  # exact geometry: the oracle
+            oracle = dataclasses.replace(self.cfg.score, geometry="oracle", random_weights=False)
+            Scorer.build(oracle).score(manifest, scores)
+        else:
+            self.scorer().score(manifest, scores)
         from videogpa.engine.generation.records import read_jsonl
 
         self._say(stage, score_summary(read_jsonl(scores)))
@@ -300,8 +351,10 @@ class Loop:
         train = data.setdefault("train", {})
         global_batch = train.get("global_batch_size", 16)
         if n_train < global_batch:  # a small loop: one global batch is the whole training set
-            micro = min(train.get("micro_batch_size", 1), n_train)
-            train["global_batch_size"], train["micro_batch_size"] = n_train, math.gcd(micro, n_train)
+            train["global_batch_size"] = n_train
+            micro = train.get("micro_batch_size")  # None: the trainer splits the global batch over the ranks
+            if micro is not None:
+                train["micro_batch_size"] = math.gcd(min(micro, n_train), n_train)
             print(
                 f"[train] {n_train} training pairs < global batch {global_batch}: global batch {n_train}",
                 flush=True,
@@ -365,6 +418,9 @@ class Loop:
         result = compare_scores(scores["base"], scores["lora"])
         result.update({"lora": str(lora), "lora_scale": ev.lora_scale, "prompts_file": prompts,
                        "seeds": list(range(ev.seed, ev.seed + ev.num_candidates))})  # fmt: skip
+        train_eval = lora.parent / "eval.json" if lora.is_file() else lora / "eval.json"
+        if train_eval.is_file():  # the trainer's preference accuracy on held-out pairs, before/after
+            result["heldout_pairs"] = json.loads(train_eval.read_text())
         table = format_table(result)
         write_atomic(self.out / "evaluation.md", table + "\n")
         plot_comparison(result, self.out / "evaluation.png")

@@ -126,8 +126,8 @@ def build_pairs(
     overwrite: bool = False,
     plots: bool = True,
 ) -> PairsResult:
-    """Select pairs and write out_dir/{pairs.jsonl, pairs_report.json, *.png}. An existing index that
-    differs from the new selection is kept (ValueError) unless overwrite."""
+    """Select pairs and write out_dir/{pairs.jsonl, pairs_report.json, *.png}. An existing non-empty index
+    that differs from the new selection is kept (ValueError) unless overwrite."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     candidates = load_candidates(scores, manifest)
@@ -136,7 +136,7 @@ def build_pairs(
     index = out_dir / PAIRS_FILE
     old = read_jsonl(index, allow_truncated_tail=False) if index.is_file() else None
     fresh = json.loads(json.dumps(rows))  # what the rows read back as
-    if old is not None and old != fresh and not overwrite:
+    if old and old != fresh and not overwrite:  # an empty index holds nothing anyone could depend on
         raise ValueError(
             f"{index} exists and differs from the pairs the current scores give ({len(old)} vs {len(rows)} "
             "pairs); move it away or pass overwrite (--overwrite) to replace it"
