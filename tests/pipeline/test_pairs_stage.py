@@ -140,3 +140,12 @@ def test_recipe_on_oracle_scores_of_synthetic_scenes_prefers_clean_clips(tmp_pat
     pairs = read_rows(out / PAIRS_FILE)
     assert [p["winner"]["extra"]["corruption"] for p in pairs] == [None, None]
     assert all(p["loser"]["extra"]["corruption"] is not None for p in pairs)
+
+
+def test_an_empty_index_is_replaced_without_overwrite(tmp_path):
+    manifest, scores = _generation(tmp_path, {"a0": ("A", 0.3, 0.1), "a1": ("A", 0.1, 0.1)})
+    assert build_pairs(scores, tmp_path / "p", manifest=manifest, min_gap=1.0).pairs == []
+    assert read_rows(tmp_path / "p" / PAIRS_FILE) == []
+    assert len(build_pairs(scores, tmp_path / "p", manifest=manifest).pairs) == 1
+    with pytest.raises(ValueError, match="differs"):  # a non-empty one is kept
+        build_pairs(scores, tmp_path / "p", manifest=manifest, min_gap=1.0)
