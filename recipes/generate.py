@@ -3,7 +3,7 @@
     python recipes/generate.py --model tiny --pipeline runs/tiny_pipeline --build-tiny \
         --prompts prompts.txt --out-dir runs/gen --num-candidates 4
     python recipes/generate.py --model cogvideox-t2v --pipeline /models/CogVideoX-5b --prompts p.jsonl \
-        --out-dir runs/gen --camera-motion --dtype bf16 --device cuda [--lora runs/dpo/lora --lora-scale 1]
+        --out-dir runs/gen --camera-motion [--lora runs/dpo --lora-scale 1]    # the trainer run folder
 
 Each candidate is saved as videos/<prompt_id>_s<seed>.mp4, latents/<...>.safetensors (the final latents) and
 a manifest.jsonl row (prompt, seed, model, sampler settings). Rerunning resumes; settings that differ from

@@ -4,7 +4,9 @@
     python recipes/pipeline.py --config my_loop.yaml --output-dir runs/loop [--set loop.pairs.min_gap=0.1]
 
 The config is a trainer config (recipes/configs/*.yaml) plus an optional `loop:` section (see
-engine/generation/loop.py: generation, score, pairs, encode, evaluate, train_overrides, train_launcher).
+engine/generation/loop.py: candidates, synthetic, generation, score, pairs, encode, evaluate, train_overrides,
+train_launcher). `--set loop.candidates=synthetic` takes procedural scenes (clean + corrupted clips, exact
+geometry, oracle-scored) as the candidates instead of the model's own videos.
 Stages whose outputs are complete are skipped, the others resume; it ends with OUT/evaluation.json.
 With the tiny model the geometry model has random weights: the loop's scores and evaluation mean nothing.
 """
