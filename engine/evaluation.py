@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from videogpa.engine.generation.records import read_jsonl
+from videogpa.engine.data.records import read_jsonl
 
 # metric -> True: lower is better, False: higher is better, None: neither (reported only)
 METRICS = {

@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from videogpa.engine.data.preference import INDEX_NAME, PreferenceShardWriter
+from videogpa.engine.data.records import write_json_atomic
 from videogpa.engine.data.video import read_frames
-from videogpa.engine.generation.records import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +315,9 @@ def run_encode(
 ) -> EncodeSummary:
     """Load the model's pipeline from its local folder (on `device`; None: cuda when available, else cpu)
     and encode the pair index into out_dir."""
+    from videogpa.engine.data.records import read_jsonl
     from videogpa.engine.generation.generate import default_device
     from videogpa.engine.generation.pipelines import SAMPLER_DEFAULTS, load_pipeline, pipeline_spec
-    from videogpa.engine.generation.records import read_jsonl
 
     rows = read_jsonl(pairs, allow_truncated_tail=False)
     for number, row in enumerate(rows, start=1):

@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from videogpa.engine.data.prompts import PromptItem
+from videogpa.engine.data.records import append_jsonl, read_jsonl
 from videogpa.engine.data.video import write_video
 from videogpa.engine.generation.pipelines import image_argument, takes_image_list
-from videogpa.engine.generation.records import append_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
 

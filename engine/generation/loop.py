@@ -44,8 +44,8 @@ import yaml
 
 from videogpa.engine.config import _build as build_dataclass
 from videogpa.engine.config import apply_override, config_from_dict
+from videogpa.engine.data.records import write_atomic, write_json_atomic
 from videogpa.engine.generation.generate import MANIFEST, GenerationConfig, run_generation
-from videogpa.engine.generation.records import write_atomic, write_json_atomic
 from videogpa.engine.generation.scoring import ScoreConfig, Scorer, score_summary, unscored
 
 log = logging.getLogger(__name__)
@@ -267,9 +267,9 @@ class Loop:
 
     def synthetic_candidates(self) -> None:
         """Procedural scenes as the candidates (a scene = a prompt), at the generation's video size."""
+        from videogpa.engine.data.records import read_jsonl, write_jsonl_atomic
         from videogpa.engine.data.synthetic import CORRUPTIONS
         from videogpa.engine.data.synthetic_set import write_synthetic_set
-        from videogpa.engine.generation.records import read_jsonl, write_jsonl_atomic
 
         manifest = self.generated / MANIFEST
         if manifest.is_file() and all("prompt_id" in r for r in read_jsonl(manifest)):
@@ -304,7 +304,7 @@ class Loop:
             Scorer.build(oracle).score(manifest, scores)
         else:
             self.scorer().score(manifest, scores)
-        from videogpa.engine.generation.records import read_jsonl
+        from videogpa.engine.data.records import read_jsonl
 
         self._say(stage, score_summary(read_jsonl(scores)))
         return scores

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from videogpa.engine.data.pair_selection import Candidate, Pair, SelectionReport, select_pairs
-from videogpa.engine.generation.records import read_jsonl, write_json_atomic, write_jsonl_atomic
+from videogpa.engine.data.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 

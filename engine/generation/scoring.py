@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from videogpa.engine.generation.records import read_jsonl
+from videogpa.engine.data.records import read_jsonl
 
 log = logging.getLogger(__name__)
 

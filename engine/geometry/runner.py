@@ -3,7 +3,6 @@ score, and append one JSONL row per video; resumable and robust to bad videos.""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from videogpa.engine.data.records import append_jsonl, read_jsonl
 from videogpa.engine.data.video import LoadedVideo, is_video, load_video
 from videogpa.engine.geometry.base import Geometry, GeometryModel
 from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, select_frames, sidecar_path
@@ -42,15 +42,9 @@ def list_videos(source: str | os.PathLike) -> list[VideoJob]:
     if not source.is_file():
         raise ValueError(f"videos source {source} is neither a folder nor a JSONL manifest")
     jobs = []
-    for number, line in enumerate(source.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{source}:{number}: not JSON ({err})") from err
-        if not isinstance(row, dict) or not isinstance(row.get("video"), str):
-            raise ValueError(f"{source}:{number}: each row needs a string field 'video'")
+    for number, row in enumerate(read_jsonl(source, allow_truncated_tail=False), start=1):
+        if not isinstance(row.get("video"), str):
+            raise ValueError(f"{source}: row {number} needs a string field 'video'")
         video = source.parent / row["video"]
         geometry = source.parent / row["geometry"] if row.get("geometry") else sidecar_path(video)
         extra = tuple((k, v) for k, v in row.items() if k not in ("video", "geometry"))
@@ -62,15 +56,7 @@ def already_scored(out_path: Path) -> set[str]:
     """Videos with an "ok" row in an existing output file (errors are retried)."""
     if not out_path.is_file():
         return set()
-    done = set()
-    for line in out_path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by an interrupted run
-        if row.get("status") == "ok":
-            done.add(row["video"])
-    return done
+    return {row["video"] for row in read_jsonl(out_path) if row.get("status") == "ok"}
 
 
 def oracle_for(job: VideoJob, loaded: LoadedVideo) -> OracleGeometryModel:
@@ -135,8 +121,7 @@ def score_videos(
     bar = tqdm(total=len(todo), desc="scoring", unit="video", disable=not progress)
 
     def write(row: dict) -> None:
-        with out_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(out_path, row)  # cuts off a line left half-written by a killed run first
         rows.append(row)
         bar.update(1)
 

@@ -51,6 +51,13 @@ def test_synthetic_end_to_end_resume_and_bad_video(recipe, tmp_path, caplog, cap
     # Resume: nothing is scored twice.
     assert recipe.main(["--synthetic", "2", "--num-frames", "6", "--workdir", str(workdir)]) == 0
     assert read_rows(out) == rows
+    # A run killed mid-write leaves half a row: the rerun cuts it off and scores the rest exactly once.
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    assert recipe.main(["--synthetic", "2", "--num-frames", "6", "--workdir", str(workdir)]) == 0
+    resumed = read_rows(out)
+    assert sorted(r["video"] for r in resumed) == sorted(r["video"] for r in rows)
+    assert {r["video"]: r["score"] for r in resumed} == {r["video"]: r["score"] for r in rows}
     # A folder with a broken video: an error row naming it, the others still scored.
     videos = workdir / "videos"
     (videos / "broken.mp4").write_bytes(b"not a video")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from pipeline_helpers import load_recipe, read_rows, write_rows
 
+from videogpa.engine.data.records import append_jsonl, read_jsonl
 from videogpa.engine.data.synthetic_set import write_synthetic_set
 from videogpa.engine.generation.pairs import GAPS_PNG, PAIRS_FILE, REPORT_FILE, SCORES_PNG, build_pairs
-from videogpa.engine.generation.records import append_jsonl, read_jsonl
 
 
 def _generation(tmp_path, scores_by_video):
