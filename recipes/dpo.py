@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if "OMP_NUM_THREADS" not in os.environ:  # CPU ranks share the cores; small ops only contend
+            torch.set_num_threads(1)
     # DeepSpeed still calls the collectives torch renamed; the warning repeats every step.
     warnings.filterwarnings(
         "ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)", category=FutureWarning
