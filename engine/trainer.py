@@ -419,5 +419,9 @@ class Trainer:
             if self.cfg.eval.plot:
                 plot_heldout_accuracy(before, after, result["pairs"], self.out / "heldout_accuracy.png")
                 plot_training_curves(read_metrics(self.out), self.out / "training_curves.png")
+            print(
+                f"outputs in {self.out}/: eval.json, metrics.jsonl, plots, checkpoints, final weights",
+                flush=True,
+            )
         D.barrier()
         return result
