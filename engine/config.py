@@ -153,7 +153,8 @@ def _check_scalar(value: object, tp: object, where: str) -> object:
     return value
 
 
-def _build(cls: type, data: object, where: str) -> object:
+def build_dataclass(cls: type, data: object, where: str) -> object:
+    """Instantiate the (nested) config dataclass cls from a mapping, checking keys and types; errors name `where`."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -171,7 +172,7 @@ def _build(cls: type, data: object, where: str) -> object:
         key = f"{where}.{name}" if where else name
         sub = _dataclass_type(hints[name])
         if sub is not None and not (value is None and sub is not hints[name]):
-            kwargs[name] = _build(sub, value, key)
+            kwargs[name] = build_dataclass(sub, value, key)
         else:
             kwargs[name] = _check_scalar(value, hints[name], key)
     return cls(**kwargs)
@@ -239,7 +240,7 @@ def validate(cfg: Config) -> Config:
 
 
 def config_from_dict(data: dict) -> Config:
-    return validate(_build(Config, data, ""))
+    return validate(build_dataclass(Config, data, ""))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -42,8 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from videogpa.engine.config import _build as build_dataclass
-from videogpa.engine.config import apply_override, config_from_dict
+from videogpa.engine.config import apply_override, build_dataclass, config_from_dict
 from videogpa.engine.data.records import write_atomic, write_json_atomic
 from videogpa.engine.generation.generate import MANIFEST, GenerationConfig, run_generation
 from videogpa.engine.generation.scoring import ScoreConfig, Scorer, score_summary, unscored
