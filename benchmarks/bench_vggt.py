@@ -23,10 +23,12 @@ if not torch.cuda.is_available():  # the reprojection kernel can only run throug
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import append_results, extra_memory_bytes, print_table, time_fn  # noqa: E402
 
-from videogpa.engine.geometry import Geometry  # noqa: E402
 from videogpa.engine.geometry.scoring import score_reconstruction  # noqa: E402
 from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTConfig  # noqa: E402
-from videogpa.engine.geometry.vggt.geometry_model import resolve_compute_dtype  # noqa: E402
+from videogpa.engine.geometry.vggt.geometry_model import (  # noqa: E402
+    geometry_from_outputs,
+    resolve_compute_dtype,
+)
 
 RUNS = {  # row name -> score_reconstruction(image_metrics=...), None = the VGGT forward alone
     "vggt": None,
@@ -46,15 +48,7 @@ def make_run(model: VGGT, videos: torch.Tensor, dtype: torch.dtype, image_metric
         if image_metrics is None:
             return
         for i in range(videos.shape[0]):
-            geometry = Geometry(
-                depth=out["depth"][i, ..., 0],
-                depth_conf=out["depth_conf"][i],
-                intrinsics=out["intrinsic"][i],
-                extrinsics=out["extrinsic"][i],
-                world_points=out["world_points"][i],
-                world_points_conf=out["world_points_conf"][i],
-            )
-            score_reconstruction(videos[i], geometry, image_metrics=image_metrics)
+            score_reconstruction(videos[i], geometry_from_outputs(out, i), image_metrics=image_metrics)
 
     return run
 

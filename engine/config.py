@@ -243,8 +243,8 @@ def config_from_dict(data: dict) -> Config:
     return validate(build_dataclass(Config, data, ""))
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply `key.sub=value` overrides (values parsed as YAML), validate it."""
+def read_config_dict(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """The YAML mapping at `path` with `key.sub=value` overrides applied (values parsed as YAML)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
@@ -253,6 +253,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
     for item in overrides or []:
         apply_override(data, item)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate it."""
+    data = read_config_dict(path, overrides)
     try:
         return config_from_dict(data)
     except ValueError as err:

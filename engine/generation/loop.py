@@ -42,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from videogpa.engine.config import apply_override, build_dataclass, config_from_dict
+from videogpa.engine.config import apply_override, build_dataclass, config_from_dict, read_config_dict
 from videogpa.engine.data.records import write_atomic, write_json_atomic
 from videogpa.engine.generation.generate import MANIFEST, GenerationConfig, run_generation
 from videogpa.engine.generation.scoring import ScoreConfig, Scorer, score_summary, unscored
@@ -135,13 +135,7 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
     """Read the YAML: the trainer's sections are validated by engine.config, `loop:` by LoopConfig.
     Overrides `a.b=value` apply to either (loop.* for the loop)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: expected a mapping at the top level")
-    for item in overrides or []:
-        apply_override(data, item)
+    data = read_config_dict(path, overrides)
     loop_data = data.pop("loop", None)
     try:
         trainer = config_from_dict(copy.deepcopy(data))

@@ -20,6 +20,18 @@ DTYPE_NAMES = {
 }
 
 
+def geometry_from_outputs(out: dict[str, torch.Tensor], index: int) -> Geometry:
+    """The `index`-th video of a VGGT output dict as a Geometry (batch dimension dropped)."""
+    return Geometry(
+        depth=out["depth"][index, ..., 0],
+        depth_conf=out["depth_conf"][index],
+        intrinsics=out["intrinsic"][index],
+        extrinsics=out["extrinsic"][index],
+        world_points=out["world_points"][index],
+        world_points_conf=out["world_points_conf"][index],
+    )
+
+
 def resolve_compute_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
     """None → bf16 (fp16 where bf16 is unsupported) on CUDA, fp32 elsewhere; names like 'bf16' accepted."""
     if dtype is None:
@@ -69,17 +81,7 @@ class VGGTGeometryModel(GeometryModel):
         if videos.ndim != 5:
             raise ValueError(f"videos must be [B, T, 3, H, W], got {tuple(videos.shape)}")
         out = self.predict(videos)
-        return [
-            Geometry(
-                depth=out["depth"][i, ..., 0],
-                depth_conf=out["depth_conf"][i],
-                intrinsics=out["intrinsic"][i],
-                extrinsics=out["extrinsic"][i],
-                world_points=out["world_points"][i],
-                world_points_conf=out["world_points_conf"][i],
-            )
-            for i in range(videos.shape[0])
-        ]
+        return [geometry_from_outputs(out, i) for i in range(videos.shape[0])]
 
     def reconstruct(self, frames: torch.Tensor) -> Geometry:
         if frames.ndim != 4:
