@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from pipeline_helpers import read_rows, write_rows
+from safetensors.torch import load_file
 
 from videogpa.engine.data.encode import run_encode
 from videogpa.engine.data.preference import PreferenceDataset, collate_pairs
@@ -93,11 +94,27 @@ def test_wan_image_to_video(wan_folder, tmp_path):
     )
     prompts = write_rows(tmp_path / "p.jsonl", [{"prompt": "a red barn", "image": "f.png"}])
     cfg = _config(wan_folder, prompts)
-    if (
-        importlib.util.find_spec("ftfy") is None
-    ):  # diffusers' Wan I2V pipeline needs it; a clear error otherwise
-        with pytest.raises(ValueError, match="needs the 'ftfy' package"):
-            run_generation(cfg, tmp_path / "gen", progress=False)
-        return
     assert run_generation(cfg, tmp_path / "gen", progress=False).generated == 2
-    assert read_rows(tmp_path / "gen" / MANIFEST)[0]["image"] == str((tmp_path / "f.png").resolve())
+    rows = read_rows(tmp_path / "gen" / MANIFEST)
+    assert rows[0]["image"] == str((tmp_path / "f.png").resolve())
+    # The image really conditions the video: same prompt and seeds, another image -> other latents.
+    Image.fromarray(np.zeros((32, 32, 3), dtype="uint8")).save(tmp_path / "black.png")
+    other = write_rows(tmp_path / "q.jsonl", [{"prompt": "a red barn", "image": "black.png"}])
+    assert run_generation(_config(wan_folder, other), tmp_path / "gen2", progress=False).generated == 2
+    for row, row2 in zip(rows, read_rows(tmp_path / "gen2" / MANIFEST)):
+        assert row["seed"] == row2["seed"]
+        a = load_file(tmp_path / "gen" / row["latents"])["latents"]
+        b = load_file(tmp_path / "gen2" / row2["latents"])["latents"]
+        assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+def test_wan_image_to_video_without_ftfy_is_a_clear_error(wan_folder, tmp_path, monkeypatch):
+    """diffusers' Wan I2V pipeline cleans prompts with ftfy (the optional `wan` extra)."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ftfy" else real_find_spec(name, *a)
+    )
+    Image.fromarray(np.zeros((32, 32, 3), dtype="uint8")).save(tmp_path / "f.png")
+    prompts = write_rows(tmp_path / "p.jsonl", [{"prompt": "a red barn", "image": "f.png"}])
+    with pytest.raises(ValueError, match="needs the 'ftfy' package"):
+        run_generation(_config(wan_folder, prompts), tmp_path / "gen", progress=False)
