@@ -22,10 +22,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from videogpa.engine.data.encode import PipelineEncoder
 from videogpa.engine.data.prompts import PromptItem
 from videogpa.engine.data.records import append_jsonl, read_jsonl
 from videogpa.engine.data.video import write_video
@@ -183,6 +185,20 @@ def _run_pipeline(pipe, batch: list[Candidate], sampler: SamplerSettings, images
     return frames, final["latents"]
 
 
+def _with_clean_first_frame(pipe, batch: list[Candidate], images: dict, latents: torch.Tensor, max_seq: int):
+    """Pipelines with `expand_timesteps` (Wan 2.2 TI2V) paste the clean image latent into latent frame 0
+    only after their last step callback; do the same to the latents we keep, so they decode to the video."""
+    if not getattr(pipe.config, "expand_timesteps", False) or batch[0].item.image is None:
+        return latents
+    encoder = PipelineEncoder(pipe, max_seq)
+    latents = latents.clone()
+    for i, cand in enumerate(batch):
+        pixels = np.asarray(images[cand.item.prompt_id], dtype=np.float32) / 255.0  # [H, W, 3]
+        clean = encoder.encode_image(torch.from_numpy(pixels).permute(2, 0, 1))  # [C, 1, h, w]
+        latents[i, :, :1] = clean.to(latents.device, latents.dtype)
+    return latents
+
+
 def _batches(todo: list[Candidate], batch_size: int, per_prompt: bool) -> list[list[Candidate]]:
     """Consecutive candidates in batches of batch_size; per_prompt: never two prompts in one batch."""
     if not per_prompt:
@@ -226,6 +242,7 @@ def generate_candidates(
         images = {c.item.prompt_id: _load_image(c.item.image, sampler.width, sampler.height)
                   for c in batch if c.item.image is not None}  # fmt: skip
         frames, latents = _run_pipeline(pipe, batch, sampler, images)
+        latents = _with_clean_first_frame(pipe, batch, images, latents, sampler.max_sequence_length)
         for cand, video, latent in zip(batch, frames, latents):
             item = cand.item
             if not torch.isfinite(latent).all() or not torch.isfinite(video).all():

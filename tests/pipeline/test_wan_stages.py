@@ -97,6 +97,18 @@ def test_wan_image_to_video(wan_folder, tmp_path):
     assert run_generation(cfg, tmp_path / "gen", progress=False).generated == 2
     rows = read_rows(tmp_path / "gen" / MANIFEST)
     assert rows[0]["image"] == str((tmp_path / "f.png").resolve())
+    # The saved latents are the pipeline's final latents, clean first frame included: its own
+    # output_type="latent" run with the same seed gives the same tensor.
+    sampler = cfg.sampler()
+    pipe = load_pipeline("wan2.2-ti2v", wan_folder, image_to_video=True)
+    for row in rows:
+        own = pipe(prompt=row["prompt"], image=Image.open(tmp_path / "f.png").convert("RGB"),
+                   generator=torch.Generator().manual_seed(row["seed"]), num_frames=sampler.num_frames,
+                   height=sampler.height, width=sampler.width, num_inference_steps=sampler.steps,
+                   guidance_scale=sampler.guidance_scale, max_sequence_length=sampler.max_sequence_length,
+                   output_type="latent").frames[0]  # fmt: skip
+        saved = load_file(tmp_path / "gen" / row["latents"])["latents"]
+        torch.testing.assert_close(saved, own, atol=1e-4, rtol=1e-4)
     # The image really conditions the video: same prompt and seeds, another image -> other latents.
     Image.fromarray(np.zeros((32, 32, 3), dtype="uint8")).save(tmp_path / "black.png")
     other = write_rows(tmp_path / "q.jsonl", [{"prompt": "a red barn", "image": "black.png"}])
