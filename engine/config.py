@@ -47,9 +47,13 @@ class DPOConfig:
 
 @dataclass
 class SyntheticDataConfig:
-    train_pairs: int = 96
+    """The embedded default's scene pairs (engine.data.synthetic_pairs): clean clip vs corrupted clip."""
+
+    train_pairs: int = 160
     heldout_pairs: int = 48
     seed: int = 1234
+    corruptions: list[str] = field(default_factory=lambda: ["jitter", "scale"])  # used in turn
+    strength: float = 4.0  # engine.data.synthetic.corrupt's strength
 
 
 @dataclass
@@ -190,6 +194,18 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         )
 
 
+def _check_synthetic(syn: SyntheticDataConfig) -> None:
+    from videogpa.engine.data.synthetic import CORRUPTIONS
+
+    _positive(syn.train_pairs, "data.synthetic.train_pairs")
+    _positive(syn.heldout_pairs, "data.synthetic.heldout_pairs")
+    _positive(syn.strength, "data.synthetic.strength")
+    if not syn.corruptions:
+        raise ValueError("config key 'data.synthetic.corruptions': expected at least one corruption")
+    for kind in syn.corruptions:
+        _choice(kind, CORRUPTIONS, "data.synthetic.corruptions")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that the types alone cannot express."""
     from videogpa.engine.models import adapter_names
@@ -232,6 +248,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"config key 'optim.betas': expected two values, got {cfg.optim.betas}")
     if cfg.data.synthetic is None and cfg.data.train is None:
         raise ValueError("config section 'data': set 'train' (a preference-shard folder) or 'synthetic'")
+    if cfg.data.synthetic is not None:
+        _check_synthetic(cfg.data.synthetic)
     if cfg.distributed.offload_params and cfg.distributed.zero_stage != 3:
         raise ValueError("config key 'distributed.offload_params': parameter offload needs zero_stage 3")
     _positive(cfg.eval.draws, "eval.draws")

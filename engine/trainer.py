@@ -134,9 +134,8 @@ class Trainer:
                 )
             root = self.out / "data"
             if D.is_main():
-                write_synthetic_pairs(
-                    root, data.synthetic, spec.latent_shape, self.adapter.latent_layout, spec.text_shape
-                )
+                write_synthetic_pairs(root, data.synthetic, spec.latent_shape, self.adapter.latent_layout,
+                                      spec.text_shape, progress=self.cfg.train.progress_bar)  # fmt: skip
             D.barrier()
             train, heldout = root / "train", root / "heldout"
         train_set = PreferenceDataset(train)

@@ -81,16 +81,22 @@ class PipelineEncoder:
         self.max_sequence_length = max_sequence_length
         self.device = pipe.vae.device
 
-    @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, image: bool = False) -> torch.Tensor:
         """frames [T, 3, H, W] in [0, 1] → latents of one sample in the native layout (4-D)."""
-        if frames.ndim != 4 or frames.shape[1] != 3:
+        if frames.ndim != 4:
             raise ValueError(f"encode_video: expected frames [T, 3, H, W], got {tuple(frames.shape)}")
+        return self.encode_videos(frames[None], image)[0]
+
+    @torch.no_grad()
+    def encode_videos(self, frames: torch.Tensor, image: bool = False) -> torch.Tensor:
+        """frames [B, T, 3, H, W] in [0, 1] → latents [B, ...] in the native layout, one VAE call."""
+        if frames.ndim != 5 or frames.shape[2] != 3:
+            raise ValueError(f"encode_videos: expected frames [B, T, 3, H, W], got {tuple(frames.shape)}")
         if frames.min() < 0 or frames.max() > 1:
-            raise ValueError("encode_video: frames must be in [0, 1]")
-        x = (frames * 2 - 1).permute(1, 0, 2, 3)[None].to(self.device, self.vae.dtype)  # [1, 3, T, H, W]
+            raise ValueError("encode_videos: frames must be in [0, 1]")
+        x = (frames * 2 - 1).transpose(1, 2).to(self.device, self.vae.dtype)  # [B, 3, T, H, W]
         z = self.vae.encode(x).latent_dist.mode()
-        return self.convention.to_native(self.convention.normalize(self.vae, z.float(), image))[0].cpu()
+        return self.convention.to_native(self.convention.normalize(self.vae, z.float(), image)).cpu()
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """First frame [3, H, W] in [0, 1] → its image latent, one latent frame in the native layout (4-D)."""

@@ -56,6 +56,11 @@ def _text_encoder(vocab_size: int):
     return T5EncoderModel(config).eval()
 
 
+# Chosen as real VAEs' scaling factors are: 1 / std of the raw latents, here of the synthetic scenes' clips
+# (measured 0.316 over 32 clips of 13 frames, 64x64), so that the diffusion model sees unit-variance latents.
+TINY_VAE_SCALING = 3.16
+
+
 def _vae():
     from diffusers import AutoencoderKLCogVideoX
 
@@ -63,7 +68,7 @@ def _vae():
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
         down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
         layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
-        sample_height=TINY_SIZE, sample_width=TINY_SIZE, scaling_factor=0.7,
+        sample_height=TINY_SIZE, sample_width=TINY_SIZE, scaling_factor=TINY_VAE_SCALING,
     )  # fmt: skip
 
 

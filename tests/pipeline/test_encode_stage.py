@@ -63,6 +63,17 @@ def test_cogvideox_video_latents_are_the_vae_mode_of_minus_one_to_one_frames_tim
         PipelineEncoder(pipe, 48).encode_video(frames * 2 - 1)
 
 
+def test_batched_encoding_equals_one_clip_at_a_time():
+    encoder = PipelineEncoder(build_tiny_pipeline(), 48)
+    clips = torch.rand(3, 5, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    batched = encoder.encode_videos(clips)
+    assert tuple(batched.shape) == (3, 2, 4, 8, 8)
+    for clip, latent in zip(clips, batched):
+        torch.testing.assert_close(latent, encoder.encode_video(clip), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"expected frames \[B, T, 3, H, W\]"):
+        encoder.encode_videos(clips[0])
+
+
 def test_wan_image_latent_matches_the_wan_i2v_pipeline_normalisation():
     from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
 

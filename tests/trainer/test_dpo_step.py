@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from videogpa.engine import reference as R
-from videogpa.engine.data.synthetic_pairs import make_pairs
 from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward, pair_draws
 from videogpa.engine.models import TINY, Conditioning, get_adapter
 from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
@@ -31,7 +30,8 @@ def _case(name: str, pairs: int = 2):
     if name == "tiny":
         adapter = get_adapter("tiny")
         model = adapter.load_transformer(None, torch.float32)
-        w, lo, text = make_pairs(pairs, 3, TINY.latent_shape, adapter.latent_layout, TINY.text_shape)
+        w, lo = torch.randn(2, pairs, *TINY.latent_shape, generator=gen)
+        text = torch.randn(pairs, *TINY.text_shape, generator=gen)
         return adapter, model, w, lo, Conditioning(text)
     if name == "cogvideox-t2v":
         model, shape = builders.cogvideox_t2v(), (3, 4, 8, 8)

@@ -58,6 +58,12 @@ def test_wrong_types_and_choices_are_named():
         config_from_dict({**SYNTH, "lora": {"enabled": False}, "dpo": {"reference": "adapters_off"}})
     with pytest.raises(ValueError, match=r"data"):
         config_from_dict({})
+    with pytest.raises(ValueError, match=r"data\.synthetic\.corruptions.*'blur'"):
+        config_from_dict({"data": {"synthetic": {"corruptions": ["jitter", "blur"]}}})
+    with pytest.raises(ValueError, match=r"data\.synthetic\.corruptions.*at least one"):
+        config_from_dict({"data": {"synthetic": {"corruptions": []}}})
+    with pytest.raises(ValueError, match=r"data\.synthetic\.strength.*positive"):
+        config_from_dict({"data": {"synthetic": {"strength": 0.0}}})
 
 
 def test_yaml_exponent_floats_and_overrides(tmp_path):

@@ -1,0 +1,83 @@
+"""The embedded default's preference set: synthetic scenes, clean vs corrupted, through the tiny pipeline."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from videogpa.engine.config import SyntheticDataConfig
+from videogpa.engine.data.preference import PreferenceDataset
+from videogpa.engine.data.synthetic import corrupt, make_scene, render_clip
+from videogpa.engine.data.synthetic_pairs import scene_prompt, tiny_encoder, write_synthetic_pairs
+from videogpa.engine.models.tiny import TINY
+
+CFG = SyntheticDataConfig(
+    train_pairs=5, heldout_pairs=3, seed=11, corruptions=["jitter", "scale"], strength=3.0
+)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    train, heldout = write_synthetic_pairs(
+        root, CFG, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False
+    )
+    return PreferenceDataset(train), PreferenceDataset(heldout)
+
+
+def test_pairs_are_the_encoded_clean_and_corrupted_scene_clips(sets):
+    train, heldout = sets
+    assert (len(train), len(heldout)) == (5, 3)
+    encoder = tiny_encoder(TINY.text_shape[0])
+    paths, kinds = [], []
+    for data in (train, heldout):
+        for i, record in enumerate(data.records):
+            split, _, scene, path, kind = record["pair_id"].split("-")
+            seed = int(scene.removeprefix("scene"))
+            clean = render_clip(make_scene(seed), path, 13, 64, 64)  # the frames and size 4x8x8 latents need
+            broken = corrupt(clean, kind, 3.0, seed)
+            pair = data[i]
+            assert tuple(pair.latents_w.shape) == TINY.latent_shape
+            torch.testing.assert_close(
+                pair.latents_w, encoder.encode_video(clean.frames), atol=1e-5, rtol=1e-5
+            )
+            torch.testing.assert_close(
+                pair.latents_l, encoder.encode_video(broken.frames), atol=1e-5, rtol=1e-5
+            )
+            torch.testing.assert_close(
+                pair.text_embeds,
+                encoder.encode_text(scene_prompt(path)),
+            )
+            assert (record["score_w"], record["score_l"]) == (0.0, 3.0)
+            paths.append(path)
+            kinds.append(kind)
+    assert set(paths) == {"pan", "dolly", "orbit"} and set(kinds) == {"jitter", "scale"}
+
+
+def test_held_out_scenes_are_never_training_scenes(sets):
+    train, heldout = sets
+    scenes = lambda data: {r["pair_id"].split("-")[2] for r in data.records}
+    assert len(scenes(train)) == 5 and len(scenes(heldout)) == 3
+    assert not scenes(train) & scenes(heldout)
+
+
+def test_latents_have_about_unit_variance_and_losers_differ(sets):
+    train, _ = sets
+    winners = torch.stack([train[i].latents_w for i in range(len(train))])
+    losers = torch.stack([train[i].latents_l for i in range(len(train))])
+    assert 0.7 < float(winners.std()) < 1.4  # the tiny VAE's scaling factor
+    assert all((w - lo).abs().max() > 0.1 for w, lo in zip(winners, losers))
+
+
+def test_same_seed_same_pairs_and_previous_sets_are_replaced(sets, tmp_path):
+    cfg = dataclasses.replace(CFG, train_pairs=2, heldout_pairs=1)
+    write_synthetic_pairs(tmp_path, CFG, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False)
+    write_synthetic_pairs(tmp_path, cfg, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False)
+    again = PreferenceDataset(tmp_path / "train")
+    assert len(again) == 2
+    assert torch.equal(again[1].latents_l, sets[0][1].latents_l)
+
+
+def test_layout_mismatch_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="BFCHW latents, the model takes BCFHW"):
+        write_synthetic_pairs(tmp_path, CFG, TINY.latent_shape, "BCFHW", TINY.text_shape, progress=False)
