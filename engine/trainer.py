@@ -134,7 +134,11 @@ class Trainer:
                 )
             root = self.out / "data"
             if D.is_main():
-                write_synthetic_pairs(root, data.synthetic, spec.latent_shape, self.adapter.latent_layout,
+                from videogpa.engine.data.encode import PipelineEncoder
+                from videogpa.engine.generation.tiny import build_tiny_pipeline
+
+                encoder = PipelineEncoder(build_tiny_pipeline(), spec.text_shape[0])  # the tiny model's own
+                write_synthetic_pairs(root, data.synthetic, encoder, spec.latent_shape, self.adapter.latent_layout,
                                       spec.text_shape, progress=self.cfg.train.progress_bar)  # fmt: skip
             D.barrier()
             train, heldout = root / "train", root / "heldout"

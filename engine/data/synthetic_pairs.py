@@ -2,9 +2,9 @@
 
 A pair is one procedural scene filmed along a camera path (pan, dolly and orbit in turn). The winner is its
 clean clip, exactly 3D-consistent; the loser is the same clip with its geometry broken by one of
-`corruptions` (in turn) at `strength` (engine.data.synthetic.corrupt). Both clips go through the tiny
-pipeline's VAE and the prompt ("a room, the camera pans") through its text encoder (engine.generation.tiny),
-as the loop's encode stage does for generated videos. Train and held-out scenes come from disjoint seeds, so
+`corruptions` (in turn) at `strength` (engine.data.synthetic.corrupt). Both clips go through the model's
+own pipeline's VAE and the prompt ("a room, the camera pans") through its text encoder (for the embedded
+default: the tiny pipeline, engine.generation.tiny), as the loop's encode stage does for generated videos. Train and held-out scenes come from disjoint seeds, so
 held-out scenes are never trained on.
 
 Default corruptions: per-frame camera jitter and scale flicker. The smooth ones (a warp growing over time, a
@@ -70,13 +70,6 @@ def render_pair(cfg: SyntheticDataConfig, split: str, index: int, n_frames: int,
     return clean, corrupt(clean, kind, cfg.strength, seed), scene_prompt(path)
 
 
-def tiny_encoder(text_length: int) -> PipelineEncoder:
-    """The tiny pipeline's VAE and text encoder (the built-in tiny model's own pipeline)."""
-    from videogpa.engine.generation.tiny import build_tiny_pipeline
-
-    return PipelineEncoder(build_tiny_pipeline(), text_length)
-
-
 def _check_shape(what: str, got: torch.Size, expected: Sequence[int]) -> None:
     if tuple(got) != tuple(expected):
         raise ValueError(
@@ -122,18 +115,19 @@ def write_split(
 def write_synthetic_pairs(
     root: str | Path,
     cfg: SyntheticDataConfig,
+    encoder: PipelineEncoder,
     latent_shape: Sequence[int],
     layout: str,
     text_shape: Sequence[int],
     progress: bool = True,
 ) -> tuple[Path, Path]:
-    """Write the train and held-out sets under root/{train,heldout} (replacing any previous ones). Scores
-    are the corruption strength: 0 for the clean winners (lower is better)."""
+    """Write the train and held-out sets under root/{train,heldout} (replacing any previous ones), encoded
+    with the model's own pipeline (`encoder`). Scores are the corruption strength: 0 for the clean winners
+    (lower is better)."""
     root = Path(root)
-    encoder = tiny_encoder(text_shape[0])
     if encoder.convention.layout != layout:
         raise ValueError(
-            f"synthetic pairs: the tiny VAE gives {encoder.convention.layout} latents, the model takes {layout}"
+            f"synthetic pairs: the pipeline's VAE gives {encoder.convention.layout} latents, the model takes {layout}"
         )
     sizes = {"train": cfg.train_pairs, "heldout": cfg.heldout_pairs}
     for split in SPLITS:

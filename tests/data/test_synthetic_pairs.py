@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from videogpa.engine.config import SyntheticDataConfig
+from videogpa.engine.data.encode import PipelineEncoder
 from videogpa.engine.data.preference import PreferenceDataset
 from videogpa.engine.data.synthetic import corrupt, make_scene, render_clip
-from videogpa.engine.data.synthetic_pairs import scene_prompt, tiny_encoder, write_synthetic_pairs
+from videogpa.engine.data.synthetic_pairs import scene_prompt, write_synthetic_pairs
+from videogpa.engine.generation.tiny import build_tiny_pipeline
 from videogpa.engine.models.tiny import TINY
 
 CFG = SyntheticDataConfig(
@@ -17,18 +19,22 @@ CFG = SyntheticDataConfig(
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory):
+def encoder():
+    return PipelineEncoder(build_tiny_pipeline(), TINY.text_shape[0])
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory, encoder):
     root = tmp_path_factory.mktemp("synthetic")
     train, heldout = write_synthetic_pairs(
-        root, CFG, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False
+        root, CFG, encoder, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False
     )
     return PreferenceDataset(train), PreferenceDataset(heldout)
 
 
-def test_pairs_are_the_encoded_clean_and_corrupted_scene_clips(sets):
+def test_pairs_are_the_encoded_clean_and_corrupted_scene_clips(sets, encoder):
     train, heldout = sets
     assert (len(train), len(heldout)) == (5, 3)
-    encoder = tiny_encoder(TINY.text_shape[0])
     paths, kinds = [], []
     for data in (train, heldout):
         for i, record in enumerate(data.records):
@@ -69,15 +75,17 @@ def test_latents_have_about_unit_variance_and_losers_differ(sets):
     assert all((w - lo).abs().max() > 0.1 for w, lo in zip(winners, losers))
 
 
-def test_same_seed_same_pairs_and_previous_sets_are_replaced(sets, tmp_path):
+def test_same_seed_same_pairs_and_previous_sets_are_replaced(sets, encoder, tmp_path):
     cfg = dataclasses.replace(CFG, train_pairs=2, heldout_pairs=1)
-    write_synthetic_pairs(tmp_path, CFG, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False)
-    write_synthetic_pairs(tmp_path, cfg, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False)
+    write_synthetic_pairs(tmp_path, CFG, encoder, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False)
+    write_synthetic_pairs(tmp_path, cfg, encoder, TINY.latent_shape, "BFCHW", TINY.text_shape, progress=False)
     again = PreferenceDataset(tmp_path / "train")
     assert len(again) == 2
     assert torch.equal(again[1].latents_l, sets[0][1].latents_l)
 
 
-def test_layout_mismatch_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="BFCHW latents, the model takes BCFHW"):
-        write_synthetic_pairs(tmp_path, CFG, TINY.latent_shape, "BCFHW", TINY.text_shape, progress=False)
+def test_layout_mismatch_is_a_clear_error(encoder, tmp_path):
+    with pytest.raises(ValueError, match="VAE gives BFCHW latents, the model takes BCFHW"):
+        write_synthetic_pairs(
+            tmp_path, CFG, encoder, TINY.latent_shape, "BCFHW", TINY.text_shape, progress=False
+        )
