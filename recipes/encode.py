@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from videogpa.engine.data.encode import run_encode
+from videogpa.engine.generation.encode import run_encode
 from videogpa.engine.generation.pipelines import PIPELINES
 
 

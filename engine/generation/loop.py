@@ -317,7 +317,7 @@ class Loop:
         return self.out / "pairs" / PAIRS_FILE
 
     def encode(self) -> None:
-        from videogpa.engine.data.encode import run_encode
+        from videogpa.engine.generation.encode import run_encode
 
         enc = self.cfg.encode
         summary = run_encode(

@@ -10,8 +10,8 @@ from PIL import Image
 from pipeline_helpers import read_rows, write_rows
 from safetensors.torch import load_file
 
-from videogpa.engine.data.encode import run_encode
 from videogpa.engine.data.preference import PreferenceDataset, collate_pairs
+from videogpa.engine.generation.encode import run_encode
 from videogpa.engine.generation.generate import MANIFEST, GenerationConfig, run_generation
 from videogpa.engine.generation.pairs import PAIRS_FILE, build_pairs
 from videogpa.engine.generation.pipelines import load_pipeline
