@@ -123,8 +123,19 @@ def plot_heldout_accuracy(before: float, after: float, pairs: int, path: str | P
     plt.close(fig)
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of each value and up to window − 1 values before it (same length as values)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_training_curves(records: list[dict], path: str | Path) -> None:
-    """Loss and training-batch accuracy per step (PNG)."""
+    """Loss and training-batch accuracy per step, each with its moving average over ~5% of the run (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,13 +145,15 @@ def plot_training_curves(records: list[dict], path: str | Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
-    ax1.plot(steps, [r["loss"] for r in rows])
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("DPO loss")
-    ax2.plot(steps, [r["accuracy"] for r in rows])
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("train implicit-reward accuracy")
+    window = max(1, len(rows) // 20)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
+    for ax, key, label in zip(axes, ("loss", "accuracy"), ("DPO loss", "train implicit-reward accuracy")):
+        values = [r[key] for r in rows]
+        ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=0.8, label="per step")
+        ax.plot(steps, moving_average(values, window), color="tab:blue", label=f"mean of {window} steps")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
