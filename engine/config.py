@@ -78,9 +78,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 10_000
-    micro_batch_size: int | None = (
-        1  # pairs per rank per forward (None: global batch / ranks, no accumulation)
-    )
+    # pairs per rank per forward (None: the global batch split over the ranks, no accumulation)
+    micro_batch_size: int | None = 1
     global_batch_size: int = 16  # pairs per optimizer step (micro × accumulation × ranks)
     precision: str = "bf16"
     log_every: int = 10

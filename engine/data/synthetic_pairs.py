@@ -63,11 +63,11 @@ def clip_size(encoder: PipelineEncoder, latent_shape: Sequence[int]) -> tuple[in
     return (f - 1) * temporal + 1, h * spatial, w * spatial
 
 
-def render_pair(cfg: SyntheticDataConfig, split: str, index: int, n_frames: int, height: int, width: int):
-    """(clean clip, corrupted clip, prompt) of the index-th pair of a split."""
-    seed, path, kind = pair_recipe(cfg, split, index)
+def render_pair(recipe: tuple[int, str, str], strength: float, n_frames: int, height: int, width: int):
+    """(clean clip, corrupted clip) of a pair_recipe."""
+    seed, path, kind = recipe
     clean = render_clip(make_scene(seed), path, n_frames, height, width)
-    return clean, corrupt(clean, kind, cfg.strength, seed), scene_prompt(path)
+    return clean, corrupt(clean, kind, strength, seed)
 
 
 def _check_shape(what: str, got: torch.Size, expected: Sequence[int]) -> None:
@@ -96,15 +96,15 @@ def write_split(
     with PreferenceShardWriter(out_dir) as writer:
         for start in range(0, n, BATCH):
             indices = range(start, min(n, start + BATCH))
-            rendered = [render_pair(cfg, split, i, n_frames, height, width) for i in indices]
-            clips = torch.stack([c.frames for clean, bad, _ in rendered for c in (clean, bad)])
-            latents = encoder.encode_videos(clips)
-            for k, (i, (_, _, prompt)) in enumerate(zip(indices, rendered)):
+            recipes = [pair_recipe(cfg, split, i) for i in indices]
+            clips = [c.frames for r in recipes for c in render_pair(r, cfg.strength, n_frames, height, width)]
+            latents = encoder.encode_videos(torch.stack(clips))
+            for k, (i, (seed, path, kind)) in enumerate(zip(indices, recipes)):
+                prompt = scene_prompt(path)
                 if prompt not in texts:
                     texts[prompt] = encoder.encode_text(prompt)
                     _check_shape("text embeddings", texts[prompt].shape, text_shape)
                 _check_shape("latents", latents[2 * k].shape, latent_shape)
-                seed, path, kind = pair_recipe(cfg, split, i)
                 writer.add(f"{split}-{i:05d}-scene{seed}-{path}-{kind}", latents[2 * k], latents[2 * k + 1],
                            texts[prompt], score_w=0.0, score_l=cfg.strength)  # fmt: skip
             bar.update(len(indices))

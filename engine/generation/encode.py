@@ -7,8 +7,12 @@ import os
 
 from videogpa.engine.data.encode import EncodeSummary, PipelineEncoder, encode_pairs
 from videogpa.engine.data.records import read_jsonl
-from videogpa.engine.generation.generate import default_device
-from videogpa.engine.generation.pipelines import SAMPLER_DEFAULTS, load_pipeline, pipeline_spec
+from videogpa.engine.generation.pipelines import (
+    SAMPLER_DEFAULTS,
+    default_device,
+    load_pipeline,
+    pipeline_spec,
+)
 
 
 def run_encode(

@@ -31,7 +31,7 @@ from videogpa.engine.data.encode import PipelineEncoder
 from videogpa.engine.data.prompts import PromptItem
 from videogpa.engine.data.records import append_jsonl, read_jsonl
 from videogpa.engine.data.video import write_video
-from videogpa.engine.generation.pipelines import image_argument, takes_image_list
+from videogpa.engine.generation.pipelines import default_device, image_argument, takes_image_list
 
 log = logging.getLogger(__name__)
 
@@ -298,10 +298,6 @@ class GenerationConfig:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_items(

@@ -164,11 +164,11 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, owned by another user
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

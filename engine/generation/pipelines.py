@@ -66,6 +66,11 @@ def pipeline_folder(path: str | os.PathLike) -> Path:
     )
 
 
+def default_device() -> str:
+    """Where pipelines and geometry models run when no device is given."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_pipeline(
     model: str,
     path: str | os.PathLike,

@@ -42,7 +42,7 @@ class Scorer:
 
     @classmethod
     def build(cls, cfg: ScoreConfig) -> Scorer:
-        from videogpa.engine.generation.generate import default_device
+        from videogpa.engine.generation.pipelines import default_device
         from videogpa.engine.geometry.registry import build_geometry_model
 
         cfg = dataclasses.replace(cfg, device=cfg.device or default_device())
