@@ -20,10 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_results, print_table, time_fn  # noqa: E402
 
+from videogpa.engine.dpo_reference import AdaptersOff  # noqa: E402
 from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward  # noqa: E402
-from videogpa.engine.models import Conditioning, get_adapter  # noqa: E402
+from videogpa.engine.models import get_adapter  # noqa: E402
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing  # noqa: E402
-from videogpa.engine.reference import AdaptersOff  # noqa: E402
+from videogpa.engine.types import Conditioning  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
 

@@ -25,10 +25,8 @@ from _common import append_results, extra_memory_bytes, print_table, time_fn  # 
 
 from videogpa.engine.geometry.scoring import score_reconstruction  # noqa: E402
 from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTConfig  # noqa: E402
-from videogpa.engine.geometry.vggt.geometry_model import (  # noqa: E402
-    geometry_from_outputs,
-    resolve_compute_dtype,
-)
+from videogpa.engine.geometry.vggt.geometry_model import geometry_from_outputs  # noqa: E402
+from videogpa.engine.types import resolve_compute_dtype  # noqa: E402
 
 RUNS = {  # row name -> score_reconstruction(image_metrics=...), None = the VGGT forward alone
     "vggt": None,

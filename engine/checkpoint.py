@@ -8,7 +8,6 @@ so a folder named step_* is always complete. Only the newest `keep` checkpoints 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from videogpa.engine import distributed as D
+from videogpa.engine.io.atomic import commit
 
 DIR_NAME = "checkpoints"
 PREFIX = "step_"
@@ -61,14 +61,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(engine, output_dir: str | Path, step: int, trainer_state: dict, keep: int) -> Path:
     """Collective: write the checkpoint for `step` atomically and prune to the newest `keep`."""
     root = checkpoint_root(output_dir)
@@ -87,8 +79,7 @@ def save_checkpoint(engine, output_dir: str | Path, step: int, trainer_state: di
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
         if final.exists():  # a previous run reached the same step: replace it
             shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        commit(tmp, final)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
     D.barrier()

@@ -1,7 +1,13 @@
-"""The one training config: a YAML file validated into nested dataclasses (unknown keys are errors)."""
+"""The one config tree: a YAML file validated into nested dataclasses (unknown keys are errors).
+
+The trainer's sections (model, lora, dpo, data, optim, train, distributed, eval) and the loop's (`loop:`, one
+section per stage: generation, score, pairs, encode, evaluate) live in one `Config`; each stage module
+(engine.stages) takes its section. Every default is written here once.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -10,6 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from videogpa.engine.io.atomic import write_atomic
+from videogpa.engine.scenes.procedural import CORRUPTIONS
+from videogpa.engine.types import DTYPE_CHOICES
 from videogpa.kernels import LOSS_TYPES
 
 REFERENCE_STRATEGIES = ("adapters_off", "separate", "precomputed")
@@ -104,6 +113,124 @@ class EvalConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """The generate stage (engine.stages.generate). Sampler fields left None take the model family's
+    published defaults (its adapter's sampler_defaults)."""
+
+    model: str = "tiny"  # the loop sets it to model.name
+    pipeline: str | None = None  # local diffusers pipeline folder
+    prompts: str | None = None  # prompt file (plain text or JSONL)
+    num_candidates: int = 4
+    seed: int = 0  # candidate k of every prompt uses seed + k
+    camera_motion: bool = False  # rewrite prompts with the camera-motion builder (seeded by `seed`)
+    batch_size: int = 2
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None  # fp32 / bf16 / fp16; None: bf16 on cuda, fp32 on cpu
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    max_sequence_length: int | None = None
+    negative_prompt: str | None = None
+    fps: int | None = None
+    lora: str | None = None  # a trained LoRA (folder with pytorch_lora_weights.safetensors, or the file)
+    lora_scale: float = 1.0
+
+
+GEOMETRY_BACKENDS = ("auto", "oracle", "vggt")
+POINT_SOURCES = ("auto", "depth", "pointmap")
+KERNEL_BACKENDS = ("auto", "triton", "torch")
+
+
+@dataclass
+class ScoreConfig:
+    """The score stage (engine.stages.score): 3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion."""
+
+    geometry: str = (
+        "auto"  # "vggt" (weights needed), "oracle" (videos with geometry sidecars); auto: by weights
+    )
+    weights: str | None = None  # local VGGT weights file
+    random_weights: bool = False  # the weights are random (tiny loop): rows and summaries say so
+    num_frames: int = 10  # frames sampled uniformly per video (the paper: 10)
+    size: int | None = None  # square crop size (None: the model's input size)
+    batch_size: int | None = None  # videos per reconstruction call (None: 4 on cuda, 1 on cpu)
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None  # geometry model compute dtype (None: bf16 on cuda, fp32 on cpu)
+    conf_thres: float = 0.0  # confidence percentile filter (0 keeps every valid point)
+    points: str = "auto"  # cloud source: world points + depth confidence (auto, the paper), depth, pointmap
+    mse_only: bool = False  # only the reprojection MSE (fused kernel): no PSNR/SSIM/LPIPS, fastest
+    vgg_weights: str | None = None  # LPIPS-VGG from local files (both or neither)
+    lpips_weights: str | None = None
+    lpips_weight: float = 1.0  # λ in 3DCS = MSE + λ·LPIPS
+    kernel_backend: str = "auto"
+    scores_file: str = "scores.jsonl"  # the stage's output, in its output folder
+
+
+@dataclass
+class PairsConfig:
+    """The pairs stage (engine.stages.pairs): best vs worst per prompt (the paper's thresholds)."""
+
+    min_gap: float = 0.05  # keep a pair when worst − best ≥ this
+    min_motion: float = 0.001  # drop videos whose camera-motion score is below this
+    overwrite: bool = False  # replace an existing, different pair index
+    plots: bool = True
+
+
+@dataclass
+class EncodeConfig:
+    """The encode stage (engine.stages.encode): pair index → training shards."""
+
+    model: str = "tiny"  # the loop sets it to model.name
+    pipeline: str | None = (
+        None  # local diffusers pipeline folder (VAE + text encoder); the loop: generation's
+    )
+    max_sequence_length: int | None = None  # text tokens (None: the generation's, else the family's default)
+    heldout_fraction: float = 0.0  # pairs kept out of training (the trainer reports their accuracy)
+    seed: int = 0  # seed of the held-out draw
+    shard_size: int = 64
+    device: str | None = None  # None: cuda when available, else cpu
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluate stage (engine.stages.evaluate): held-out prompts with and without the LoRA."""
+
+    prompts: str | None = None  # held-out prompt file (never used for training)
+    num_candidates: int = 2  # seeds per prompt, the same with and without the LoRA
+    seed: int = 1000
+    lora_scale: float = 1.0
+
+
+@dataclass
+class SyntheticCandidatesConfig:
+    """loop.candidates synthetic: each "prompt" is one procedural scene (engine.scenes): its clean clip and
+    corrupted versions, with exact geometry, so the oracle scores them meaningfully."""
+
+    scenes: int = 8
+    kinds: list[str] | None = None  # corruption kinds (None: all)
+    seed: int = 0
+
+
+CANDIDATE_SOURCES = ("generate", "synthetic")
+
+
+@dataclass
+class LoopConfig:
+    """The loop (engine.stages.loop): generate → score → pairs → encode → train → evaluate."""
+
+    candidates: str = "generate"  # "generate": N videos per prompt from the model; "synthetic": scenes
+    synthetic: SyntheticCandidatesConfig = field(default_factory=SyntheticCandidatesConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    train_overrides: list[str] = field(default_factory=list)  # trainer `key=value` overrides
+    train_launcher: list[str] = field(default_factory=list)  # e.g. [deepspeed, --num_gpus, "8"]; [] = python
+
+
+@dataclass
 class Config:
     seed: int = 0
     output_dir: str = "runs/dpo"
@@ -115,6 +242,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    loop: LoopConfig | None = None  # the loop's stages (recipes/pipeline.py); the trainer ignores it
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -194,7 +322,6 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
 
 
 def _check_synthetic(syn: SyntheticDataConfig) -> None:
-    from videogpa.engine.data.synthetic import CORRUPTIONS
 
     _positive(syn.train_pairs, "data.synthetic.train_pairs")
     _positive(syn.heldout_pairs, "data.synthetic.heldout_pairs")
@@ -253,7 +380,65 @@ def validate(cfg: Config) -> Config:
         raise ValueError("config key 'distributed.offload_params': parameter offload needs zero_stage 3")
     _positive(cfg.eval.draws, "eval.draws")
     _positive(cfg.eval.batch_size, "eval.batch_size")
+    if cfg.loop is not None:
+        validate_loop(cfg.loop, cfg.model.name)
     return cfg
+
+
+def validate_stage(section: object, where: str) -> None:
+    """Checks of one stage section that the types alone cannot express."""
+    if isinstance(section, GenerationConfig):
+        for key in ("num_candidates", "batch_size"):
+            _positive(getattr(section, key), f"{where}.{key}")
+        if section.dtype is not None:
+            _choice(section.dtype, DTYPE_CHOICES, f"{where}.dtype")
+    elif isinstance(section, ScoreConfig):
+        _choice(section.geometry, GEOMETRY_BACKENDS, f"{where}.geometry")
+        _choice(section.points, POINT_SOURCES, f"{where}.points")
+        _choice(section.kernel_backend, KERNEL_BACKENDS, f"{where}.kernel_backend")
+        _positive(section.num_frames, f"{where}.num_frames")
+        for key in ("size", "batch_size"):
+            if getattr(section, key) is not None:
+                _positive(getattr(section, key), f"{where}.{key}")
+        if not 0 <= section.conf_thres < 100:
+            raise ValueError(f"config key '{where}.conf_thres': expected a percentile in [0, 100)")
+        if bool(section.vgg_weights) != bool(section.lpips_weights):
+            raise ValueError(
+                f"config section '{where}': give both vgg_weights and lpips_weights for LPIPS, or neither"
+            )
+        if section.mse_only and section.vgg_weights:
+            raise ValueError(
+                f"config key '{where}.mse_only': scores without LPIPS; drop vgg_weights/lpips_weights"
+            )
+    elif isinstance(section, PairsConfig):
+        _positive(section.min_gap, f"{where}.min_gap", allow_zero=True)
+        _positive(section.min_motion, f"{where}.min_motion", allow_zero=True)
+    elif isinstance(section, EncodeConfig):
+        if not 0 <= section.heldout_fraction < 1:
+            raise ValueError(f"config key '{where}.heldout_fraction': expected a value in [0, 1)")
+        _positive(section.shard_size, f"{where}.shard_size")
+    elif isinstance(section, EvaluateConfig):
+        _positive(section.num_candidates, f"{where}.num_candidates")
+
+
+def validate_loop(loop: LoopConfig, model: str) -> None:
+    """The loop section: each stage's checks, and the stages' model is the trainer's."""
+    _choice(loop.candidates, CANDIDATE_SOURCES, "loop.candidates")
+    for name in ("generation", "score", "pairs", "encode", "evaluate"):
+        validate_stage(getattr(loop, name), f"loop.{name}")
+    for kind in loop.synthetic.kinds or []:
+        _choice(kind, CORRUPTIONS, "loop.synthetic.kinds")
+    _positive(loop.synthetic.scenes, "loop.synthetic.scenes")
+    loop.generation.model = loop.encode.model = model
+
+
+def merge_dicts(base: dict, override: dict) -> dict:
+    """A deep copy of base with override's keys laid over it, mappings merged recursively."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_dicts(out[key], value) if nested else copy.deepcopy(value)
+    return out
 
 
 def config_from_dict(data: dict) -> Config:
@@ -297,4 +482,4 @@ def apply_override(data: dict, item: str) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from videogpa.engine.config import Config
+from videogpa.engine.config import Config, merge_dicts
 
 
 def _free_port() -> int:
@@ -30,6 +29,17 @@ def init_distributed() -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators from one seed."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rank() -> int:
@@ -97,16 +107,6 @@ def accumulation_steps(cfg: Config, world: int) -> int:
     return cfg.train.global_batch_size // (micro * world)
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def deepspeed_config(cfg: Config, world: int) -> dict:
     """The DeepSpeed JSON for this run; a user's `distributed.deepspeed_config` file is merged over it."""
     dcfg = cfg.distributed
@@ -139,7 +139,7 @@ def deepspeed_config(cfg: Config, world: int) -> dict:
             raise ValueError(
                 f"config key 'distributed.deepspeed_config': {path} is not valid JSON: {err}"
             ) from None
-        ds = _merge(ds, user)
+        ds = merge_dicts(ds, user)
     return ds
 
 

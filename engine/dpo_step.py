@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from videogpa.engine.models.base import Conditioning, ModelAdapter
+from videogpa.engine.data.preference import PreferenceDataset, collate_pairs
+from videogpa.engine.models.base import ModelAdapter
+from videogpa.engine.types import Conditioning
 from videogpa.kernels import DPOOutput, diffusion_dpo_loss
 
 
@@ -109,6 +111,21 @@ def build_inputs(
         pair_index=pair_index,
         draw=draw,
     )
+
+
+def inputs_for_pairs(
+    adapter: ModelAdapter,
+    dataset: PreferenceDataset,
+    idx: list[int],
+    draws: list[int],
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> StepInputs:
+    """StepInputs of the pairs `idx` of a preference set, pair k noised with its draw draws[k]."""
+    batch = collate_pairs([dataset[i] for i in idx])
+    return build_inputs(adapter, batch.latents_w, batch.latents_l, batch.cond, torch.as_tensor(idx),
+                        torch.as_tensor(draws), seed, device, dtype)  # fmt: skip
 
 
 def dpo_forward(

@@ -8,6 +8,9 @@ import platform
 import subprocess
 from pathlib import Path
 
+from videogpa.engine.io.plots import pyplot, save_figure
+from videogpa.engine.io.records import read_jsonl, write_json_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -22,7 +25,7 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
     path = Path(output_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)  # a line half-written by a killed run is dropped
 
 
 class MetricsLogger:
@@ -73,7 +76,7 @@ def format_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-def _package_version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
     from importlib import metadata
 
     try:
@@ -94,7 +97,7 @@ def git_commit(path: str | Path) -> str | None:
 
 def run_info(seed: int, world_size: int, source_dir: str | Path) -> dict:
     """Versions and provenance written next to the resolved config."""
-    info = {name: _package_version(name) for name in ("torch", "diffusers", "deepspeed", "peft", "triton")}
+    info = {name: package_version(name) for name in ("torch", "diffusers", "deepspeed", "peft", "triton")}
     info.update(
         python=platform.python_version(),
         git_commit=git_commit(source_dir),
@@ -104,12 +107,18 @@ def run_info(seed: int, world_size: int, source_dir: str | Path) -> dict:
     return info
 
 
+def write_run_records(out_dir: Path, cfg, world_size: int, source_dir: str | Path) -> None:
+    """What reproduces a run, written at its start: the resolved config.yaml and run_info.json."""
+    from videogpa.engine.config import save_config
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    write_json_atomic(out_dir / "run_info.json", run_info(cfg.seed, world_size, source_dir))
+
+
 def plot_heldout_accuracy(before: float, after: float, pairs: int, path: str | Path) -> None:
     """Bar chart of held-out preference accuracy before and after training (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=120)
     bars = ax.bar(["before", "after"], [100 * before, 100 * after], color=["#999999", "#2a7ab9"])
@@ -119,8 +128,7 @@ def plot_heldout_accuracy(before: float, after: float, pairs: int, path: str | P
     ax.set_ylabel("held-out preference accuracy (%)")
     ax.set_title(f"Diffusion-DPO, {pairs} held-out pairs")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -136,10 +144,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 def plot_training_curves(records: list[dict], path: str | Path) -> None:
     """Loss and training-batch accuracy per step, each with its moving average over ~5% of the run (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in records if r.get("loss") is not None]
     if not rows:
@@ -155,5 +160,42 @@ def plot_training_curves(records: list[dict], path: str | Path) -> None:
         ax.set_ylabel(label)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
+
+
+def write_final_report(out_dir: Path, result: dict, plots: bool) -> None:
+    """Rank 0's end of a run: eval.json, the before/after line, the plots."""
+    write_json_atomic(out_dir / "eval.json", result)
+    print(
+        f"held-out preference accuracy ({result['pairs']} pairs never trained on): "
+        f"{100 * result['heldout_accuracy_before']:.1f}% before -> "
+        f"{100 * result['heldout_accuracy_after']:.1f}% after training",
+        flush=True,
+    )
+    if plots:
+        before, after = result["heldout_accuracy_before"], result["heldout_accuracy_after"]
+        plot_heldout_accuracy(before, after, result["pairs"], out_dir / "heldout_accuracy.png")
+        plot_training_curves(read_metrics(out_dir), out_dir / "training_curves.png")
+    print(f"outputs in {out_dir}/: eval.json, metrics.jsonl, plots, checkpoints, final weights", flush=True)
+
+
+class StepReporter:
+    """Rank 0's view of a run: a progress bar (when enabled) and a log line every `every` steps."""
+
+    def __init__(self, total: int, initial: int, every: int, enabled: bool, bar: bool):
+        self.every, self.enabled, self.bar = every, enabled, None
+        if enabled and bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="dpo", dynamic_ncols=True)
+
+    def step(self, record: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=record["loss"], acc=record["accuracy"])
+        if self.enabled and (record["step"] % self.every == 0 or record["step"] == 1):
+            (self.bar.write if self.bar is not None else print)(format_line(record))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

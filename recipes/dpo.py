@@ -50,19 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings(
         "ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)", category=FutureWarning
     )
+    from videogpa.engine.cli import run_recipe
     from videogpa.engine.config import load_config
     from videogpa.engine.trainer import Trainer
 
-    try:
+    def body() -> int:
         cfg = load_config(args.config, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
-        trainer = Trainer(cfg, resume=args.resume)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    trainer.run(stop_after=args.stop_after_steps)
-    return 0
+        Trainer(cfg, resume=args.resume).run(stop_after=args.stop_after_steps)
+        return 0
+
+    return run_recipe(body)
 
 
 if __name__ == "__main__":

@@ -5,38 +5,35 @@ embeddings from the model's own text encoder, image latents for image-to-video.
         --out-dir RUN/shards [--heldout-fraction 0.25]
 
 Writes OUT/train (and OUT/heldout) in the trainer's preference-shard format; rerunning resumes from the
-per-video cache in OUT/cache and leaves complete shard folders as they are.
+per-video cache in OUT/cache and leaves complete shard folders as they are. Every flag but --pairs /
+--out-dir is a key of the config's loop.encode section (engine.config.EncodeConfig).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from videogpa.engine.generation.encode import run_encode
-from videogpa.engine.generation.pipelines import PIPELINES
+from videogpa.engine.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
+from videogpa.engine.config import EncodeConfig
+from videogpa.engine.models import adapter_names
+from videogpa.engine.stages import encode
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", choices=sorted(PIPELINES))
-    p.add_argument("--pipeline", required=True, help="local diffusers pipeline folder (VAE + text encoder)")
     p.add_argument("--pairs", required=True, help="pair index written by recipes/pairs.py")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--max-sequence-length", type=int, help="text tokens (default: the generation's)")
-    p.add_argument("--heldout-fraction", type=float, default=0.0, help="pairs kept out of training")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--device", help="default: cuda when available, else cpu")
+    add_config_flags(p, EncodeConfig, model=adapter_names())
+    add_config_file_flags(p, "encode")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    summary = run_encode(
-        args.model, args.pipeline, args.pairs, args.out_dir, max_sequence_length=args.max_sequence_length,
-        heldout_fraction=args.heldout_fraction, seed=args.seed, shard_size=args.shard_size, device=args.device,
-    )  # fmt: skip
-    print(f"encode: {summary}; shards in {args.out_dir}")
-    return 0
+
+    def body() -> int:
+        summary = encode.run(stage_config(EncodeConfig, "encode", args), args.pairs, args.out_dir)
+        print(f"encode: {summary}; shards in {summary.out_dir}")
+        return 0
+
+    return run_recipe(body)
 
 
 if __name__ == "__main__":

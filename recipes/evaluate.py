@@ -17,7 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-from videogpa.engine.generation.loop import Loop, load_loop_config
+from videogpa.engine.cli import run_recipe
+from videogpa.engine.stages.loop import Loop, load_loop_config
 
 RECIPES = Path(__file__).resolve().parent
 
@@ -30,15 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
+
+    def body() -> int:
         loop = Loop(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py")
         with loop.lock():
             loop.prepare_models()
             loop.evaluate(lora=args.lora)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_recipe(body)
 
 
 if __name__ == "__main__":

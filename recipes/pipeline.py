@@ -4,7 +4,7 @@
     python recipes/pipeline.py --config my_loop.yaml --output-dir runs/loop [--set loop.pairs.min_gap=0.1]
 
 The config is a trainer config (recipes/configs/*.yaml) plus an optional `loop:` section (see
-engine/generation/loop.py: candidates, synthetic, generation, score, pairs, encode, evaluate, train_overrides,
+engine/stages/loop.py: candidates, synthetic, generation, score, pairs, encode, evaluate, train_overrides,
 train_launcher). `--set loop.candidates=synthetic` takes procedural scenes (clean + corrupted clips, exact
 geometry, oracle-scored) as the candidates instead of the model's own videos.
 Stages whose outputs are complete are skipped, the others resume; it ends with OUT/evaluation.json.
@@ -18,7 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from videogpa.engine.generation.loop import Loop, load_loop_config
+from videogpa.engine.cli import run_recipe
+from videogpa.engine.stages.loop import Loop, load_loop_config
 
 RECIPES = Path(__file__).resolve().parent
 DEFAULT_CONFIG = RECIPES / "configs" / "tiny.yaml"
@@ -32,13 +33,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config key, e.g. --set loop.generation.num_candidates=8 (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        setup = load_loop_config(args.config, args.overrides)
-        Loop(setup, args.output_dir, RECIPES / "dpo.py").run()
-    except ValueError as err:  # bad input: named in the message; what was produced so far is kept
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body() -> int:  # bad input: named in the message; what was produced so far is kept
+        Loop(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py").run()
+        return 0
+
+    return run_recipe(body)
 
 
 if __name__ == "__main__":

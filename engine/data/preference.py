@@ -16,9 +16,7 @@ Sampling: `PreferenceSampler` (see its docstring for the order across epochs, ba
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from videogpa.engine.models.base import Conditioning
+from videogpa.engine.io.atomic import atomic_path
+from videogpa.engine.io.records import numbered_jsonl, write_jsonl_atomic
+from videogpa.engine.types import Conditioning
 
 INDEX_NAME = "index.jsonl"
 SHARD_NAME = "shard-{:05d}.safetensors"
@@ -102,9 +102,8 @@ def _check_score(name: str, value: float) -> float:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 class PreferenceShardWriter:
@@ -180,10 +179,7 @@ class PreferenceShardWriter:
         """Write the last shard and the index; returns the folder."""
         if not self._closed:
             self._flush()
-            index = self.out_dir / INDEX_NAME
-            tmp = index.with_name(index.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-            os.replace(tmp, index)
+            write_jsonl_atomic(self.out_dir / INDEX_NAME, self.records)
             self._closed = True
         return self.out_dir
 
@@ -195,13 +191,7 @@ class PreferenceShardWriter:
             self.close()
 
 
-def _parse_record(line: str, where: str, expected_index: int) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err})") from err
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _check_record(record: dict, where: str, expected_index: int) -> dict:
     unknown = sorted(set(record) - set(RECORD_FIELDS))
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown} (expected {sorted(RECORD_FIELDS)})")
@@ -234,8 +224,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"preference set {str(self.root)!r}: missing {INDEX_NAME} (expected {str(index)!r})"
             )
-        lines = index.read_text().splitlines()
-        self.records = [_parse_record(line, f"{index}:{i + 1}", i) for i, line in enumerate(lines)]
+        rows = numbered_jsonl(index, allow_truncated_tail=False)
+        self.records = [_check_record(row, f"{index}:{number}", i) for i, (number, row) in enumerate(rows)]
         ids = [r["pair_id"] for r in self.records]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]

@@ -12,12 +12,13 @@ Every problem is a ValueError that names the file, the line and the field.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from videogpa.engine.io.records import numbered_jsonl
 
 # The paper's builder: a fixed prefix that asks for a static scene, then 2-3 random camera motions.
 CAMERA_PREFIX = "A completely static scene where nothing moves; only the camera moves."
@@ -50,14 +51,8 @@ class PromptItem:
         return {"prompt_id": self.prompt_id, "prompt": self.prompt, "image": self.image and str(self.image)}
 
 
-def _jsonl_item(path: Path, number: int, line: str, index: int) -> PromptItem:
+def _jsonl_item(path: Path, number: int, row: dict, index: int) -> PromptItem:
     where = f"{path}:{number}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not a JSON object ({err.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object with a 'prompt' field, got {type(row).__name__}")
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"{where}: field 'prompt' must be a non-empty string, got {prompt!r}")
@@ -77,20 +72,20 @@ def load_prompts(path: str | os.PathLike, require_images: bool = False) -> list[
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"prompt file {path} is not UTF-8 text: {err}") from None
-    jsonl = path.suffix.lower() == ".jsonl"
+    if path.suffix.lower() == ".jsonl":
+        rows = numbered_jsonl(path, allow_truncated_tail=False)
+        entries = [(number, _jsonl_item(path, number, row, k)) for k, (number, row) in enumerate(rows)]
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"prompt file {path} is not UTF-8 text: {err}") from None
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+        entries = [(n, PromptItem(f"p{k:05d}", line)) for k, (n, line) in enumerate(lines)]
     items: list[PromptItem] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or (not jsonl and line.lstrip().startswith("#")):
-            continue
-        if jsonl:
-            item = _jsonl_item(path, number, line, len(items))
-        else:
-            item = PromptItem(f"p{len(items):05d}", line.strip())
+    for number, item in entries:
         if item.prompt_id in first_line:
             raise ValueError(
                 f"{path}:{number}: duplicate id {item.prompt_id!r} (first used on line {first_line[item.prompt_id]})"

@@ -10,6 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from videogpa.engine.geometry.base import Geometry
+from videogpa.engine.io.atomic import atomic_path
 
 FORMAT = "videogpa.geometry"
 SUFFIX = ".geometry.safetensors"
@@ -31,9 +32,8 @@ def save_geometry(path: str | os.PathLike, geometry: Geometry) -> None:
         for k in _FIELDS
         if getattr(geometry, k) is not None
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
 
 
 def load_geometry(path: str | os.PathLike, device: torch.device | str = "cpu") -> Geometry:

@@ -1,7 +1,10 @@
-"""The model-adapter contract: everything that differs between video model families.
+"""The model-adapter contract: everything that differs between video model families, in one object.
 
-The DPO step, reference strategies, ZeRO-3, checkpointing and logging are shared; they talk to a model
-only through a `ModelAdapter`, and never branch on the model's name.
+A family's adapter says how to load, noise, target and call its transformer and which modules take LoRA
+(training), which diffusers pipelines generate for it, their sampler defaults, how a first frame is passed to
+them and how their final latents are fixed up (generation), and its VAE's latent convention (encoding). The
+DPO step, reference strategies, ZeRO-3, checkpointing, logging and the stages are shared; they talk to a
+model only through its adapter, and never branch on the model's name or class.
 
 Latents are kept in the family's native layout everywhere (shards, batches, predictions):
 CogVideoX [B, F, C, H, W], Wan [B, C, F, H, W]; `ModelAdapter.latent_layout` names it.
@@ -10,6 +13,7 @@ CogVideoX [B, F, C, H, W], Wan [B, C, F, H, W]; `ModelAdapter.latent_layout` nam
 from __future__ import annotations
 
 import abc
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -17,26 +21,93 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from videogpa.engine.models.latents import LatentConvention
+from videogpa.engine.types import Conditioning
 
-@dataclass
-class Conditioning:
-    """What the transformer is conditioned on, batched along dim 0 like the latents."""
 
-    text_embeds: torch.Tensor  # [B, L, D]
-    image_latents: torch.Tensor | None = None  # image-to-video: the clean first-frame latent, native layout
+@dataclass(frozen=True)
+class PipelineClasses:
+    """The diffusers pipeline classes that generate for a family (None: the family has no such pipeline)."""
 
-    def repeat(self, times: int) -> Conditioning:
-        """The same conditioning for `times` stacked copies of the batch ([w; l] -> repeat(2))."""
-        rep = lambda t: None if t is None else t.repeat(times, *([1] * (t.ndim - 1)))
-        return Conditioning(rep(self.text_embeds), rep(self.image_latents))
+    text_to_video: str | None
+    image_to_video: str | None
+    image_to_video_needs: tuple[str, ...] = ()  # packages the image-to-video pipeline imports at call time
+
+    @property
+    def requires_image(self) -> bool:
+        """An image-to-video-only family."""
+        return self.text_to_video is None
+
+    def class_name(self, image_to_video: bool) -> str:
+        """The pipeline class for text- or image-to-video; a ValueError if the family has none, or if a
+        package that pipeline needs is missing."""
+        name = self.image_to_video if image_to_video or self.requires_image else self.text_to_video
+        if name is None:
+            raise ValueError(f"no {'image' if image_to_video else 'text'}-to-video pipeline for this model")
+        if name == self.image_to_video:
+            for package in self.image_to_video_needs:
+                if importlib.util.find_spec(package) is None:
+                    raise ValueError(
+                        f"{name} needs the {package!r} package (pip install {package}; the 'wan' extra)"
+                    )
+        return name
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How candidate videos are sampled; each family's `sampler_defaults` are its published settings."""
+
+    num_frames: int
+    height: int
+    width: int
+    steps: int = 50
+    guidance_scale: float = 6.0
+    max_sequence_length: int = 226
+    negative_prompt: str | None = None
+    fps: int = 8
+
+    def __post_init__(self):
+        for name in ("num_frames", "height", "width", "steps", "max_sequence_length", "fps"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ValueError(
+                    f"sampler setting {name!r}: expected a positive integer, got {getattr(self, name)!r}"
+                )
 
 
 class ModelAdapter(abc.ABC):
     """How to load, noise, target, call and LoRA-wrap one family of video transformers."""
 
     name: ClassVar[str]
-    latent_layout: ClassVar[str]  # "BFCHW" or "BCFHW"
+    latent_convention: ClassVar[LatentConvention]  # VAE class, native layout, compression, normalisation
     default_lora_targets: ClassVar[tuple[str, ...]]  # module-name suffixes that take LoRA
+    pipelines: ClassVar[PipelineClasses]
+    sampler_defaults: ClassVar[SamplerSettings]
+    image_per_video: ClassVar[bool] = (
+        True  # the I2V pipeline takes one first frame per video (else one per call)
+    )
+
+    @property
+    def latent_layout(self) -> str:
+        """The native layout of the latents everywhere (shards, batches, predictions)."""
+        return self.latent_convention.layout
+
+    ships_pipeline: ClassVar[bool] = False  # the family builds its whole pipeline in code (the tiny model)
+
+    @classmethod
+    def builtin_pipeline(cls, image_to_video: bool = False):
+        """The pipeline built in code, for families that ship one (ships_pipeline)."""
+        raise ValueError(
+            f"model {cls.name!r} ships no built-in pipeline: give a local diffusers pipeline folder"
+        )
+
+    def image_argument(self, images: list):
+        """The pipeline's `image` argument for a batch with these first frames (one per video)."""
+        return images if self.image_per_video else images[0]
+
+    def finalize_latents(self, pipe, latents: torch.Tensor, images: list, encode_image) -> torch.Tensor:
+        """The pipeline's final latents as they decode to its video (a hook for pipelines that change them
+        after their last step callback); `encode_image(pil_image)` gives a first frame's clean latent."""
+        return latents
 
     @classmethod
     @abc.abstractmethod

@@ -18,7 +18,7 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 from torch import nn
 
-from videogpa.engine.models.base import Conditioning, ModelAdapter
+from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings
 from videogpa.engine.models.common import (
     ATTENTION_PROJECTIONS,
     DiffusersAdapterMixin,
@@ -28,7 +28,9 @@ from videogpa.engine.models.common import (
     find_scheduler_config,
     per_sample,
 )
+from videogpa.engine.models.latents import LatentConvention
 from videogpa.engine.models.registry import register_adapter
+from videogpa.engine.types import Conditioning
 
 # CogVideoX-2B's published scheduler config (used when the model folder has none).
 DEFAULT_SCHEDULER: dict[str, Any] = {
@@ -44,6 +46,16 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
     "timestep_spacing": "trailing",
     "clip_sample": False,
 }
+# AutoencoderKLCogVideoX: 4× in time (temporal_compression_ratio), 2× per down block in space.
+LATENTS = LatentConvention(
+    vae_class="AutoencoderKLCogVideoX",
+    layout="BFCHW",
+    temporal_compression=lambda config: config.temporal_compression_ratio,
+    spatial_compression=lambda config: 2 ** (len(config.block_out_channels) - 1),
+)
+SAMPLER = SamplerSettings(
+    num_frames=49, height=480, width=720, steps=50, guidance_scale=6.0, max_sequence_length=226
+)
 I2V_OFS = 2.0  # the offset-conditioning value the CogVideoX 1.5 I2V pipeline passes when ofs_embed_dim is set
 
 
@@ -61,8 +73,11 @@ class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
     """CogVideoX text-to-video."""
 
     name: ClassVar[str] = "cogvideox-t2v"
-    latent_layout: ClassVar[str] = "BFCHW"
+    latent_convention: ClassVar[LatentConvention] = LATENTS
     default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_PROJECTIONS
+    pipelines: ClassVar[PipelineClasses] = PipelineClasses("CogVideoXPipeline", None)
+    sampler_defaults: ClassVar[SamplerSettings] = SAMPLER
+    image_per_video: ClassVar[bool] = True  # CogVideoXImageToVideoPipeline encodes one first frame per video
     transformer_class: ClassVar[type[nn.Module]] = CogVideoXTransformer3DModel
     image_conditioned: ClassVar[bool] = False
 
@@ -181,3 +196,4 @@ class CogVideoXI2VAdapter(CogVideoXAdapter):
 
     name: ClassVar[str] = "cogvideox-i2v"
     image_conditioned: ClassVar[bool] = True
+    pipelines: ClassVar[PipelineClasses] = PipelineClasses(None, "CogVideoXImageToVideoPipeline")

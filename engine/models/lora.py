@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from videogpa.engine.io.atomic import atomic_path
 from videogpa.engine.models.common import base_module
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -123,14 +123,31 @@ def lora_metadata(model: nn.Module) -> dict[str, str]:
 
 
 def save_lora_weights(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write out_dir/pytorch_lora_weights.safetensors atomically (tmp file, then os.replace); returns it."""
+    """Write out_dir/pytorch_lora_weights.safetensors atomically; returns it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = lora_state_dict(model)
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     path = out / LORA_WEIGHT_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=lora_metadata(model))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=lora_metadata(model))
     return path
+
+
+def export_trained_weights(module: nn.Module, out_dir: str | Path, lora: bool) -> None:
+    """Collective: the final weights, gathered from ZeRO-3 — the LoRA in diffusers format, or (full
+    fine-tuning) the whole transformer as a diffusers folder out_dir/transformer; rank 0 writes."""
+    import deepspeed
+    import torch.distributed as dist
+
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    params = [p for p in module.parameters() if p.requires_grad or not lora]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if main:
+            if lora:
+                save_lora_weights(module, out_dir)
+            else:
+                module.save_pretrained(Path(out_dir) / "transformer")
+    if dist.is_initialized():
+        dist.barrier()

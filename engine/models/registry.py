@@ -24,8 +24,13 @@ def adapter_names() -> list[str]:
     return sorted(_ADAPTERS)
 
 
-def get_adapter(name: str, **kwargs: Any) -> ModelAdapter:
-    """An adapter instance by registry name; kwargs go to its constructor (e.g. path=the model folder)."""
+def adapter_class(name: str) -> type[ModelAdapter]:
+    """The registered adapter class of a model name (its family facts are class attributes)."""
     if name not in _ADAPTERS:
         raise ValueError(f"unknown model {name!r}: expected one of {adapter_names()}")
-    return _ADAPTERS[name](**kwargs)
+    return _ADAPTERS[name]
+
+
+def get_adapter(name: str, **kwargs: Any) -> ModelAdapter:
+    """An adapter instance by registry name; kwargs go to its constructor (e.g. path=the model folder)."""
+    return adapter_class(name)(**kwargs)

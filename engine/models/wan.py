@@ -16,7 +16,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
-from videogpa.engine.models.base import Conditioning, ModelAdapter
+from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings
 from videogpa.engine.models.common import (
     ATTENTION_PROJECTIONS,
     DiffusersAdapterMixin,
@@ -26,10 +26,22 @@ from videogpa.engine.models.common import (
     find_scheduler_config,
     per_sample,
 )
+from videogpa.engine.models.latents import LatentConvention
 from videogpa.engine.models.registry import register_adapter
+from videogpa.engine.types import Conditioning
 
 DEFAULT_SHIFT = 5.0  # Wan 2.2 TI2V's published flow_shift
 NUM_TRAIN_TIMESTEPS = 1000
+# AutoencoderKLWan: (z − latents_mean) / latents_std; its config states its compression.
+LATENTS = LatentConvention(
+    vae_class="AutoencoderKLWan",
+    layout="BCFHW",
+    temporal_compression=lambda config: config.scale_factor_temporal,
+    spatial_compression=lambda config: config.scale_factor_spatial,
+)
+SAMPLER = SamplerSettings(
+    num_frames=121, height=704, width=1280, steps=50, guidance_scale=5.0, max_sequence_length=512
+)
 
 
 def shifted_sigma(s: torch.Tensor, shift: float) -> torch.Tensor:
@@ -42,8 +54,14 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
     """Wan 2.2 TI2V (text-to-video, or image-to-video when cond.image_latents is given)."""
 
     name: ClassVar[str] = "wan2.2-ti2v"
-    latent_layout: ClassVar[str] = "BCFHW"
+    latent_convention: ClassVar[LatentConvention] = LATENTS
     default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_PROJECTIONS
+    # diffusers' WanImageToVideoPipeline cleans every prompt with ftfy
+    pipelines: ClassVar[PipelineClasses] = PipelineClasses(
+        "WanPipeline", "WanImageToVideoPipeline", ("ftfy",)
+    )
+    sampler_defaults: ClassVar[SamplerSettings] = SAMPLER
+    image_per_video: ClassVar[bool] = False  # WanImageToVideoPipeline takes one image for the whole batch
     transformer_class: ClassVar[type[nn.Module]] = WanTransformer3DModel
 
     def __init__(self, path: str | Path | None = None, shift: float | None = None):
@@ -54,6 +72,16 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
         if not float(shift) > 0:
             raise ValueError(f"shift: expected a positive flow shift, got {shift!r}")
         self.shift = float(shift)
+
+    def finalize_latents(self, pipe, latents: torch.Tensor, images: list, encode_image) -> torch.Tensor:
+        """Pipelines with `expand_timesteps` (Wan 2.2 TI2V) paste the clean image latent into latent frame 0
+        only after their last step callback; do the same to the latents kept, so they decode to the video."""
+        if not getattr(pipe.config, "expand_timesteps", False) or not images:
+            return latents
+        latents = latents.clone()
+        for i, image in enumerate(images):
+            latents[i, :, :1] = encode_image(image).to(latents.device, latents.dtype)  # [C, 1, h, w]
+        return latents
 
     def sample_timesteps(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """1000·σ(s) for s uniform in (0, 1) (float32)."""

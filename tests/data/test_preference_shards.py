@@ -211,7 +211,7 @@ def test_index_not_json(tmp_path):
     _write(tmp_path, _pairs(2), shard_size=2)
     index = tmp_path / INDEX_NAME
     index.write_text(index.read_text() + "{not json\n")
-    with pytest.raises(ValueError, match=f"{INDEX_NAME}:3: not valid JSON"):
+    with pytest.raises(ValueError, match=f"{INDEX_NAME}:3: not a JSON object"):
         PreferenceDataset(tmp_path)
 
 

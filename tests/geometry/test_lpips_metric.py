@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from lpips_weights import random_weight_files
 
+from tests.geometry.lpips_weights import random_weight_files
 from videogpa.engine.geometry.lpips import LPIPS
 
 

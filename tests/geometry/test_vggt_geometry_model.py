@@ -7,7 +7,7 @@ from videogpa.engine.geometry import Geometry, GeometryModel
 from videogpa.engine.geometry.registry import build_geometry_model
 from videogpa.engine.geometry.scoring import score_reconstruction
 from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTGeometryModel, save_vggt
-from videogpa.engine.geometry.vggt.geometry_model import resolve_compute_dtype
+from videogpa.engine.types import resolve_compute_dtype
 
 
 @pytest.fixture(scope="module")

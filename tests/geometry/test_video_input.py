@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videogpa.engine.data.video import (
+from videogpa.engine.io.video import (
     centre_square,
     crop_resize,
     load_video,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
 
-from videogpa.engine.models.base import Conditioning
+from videogpa.engine.types import Conditioning
 
 TEXT_LEN, TEXT_DIM = 6, 24
 

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from model_builders import cogvideox_i2v, cogvideox_t2v, cond, text
 
+from tests.models.model_builders import cogvideox_i2v, cogvideox_t2v, cond, text
 from videogpa.engine.models import get_adapter
-from videogpa.engine.models.base import Conditioning
 from videogpa.engine.models.cogvideox import DEFAULT_SCHEDULER
+from videogpa.engine.types import Conditioning
 
 
 def expected_alphas_cumprod(beta_start, beta_end, T, snr_shift, zero_snr):

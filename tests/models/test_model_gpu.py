@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_builders import cogvideox_i2v, cogvideox_t2v, text, wan_ti2v
 
-from videogpa.engine.models import Conditioning, get_adapter
+from tests.models.model_builders import cogvideox_i2v, cogvideox_t2v, text, wan_ti2v
+from videogpa.engine.models import get_adapter
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing
+from videogpa.engine.types import Conditioning
 
 CASES = {
     "cogvideox-t2v": (cogvideox_t2v, (2, 3, 4, 8, 8), None),

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 from diffusers import CogVideoXPipeline, WanPipeline
-from model_builders import cond, wan_ti2v
 from safetensors import safe_open
 
-from videogpa.engine.models import TINY, Conditioning, get_adapter
+from tests.models.model_builders import cond, wan_ti2v
+from videogpa.engine.models import TINY, get_adapter
 from videogpa.engine.models.lora import (
     LORA_WEIGHT_NAME,
     adapters_disabled,
@@ -20,6 +20,7 @@ from videogpa.engine.models.lora import (
     save_lora_weights,
     trainable_parameters,
 )
+from videogpa.engine.types import Conditioning
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 

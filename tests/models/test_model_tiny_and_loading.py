@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
-from model_builders import cond, wan_ti2v
 
-from videogpa.engine.models import TINY, Conditioning, adapter_names, get_adapter, register_adapter
+from tests.models.model_builders import cond, wan_ti2v
+from videogpa.engine.models import TINY, adapter_names, get_adapter, register_adapter
 from videogpa.engine.models.cogvideox import CogVideoXAdapter
 from videogpa.engine.models.tiny import TinyAdapter, build_tiny_transformer
+from videogpa.engine.types import Conditioning
 
 
 def test_registry():

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from model_builders import cond, text, wan_ti2v
 
+from tests.models.model_builders import cond, text, wan_ti2v
 from videogpa.engine.models import get_adapter
-from videogpa.engine.models.base import Conditioning
 from videogpa.engine.models.wan import shifted_sigma
+from videogpa.engine.types import Conditioning
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import tiny_config
 
+from tests.trainer.trainer_helpers import tiny_config
 from videogpa.engine.config import save_config
 from videogpa.engine.logging_utils import read_metrics
 from videogpa.engine.trainer import Trainer

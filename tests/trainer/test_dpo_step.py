@@ -1,23 +1,17 @@
 """The DPO step on every adapter (tiny configs of the real diffusers classes), without DeepSpeed."""
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-from videogpa.engine import reference as R
+from tests.models import model_builders as builders
+from videogpa.engine import dpo_reference as R
 from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward, pair_draws
-from videogpa.engine.models import TINY, Conditioning, get_adapter
+from videogpa.engine.models import TINY, get_adapter
 from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
+from videogpa.engine.types import Conditioning
 from videogpa.kernels import per_sample_mse
-
-_spec = importlib.util.spec_from_file_location(
-    "model_builders", Path(__file__).resolve().parents[1] / "models" / "model_builders.py"
-)
-builders = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builders)
 
 LOSS = LossSettings(beta=500.0)
 CPU = torch.device("cpu")

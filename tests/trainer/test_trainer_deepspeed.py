@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import tiny_config
 
+from tests.trainer.trainer_helpers import tiny_config
 from videogpa.engine import checkpoint as ckpt
 from videogpa.engine import trainer as trainer_module
 from videogpa.engine.config import load_config

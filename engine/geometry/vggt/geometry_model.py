@@ -9,15 +9,7 @@ import torch
 
 from videogpa.engine.geometry.base import Geometry, GeometryModel
 from videogpa.engine.geometry.vggt.loading import load_vggt
-
-DTYPE_NAMES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
+from videogpa.engine.types import default_device, resolve_compute_dtype
 
 
 def geometry_from_outputs(out: dict[str, torch.Tensor], index: int) -> Geometry:
@@ -32,21 +24,6 @@ def geometry_from_outputs(out: dict[str, torch.Tensor], index: int) -> Geometry:
     )
 
 
-def resolve_compute_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """None → bf16 (fp16 where bf16 is unsupported) on CUDA, fp32 elsewhere; names like 'bf16' accepted."""
-    if dtype is None:
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if isinstance(dtype, str):
-        if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or a torch dtype, got {dtype!r}")
-        dtype = DTYPE_NAMES[dtype]
-    if dtype not in DTYPE_NAMES.values():
-        raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype}")
-    return dtype
-
-
 class VGGTGeometryModel(GeometryModel):
     """Loads VGGT weights from a local file; the trunk runs under `dtype` autocast, the heads in float32."""
 
@@ -58,7 +35,7 @@ class VGGTGeometryModel(GeometryModel):
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or default_device())
         self.dtype = resolve_compute_dtype(dtype, self.device)
         self.model = load_vggt(weights_path, device=self.device)
         self.input_size = self.model.config.img_size

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from videogpa.engine.geometry.vggt.config import VGGTConfig
 from videogpa.engine.geometry.vggt.model import VGGT
+from videogpa.engine.io.atomic import atomic_path
 
 CONFIG_METADATA_KEY = "vggt_config"
 SIDECAR_CONFIG_NAME = "vggt_config.json"
@@ -113,8 +114,7 @@ def load_vggt(
 def save_vggt(model: VGGT, path: str | os.PathLike) -> Path:
     """Write the state dict as safetensors with the config in its metadata (atomically)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: model.config.to_json(), "format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: model.config.to_json(), "format": "pt"})
     return path

@@ -1,0 +1,82 @@
+"""What every recipe shares: flags built from a stage's config dataclass, `--config` / `--set`, and one error
+convention (a ValueError is a one-line `error: ...` on stderr and exit status 2, never a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable
+
+from videogpa.engine.config import Config, apply_override, build_dataclass, read_config_dict, validate_stage
+
+
+def _flag_type(tp: object) -> type:
+    """The scalar type behind `X | None`."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    return tp
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), **choices
+) -> None:
+    """One flag per field of the config dataclass (`num_candidates` → `--num-candidates`); a flag left out
+    leaves the config's value. Booleans: `--name` sets True, or `--no-name` False for fields that default to
+    True. `choices` restrict fields by name."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        tp = _flag_type(hints[field.name])
+        if tp is bool:
+            if field.default is True:
+                parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", default=None)
+            else:
+                parser.add_argument(flag, dest=field.name, action="store_true", default=None)
+        elif tp in (int, float, str):
+            parser.add_argument(flag, dest=field.name, type=tp, default=None, choices=choices.get(field.name),
+                                help=f"default: {field.default!r}")  # fmt: skip
+
+
+def add_config_file_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    parser.add_argument(
+        "--config", help=f"YAML: a whole config (its loop.{section} section) or that section alone"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a key of the {section} section, e.g. --set seed=3 (repeatable)")  # fmt: skip
+
+
+def stage_config(cls: type, section: str, args: argparse.Namespace):
+    """The stage's config: its section of --config (if given), then --set, then the flags; validated."""
+    data: dict = {}
+    if args.config:
+        given = read_config_dict(args.config)
+        whole = bool(set(given) & {f.name for f in dataclasses.fields(Config)})
+        data = ((given.get("loop") or {}).get(section) or {}) if whole else given
+        model = (given.get("model") or {}).get("name")
+        if whole and model is not None and "model" in {f.name for f in dataclasses.fields(cls)}:
+            data.setdefault("model", model)  # a whole config's stages run its model
+    for item in args.overrides:
+        apply_override(data, item)
+    names = {f.name for f in dataclasses.fields(cls)}
+    data.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    where = f"loop.{section}"
+    try:
+        cfg = build_dataclass(cls, data, where)
+        validate_stage(cfg, where)
+    except ValueError as err:
+        raise ValueError(f"{args.config}: {err}" if args.config else str(err)) from None
+    return cfg
+
+
+def run_recipe(main: Callable[[], int]) -> int:
+    """Run a recipe's body; bad input (a ValueError) ends as one line and exit status 2."""
+    try:
+        return main()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,1 +1,0 @@
-"""The VideoGPA loop around the trainer: candidate generation, preference pairs, evaluation."""

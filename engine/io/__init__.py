@@ -1,0 +1,1 @@
+"""Leaf I/O: JSON/JSONL records, video files, atomic writes (imports nothing of the engine)."""

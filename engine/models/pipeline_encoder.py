@@ -1,0 +1,58 @@
+"""Encoding with a loaded pipeline's own VAE and text encoder, as its sampler decodes and conditions.
+
+Videos: frames mapped from [0, 1] to [-1, 1], the posterior's mode, then the family's latent normalisation
+(engine.models.latents.LatentConvention), in the model's native layout. Prompts: the pipeline's
+`encode_prompt` without classifier-free guidance, at a given max_sequence_length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from videogpa.engine.models.latents import LatentConvention
+
+
+class PipelineEncoder:
+    """Encodes videos, first frames and prompts with a loaded pipeline's VAE and text encoder."""
+
+    def __init__(self, pipe, convention: LatentConvention, max_sequence_length: int):
+        name = type(pipe.vae).__name__
+        if name != convention.vae_class:
+            raise ValueError(
+                f"the pipeline's VAE is a {name}; this model family's latents need a {convention.vae_class}"
+            )
+        self.pipe, self.vae, self.convention = pipe, pipe.vae, convention
+        self.max_sequence_length = max_sequence_length
+        self.device = pipe.vae.device
+
+    def encode_video(self, frames: torch.Tensor, image: bool = False) -> torch.Tensor:
+        """frames [T, 3, H, W] in [0, 1] → latents of one sample in the native layout (4-D)."""
+        if frames.ndim != 4:
+            raise ValueError(f"encode_video: expected frames [T, 3, H, W], got {tuple(frames.shape)}")
+        return self.encode_videos(frames[None], image)[0]
+
+    @torch.no_grad()
+    def encode_videos(self, frames: torch.Tensor, image: bool = False) -> torch.Tensor:
+        """frames [B, T, 3, H, W] in [0, 1] → latents [B, ...] in the native layout, one VAE call."""
+        if frames.ndim != 5 or frames.shape[2] != 3:
+            raise ValueError(f"encode_videos: expected frames [B, T, 3, H, W], got {tuple(frames.shape)}")
+        if frames.min() < 0 or frames.max() > 1:
+            raise ValueError("encode_videos: frames must be in [0, 1]")
+        x = (frames * 2 - 1).transpose(1, 2).to(self.device, self.vae.dtype)  # [B, 3, T, H, W]
+        z = self.vae.encode(x).latent_dist.mode()
+        return self.convention.to_native(self.convention.normalize(self.vae, z.float(), image)).cpu()
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """First frame [3, H, W] in [0, 1] → its image latent, one latent frame in the native layout (4-D)."""
+        return self.encode_video(image[None], image=True)
+
+    @torch.no_grad()
+    def encode_text(self, prompt: str) -> torch.Tensor:
+        """[L, D] embeddings of one prompt from the pipeline's own text encoder."""
+        embeds = self.pipe.encode_prompt(
+            prompt,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+            device=self.device,
+        )[0]
+        return embeds[0].float().cpu()

@@ -1,0 +1,81 @@
+"""Loading the diffusers pipeline of a model family from a local folder, optionally with a trained LoRA.
+
+The model names are the adapter registry's (engine.models); each adapter names its pipeline classes. A folder
+is a `save_pretrained` pipeline (model_index.json + component folders); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from videogpa.engine.io.atomic import atomic_path
+from videogpa.engine.models.registry import adapter_class
+
+LORA_ADAPTER = "videogpa"
+
+
+def pipeline_folder(path: str | os.PathLike) -> Path:
+    """The pipeline folder for `path`: itself, or for a `<pipeline>/transformer` folder its parent."""
+    path = Path(path)
+    for folder in (path, path.parent):
+        if (folder / "model_index.json").is_file():
+            return folder
+    raise ValueError(
+        f"{path} is not a local diffusers pipeline folder: no model_index.json in it or its parent "
+        "(save_pretrained a pipeline there; nothing is downloaded)"
+    )
+
+
+def save_pipeline(pipe, folder: str | os.PathLike) -> Path:
+    """save_pretrained a pipeline to `folder` atomically; an existing pipeline there is never overwritten."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} already holds a pipeline (model_index.json); not overwriting it")
+    with atomic_path(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return folder
+
+
+def load_pipeline(
+    model: str,
+    path: str | os.PathLike,
+    *,
+    image_to_video: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """The family's pipeline (T2V, or I2V when image_to_video) from a local folder, on `device`."""
+    import diffusers
+
+    try:
+        name = adapter_class(model).pipelines.class_name(image_to_video)
+    except ValueError as err:
+        raise ValueError(f"model {model!r}: {err}") from None
+    folder = pipeline_folder(path)
+    try:
+        pipe = getattr(diffusers, name).from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"could not load a {name} from {folder}: {err}") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:
+    """Load a diffusers-format LoRA (a folder with pytorch_lora_weights.safetensors, or the file) into the
+    pipeline's transformer at `scale` (0 = the base model)."""
+    lora = Path(lora)
+    folder, weight_name = (lora, None) if lora.is_dir() else (lora.parent, lora.name)
+    if not (lora.is_file() or any(folder.glob("*.safetensors"))):
+        raise ValueError(
+            f"LoRA {lora} does not exist (expected pytorch_lora_weights.safetensors or its folder)"
+        )
+    kwargs = {"weight_name": weight_name} if weight_name else {}
+    try:
+        pipe.load_lora_weights(str(folder), adapter_name=LORA_ADAPTER, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(f"could not load the LoRA {lora} into {type(pipe).__name__}: {err}") from err
+    pipe.set_adapters([LORA_ADAPTER], [scale])

@@ -1,0 +1,1 @@
+"""The stages of the loop, one module each: generate, score, pairs, encode, evaluate, and the loop."""

@@ -1,0 +1,200 @@
+"""The evaluate stage: the same held-out prompts and seeds generated without and with the trained LoRA,
+both scored, compared side by side (3DCS, MSE, LPIPS, PSNR, SSIM, MVCS, motion) with per-prompt win rates.
+
+A prompt is a win when its mean 3DCS over the seeds is lower with the LoRA (ties count half). Only videos
+scored in both runs are compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from videogpa.engine.config import EvaluateConfig, GenerationConfig
+from videogpa.engine.io.atomic import write_atomic
+from videogpa.engine.io.plots import pyplot, save_figure
+from videogpa.engine.io.records import read_jsonl, write_json_atomic
+
+# metric -> True: lower is better, False: higher is better, None: neither (reported only)
+METRICS = {
+    "score": True,
+    "mse": True,
+    "lpips": True,
+    "psnr": False,
+    "ssim": False,
+    "mvcs": False,
+    "motion": None,
+}
+LABELS = {"score": "3DCS", "mse": "MSE", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", "mvcs": "MVCS",
+          "motion": "motion"}  # fmt: skip
+
+
+def _by_candidate(rows: list[dict], where: str) -> dict[tuple[str, int], dict]:
+    out = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        if "prompt_id" not in row or "seed" not in row:
+            raise ValueError(f"{where}: a score row lacks 'prompt_id'/'seed' (score the generation manifest)")
+        out[(row["prompt_id"], row["seed"])] = row
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLike | list[dict]) -> dict:
+    """The evaluation table of two score files (or row lists) of the same prompts and seeds."""
+    base_rows = read_jsonl(base) if not isinstance(base, list) else base
+    tuned_rows = read_jsonl(tuned) if not isinstance(tuned, list) else tuned
+    b, t = _by_candidate(base_rows, str(base)[:200]), _by_candidate(tuned_rows, str(tuned)[:200])
+    common = sorted(set(b) & set(t))
+    if not common:
+        raise ValueError("evaluation: no video was scored in both the base and the LoRA run")
+    table = {}
+    for metric, lower in METRICS.items():
+        before, after = _mean([b[k].get(metric) for k in common]), _mean([t[k].get(metric) for k in common])
+        better = None
+        if lower is not None and before is not None and after is not None:
+            better = after < before if lower else after > before
+        table[metric] = {"label": LABELS[metric], "base": before, "lora": after, "lower_is_better": lower,
+                         "improved": better}  # fmt: skip
+    per_prompt = defaultdict(lambda: {"base": [], "lora": []})
+    for key in common:
+        per_prompt[key[0]]["base"].append(b[key]["score"])
+        per_prompt[key[0]]["lora"].append(t[key]["score"])
+    prompts = {}
+    for pid, runs in sorted(per_prompt.items()):
+        before, after = _mean(runs["base"]), _mean(runs["lora"])
+        prompts[pid] = {
+            "base": before,
+            "lora": after,
+            "win": 1.0 if after < before else 0.5 if after == before else 0.0,
+        }
+    videos_won = sum(t[k]["score"] < b[k]["score"] for k in common) + 0.5 * sum(
+        t[k]["score"] == b[k]["score"] for k in common
+    )
+    notes = sorted({r["note"] for r in base_rows + tuned_rows if r.get("note")})
+    return {
+        "videos": len(common),
+        "prompts": len(prompts),
+        "skipped": {"base": len(base_rows) - len(common), "lora": len(tuned_rows) - len(common)},
+        "metrics": table,
+        "prompt_win_rate": sum(p["win"] for p in prompts.values()) / len(prompts),
+        "video_win_rate": videos_won / len(common),
+        "per_prompt": prompts,
+        "notes": notes,
+    }
+
+
+def format_table(result: dict) -> str:
+    """A side-by-side Markdown table and the win rates."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.5g}"
+    lines = ["| metric | base | LoRA | better is |", "|---|---|---|---|"]
+    for m in result["metrics"].values():
+        direction = {True: "lower", False: "higher", None: "-"}[m["lower_is_better"]]
+        mark = " ✓" if m["improved"] else ""
+        lines.append(f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} |")
+    lines.append("")
+    lines.append(
+        f"LoRA wins {100 * result['prompt_win_rate']:.1f}% of {result['prompts']} prompts "
+        f"({100 * result['video_win_rate']:.1f}% of {result['videos']} videos) on 3DCS"
+    )
+    held = result.get("heldout_pairs")
+    if held and held.get("heldout_accuracy_before") is not None:
+        lines.append(
+            f"trainer's held-out preference pairs ({held['pairs']}): accuracy "
+            f"{100 * held['heldout_accuracy_before']:.1f}% before -> {100 * held['heldout_accuracy_after']:.1f}% after"
+        )
+    lines += [f"NOTE: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+def plot_comparison(result: dict, path: str | os.PathLike) -> None:
+    """Bar plot: base vs LoRA per metric (one panel each) and the per-prompt win rate."""
+    plt = pyplot()
+
+    metrics = [m for m in result["metrics"].values() if m["base"] is not None and m["lora"] is not None]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(2.2 * (len(metrics) + 1), 2.8))
+    for ax, m in zip(axes, metrics):
+        bars = ax.bar(["base", "LoRA"], [m["base"], m["lora"]], color=["tab:gray", "tab:blue"])
+        ax.bar_label(bars, fmt="%.4g", fontsize=6)
+        ax.set_title(m["label"], fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[-1].bar(["win rate"], [result["prompt_win_rate"]], color="tab:green")
+    axes[-1].set_ylim(0, 1)
+    axes[-1].axhline(0.5, color="k", linestyle="--", linewidth=0.8)
+    axes[-1].set_title("prompts won", fontsize=9)
+    if result["notes"]:
+        fig.suptitle("scores from random-weights geometry: not meaningful", fontsize=8, color="tab:red")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class EvaluateInputs:
+    prompts: str | os.PathLike  # the held-out prompt file
+    lora: str | os.PathLike  # the trained LoRA (folder or file)
+    generation: (
+        GenerationConfig  # model, pipeline and sampler; evaluate's seeds and candidate count replace its own
+    )
+
+
+@dataclass
+class EvaluateSummary:
+    table: Path  # the stage's output: evaluation.json (and .md, .png beside it)
+    result: dict
+    skipped: bool = False  # a finished evaluation was kept
+
+    def __str__(self) -> str:
+        if self.skipped:
+            return f"complete; skipped ({self.table})"
+        return f"{self.table}: LoRA wins {100 * self.result['prompt_win_rate']:.1f}% of prompts"
+
+
+def run(
+    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: str | os.PathLike, make_scorer
+) -> EvaluateSummary:
+    """Generate the held-out prompts without and with the LoRA into out_dir/eval/{base,lora}, score both with
+    the scorer `make_scorer()` gives (engine.stages.score.Scorer; built only when needed), and write
+    out_dir/evaluation.{json,md,png}. A finished evaluation.json is kept."""
+    from videogpa.engine.stages import generate, score
+
+    out_dir = Path(out_dir)
+    path = out_dir / EVALUATION_FILE
+    if path.is_file():
+        return EvaluateSummary(path, json.loads(path.read_text()), skipped=True)
+    lora = Path(inputs.lora)
+    scores = {}
+    for name, adapter in (("base", None), ("lora", lora)):
+        folder = out_dir / "eval" / name
+        gen = dataclasses.replace(inputs.generation, num_candidates=cfg.num_candidates, seed=cfg.seed,
+                                  lora=adapter and str(adapter), lora_scale=cfg.lora_scale)  # fmt: skip
+        generated = generate.run(gen, inputs.prompts, folder)
+        print(f"[evaluate] {name}: {generated}", flush=True)
+        scorer = make_scorer()
+        scored = score.run(scorer.cfg, generated.manifest, folder, scorer=scorer)
+        print(f"[evaluate] {name} score: {scored}", flush=True)
+        scores[name] = scored.scores
+    result = compare_scores(scores["base"], scores["lora"])
+    result.update({"lora": str(lora), "lora_scale": cfg.lora_scale, "prompts_file": str(inputs.prompts),
+                   "seeds": list(range(cfg.seed, cfg.seed + cfg.num_candidates))})  # fmt: skip
+    train_eval = lora.parent / "eval.json" if lora.is_file() else lora / "eval.json"
+    if train_eval.is_file():  # the trainer's preference accuracy on held-out pairs, before/after
+        result["heldout_pairs"] = json.loads(train_eval.read_text())
+    table = format_table(result)
+    write_atomic(out_dir / "evaluation.md", table + "\n")
+    plot_comparison(result, out_dir / "evaluation.png")
+    write_json_atomic(path, result)
+    print(table, flush=True)
+    return EvaluateSummary(path, result)

@@ -1,0 +1,351 @@
+"""The whole VideoGPA loop in one folder: generate → score → pairs → encode → train → evaluate.
+
+The config is one engine.config.Config: the trainer's sections plus `loop:` (one section per stage). Each stage
+(engine.stages.*) skips what is already complete and resumes what is not, and hands the next stage its output
+path; nothing produced is overwritten:
+
+    DIR/models/            the tiny loop's pipeline and random VGGT (built once)
+    DIR/generated/         manifest.jsonl, videos/, latents/, scores.jsonl
+    DIR/pairs/             pairs.jsonl, pairs_report.json, histograms
+    DIR/shards/            train/ (and heldout/) preference shards
+    DIR/train_config.yaml  the trainer config the loop derived; DIR/train/ the run (LoRA, metrics, checkpoints)
+    DIR/eval/{base,lora}/  held-out prompts generated without / with the LoRA, and their scores
+    DIR/evaluation.json    the before/after table (also .md and .png)
+
+With a model that ships a built-in pipeline (the tiny one) and no `loop:` section, the loop runs on built-in
+prompts with a random-weights VGGT: it exercises every stage on a CPU in minutes, and its scores (hence its
+pairs and its evaluation) mean nothing.
+
+A real model's config adds, for example (model.path: /models/CogVideoX-5b/transformer):
+
+    loop:
+      generation: {prompts: prompts.txt, num_candidates: 4, camera_motion: true, batch_size: 4}
+      score: {weights: /models/vggt_1b.safetensors, vgg_weights: /models/vgg16.pth,
+              lpips_weights: /models/lpips_vgg.pth}
+      encode: {heldout_fraction: 0.05}
+      evaluate: {prompts: heldout_prompts.txt, num_candidates: 2}
+      train_launcher: [deepspeed, --num_gpus, "8"]
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from videogpa.engine.config import (
+    Config,
+    ModelConfig,
+    apply_override,
+    config_from_dict,
+    merge_dicts,
+    read_config_dict,
+)
+from videogpa.engine.io.atomic import write_atomic
+from videogpa.engine.io.lock import folder_lock
+from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
+from videogpa.engine.models import adapter_class
+from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.stages import encode, evaluate, generate, pairs, score
+
+TINY_PROMPTS = (
+    "a red barn in a green field", "an old stone bridge over a river", "a quiet library with tall shelves",
+    "a lighthouse on a rocky coast", "a kitchen with a wooden table", "a narrow street in an old town",
+    "a greenhouse full of plants", "a snowy mountain cabin",
+)  # fmt: skip
+TINY_EVAL_PROMPTS = ("a sunlit museum hall", "a harbour with fishing boats", "a desert canyon")
+# The built-in model's loop: every stage on a CPU in minutes. Scores from a random VGGT are noise, so no
+# pair filter.
+BUILTIN_LOOP: dict = {
+    "generation": {"num_candidates": 3, "camera_motion": True, "batch_size": 3, "steps": 4},
+    "score": {"geometry": "vggt", "num_frames": 8, "random_weights": True},
+    "pairs": {"min_gap": 0.0, "min_motion": 0.0},
+    "encode": {"heldout_fraction": 0.25},
+    "evaluate": {"num_candidates": 2},
+    "train_overrides": ["train.max_steps=30", "train.checkpoint_every=15", "train.log_every=10"],
+}
+LOCK_NAME = ".loop.lock"
+
+
+def has_builtin_model(model: object) -> bool:
+    """A family that ships its pipeline built in code (the tiny model): the loop can run with no files."""
+    try:
+        return adapter_class(model).ships_pipeline
+    except (ValueError, TypeError):
+        return False  # an unknown model: the config's validation names it
+
+
+def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read the YAML with its overrides (`loop.*` for the loop) and validate the whole tree; a built-in
+    model's loop starts from BUILTIN_LOOP, a real model needs its own `loop:` section."""
+    path = Path(path)
+    data = read_config_dict(path, overrides)
+    model = (data.get("model") or {}).get("name", ModelConfig.name)
+    given = data.get("loop")
+    try:
+        if given is None and not has_builtin_model(model):
+            raise ValueError(
+                "section 'loop' is missing: a real model needs loop.generation.prompts and loop.score.weights "
+                "(and loop.generation.pipeline or model.path inside a local diffusers pipeline folder)"
+            )
+        for stage in ("generation", "encode"):
+            named = ((given or {}).get(stage) or {}).get("model")
+            if named is not None and named != model:
+                raise ValueError(f"loop.{stage}.model ({named!r}) must match model.name ({model!r})")
+        if has_builtin_model(model):
+            data["loop"] = merge_dicts(BUILTIN_LOOP, given or {})
+        cfg = config_from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    cfg.loop.encode.seed = cfg.seed
+    return cfg
+
+
+class Loop:
+    """Runs the stages of one loop folder."""
+
+    def __init__(self, cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.PathLike):
+        self.config, self.cfg = cfg, cfg.loop
+        self.builtin = has_builtin_model(cfg.model.name)
+        self.out = Path(out_dir)
+        self.dpo_script = Path(dpo_script)
+        self.report: dict[str, str] = {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._scorer: score.Scorer | None = None
+
+    # --------------------------------------------------------------------------------------- helpers
+    def _say(self, stage: str, message: str) -> None:
+        self.report[stage] = message
+        print(f"[{stage}] {message}", flush=True)
+
+    @property
+    def generated(self) -> Path:
+        return self.out / "generated"
+
+    @property
+    def manifest(self) -> Path:
+        return self.generated / generate.MANIFEST
+
+    def _prompt_file(self, name: str, given: str | None, builtin: tuple[str, ...]) -> str:
+        if given is not None:
+            return given
+        if not self.builtin:
+            raise ValueError(
+                f"loop: no prompt file for {name} (set loop.generation.prompts / loop.evaluate.prompts)"
+            )
+        path = self.out / f"{name}.txt"
+        if not path.is_file():
+            write_atomic(path, "\n".join(builtin) + "\n")
+        return str(path)
+
+    def scorer(self) -> score.Scorer:
+        if self._scorer is None:
+            self._scorer = score.Scorer.build(self.cfg.score)
+        return self._scorer
+
+    # ---------------------------------------------------------------------------------------- stages
+    def prepare_models(self) -> None:
+        """A built-in model's pipeline and random VGGT (written once); real models: check the folders."""
+        from videogpa.engine.models.pipelines import pipeline_folder, save_pipeline
+
+        gen, sc = self.cfg.generation, self.cfg.score
+        model_path = self.config.model.path
+        if gen.pipeline is None and model_path is not None:
+            gen.pipeline = str(pipeline_folder(model_path))
+        built = []
+        if gen.pipeline is None:
+            if not self.builtin:
+                raise ValueError("loop: set loop.generation.pipeline (a local diffusers pipeline folder)")
+            folder = self.out / "models" / "pipeline"
+            if not (folder / "model_index.json").is_file():
+                save_pipeline(adapter_class(gen.model).builtin_pipeline(), folder)
+                built.append("built-in random pipeline")
+            gen.pipeline = str(folder)
+        self.cfg.encode.pipeline = self.cfg.encode.pipeline or gen.pipeline
+        if sc.geometry == "vggt" and sc.weights is None:
+            if not self.builtin:
+                raise ValueError("loop: set loop.score.weights (a local VGGT safetensors file)")
+            weights = self.out / "models" / "vggt_tiny_random.safetensors"
+            if not weights.is_file():
+                import torch
+
+                from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, save_vggt
+
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.config.seed)
+                    save_vggt(VGGT(TINY_CONFIG), weights)
+                built.append("tiny random VGGT")
+            sc.weights, sc.random_weights = str(weights), True
+        self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
+                  + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
+
+    def generate(self) -> Path:
+        if self.cfg.candidates == "synthetic":
+            return self.synthetic_candidates()
+        prompts = self._prompt_file("prompts", self.cfg.generation.prompts, TINY_PROMPTS)
+        summary = generate.run(self.cfg.generation, prompts, self.generated)
+        self._say("generate", str(summary))
+        if summary.failed:
+            print(
+                f"[generate] WARNING: {len(summary.failed)} candidates failed: {summary.failed[:5]}",
+                flush=True,
+            )
+        return summary.manifest
+
+    def synthetic_candidates(self) -> Path:
+        """Procedural scenes as the candidates (a scene = a prompt), at the generation's video size."""
+        from videogpa.engine.scenes.procedural import CORRUPTIONS
+        from videogpa.engine.scenes.video_set import write_synthetic_set
+
+        manifest = self.manifest
+        if manifest.is_file() and all("prompt_id" in r for r in read_jsonl(manifest)):
+            self._say("generate", f"synthetic candidates complete; skipped ({manifest})")
+            return manifest
+        syn, sampler = self.cfg.synthetic, generate.sampler_settings(self.cfg.generation)
+        if sampler.height != sampler.width:
+            raise ValueError(
+                "loop.candidates synthetic: the scenes are square; set generation height = width"
+            )
+        kinds = tuple(syn.kinds) if syn.kinds is not None else CORRUPTIONS
+        write_synthetic_set(self.generated, syn.scenes, n_frames=sampler.num_frames, size=sampler.height,
+                            kinds=kinds, seed=syn.seed)  # fmt: skip
+        rows = read_jsonl(manifest)
+        for row in rows:  # the scene is the prompt: its clean clip and its corruptions are the candidates
+            row["prompt_id"] = f"scene{row['group']:04d}"
+            row["prompt"] = f"a synthetic scene of boxes, the camera moves ({row['camera_path']})"
+            row["seed"] = row["scene_seed"]
+        write_jsonl_atomic(manifest, rows)
+        self._say(
+            "generate", f"{len(rows)} synthetic candidates of {syn.scenes} scenes (kinds {list(kinds)})"
+        )
+        return manifest
+
+    def score(self, manifest: Path) -> Path:
+        scores = manifest.parent / self.cfg.score.scores_file
+        if not score.unscored(manifest, scores):
+            self._say("score", f"complete; skipped ({scores})")
+            return scores
+        if self.cfg.candidates == "synthetic":  # exact geometry: the oracle
+            oracle = dataclasses.replace(self.cfg.score, geometry="oracle", random_weights=False)
+            summary = score.run(oracle, manifest, manifest.parent)
+        else:
+            summary = score.run(self.cfg.score, manifest, manifest.parent, scorer=self.scorer())
+        self._say("score", str(summary))
+        return summary.scores
+
+    def pairs(self, scores: Path, manifest: Path) -> Path:
+        summary = pairs.run(self.cfg.pairs, scores, self.out / "pairs", manifest=manifest)
+        if not summary.pairs:
+            raise ValueError(f"pairs: no pair survived the filters ({summary}); nothing to train")
+        self._say("pairs", str(summary))
+        return summary.index
+
+    def encode(self, index: Path) -> Path:
+        summary = encode.run(self.cfg.encode, index, self.out / "shards")
+        self._say("encode", str(summary))
+        return summary.out_dir
+
+    def trainer_config(self, shards: Path) -> dict:
+        """The trainer config of this loop: its shards, its pipeline's transformer, DIR/train."""
+        from videogpa.engine.data.preference import PreferenceDataset
+
+        data = self.config.to_dict()
+        data["loop"] = None
+        data["data"] = {"train": str(shards / "train"), "heldout": None, "synthetic": None}
+        if (shards / "heldout").is_dir():
+            data["data"]["heldout"] = str(shards / "heldout")
+        data["model"]["path"] = str(Path(self.cfg.generation.pipeline).resolve())
+        data["output_dir"] = str(self.out / "train")
+        for item in self.cfg.train_overrides:
+            apply_override(data, item)
+        n_train = len(PreferenceDataset(shards / "train"))
+        train = data["train"]
+        global_batch = train["global_batch_size"]
+        if n_train < global_batch:  # a small loop: one global batch is the whole training set
+            train["global_batch_size"] = n_train
+            micro = train["micro_batch_size"]  # None: the trainer splits the global batch over the ranks
+            if micro is not None:
+                train["micro_batch_size"] = math.gcd(min(micro, n_train), n_train)
+            print(
+                f"[train] {n_train} training pairs < global batch {global_batch}: global batch {n_train}",
+                flush=True,
+            )
+        config_from_dict(copy.deepcopy(data))  # validate before launching
+        return data
+
+    def train(self, shards: Path) -> Path:
+        """The trainer in a subprocess (its launcher); returns the LoRA file."""
+        from videogpa.engine.checkpoint import latest_checkpoint
+
+        run = self.out / "train"
+        lora = run / LORA_WEIGHT_NAME
+        if lora.is_file():
+            self._say("train", f"complete; skipped ({lora})")
+            return lora
+        if not self.config.lora.enabled:
+            raise ValueError(
+                "loop: evaluation needs a LoRA run (lora.enabled: true); full fine-tuning is not wired"
+            )
+        config = self.out / "train_config.yaml"
+        write_atomic(config, yaml.safe_dump(self.trainer_config(shards), sort_keys=False))
+        command = [
+            *(self.cfg.train_launcher or [sys.executable]),
+            str(self.dpo_script),
+            "--config",
+            str(config),
+        ]
+        command += ["--output-dir", str(run)]
+        if run.is_dir() and latest_checkpoint(run) is not None:
+            command.append("--resume")
+        print(f"[train] {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if done.returncode != 0 or not lora.is_file():
+            raise RuntimeError(f"train: {' '.join(command)} failed (exit {done.returncode}); rerun to resume")
+        accuracy = ""
+        if (run / "eval.json").is_file():
+            ev = json.loads((run / "eval.json").read_text())
+            accuracy = (f"; held-out pair accuracy {100 * ev['heldout_accuracy_before']:.1f}% -> "
+                        f"{100 * ev['heldout_accuracy_after']:.1f}%")  # fmt: skip
+        self._say("train", f"LoRA {lora} in {time.perf_counter() - start:.0f} s{accuracy}")
+        return lora
+
+    def evaluate(self, lora: str | os.PathLike | None = None) -> dict:
+        """Held-out prompts with the same seeds, without and with the LoRA; DIR/evaluation.json."""
+        ev = self.cfg.evaluate
+        lora = Path(lora) if lora is not None else self.out / "train" / LORA_WEIGHT_NAME
+        prompts = self._prompt_file("eval_prompts", ev.prompts, TINY_EVAL_PROMPTS)
+        inputs = evaluate.EvaluateInputs(prompts, lora, self.cfg.generation)
+        summary = evaluate.run(ev, inputs, self.out, self.scorer)
+        self._say("evaluate", str(summary))
+        return summary.result
+
+    def lock(self):
+        """One loop per folder at a time (engine.io.lock)."""
+        return folder_lock(self.out, LOCK_NAME)
+
+    def run(self) -> dict:
+        with self.lock():
+            start = time.perf_counter()
+            self.prepare_models()
+            manifest = self.generate()
+            scores = self.score(manifest)
+            index = self.pairs(scores, manifest)
+            shards = self.encode(index)
+            lora = self.train(shards)
+            result = self.evaluate(lora)
+            self.report["seconds"] = f"{time.perf_counter() - start:.0f}"
+            write_json_atomic(self.out / "loop_summary.json", self.report)
+            print(
+                f"\nloop done in {self.report['seconds']} s; before/after table: {self.out / evaluate.EVALUATION_FILE}",
+                flush=True,
+            )
+            return result

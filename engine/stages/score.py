@@ -1,0 +1,291 @@
+"""The score stage: every video of a folder or a generation manifest scored by a geometry model
+(engine.geometry): reconstruct (batched when the backend can), reproject, compare, and append one JSONL row
+per video (status "ok" with its scores, or "error" with the message); resumable and robust to bad videos."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from videogpa.engine.config import ScoreConfig
+from videogpa.engine.geometry.base import Geometry, GeometryModel
+from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, select_frames, sidecar_path
+from videogpa.engine.geometry.oracle import OracleGeometryModel
+from videogpa.engine.geometry.scoring import score_reconstruction
+from videogpa.engine.io.records import append_jsonl, read_jsonl
+from videogpa.engine.io.video import LoadedVideo, is_video, load_video
+from videogpa.engine.logging_utils import package_version
+from videogpa.engine.types import default_device
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_NOTE = "geometry model with random weights: these scores are NOT meaningful (mechanics only)"
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to score, its stored geometry (oracle) and the manifest fields to carry into its row."""
+
+    video: Path
+    geometry: Path
+    extra: tuple[tuple[str, object], ...] = ()
+
+
+def list_videos(source: str | os.PathLike) -> list[VideoJob]:
+    """Videos of a folder (sorted; files by suffix and frame folders) or of a JSONL manifest (`video`, and
+    optionally `geometry`, relative to the manifest)."""
+    source = Path(source).resolve()  # absolute paths: resuming works from any working directory
+    if source.is_dir():
+        return [VideoJob(p, sidecar_path(p)) for p in sorted(source.iterdir()) if is_video(p)]
+    if not source.is_file():
+        raise ValueError(f"videos source {source} is neither a folder nor a JSONL manifest")
+    jobs = []
+    for number, row in enumerate(read_jsonl(source, allow_truncated_tail=False), start=1):
+        if not isinstance(row.get("video"), str):
+            raise ValueError(f"{source}: row {number} needs a string field 'video'")
+        video = source.parent / row["video"]
+        geometry = source.parent / row["geometry"] if row.get("geometry") else sidecar_path(video)
+        extra = tuple((k, v) for k, v in row.items() if k not in ("video", "geometry"))
+        jobs.append(VideoJob(video, geometry, extra))
+    return jobs
+
+
+def already_scored(out_path: Path) -> set[str]:
+    """Videos with an "ok" row in an existing output file (errors are retried)."""
+    if not out_path.is_file():
+        return set()
+    return {row["video"] for row in read_jsonl(out_path) if row.get("status") == "ok"}
+
+
+def oracle_for(job: VideoJob, loaded: LoadedVideo) -> OracleGeometryModel:
+    """The oracle of one video: its stored geometry brought to the sampled frames, crop and size."""
+    geometry = select_frames(load_geometry(job.geometry), loaded.indices)
+    if loaded.crop is not None:
+        geometry = crop_resize_geometry(geometry, *loaded.crop, size=loaded.frames.shape[-1])
+    return OracleGeometryModel(geometry=geometry)
+
+
+def reconstruct_all(model: GeometryModel, videos: list[torch.Tensor]) -> list[Geometry]:
+    """One Geometry per video; one batched call when the backend has reconstruct_batch and shapes agree."""
+    batched = getattr(model, "reconstruct_batch", None)
+    if batched is not None and len(videos) > 1 and len({v.shape for v in videos}) == 1:
+        return batched(torch.stack(videos))
+    return [model.reconstruct(v) for v in videos]
+
+
+def _prefetch(jobs: list[VideoJob], load: Callable[[VideoJob], LoadedVideo], depth: int) -> Iterator:
+    """(job, loaded video or the exception) in order, decoding up to `depth` videos ahead in threads."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(load, job) for job in jobs[:depth]]
+        for i, job in enumerate(jobs):
+            if i + depth < len(jobs):
+                futures.append(pool.submit(load, jobs[i + depth]))
+            try:
+                yield job, futures[i].result()
+            except Exception as err:  # reported per video, the run goes on
+                yield job, err
+            futures[i] = None
+
+
+def score_videos(
+    jobs: list[VideoJob],
+    out_path: str | os.PathLike,
+    *,
+    model: GeometryModel | None,
+    n_frames: int,
+    size: int | None,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    score: Callable[[torch.Tensor, Geometry], object] = score_reconstruction,
+    row_info: dict | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Score jobs not yet in out_path; append a row per video (status "ok" with scores, or "error" with the
+    message) and return the new rows. model None = the oracle (each video's stored geometry); `score(frames,
+    geometry)` gives a video's scores (engine.geometry.scoring.score_reconstruction with its settings)."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = already_scored(out_path)
+    todo = [j for j in jobs if str(j.video) not in done]
+    if len(todo) < len(jobs):
+        log.info("resuming: %d of %d videos already scored in %s", len(jobs) - len(todo), len(jobs), out_path)
+    device = torch.device(device)
+    rows: list[dict] = []
+    batch: list[tuple[VideoJob, LoadedVideo]] = []
+    bar = tqdm(total=len(todo), desc="scoring", unit="video", disable=not progress)
+
+    def write(row: dict) -> None:
+        append_jsonl(out_path, row)  # cuts off a line left half-written by a killed run first
+        rows.append(row)
+        bar.update(1)
+
+    def error_row(job: VideoJob, err: Exception) -> dict:
+        log.error("%s: %s", job.video, err)
+        return {
+            "video": str(job.video),
+            **dict(job.extra),
+            "status": "error",
+            "error": f"{type(err).__name__}: {err}",
+        }
+
+    def reconstruct(items: list[tuple[VideoJob, LoadedVideo]]) -> list[Geometry | Exception]:
+        """Geometries of a batch; if the batch fails, each video alone, so the error names its video."""
+        try:
+            if model is None:
+                return [oracle_for(job, v).reconstruct(v.frames) for job, v in items]
+            return reconstruct_all(model, [v.frames.to(device) for _, v in items])
+        except Exception as err:
+            if len(items) == 1:
+                return [err]
+            return [g for item in items for g in reconstruct([item])]
+
+    def flush() -> None:
+        start = time.perf_counter()
+        geometries = reconstruct(batch)
+        for (job, video), geometry in zip(batch, geometries):
+            if isinstance(geometry, Exception):
+                write(error_row(job, geometry))
+                continue
+            try:
+                scores = score(video.frames.to(device), geometry)
+            except Exception as err:
+                write(error_row(job, err))
+                continue
+            write(
+                {
+                    "video": str(job.video),
+                    **dict(job.extra),
+                    "status": "ok",
+                    **scores.as_dict(),
+                    "frames_used": video.indices,
+                    "size": list(video.frames.shape[-2:]),
+                    "seconds": round((time.perf_counter() - start) / len(batch), 4),
+                    **(row_info or {}),
+                }
+            )
+        batch.clear()
+
+    for job, loaded in _prefetch(todo, lambda j: load_video(j.video, n_frames, size), depth=2 * batch_size):
+        if isinstance(loaded, Exception):
+            write(error_row(job, loaded))
+            continue
+        batch.append((job, loaded))
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    bar.close()
+    return rows
+
+
+def resolve_geometry(cfg: ScoreConfig) -> ScoreConfig:
+    """The config with `auto` settled (vggt when weights are given, else the oracle) and the device chosen."""
+    geometry = cfg.geometry if cfg.geometry != "auto" else ("vggt" if cfg.weights else "oracle")
+    device = cfg.device or default_device()
+    return dataclasses.replace(cfg, geometry=geometry, device=device)
+
+
+@dataclass
+class Scorer:
+    """A loaded geometry model (None: the oracle) and LPIPS (None: off) with their settings."""
+
+    cfg: ScoreConfig
+    model: GeometryModel | None
+    lpips: object | None
+
+    @classmethod
+    def build(cls, cfg: ScoreConfig) -> Scorer:
+        from videogpa.engine.geometry.registry import build_geometry_model
+
+        cfg = resolve_geometry(cfg)
+        if cfg.geometry == "vggt" and not cfg.weights:
+            raise ValueError(
+                "score: geometry 'vggt' needs weights (a local VGGT safetensors file; nothing is downloaded)"
+            )
+        model = None
+        if cfg.geometry != "oracle":
+            model = build_geometry_model(
+                cfg.geometry, weights_path=cfg.weights, device=cfg.device, dtype=cfg.dtype
+            )
+            log.info("%s loaded from %s on %s", cfg.geometry, cfg.weights, cfg.device)
+        if bool(cfg.vgg_weights) != bool(cfg.lpips_weights):
+            raise ValueError("score: give both vgg_weights and lpips_weights for LPIPS, or neither")
+        lpips = None
+        if cfg.vgg_weights:
+            from videogpa.engine.geometry.lpips import LPIPS
+
+            lpips = LPIPS.from_files(cfg.vgg_weights, cfg.lpips_weights).to(cfg.device).eval()
+        elif cfg.mse_only:
+            log.info("mse_only: 3DCS = reprojection MSE from the fused kernel; no PSNR/SSIM/LPIPS")
+        else:
+            log.warning("LPIPS is OFF (no vgg_weights/lpips_weights given): 3DCS = reprojection MSE only")
+        if cfg.random_weights:
+            log.warning(RANDOM_WEIGHTS_NOTE)
+        return cls(cfg, model, lpips)
+
+    def score(self, videos: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> list[dict]:
+        """Score the videos (folder or manifest) not yet in the scores file `out`; returns the new rows."""
+        cfg = self.cfg
+        size = cfg.size if cfg.size is not None else getattr(self.model, "input_size", None)
+        info = {"backend": cfg.geometry, "geometry_weights": cfg.weights, "n_frames": cfg.num_frames,
+                "kernel_backend": cfg.kernel_backend, "conf_thres": cfg.conf_thres, "points": cfg.points}  # fmt: skip
+        info["versions"] = {name: package_version(name) for name in ("videogpa", "torch", "triton")}
+        if cfg.random_weights:
+            info["note"] = RANDOM_WEIGHTS_NOTE
+        batch = cfg.batch_size or (4 if str(cfg.device).startswith("cuda") else 1)
+        settings = functools.partial(
+            score_reconstruction, conf_thres=cfg.conf_thres, points=cfg.points, lpips=self.lpips,
+            lpips_weight=cfg.lpips_weight, image_metrics=not cfg.mse_only, backend=cfg.kernel_backend,
+        )  # fmt: skip
+        return score_videos(list_videos(videos), out, model=self.model, n_frames=cfg.num_frames, size=size,
+                            batch_size=batch, device=cfg.device, score=settings, row_info=info, progress=progress)  # fmt: skip
+
+
+def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:
+    """Videos of a folder or manifest without any score row (ok or error) in `scores`."""
+    have = {r.get("video") for r in read_jsonl(scores)} if Path(scores).is_file() else set()
+    return [str(job.video) for job in list_videos(videos) if str(job.video) not in have]
+
+
+@dataclass
+class ScoreSummary:
+    scores: Path  # the stage's output: one row per video
+    new_rows: int
+    ok: int
+    errors: int
+    mean_score: float | None
+    random_weights: bool
+
+    def __str__(self) -> str:
+        mean = f", mean 3DCS {self.mean_score:.5f}" if self.mean_score is not None else ""
+        note = " [random-weights geometry: not meaningful]" if self.random_weights else ""
+        return f"{self.ok} videos scored, {self.errors} errors{mean}{note} ({self.new_rows} new rows)"
+
+
+def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSummary:
+    """Counts over a scores file; a video counts once (by its last row)."""
+    rows = {r["video"]: r for r in read_jsonl(scores)}.values()
+    ok = [r for r in rows if r.get("status") == "ok"]
+    mean = sum(r["score"] for r in ok) / len(ok) if ok else None
+    return ScoreSummary(
+        Path(scores), new_rows, len(ok), len(rows) - len(ok), mean, any(r.get("note") for r in rows)
+    )
+
+
+def run(cfg: ScoreConfig, videos: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
+        scorer: Scorer | None = None) -> ScoreSummary:  # fmt: skip
+    """The score stage: score the videos of a folder or manifest into out_dir/cfg.scores_file (resumed).
+    `scorer` reuses an already built one (the loop scores several folders)."""
+    scores = Path(out_dir) / cfg.scores_file
+    new = (scorer or Scorer.build(cfg)).score(videos, scores, progress=progress)
+    return summarize_scores(scores, len(new))

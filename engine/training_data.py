@@ -1,0 +1,46 @@
+"""The trainer's preference sets: shard folders from the config, or the embedded default's synthetic scene
+pairs written into the run folder with the model's own built-in pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from videogpa.engine import distributed as D
+from videogpa.engine.config import Config
+from videogpa.engine.data.preference import PreferenceDataset
+from videogpa.engine.models.base import ModelAdapter
+from videogpa.engine.models.pipeline_encoder import PipelineEncoder
+
+
+def _write_synthetic(cfg: Config, adapter: ModelAdapter, root: Path) -> tuple[Path, Path]:
+    """Rank 0 writes the scene pairs (encoded by the family's built-in pipeline); every rank gets the paths."""
+    from videogpa.engine.scenes.preference_pairs import write_synthetic_pairs
+
+    spec = getattr(adapter, "spec", None)
+    if spec is None or not adapter.ships_pipeline:
+        raise ValueError(
+            f"config section 'data.synthetic': model {cfg.model.name!r} has no built-in pipeline and sample "
+            "shapes; synthetic pairs are for the tiny model (set data.train to preference shards)"
+        )
+    if D.is_main():
+        encoder = PipelineEncoder(adapter.builtin_pipeline(), adapter.latent_convention, spec.text_shape[0])
+        write_synthetic_pairs(root, cfg.data.synthetic, encoder, spec.latent_shape, adapter.latent_layout,
+                              spec.text_shape, progress=cfg.train.progress_bar)  # fmt: skip
+    D.barrier()
+    return root / "train", root / "heldout"
+
+
+def load_training_sets(
+    cfg: Config, adapter: ModelAdapter, out_dir: Path
+) -> tuple[PreferenceDataset, PreferenceDataset | None]:
+    """(training set, held-out set or None); an empty set is a ValueError naming its folder."""
+    train, heldout = cfg.data.train, cfg.data.heldout
+    if cfg.data.synthetic is not None:
+        train, heldout = _write_synthetic(cfg, adapter, out_dir / "data")
+    train_set = PreferenceDataset(train)
+    if len(train_set) == 0:
+        raise ValueError(f"training preference set {str(train)!r} is empty")
+    heldout_set = PreferenceDataset(heldout) if heldout is not None else None
+    if heldout_set is not None and len(heldout_set) == 0:
+        raise ValueError(f"held-out preference set {str(heldout)!r} is empty")
+    return train_set, heldout_set

@@ -1,0 +1,46 @@
+"""Loop units: one loop per folder, and the trainer config the loop derives."""
+
+import json
+import os
+
+import pytest
+
+from tests.stages.stage_helpers import REPO
+from videogpa.engine.stages.loop import BUILTIN_LOOP, Loop, load_loop_config
+
+
+def test_one_loop_per_folder(tmp_path):
+    loop = Loop(
+        load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml"), tmp_path, REPO / "recipes" / "dpo.py"
+    )
+    with loop.lock() as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(ValueError, match=f"in use by another process \\(pid {os.getpid()}"):
+            with loop.lock():
+                pass
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize(("micro", "expected_micro"), [(None, None), (8, 3), (2, 1)])
+def test_trainer_config_points_at_the_loop_and_fits_a_small_set(tmp_path, micro, expected_micro):
+    import torch
+
+    from videogpa.engine.data.preference import PreferenceShardWriter
+
+    cfg = load_loop_config(
+        REPO / "recipes" / "configs" / "tiny.yaml", [f"train.micro_batch_size={micro or 'null'}"]
+    )
+    loop = Loop(cfg, tmp_path, REPO / "recipes" / "dpo.py")
+    loop.cfg.generation.pipeline = str(tmp_path / "models" / "pipeline")
+    with PreferenceShardWriter(tmp_path / "shards" / "train") as writer:
+        for i in range(3):
+            writer.add(
+                f"pair{i}", torch.zeros(3, 4, 8, 8), torch.ones(3, 4, 8, 8), torch.zeros(8, 32), 0.1, 0.2
+            )
+    cfg = loop.trainer_config(tmp_path / "shards")
+    assert cfg["data"] == {"train": str(tmp_path / "shards" / "train"), "heldout": None, "synthetic": None}
+    assert cfg["model"]["path"] == str((tmp_path / "models" / "pipeline").resolve())
+    assert cfg["output_dir"] == str(tmp_path / "train")
+    assert cfg["train"]["global_batch_size"] == 3 and cfg["train"]["micro_batch_size"] == expected_micro
+    assert f"train.max_steps={cfg['train']['max_steps']}" in BUILTIN_LOOP["train_overrides"]
+    assert cfg["loop"] is None  # the trainer's config carries no loop section
