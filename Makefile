@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml setup.py requirements-cpu.txt
 # Main job on the embedded default: Diffusion-DPO on the tiny built-in model and a synthetic
 # preference set (recipes/configs/tiny.yaml); prints and plots held-out preference accuracy.
 run: setup
-	$(VENV)/bin/deepspeed recipes/dpo.py --output-dir runs/tiny
+	$(VENV)/bin/deepspeed recipes/dpo.py --output-dir runs/tiny --overwrite
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,27 +1,39 @@
-"""Atomic, resumable checkpoints: DeepSpeed engine state plus RNG states and trainer position.
+"""Atomic, verified, resumable checkpoints: DeepSpeed engine state plus RNG states and the trainer position.
 
-Layout: <output_dir>/checkpoints/step_00000010/{state/ (DeepSpeed's files), rng_rank0.pt, trainer.json}.
-Every rank writes into a hidden temporary folder; rank 0 renames it into place once all ranks are done,
-so a folder named step_* is always complete. Only the newest `keep` checkpoints are kept.
+Layout: <output_dir>/checkpoints/step_00000010/{state/ (DeepSpeed's files), rng_rank<r>.safetensors,
+trainer.json, config.json, manifest.json}. Every rank writes into a hidden temporary folder; rank 0 renames
+it into place once all ranks are done, so a folder named step_* is always complete. Only the newest `keep`
+checkpoints are kept.
+
+A checkpoint folder is data, never code: everything this project writes is safetensors or JSON (loaded
+without unpickling), and DeepSpeed's own files (which it reads with pickle) are loaded only when their SHA-256
+matches the one recorded in manifest.json when they were written; each rank hashes and verifies the files it
+owns. Resuming takes the newest intact checkpoint and says which newer ones it passed over and why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from videogpa.engine import distributed as D
-from videogpa.engine.io.atomic import commit
+from videogpa.engine.io.atomic import commit, write_atomic
 
 DIR_NAME = "checkpoints"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 ENGINE_TAG = "state"
+MANIFEST = "manifest.json"
+_RANK_OF = re.compile(r"(?:zero_pp_rank_|rng_rank)(\d+)")
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -29,11 +41,11 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint folders (complete unless damaged since), oldest first."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    found = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(rf"{PREFIX}\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
@@ -42,57 +54,169 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+# ------------------------------------------------------------------------------------------- RNG states
+def rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This process's Python, NumPy, torch (and CUDA) generator states as tensors + JSON metadata."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors = {
+        "python": torch.tensor(mt, dtype=torch.int64),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    meta = {"python": json.dumps([version, gauss]), "numpy": json.dumps([kind, pos, has_gauss, cached])}
+    return tensors, meta
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    version, gauss = json.loads(meta["python"])
+    random.setstate((version, tuple(tensors["python"].tolist()), gauss))
+    kind, pos, has_gauss, cached = json.loads(meta["numpy"])
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(engine, output_dir: str | Path, step: int, trainer_state: dict, keep: int) -> Path:
-    """Collective: write the checkpoint for `step` atomically and prune to the newest `keep`."""
+def _save_rng(path: Path) -> None:
+    tensors, meta = rng_tensors()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def _load_rng(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        set_rng_tensors(load_file(str(path)), meta)
+    except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint RNG state {path}: not a valid safetensors RNG file ({err})") from None
+
+
+# ------------------------------------------------------------------------------------------- manifest
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _owner(relative: str) -> int:
+    """The rank that hashes and verifies a file: the one named in it, else rank 0."""
+    match = _RANK_OF.search(relative)
+    return int(match.group(1)) if match else 0
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _hash_mine(folder: Path) -> dict[str, str]:
+    rank, world = D.rank(), D.world_size()
+    return {f: sha256(folder / f) for f in _files(folder) if _owner(f) % world == rank}
+
+
+def damage(folder: Path) -> str | None:
+    """Collective: why the checkpoint folder cannot be loaded (missing manifest, a missing, extra or changed
+    file), or None when every file is intact. Each rank checks the files it owns; all ranks get the verdict."""
+    reason = None
+    manifest = folder / MANIFEST
+    try:
+        recorded = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        recorded, reason = None, f"no readable {MANIFEST} ({type(err).__name__})"
+    if recorded is not None:
+        rank, world = D.rank(), D.world_size()
+        present = set(_files(folder))
+        for name in sorted(set(recorded) | present):
+            if _owner(name) % world != rank:
+                continue
+            if name not in present:
+                reason = f"{folder / name} is missing"
+            elif name not in recorded:
+                reason = f"{folder / name} is not in its {MANIFEST} (planted or left over)"
+            elif sha256(folder / name) != recorded[name]:
+                reason = f"{folder / name} differs from the SHA-256 recorded when it was written"
+            if reason:
+                break
+    return D.first_message(reason)
+
+
+# ------------------------------------------------------------------------------------------- save / load
+def save_checkpoint(
+    engine, output_dir: str | Path, step: int, trainer_state: dict, config: dict, keep: int
+) -> Path:
+    """Collective: write the checkpoint for `step` atomically (a full disk or a read-only folder is a
+    ValueError naming the path; the previous checkpoints stay intact) and prune to the newest `keep`."""
     root = checkpoint_root(output_dir)
     name = f"{PREFIX}{step:08d}"
     tmp, final = root / f"{TMP_PREFIX}{name}", root / name
-    if D.is_main():
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(f"{TMP_PREFIX}*"):  # left by a run killed while saving
-            shutil.rmtree(stale)
-        tmp.mkdir()
-    D.barrier()
-    engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
-    torch.save(rng_state(), tmp / f"rng_rank{D.rank()}.pt")
-    D.barrier()
-    if D.is_main():
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-        if final.exists():  # a previous run reached the same step: replace it
-            shutil.rmtree(final)
-        commit(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old)
+    try:
+        if D.is_main():
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(f"{TMP_PREFIX}*"):  # left by a run killed while saving
+                shutil.rmtree(stale)
+            tmp.mkdir()
+        D.barrier()
+        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
+        _save_rng(tmp / f"rng_rank{D.rank()}.safetensors")
+        if D.is_main():
+            write_atomic(tmp / "trainer.json", json.dumps({"step": step, **trainer_state}, indent=1))
+            write_atomic(tmp / "config.json", json.dumps(config, indent=1, sort_keys=True))
+        D.barrier()
+        hashes = D.gather_dicts(_hash_mine(tmp))
+        if D.is_main():
+            write_atomic(
+                tmp / MANIFEST, json.dumps({"files": hashes, "world_size": D.world_size()}, indent=1)
+            )
+            if final.exists():  # a previous run reached the same step: replace it
+                shutil.rmtree(final)
+            commit(tmp, final)
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old)
+    except OSError as err:
+        if D.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"could not write checkpoint {err.filename or tmp}: {err.strerror or err}") from None
     D.barrier()
     return final
 
 
-def load_checkpoint(engine, path: str | Path) -> dict:
-    """Collective: restore engine, optimizer, scheduler and this rank's RNG; returns trainer.json."""
+def read_trainer_state(path: Path) -> dict:
+    """trainer.json and config.json of a checkpoint (JSON only)."""
+    try:
+        state = json.loads((path / "trainer.json").read_text())
+        state["config"] = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"checkpoint folder {str(path)!r} is missing or incomplete ({err})") from None
+    return state
+
+
+def newest_intact(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """Collective: the newest checkpoint whose files all verify, and one line per newer one passed over."""
+    passed = []
+    for path in reversed(list_checkpoints(output_dir)):
+        reason = damage(path)
+        if reason is None:
+            return path, passed
+        passed.append(f"{path.name}: {reason}")
+    return None, passed
+
+
+def load_checkpoint(engine, path: str | Path, verified: bool = False) -> dict:
+    """Collective: restore engine, optimizer, scheduler and this rank's RNG from a checkpoint, verified first
+    unless `verified` (newest_intact just did); returns trainer.json (the checkpoint's config under "config")."""
     path = Path(path)
-    meta = path / "trainer.json"
-    if not meta.is_file():
-        raise ValueError(f"checkpoint folder {str(path)!r} is missing or incomplete (no trainer.json)")
-    rng = path / f"rng_rank{D.rank()}.pt"
+    reason = None if verified else damage(path)
+    if reason is not None:
+        raise ValueError(f"checkpoint {path} is damaged, not loaded: {reason}")
+    state = read_trainer_state(path)
+    rng = path / f"rng_rank{D.rank()}.safetensors"
     if not rng.is_file():
         raise ValueError(
             f"checkpoint {str(path)!r} has no {rng.name}: it was written by fewer ranks than this run has"
@@ -102,10 +226,26 @@ def load_checkpoint(engine, path: str | Path) -> dict:
     )
     if loaded is None:
         raise ValueError(f"checkpoint {str(path)!r}: DeepSpeed could not load {path / ENGINE_TAG}")
-    set_rng_state(torch.load(rng, weights_only=False))
-    return json.loads(meta.read_text())
+    _load_rng(rng)
+    return state
 
 
 def clear_run_files(output_dir: str | Path) -> None:
-    """A fresh run in a used folder: drop the old checkpoints (rank 0 only)."""
-    shutil.rmtree(checkpoint_root(output_dir), ignore_errors=True)
+    """A fresh run in a used folder (--overwrite): drop the old run's checkpoints and results (rank 0 only)."""
+    out = Path(output_dir)
+    shutil.rmtree(checkpoint_root(out), ignore_errors=True)
+    for name in RUN_RESULTS:
+        (out / name).unlink(missing_ok=True)
+
+
+# what a finished or started run leaves besides its checkpoints (a fresh run refuses to mix with them)
+RUN_RESULTS = ("metrics.jsonl", "eval.json", "eval_before.json", "pytorch_lora_weights.safetensors")
+
+
+def previous_run(output_dir: str | Path) -> str | None:
+    """What of another run the folder holds (checkpoints or results), or None."""
+    out = Path(output_dir)
+    if list_checkpoints(out):
+        return f"checkpoints in {checkpoint_root(out)}"
+    found = [name for name in RUN_RESULTS if (out / name).exists()]
+    return f"{', '.join(found)} in {out}" if found else None

@@ -74,9 +74,18 @@ def stage_config(cls: type, section: str, args: argparse.Namespace):
 
 
 def run_recipe(main: Callable[[], int]) -> int:
-    """Run a recipe's body; bad input (a ValueError) ends as one line and exit status 2."""
+    """Run a recipe's body: bad input (a ValueError) or an unwritable path (an OSError: a full disk, a
+    read-only folder) ends as one line and exit status 2; a diverged run (FloatingPointError) as one line and
+    exit status 1."""
     try:
         return main()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class DPOConfig:
     reference_offload: bool = False  # separate: keep the frozen copy's parameters on the CPU
     noise_cycle: int | None = None  # per-pair (noise, t) draws repeat every N epochs (None: never)
     nan_policy: str = "skip"
+    max_consecutive_skips: int = 3  # skip: a run stops after this many non-finite steps in a row
 
 
 @dataclass
@@ -276,9 +278,11 @@ def _check_scalar(value: object, tp: object, where: str) -> object:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML reads 5e-6 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key {where!r}: expected a finite number, got {value!r}")
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ValueError(f"config key {where!r}: expected {tp.__name__}, got {value!r}")
     return value
@@ -351,6 +355,7 @@ def validate(cfg: Config) -> Config:
         raise ValueError("config key 'dpo.label_smoothing': applies only to dpo.loss_type 'sigmoid'")
     if cfg.dpo.noise_cycle is not None:
         _positive(cfg.dpo.noise_cycle, "dpo.noise_cycle")
+    _positive(cfg.dpo.max_consecutive_skips, "dpo.max_consecutive_skips")
     if cfg.dpo.reference == "adapters_off" and not cfg.lora.enabled:
         raise ValueError(
             "config key 'dpo.reference': 'adapters_off' needs LoRA (lora.enabled: true); "
@@ -479,6 +484,29 @@ def apply_override(data: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {part!r} is not a section")
     node[leaf] = yaml.safe_load(raw)
+
+
+# Keys a resumed run may change freely: where and how often it reports, not what it computes.
+BOOKKEEPING_KEYS = ("output_dir", "loop", "train.log_every", "train.progress_bar", "train.checkpoint_every",
+                    "train.keep_checkpoints", "eval.plot")  # fmt: skip
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """{dotted key: (old value, new value)} for what differs between two config dicts, bookkeeping aside."""
+    a, b = _flatten(old), _flatten(new)
+    keep = lambda k: not any(k == p or k.startswith(p + ".") for p in BOOKKEEPING_KEYS)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if keep(k) and a.get(k) != b.get(k)}
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -59,6 +59,36 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _all_gather_json(value) -> list:
+    """Every rank's JSON-serialisable value, in rank order (exchanged as JSON text)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, json.dumps(value))
+    return [json.loads(v) for v in out]
+
+
+def gather_dicts(part: dict) -> dict:
+    """The union of every rank's dict."""
+    merged: dict = {}
+    for d in _all_gather_json(part):
+        merged.update(d)
+    return merged
+
+
+def first_message(message: str | None) -> str | None:
+    """The lowest rank's non-None message, on every rank (so all ranks decide alike)."""
+    return next((m for m in _all_gather_json(message) if m is not None), None)
+
+
+def raise_together(error: Exception | None) -> None:
+    """Collective: if any rank has an error, every rank raises it (the lowest such rank's message) as a
+    ValueError, instead of one rank failing while the others wait in the next collective."""
+    message = first_message(None if error is None else str(error))
+    if message is not None:
+        raise ValueError(message)
+
+
 def device() -> torch.device:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import subprocess
 from pathlib import Path
 
 from videogpa.engine.io.plots import pyplot, save_figure
-from videogpa.engine.io.records import read_jsonl, write_json_atomic
+from videogpa.engine.io.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -39,7 +38,7 @@ class MetricsLogger:
             return
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(output_dir) if r["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_jsonl_atomic(self.path, kept)  # a resumed run redoes the steps after its checkpoint
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -49,8 +48,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {k: _jsonable(v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, record)
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

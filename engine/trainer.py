@@ -3,6 +3,7 @@ loss under DeepSpeed (ZeRO, bf16, accumulation, clipping), with atomic checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -13,10 +14,12 @@ import torch
 from videogpa.engine import checkpoint as ckpt
 from videogpa.engine import distributed as D
 from videogpa.engine import dpo_reference as R
-from videogpa.engine.config import Config
+from videogpa.engine.config import Config, config_changes
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
 from videogpa.engine.heldout import EVAL_SEED_OFFSET, accuracy_before, heldout_accuracy
+from videogpa.engine.io.lock import folder_lock
+from videogpa.engine.io.records import append_jsonl
 from videogpa.engine.logging_utils import MetricsLogger, StepReporter, write_final_report, write_run_records
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.lora import (
@@ -31,12 +34,17 @@ from videogpa.engine.training_data import load_training_sets
 METRIC_NAMES = ("loss", "accuracy", "reward_margin", "logits_mean", "policy_err_w", "policy_err_l")
 METRIC_NAMES += ("ref_err_w", "ref_err_l")
 SOURCE_DIR = Path(__file__).resolve().parents[1]
+LOCK_NAME = ".train.lock"
 
 
 class Trainer:
     """Build everything from a Config; `run()` trains, checkpoints, evaluates and exports."""
 
-    def __init__(self, cfg: Config, resume: bool = False):
+    def __init__(
+        self, cfg: Config, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False
+    ):
+        """Validate everything (model folder, data, weights, the checkpoint to resume) before the output folder
+        is written; one trainer per folder (a lock); a fresh run never mixes with another run's files."""
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         D.init_distributed()
         self.device, self.world = D.device(), D.world_size()
@@ -44,27 +52,59 @@ class Trainer:
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
         D.seed_everything(cfg.seed)
+        self._lock = contextlib.ExitStack()
+        try:
+            self._claim_output_dir(resume, overwrite)
+            self._set_up(resume, overwrite, allow_config_change)
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim_output_dir(self, resume: bool, overwrite: bool) -> None:
+        """Collective: rank 0 locks the folder and checks it holds no other run; every rank agrees."""
+        error = None
+        if D.is_main():
+            try:
+                self._lock.enter_context(folder_lock(self.out, LOCK_NAME))
+                other = ckpt.previous_run(self.out)
+                if other and not resume and not overwrite:
+                    raise ValueError(f"{self.out} holds another run ({other}); continue it with --resume or "
+                                     "replace it with --overwrite")  # fmt: skip
+            except ValueError as err:
+                error = err
+            except OSError as err:  # a read-only or full disk, a path through a file
+                error = ValueError(
+                    f"cannot write the output folder {err.filename or self.out}: {err.strerror or err}"
+                )
+        D.raise_together(error)
+
+    def _set_up(self, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
+        cfg = self.cfg
         path = cfg.model.path
         if path is not None and not Path(path).is_dir():
             raise ValueError(f"config key 'model.path': checkpoint folder {path!r} does not exist (set it to a "
                              f"local diffusers folder for model {cfg.model.name!r})")  # fmt: skip
         self.adapter = get_adapter(cfg.model.name, path=path)
-        if D.is_main():
-            if not resume:
-                ckpt.clear_run_files(self.out)
-            write_run_records(self.out, cfg, self.world, SOURCE_DIR)
-        D.barrier()
         self.train_set, self.heldout_set = load_training_sets(cfg, self.adapter, self.out)
         self.sampler = PreferenceSampler(
             len(self.train_set), cfg.train.global_batch_size, D.rank(), self.world, cfg.seed
         )
         self.engine, self.ref_model = self._build_engine()
-        self.start_step, self.nan_skipped = 0, 0
+        self.start_step, self.nan_skipped, self.skips_in_row = 0, 0, 0
         if resume:
-            self._resume()
+            self._resume(allow_config_change)
+        elif overwrite and D.is_main():
+            ckpt.clear_run_files(self.out)
+        if D.is_main():
+            write_run_records(self.out, cfg, self.world, SOURCE_DIR)
+        D.barrier()
         self.reference = self._reference(train=True)
         self.heldout_reference = self._reference(train=False) if self.heldout_set is not None else None
         self.logger = MetricsLogger(self.out, D.is_main(), resume_step=self.start_step)
+
+    def close(self) -> None:
+        """Release the output folder's lock (run() does at its end)."""
+        self._lock.close()
 
     def _build_engine(self):
         import deepspeed
@@ -115,13 +155,27 @@ class Trainer:
 
         return R.precomputed_reference(self.out / name, meta, compute, resuming=self.start_step > 0)
 
-    def _resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.out)
+    def _resume(self, allow_config_change: bool) -> None:
+        """The newest intact checkpoint (damaged newer ones are named and passed over), refused when the
+        config changed unless allowed (then the change is recorded in config_changes.jsonl)."""
+        path, passed = ckpt.newest_intact(self.out)
+        for line in passed if D.is_main() else []:
+            print(f"resume: passing over damaged checkpoint {line}", flush=True)
         if path is None:
-            raise ValueError(f"--resume: no checkpoint folder under {ckpt.checkpoint_root(self.out)}")
-        state = ckpt.load_checkpoint(self.engine, path)
+            found = "; ".join(passed) or f"no checkpoint folder under {ckpt.checkpoint_root(self.out)}"
+            raise ValueError(f"--resume: no intact checkpoint in {self.out} ({found})")
+        state = ckpt.read_trainer_state(path)
+        changes = config_changes(state["config"], self.cfg.to_dict())
+        if changes and not allow_config_change:
+            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))
+            raise ValueError(f"--resume: the config differs from {path.name}'s ({listed}); "
+                             "pass --allow-config-change to resume with it")  # fmt: skip
+        state = ckpt.load_checkpoint(self.engine, path, verified=True)
         self.start_step, self.nan_skipped = state["step"], state["nan_skipped"]
+        self.skips_in_row = state.get("skips_in_row", 0)
         if D.is_main():
+            if changes:
+                append_jsonl(self.out / "config_changes.jsonl", {"step": self.start_step, "changes": changes})
             print(f"resumed from {path} at step {self.start_step}", flush=True)
 
     def train_step(self, step: int) -> dict:
@@ -149,9 +203,14 @@ class Trainer:
             bad |= bool(nonfinite.item() > 0)
         mean = D.all_reduce_mean(torch.stack(stats).mean(0))
         record = {"step": step + 1, **dict(zip(METRIC_NAMES, mean.tolist()))}
+        self.skips_in_row = self.skips_in_row + 1 if bad else 0
         if bad:
             self.nan_skipped += 1
             record.update(loss=None, skipped=True)
+        if self.skips_in_row > cfg.dpo.max_consecutive_skips:
+            raise FloatingPointError(f"stopped at step {step + 1}: {self.skips_in_row} steps in a row had a non-finite "
+                                     f"loss or gradients (dpo.max_consecutive_skips {cfg.dpo.max_consecutive_skips}); "
+                                     "the last checkpoint and the exported weights are the last finite ones")  # fmt: skip
         grad_norm = self.engine.get_global_grad_norm()
         record.update(lr=lr, grad_norm=None if grad_norm is None else float(grad_norm),
                       samples_per_s=cfg.train.global_batch_size / (time.perf_counter() - t0),
@@ -171,6 +230,12 @@ class Trainer:
 
     def run(self, stop_after: int | None = None) -> dict | None:
         """Train to train.max_steps (or stop after `stop_after` steps, as a kill would); returns eval.json."""
+        try:
+            return self._run(stop_after)
+        finally:
+            self.close()
+
+    def _run(self, stop_after: int | None) -> dict | None:
         cfg = self.cfg
         before = self._accuracy_before()
         stopped = False
@@ -195,8 +260,9 @@ class Trainer:
         return self._finish(before)
 
     def _save(self, step: int) -> None:
+        state = {"nan_skipped": self.nan_skipped, "skips_in_row": self.skips_in_row}
         ckpt.save_checkpoint(
-            self.engine, self.out, step, {"nan_skipped": self.nan_skipped}, self.cfg.train.keep_checkpoints
+            self.engine, self.out, step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints
         )
 
     def _accuracy_before(self) -> float | None:

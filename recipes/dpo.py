@@ -22,7 +22,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     parser.add_argument("--output-dir", help="where metrics, checkpoints, plots and weights go")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in it")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest intact checkpoint in it"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace another run's files in the output dir"
+    )
+    parser.add_argument(
+        "--allow-config-change", action="store_true", help="resume although the config changed (recorded)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -58,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
-        Trainer(cfg, resume=args.resume).run(stop_after=args.stop_after_steps)
+        trainer = Trainer(
+            cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change
+        )
+        trainer.run(stop_after=args.stop_after_steps)
         return 0
 
     return run_recipe(body)

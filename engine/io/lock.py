@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -53,3 +54,14 @@ def folder_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+def one_process_per_folder(run):
+    """Decorator for a stage's `run(config, inputs, out_dir, ...)`: it holds out_dir's lock while it runs."""
+
+    @functools.wraps(run)
+    def locked(cfg, inputs, out_dir, *args, **kwargs):
+        with folder_lock(out_dir):
+            return run(cfg, inputs, out_dir, *args, **kwargs)
+
+    return locked

@@ -144,6 +144,13 @@ def export_trained_weights(module: nn.Module, out_dir: str | Path, lora: bool) -
     main = not dist.is_initialized() or dist.get_rank() == 0
     params = [p for p in module.parameters() if p.requires_grad or not lora]
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        bad = [
+            n
+            for n, p in module.named_parameters()
+            if (p.requires_grad or not lora) and not torch.isfinite(p).all()
+        ]
+        if bad:
+            raise FloatingPointError(f"not exporting non-finite weights ({len(bad)} tensors, e.g. {bad[0]})")
         if main:
             if lora:
                 save_lora_weights(module, out_dir)

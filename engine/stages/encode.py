@@ -27,6 +27,7 @@ from tqdm import tqdm
 from videogpa.engine.config import EncodeConfig
 from videogpa.engine.data.preference import INDEX_NAME, PreferenceShardWriter
 from videogpa.engine.io.atomic import atomic_path
+from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.records import read_jsonl, write_json_atomic
 from videogpa.engine.io.video import read_frames
 from videogpa.engine.models import adapter_class
@@ -223,6 +224,7 @@ def encode_pairs(
     return summary
 
 
+@one_process_per_folder
 def run(
     cfg: EncodeConfig, pairs: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True
 ) -> EncodeSummary:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from videogpa.engine.config import EvaluateConfig, GenerationConfig
 from videogpa.engine.io.atomic import write_atomic
+from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import read_jsonl, write_json_atomic
 
@@ -162,6 +163,7 @@ class EvaluateSummary:
         return f"{self.table}: LoRA wins {100 * self.result['prompt_win_rate']:.1f}% of prompts"
 
 
+@one_process_per_folder
 def run(
     cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: str | os.PathLike, make_scorer
 ) -> EvaluateSummary:

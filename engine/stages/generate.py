@@ -31,6 +31,7 @@ from tqdm import tqdm
 from videogpa.engine.config import GenerationConfig
 from videogpa.engine.data.prompts import PromptItem, load_prompts, with_camera_motion
 from videogpa.engine.io.atomic import atomic_path
+from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.records import append_jsonl, read_jsonl
 from videogpa.engine.io.video import write_video
 from videogpa.engine.models import ModelAdapter, adapter_class, get_adapter
@@ -285,6 +286,7 @@ def load_items(
     return items, image_to_video
 
 
+@one_process_per_folder
 def run(cfg: GenerationConfig, prompts: str | os.PathLike | None, out_dir: str | os.PathLike,
         progress: bool = True) -> GenerationSummary:  # fmt: skip
     """The generate stage: load the pipeline (and LoRA), generate every missing candidate of the prompt file

@@ -303,8 +303,8 @@ class Loop:
             str(config),
         ]
         command += ["--output-dir", str(run)]
-        if run.is_dir() and latest_checkpoint(run) is not None:
-            command.append("--resume")
+        # the loop's own run folder: resume it, or (killed before its first checkpoint) start it over
+        command.append("--resume" if run.is_dir() and latest_checkpoint(run) is not None else "--overwrite")
         print(f"[train] {' '.join(command)}", flush=True)
         start = time.perf_counter()
         done = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from videogpa.engine.config import PairsConfig
+from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -204,6 +205,7 @@ def _plot(candidates: list[ScoredVideo], report: SelectionReport, min_gap: float
         save_figure(fig, out_dir / name)
 
 
+@one_process_per_folder
 def run(
     cfg: PairsConfig,
     scores: str | os.PathLike,

@@ -22,6 +22,7 @@ from videogpa.engine.geometry.base import Geometry, GeometryModel
 from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, select_frames, sidecar_path
 from videogpa.engine.geometry.oracle import OracleGeometryModel
 from videogpa.engine.geometry.scoring import score_reconstruction
+from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.records import append_jsonl, read_jsonl
 from videogpa.engine.io.video import LoadedVideo, is_video, load_video
 from videogpa.engine.logging_utils import package_version
@@ -282,6 +283,7 @@ def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSumma
     )
 
 
+@one_process_per_folder
 def run(cfg: ScoreConfig, videos: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
         scorer: Scorer | None = None) -> ScoreSummary:  # fmt: skip
     """The score stage: score the videos of a folder or manifest into out_dir/cfg.scores_file (resumed).

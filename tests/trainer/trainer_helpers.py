@@ -31,12 +31,15 @@ BASE = {
 }
 
 
-def tiny_config(out: str | Path, **sections: dict) -> Config:
-    """BASE with some sections' keys replaced, writing to `out`."""
+def tiny_config(out: str | Path, **sections) -> Config:
+    """BASE with some sections' keys (or top-level values) replaced, writing to `out`."""
     data = copy.deepcopy(BASE)
     data["output_dir"] = str(out)
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            data.setdefault(name, {}).update(values)
+        else:
+            data[name] = values
     return config_from_dict(data)
 
 

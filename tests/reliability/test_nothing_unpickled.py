@@ -1,0 +1,62 @@
+"""Nothing from a file the user did not write as code is ever unpickled: a planted pickle in each loadable
+place (checkpoint RNG state, DeepSpeed's states, VGGT / LPIPS weights, a model folder) runs nothing, and the
+error names the file."""
+
+import json
+
+import pytest
+import torch
+
+from tests.reliability.conftest import STEPS
+from tests.reliability.planted import plant
+from tests.trainer.trainer_helpers import tiny_config
+from videogpa.engine import checkpoint as ckpt
+from videogpa.engine.geometry.lpips import LPIPS
+from videogpa.engine.geometry.vggt import load_vggt
+from videogpa.engine.models import get_adapter
+from videogpa.engine.models.tiny import build_tiny_transformer
+from videogpa.engine.trainer import Trainer
+
+
+@pytest.mark.parametrize("target", ["rng_rank0.safetensors", "state/zero_pp_rank_0_mp_rank_00_model_states.pt",
+                                    "state/zero_pp_rank_0_mp_rank_00_optim_states.pt"])  # fmt: skip
+def test_planted_pickle_in_a_checkpoint_is_refused(run_copy, tmp_path, target):
+    out = run_copy
+    marker = tmp_path / "ran"
+    for step in ckpt.list_checkpoints(out):  # every checkpoint damaged: nothing to fall back on
+        plant(step / target, marker)
+    with pytest.raises(
+        ValueError, match=f"no intact checkpoint .*{target.split('/')[-1]}.* differs from the SHA-256"
+    ):
+        Trainer(tiny_config(out, train=STEPS), resume=True)
+    with pytest.raises(ValueError, match=f"{target.split('/')[-1]} differs"):
+        ckpt.load_checkpoint(None, ckpt.latest_checkpoint(out))
+    assert not marker.exists()
+
+
+def test_planted_extra_file_and_a_missing_manifest_are_damage(run_copy, tmp_path):
+    latest = ckpt.latest_checkpoint(run_copy)
+    plant(latest / "state" / "extra.pt", tmp_path / "ran")
+    assert "extra.pt is not in its manifest.json" in ckpt.damage(latest)
+    (latest / "manifest.json").unlink()
+    assert "no readable manifest.json" in ckpt.damage(latest)
+
+
+def test_planted_pickle_weights_are_refused(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(Exception, match="vggt.pt"):
+        load_vggt(plant(tmp_path / "vggt.pt", marker))
+    with pytest.raises(ValueError, match="vgg.pth could not be read"):
+        LPIPS.from_files(plant(tmp_path / "vgg.pth", marker), plant(tmp_path / "lin.pth", marker))
+    assert not marker.exists()
+
+
+def test_planted_pickle_in_a_model_folder_is_refused(tmp_path):
+    folder = tmp_path / "transformer"
+    build_tiny_transformer().save_pretrained(folder, safe_serialization=False)
+    marker = tmp_path / "ran"
+    plant(folder / "diffusion_pytorch_model.bin", marker)
+    with pytest.raises(ValueError, match=str(folder)):
+        get_adapter("tiny").load_transformer(folder, torch.float32)
+    assert not marker.exists()
+    assert json.loads((folder / "config.json").read_text())["_class_name"] == "CogVideoXTransformer3DModel"
