@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from diffusers import CogVideoXTransformer3DModel
 
     adapter = get_adapter("cogvideox-t2v")
-    model = CogVideoXTransformer3DModel(**size["config"]).to(device, dtype)
+    with torch.device(device):  # initialised where it runs: a 2B model's CPU init would take minutes
+        model = CogVideoXTransformer3DModel(**size["config"]).to(dtype)
     apply_lora(model, size["lora_rank"], 2.0 * size["lora_rank"], list(adapter.default_lora_targets))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,4 +1,4 @@
-"""Loads a benchmark script (benchmarks/<name>.py, not a package) as a module, once per test session."""
+"""Loads a script of the repository (benchmarks/*.py, scripts/*.py: not packages) as a module, once per session."""
 
 import functools
 import importlib.util
@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.cache
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmark_script_{name}", BENCHMARKS / f"{name}.py")
+def load_script(path: str) -> ModuleType:
+    """The module of the script at `path`, relative to the repository root (e.g. "benchmarks/bench_step.py")."""
+    file = REPO / path
+    spec = importlib.util.spec_from_file_location(f"script_{file.parent.name}_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look a module up by name
     spec.loader.exec_module(module)

@@ -4,7 +4,7 @@ from tests.benchmarks.scripts import load_script
 
 
 def test_benchmark_runs_and_reports_every_variant(capsys):
-    rows = load_script("bench_reproject").main(
+    rows = load_script("benchmarks/bench_reproject.py").main(
         ["--views", "2", "--height", "16", "--width", "20", "--no-save"]
     )
     assert [r["variant"] for r in rows] == [

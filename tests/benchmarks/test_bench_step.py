@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tests.benchmarks.scripts import load_script
 
-bench = load_script("bench_step")
+bench = load_script("benchmarks/bench_step.py")
 
 
 def test_flop_formula_matches_a_count_of_the_transformer_blocks():
