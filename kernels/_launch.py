@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Launch:
-    """kernel[grid](*args, **constexprs), built by a launcher from the tensors it is given."""
+    """kernel[grid](*args, **constexprs), built by a launcher from the tensors it is given (constexprs may
+    hold launch options such as num_warps)."""
 
     kernel: object  # a @triton.jit function
     grid: tuple[int, ...]

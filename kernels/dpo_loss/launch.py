@@ -19,7 +19,9 @@ from videogpa.kernels.dpo_loss.reference import STAT_NAMES
 
 _LOSS_IDS = {"sigmoid": K.LOSS_SIGMOID, "hinge": K.LOSS_HINGE, "ipo": K.LOSS_IPO}
 _MAX_MASK_DIMS = 4
-CUDA_BLOCK = 2048  # elements per step on a GPU: 16 per thread of 4 warps, i.e. 2-4 16-byte vectors
+CUDA_BLOCK = 2048  # elements per step on a GPU: 8 per thread of 8 warps, i.e. 1-2 16-byte vectors
+CUDA_NUM_WARPS = 8
+STREAM_MAX_REGISTERS = 64  # with 8 warps: ≥ 32 resident warps per SM, masked path included (AOT-checked)
 INTERPRETER_BLOCK = 1024  # the interpreter's cost grows with the number of programs and steps
 MAX_PER_SAMPLE = 2**30  # sample-local index math is 32-bit (index + one chunk < 2**31)
 
@@ -31,15 +33,18 @@ class LaunchPlan:
     block: int
     chunk: int
     n_chunks: int
+    num_warps: int = 4
 
 
 @functools.lru_cache(maxsize=256)
-def plan_launch(n_per_sample: int, n_samples: int, target_programs: int, max_block: int) -> LaunchPlan:
+def plan_launch(
+    n_per_sample: int, n_samples: int, target_programs: int, max_block: int, num_warps: int = 4
+) -> LaunchPlan:
     """Enough programs to fill the device even when 2B is tiny (≈ target_programs per kernel)."""
     block = max(16, min(max_block, triton.next_power_of_2(n_per_sample)))
     per_sample = max(1, min(triton.cdiv(n_per_sample, block), triton.cdiv(target_programs, n_samples)))
     chunk = triton.cdiv(triton.cdiv(n_per_sample, per_sample), block) * block
-    return LaunchPlan(block, chunk, triton.cdiv(n_per_sample, chunk))
+    return LaunchPlan(block, chunk, triton.cdiv(n_per_sample, chunk), num_warps)
 
 
 @functools.lru_cache(maxsize=16)
@@ -51,7 +56,7 @@ def device_plan(n_per_sample: int, n_samples: int, device: torch.device) -> Laun
     """≈ 4 programs per SM on a GPU; few, wide programs in the interpreter."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return plan_launch(n_per_sample, n_samples, 4 * _sm_count(index), CUDA_BLOCK)
+        return plan_launch(n_per_sample, n_samples, 4 * _sm_count(index), CUDA_BLOCK, CUDA_NUM_WARPS)
     return plan_launch(n_per_sample, n_samples, 4 * n_samples, INTERPRETER_BLOCK)
 
 
@@ -102,7 +107,9 @@ def partial_sums_launch(policy, ref, target, mask: MaskView | None, plan: Launch
         policy, policy if ref is None else ref, target, policy if mask is None else mask.tensor, out,
         n, n_samples * n, plan.chunk, plan.n_chunks, n_samples, *(NO_MASK_ARGS if mask is None else mask.args),
     )  # fmt: skip
-    flags = dict(HAS_REF=ref is not None, HAS_MASK=mask is not None, BLOCK=plan.block)
+    flags = dict(
+        HAS_REF=ref is not None, HAS_MASK=mask is not None, BLOCK=plan.block, num_warps=plan.num_warps
+    )
     return Launch(K.dpo_partial_sums_kernel, (n_samples, plan.n_chunks), args, flags)
 
 
@@ -128,7 +135,7 @@ def grad_launch(policy, target, mask: MaskView | None, scale, grad_loss, plan: L
         policy, target, policy if mask is None else mask.tensor, scale, grad_loss, out, n, n_samples * n,
         plan.chunk, plan.n_chunks, n_samples, *(NO_MASK_ARGS if mask is None else mask.args),
     )  # fmt: skip
-    flags = dict(HAS_MASK=mask is not None, BLOCK=plan.block)
+    flags = dict(HAS_MASK=mask is not None, BLOCK=plan.block, num_warps=plan.num_warps)
     return Launch(K.dpo_grad_kernel, (n_samples, plan.n_chunks), args, flags)
 
 
@@ -221,21 +228,20 @@ def aot_variants() -> list[Variant]:
     variants = []
     for case, (shape, make_mask) in AOT_CASES.items():
         n_samples, n = shape[0], torch.Size(shape[1:]).numel()
-        plan = plan_launch(n, n_samples, 4 * AOT_SM_COUNT, CUDA_BLOCK)
+        plan = plan_launch(n, n_samples, 4 * AOT_SM_COUNT, CUDA_BLOCK, CUDA_NUM_WARPS)
         mview = None if make_mask is None else mask_view(make_mask(shape), torch.Size(shape))
-        no_div = ("no_int64_div",) if mview is not None else ()
         for dtype in AOT_DTYPES:
             x = torch.empty(shape, dtype=dtype, device=meta)
             partials = torch.empty((3, n_samples, plan.n_chunks), device=meta)
             for ref in (x, None):
                 launch = partial_sums_launch(x, ref, x, mview, plan, partials)
                 name = f"partial_sums/{case}/{dtype}/{'ref' if ref is not None else 'ref_err'}"
-                variants.append(Variant(name, launch, ("vector_loads", *no_div)))
+                expect = ("vector_loads", "no_int64_div")
+                variants.append(Variant(name, launch, expect, STREAM_MAX_REGISTERS))
             scale, grad_loss = torch.empty(n_samples, device=meta), torch.empty((), device=meta)
             launch = grad_launch(x, x, mview, scale, grad_loss, plan, x)
-            variants.append(
-                Variant(f"grad/{case}/{dtype}", launch, ("vector_loads", "vector_stores", *no_div))
-            )
+            expect = ("vector_loads", "vector_stores", "no_int64_div")
+            variants.append(Variant(f"grad/{case}/{dtype}", launch, expect, STREAM_MAX_REGISTERS))
     partials = torch.empty((3, 8, 64), device=meta)
     finalize = finalize_launch(partials, None, None, 1000, 1.0, "sigmoid", 0.0, False, _outputs(8, meta))
     variants.append(Variant("finalize (every loss type and flag: runtime values)", finalize))
