@@ -21,8 +21,12 @@ _LOSS_IDS = {"sigmoid": K.LOSS_SIGMOID, "hinge": K.LOSS_HINGE, "ipo": K.LOSS_IPO
 _MAX_MASK_DIMS = 4
 CUDA_BLOCK = 2048  # elements per step on a GPU: 8 per thread of 8 warps, i.e. 1-2 16-byte vectors
 CUDA_NUM_WARPS = 8
-STREAM_MAX_REGISTERS = 64  # with 8 warps: ≥ 32 resident warps per SM, masked path included (AOT-checked)
+# AOT-checked ceiling: ≥ 3 resident 8-warp programs per SM (24 warps: ≥ 36 KB of 16-byte loads in flight per
+# SM: more than the bandwidth-latency product needs); a ptxas cap of 64 (maxnreg) spills on sm_80.
+STREAM_MAX_REGISTERS = 72
+CUDA_OPTIONS = (CUDA_BLOCK, CUDA_NUM_WARPS)
 INTERPRETER_BLOCK = 1024  # the interpreter's cost grows with the number of programs and steps
+FINALIZE_BLOCKS = dict(BLOCK_B=16, BLOCK_C=64)  # pairs and chunks per step of the one finalize program
 MAX_PER_SAMPLE = 2**30  # sample-local index math is 32-bit (index + one chunk < 2**31)
 
 
@@ -38,10 +42,13 @@ class LaunchPlan:
 
 @functools.lru_cache(maxsize=256)
 def plan_launch(
-    n_per_sample: int, n_samples: int, target_programs: int, max_block: int, num_warps: int = 4
+    n_per_sample: int,
+    n_samples: int,
+    target_programs: int,
+    block: int,
+    num_warps: int = 4,
 ) -> LaunchPlan:
     """Enough programs to fill the device even when 2B is tiny (≈ target_programs per kernel)."""
-    block = max(16, min(max_block, triton.next_power_of_2(n_per_sample)))
     per_sample = max(1, min(triton.cdiv(n_per_sample, block), triton.cdiv(target_programs, n_samples)))
     chunk = triton.cdiv(triton.cdiv(n_per_sample, per_sample), block) * block
     return LaunchPlan(block, chunk, triton.cdiv(n_per_sample, chunk), num_warps)
@@ -53,11 +60,13 @@ def _sm_count(index: int) -> int:
 
 
 def device_plan(n_per_sample: int, n_samples: int, device: torch.device) -> LaunchPlan:
-    """≈ 4 programs per SM on a GPU; few, wide programs in the interpreter."""
+    """≈ 4 programs per SM of one block size on a GPU (one compiled variant); few, wide programs in the
+    interpreter."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return plan_launch(n_per_sample, n_samples, 4 * _sm_count(index), CUDA_BLOCK, CUDA_NUM_WARPS)
-    return plan_launch(n_per_sample, n_samples, 4 * n_samples, INTERPRETER_BLOCK)
+        return plan_launch(n_per_sample, n_samples, 4 * _sm_count(index), *CUDA_OPTIONS)
+    block = max(16, min(INTERPRETER_BLOCK, triton.next_power_of_2(n_per_sample)))
+    return plan_launch(n_per_sample, n_samples, 4 * n_samples, block)
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,7 @@ def finalize_launch(
         n_pairs, n_chunks, float(n_per_sample), beta, label_smoothing,
         _LOSS_IDS[loss_type], int(ref_err is not None), int(weight is not None), int(has_mask),
     )  # fmt: skip
-    flags = dict(BLOCK_B=triton.next_power_of_2(n_pairs), BLOCK_C=min(64, triton.next_power_of_2(n_chunks)))
-    return Launch(K.dpo_finalize_kernel, (1,), args, flags)
+    return Launch(K.dpo_finalize_kernel, (1,), args, FINALIZE_BLOCKS)
 
 
 def grad_launch(policy, target, mask: MaskView | None, scale, grad_loss, plan: LaunchPlan, out) -> Launch:
@@ -208,13 +216,12 @@ def fused_dpo_loss(
     return dict(loss=loss, **metrics, logits=logits, policy_err=errors[0], ref_err=errors[1])
 
 
-# Shapes the trainer launches with: CogVideoX latents [13, 16, 60, 90] (no mask); Wan 2.2 image-to-video
-# latents [16, 21, 60, 104] with the first latent frame masked out (fp32 mask [1, 1, 21, 1, 1]); and an odd
-# per-sample size (not a multiple of 16: another specialisation), without a mask and with a full bool mask,
-# for the alignment the flat indexing keeps.
+# Shapes the trainer launches with, one per mask layout (sizes are not specialised, so the shape matters only
+# through the mask's): CogVideoX latents [13, 16, 60, 90] (no mask); Wan 2.2 image-to-video latents
+# [16, 21, 60, 104] with the first latent frame masked out (fp32 mask [1, 1, 21, 1, 1]); an odd per-sample
+# size (not a multiple of 16) with a full bool mask.
 AOT_CASES = {
     "cogvideox": ((8, 13, 16, 60, 90), None),
-    "odd_nomask": ((8, 13, 15, 59, 89), None),
     "wan_i2v": ((8, 16, 21, 60, 104), lambda s: torch.empty(1, 1, s[2], 1, 1, device="meta")),
     "odd": ((8, 13, 15, 59, 89), lambda s: torch.empty(s, dtype=torch.bool, device="meta")),
 }
@@ -228,7 +235,7 @@ def aot_variants() -> list[Variant]:
     variants = []
     for case, (shape, make_mask) in AOT_CASES.items():
         n_samples, n = shape[0], torch.Size(shape[1:]).numel()
-        plan = plan_launch(n, n_samples, 4 * AOT_SM_COUNT, CUDA_BLOCK, CUDA_NUM_WARPS)
+        plan = plan_launch(n, n_samples, 4 * AOT_SM_COUNT, *CUDA_OPTIONS)
         mview = None if make_mask is None else mask_view(make_mask(shape), torch.Size(shape))
         for dtype in AOT_DTYPES:
             x = torch.empty(shape, dtype=dtype, device=meta)

@@ -72,7 +72,12 @@ def _step_sums(
     return tl.where(keep, sq, 0.0), tl.where(keep, sq_ref, 0.0), m
 
 
-@triton.jit
+# Sizes are not specialised (no 16-divisibility or ==1 variants): the alignment comes from the aligned
+# ranges, so one compiled variant per dtype, flag and mask layout serves every shape.
+_SIZES = ["n_per_sample", "n_total", "chunk", "n_chunks", "n_samples"]
+
+
+@triton.jit(do_not_specialize=_SIZES)
 def dpo_partial_sums_kernel(
     policy_ptr,
     ref_ptr,
@@ -173,31 +178,14 @@ def _sum_rows(partial_ptr, rows, row_mask, n_chunks, BLOCK_B: tl.constexpr, BLOC
     return tl.sum(acc, axis=1)
 
 
-# One tiny program: its flags are runtime values (not compile-time specialisations) so that one compiled
-# variant serves every loss type, reference source, weighting and batch size.
-@triton.jit(do_not_specialize=["n_pairs", "n_chunks", "loss_type", "has_ref_err", "has_weight", "has_mask"])
-def dpo_finalize_kernel(
-    partial_ptr,
-    ref_err_ptr,
-    weight_ptr,
-    loss_ptr,
-    stats_ptr,
-    logits_ptr,
-    errors_ptr,
-    scale_ptr,
-    n_pairs,
-    n_chunks,
-    n_per_sample,
-    beta,
-    label_smoothing,
-    loss_type,
-    has_ref_err,
-    has_weight,
-    has_mask,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    pair = tl.arange(0, BLOCK_B)
+@triton.jit
+def _pair_block(
+    partial_ptr, ref_err_ptr, weight_ptr, logits_ptr, errors_ptr, scale_ptr, pair, n_pairs, n_chunks,
+    n_per_sample, beta, label_smoothing, loss_type, has_ref_err, has_weight, has_mask,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """The pairs `pair` (< n_pairs where ok): store logits, errors and gradient scales; return the terms the
+    batch metrics sum: (ok, w·loss, z, E_θ(w), E_θ(l), E_ref(w), E_ref(l))."""
     ok = pair < n_pairs
     win, lose = pair, pair + n_pairs
     stride_q = 2 * n_pairs * n_chunks
@@ -233,9 +221,8 @@ def dpo_finalize_kernel(
         w = tl.load(weight_ptr + pair, mask=ok, other=0.0).to(tl.float32)
     else:
         w = tl.zeros([BLOCK_B], dtype=tl.float32) + 1.0
-    inv_b = 1.0 / n_pairs
     # dL/dE_θ(w) = -w·dloss/dh / B, dL/dE_θ(l) = +w·dloss/dh / B; dE/dp = 2m(p - t)/den.
-    g = w * dloss_dh * inv_b
+    g = w * dloss_dh / n_pairs
     tl.store(scale_ptr + win, -2.0 * g / den_w, mask=ok)
     tl.store(scale_ptr + lose, 2.0 * g / den_l, mask=ok)
     tl.store(logits_ptr + pair, z, mask=ok)
@@ -243,16 +230,60 @@ def dpo_finalize_kernel(
     tl.store(errors_ptr + lose, pl, mask=ok)
     tl.store(errors_ptr + 2 * n_pairs + win, rw, mask=ok)
     tl.store(errors_ptr + 2 * n_pairs + lose, rl, mask=ok)
+    return ok, w * loss, z, pw, pl, rw, rl
+
+
+# One tiny program, the pairs in fixed-size blocks and every flag a runtime value: one compiled variant
+# serves every loss type, reference source, weighting, mask and batch size.
+@triton.jit(do_not_specialize=["n_pairs", "n_chunks", "loss_type", "has_ref_err", "has_weight", "has_mask"])
+def dpo_finalize_kernel(
+    partial_ptr,
+    ref_err_ptr,
+    weight_ptr,
+    loss_ptr,
+    stats_ptr,
+    logits_ptr,
+    errors_ptr,
+    scale_ptr,
+    n_pairs,
+    n_chunks,
+    n_per_sample,
+    beta,
+    label_smoothing,
+    loss_type,
+    has_ref_err,
+    has_weight,
+    has_mask,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     zero = tl.zeros([BLOCK_B], dtype=tl.float32)
-    tl.store(loss_ptr, tl.sum(tl.where(ok, w * loss, zero), axis=0) * inv_b)
+    acc_loss, acc_right, acc_margin, acc_z = zero, zero, zero, zero
+    acc_pw, acc_pl, acc_rw, acc_rl = zero, zero, zero, zero
+    for b0 in range(0, n_pairs, BLOCK_B):
+        ok, wloss, z, pw, pl, rw, rl = _pair_block(
+            partial_ptr, ref_err_ptr, weight_ptr, logits_ptr, errors_ptr, scale_ptr, b0 + tl.arange(0, BLOCK_B),
+            n_pairs, n_chunks, n_per_sample, beta, label_smoothing, loss_type, has_ref_err, has_weight,
+            has_mask, BLOCK_B, BLOCK_C,
+        )  # fmt: skip
+        acc_loss += tl.where(ok, wloss, 0.0)
+        acc_right += tl.where(ok & (z > 0), 1.0, 0.0)
+        acc_margin += tl.where(ok, pl - pw, 0.0)
+        acc_z += tl.where(ok, z, 0.0)
+        acc_pw += tl.where(ok, pw, 0.0)
+        acc_pl += tl.where(ok, pl, 0.0)
+        acc_rw += tl.where(ok, rw, 0.0)
+        acc_rl += tl.where(ok, rl, 0.0)
+    inv_b = 1.0 / n_pairs
+    tl.store(loss_ptr, tl.sum(acc_loss, axis=0) * inv_b)
     # stats: the metrics after the loss, in reference.STAT_NAMES order
-    tl.store(stats_ptr + 0, tl.sum(tl.where(ok & (z > 0), 1.0, 0.0), axis=0) * inv_b)
-    tl.store(stats_ptr + 1, tl.sum(tl.where(ok, pl - pw, zero), axis=0) * inv_b)
-    tl.store(stats_ptr + 2, tl.sum(tl.where(ok, z, zero), axis=0) * inv_b)
-    tl.store(stats_ptr + 3, tl.sum(tl.where(ok, pw, zero), axis=0) * inv_b)
-    tl.store(stats_ptr + 4, tl.sum(tl.where(ok, pl, zero), axis=0) * inv_b)
-    tl.store(stats_ptr + 5, tl.sum(tl.where(ok, rw, zero), axis=0) * inv_b)
-    tl.store(stats_ptr + 6, tl.sum(tl.where(ok, rl, zero), axis=0) * inv_b)
+    tl.store(stats_ptr + 0, tl.sum(acc_right, axis=0) * inv_b)
+    tl.store(stats_ptr + 1, tl.sum(acc_margin, axis=0) * inv_b)
+    tl.store(stats_ptr + 2, tl.sum(acc_z, axis=0) * inv_b)
+    tl.store(stats_ptr + 3, tl.sum(acc_pw, axis=0) * inv_b)
+    tl.store(stats_ptr + 4, tl.sum(acc_pl, axis=0) * inv_b)
+    tl.store(stats_ptr + 5, tl.sum(acc_rw, axis=0) * inv_b)
+    tl.store(stats_ptr + 6, tl.sum(acc_rl, axis=0) * inv_b)
 
 
 @triton.jit
@@ -274,7 +305,7 @@ def _grad_step(
     tl.store(grad + o, g.to(grad.dtype.element_ty), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def dpo_grad_kernel(
     policy_ptr,
     target_ptr,

@@ -49,7 +49,7 @@ def _projection_row(k, e):
     return p0, p1, p2, p3
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_points", "n_views", "height", "width", "extr_stride"])  # one variant
 def zbuffer_kernel(
     points_ptr,
     intr_ptr,
@@ -91,7 +91,7 @@ def zbuffer_kernel(
         k += 9
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pixels", "n_blocks"])  # one variant per flag set and frame dtype
 def resolve_kernel(
     zbuf_ptr,
     colors_ptr,

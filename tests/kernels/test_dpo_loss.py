@@ -53,6 +53,19 @@ def test_kernel_matches_reference(dtype, pairs, loss_type, smoothing, weighted):
     _assert_outputs_match(got, want, grad_got, grad_want, dtype)
 
 
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_many_pairs_span_several_finalize_blocks(precomputed):
+    """B = 37 pairs: the finalize program walks its pairs in several fixed-size blocks."""
+    pairs = 37
+    policy, ref, target = _inputs((2 * pairs, 3, 13), torch.float32)
+    kw = dict(weight=torch.rand(pairs) + 0.5, mask=torch.rand(1, 3, 13))
+    if precomputed:
+        ref, kw["ref_err"] = None, per_sample_mse(ref, target, kw["mask"])
+    want, grad_want = _run("torch", policy, ref, target, 3.0, **kw)
+    got, grad_got = _run("triton", policy, ref, target, 3.0, **kw)
+    _assert_outputs_match(got, want, grad_got, grad_want, torch.float32)
+
+
 MASKS = {
     "first_frame_off": lambda s: torch.cat([torch.zeros(1, 1, 1, 1, 1), torch.ones(1, s[1] - 1, 1, 1, 1)], 1),
     "per_sample_segments": lambda s: torch.rand(s[0], s[1], 1, 1, 1),
