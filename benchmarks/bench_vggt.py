@@ -3,7 +3,8 @@
 Full size (GPU): the VGGT-1B architecture, T = 10 frames of 518², bf16 autocast trunk and float32 heads
 (as the authors run it), batches of 1 and 4 videos per call. Rows: VGGT alone, and VGGT + the whole
 score (engine.geometry.scoring: depth-confidence-filtered cloud of the point head's world points →
-nearest-point reprojection kernel into every frame → metrics), in videos/s, with the peak extra GPU memory.
+nearest-point reprojection kernel into every frame → metrics), in videos/s, with the peak extra GPU memory,
+and, measured in the same run as a baseline, the whole score with the plain-PyTorch z-buffer render.
 `--small` runs the tiny config on the CPU in seconds (plumbing, not speed). Times: one synchronised call
 (what a scorer sees; videos/s come from it) and the device time (CUDA-graph replay, or the profiler's
 kernel sum where the score synchronises with the host), each a median with its 10th-90th percentiles.
@@ -32,14 +33,16 @@ from videogpa.engine.geometry.vggt.geometry_model import (  # noqa: E402
     resolve_compute_dtype,
 )
 
-RUNS = {  # row name -> score_reconstruction(image_metrics=...), None = the VGGT forward alone
-    "vggt": None,
-    "vggt+score": False,  # fused reprojection-MSE kernel + MVCS + motion: what pair selection needs
-    "vggt+score+images": True,  # renders + MSE/PSNR/SSIM + MVCS + motion
+RUNS = {  # row name -> score_reconstruction(image_metrics=..., backend=...); None = the VGGT forward alone
+    "vggt": (None, "auto"),
+    "vggt+score": (False, "auto"),  # fused reprojection-MSE kernel + MVCS + motion: what pair selection needs
+    "vggt+score+images": (True, "auto"),  # renders + MSE/PSNR/SSIM + MVCS + motion
+    # baseline, the same run: the same scores with the plain-PyTorch z-buffer render instead of the kernels
+    "vggt+score+images [torch render]": (True, "torch"),
 }
 
 
-def make_run(model: VGGT, videos: torch.Tensor, dtype: torch.dtype, image_metrics: bool | None):
+def make_run(model: VGGT, videos: torch.Tensor, dtype: torch.dtype, image_metrics: bool | None, backend: str):
     """One callable over a batch of videos: VGGT forward, then (unless image_metrics is None) every score."""
     device = videos.device
 
@@ -50,7 +53,8 @@ def make_run(model: VGGT, videos: torch.Tensor, dtype: torch.dtype, image_metric
         if image_metrics is None:
             return
         for i in range(videos.shape[0]):
-            score_reconstruction(videos[i], geometry_from_outputs(out, i), image_metrics=image_metrics)
+            geometry = geometry_from_outputs(out, i)
+            score_reconstruction(videos[i], geometry, image_metrics=image_metrics, backend=backend)
 
     return run
 
@@ -87,8 +91,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         videos = torch.rand(batch, args.frames, 3, size, size, device=device)
-        for name, image_metrics in RUNS.items():
-            fn = make_run(model, videos, dtype, image_metrics)
+        for name, (image_metrics, backend) in RUNS.items():
+            fn = make_run(model, videos, dtype, image_metrics, backend)
             # scoring selects points by confidence (host syncs): profiler times, not graphs
             fields, _ = measure(
                 fn, device, iters=iters, warmup=2 if device.type == "cpu" else 3, capturable=False

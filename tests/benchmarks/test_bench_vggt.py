@@ -6,7 +6,7 @@ from tests.benchmarks.scripts import load_script
 def test_small_benchmark_scores_videos():
     bench = load_script("benchmarks/bench_vggt.py")
     rows = bench.main(["--small", "--no-save", "--batches", "1,2", "--frames", "2", "--iters", "1"])
-    names = ("vggt", "vggt+score", "vggt+score+images")
+    names = ("vggt", "vggt+score", "vggt+score+images", "vggt+score+images [torch render]")
     assert [(r["bench"], r["videos_per_call"]) for r in rows] == [(n, b) for b in (1, 2) for n in names]
     for row in rows:
         assert row["videos_per_s"] > 0 and row["config"] == "tiny" and row["frames"] == 2
