@@ -7,7 +7,8 @@ trainer's shapes); their arguments are specialised by Triton's own JIT binder (d
 ints equal to 1), compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`
 (ptxas ships with triton), and checked: no spills (cuobjdump's resource usage: no stack or local memory)
 and each property the variant's design relies on, read from the SASS or the PTX (see Variant.expect).
-Needs TRITON_INTERPRET unset: the interpreter replaces the JIT functions.
+Needs TRITON_INTERPRET unset: the interpreter replaces the JIT functions. The binder and `_pack_args` are
+Triton's JIT internals (as of triton 3.7): a Triton upgrade that changes them fails this check visibly.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def compile_launch(launch: Launch, arch: int):
 
 
 def _disassemble(cubin: bytes, sass: bool) -> tuple[str, dict[str, int]]:
-    """(SASS listing, or "" unless asked for, {"REG", "STACK", "LOCAL"}) of a cubin, from one cuobjdump call."""
+    """(cuobjdump's listing: the SASS if asked for and the resource usage; {"REG", "STACK", "LOCAL"})."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
