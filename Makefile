@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 endif
 export DS_BUILD_OPS ?= 0
 
-.PHONY: setup run test lint bench score
+.PHONY: setup run test lint bench score aot gpu-check gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -41,3 +41,25 @@ bench: setup
 # Score a generated synthetic set with the oracle geometry.
 score: setup
 	$(PY) recipes/score.py
+
+# Ahead-of-time compile of every kernel variant for sm_80 and sm_90 (no GPU needed): registers, spills, SASS.
+aot: setup
+	env -u TRITON_INTERPRET $(PY) -m videogpa.kernels.aot --arch 80,90
+
+# On a bare GPU machine with this checkout and .whl/ (see gpu-wheels): install the wheels, run the GPU
+# tests and every benchmark at full size, rows under benchmarks/results/ (8 minutes at most).
+# Uses the machine's python3 (with its CUDA torch), not .venv. `--dry-run` runs the same steps on a CPU.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py
+
+# Wheels for gpu-check, into .whl/ (ignored by git; carried to the GPU machine): what its image lacks, at
+# the versions in .venv, for CPython 3.12 manylinux, plus deepspeed built here without its ops.
+WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-wheels: setup
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(WHEEL_PLATFORMS) -d .whl $$($(PY) scripts/gpu_check.py --wheel-pins)
+	DS_BUILD_OPS=0 $(PY) -m pip wheel -q --no-deps --no-build-isolation \
+		deepspeed==$$($(PY) -c "import importlib.metadata as m; print(m.version('deepspeed'))") -w .whl
+	ls -l .whl

@@ -1,12 +1,16 @@
 """Diffusion-DPO loss, forward + backward: eager PyTorch vs torch.compile vs the fused Triton kernel.
 
-Shapes: 4 preference pairs of CogVideoX latents [8, 13, 16, 60, 90] and Wan 2.2 latents
-[8, 16, 21, 60, 104], bf16 (on a CPU, `--size small` through Triton's interpreter: correctness of the
-plumbing, not speed). Byte floor: the forward reads policy, ref and target once; the backward reads
-policy and target and writes the gradient -> 6 passes over 2B·n elements; floor time = bytes / the
-device's measured copy bandwidth. FLOPs are negligible (≈ 8 per element): the op is memory-bound.
+Shapes: 4 preference pairs of CogVideoX latents [8, 13, 16, 60, 90], Wan 2.2 latents [8, 16, 21, 60, 104]
+(bf16), and Wan image-to-video with its first latent frame masked out; on a CPU, `--size small` through
+Triton's interpreter (the plumbing, not speed). Every baseline runs in the same process on the same inputs.
 
-    python benchmarks/bench_dpo_loss.py [--size small|cogvideox|wan|all] [--no-compile]
+Byte floor: the forward reads policy, ref and target once; the backward reads policy and target and writes
+the gradient -> 6 passes over 2B·n elements; floor time = bytes / the device's measured copy bandwidth.
+FLOPs are negligible (≈ 8 per element): the op is memory-bound, so L2 is flushed before every timed run.
+Times: one synchronised call (launch overhead included) and the device time (CUDA-graph replay, or the
+profiler's kernel sum where a variant cannot be captured); extra memory includes the gradient.
+
+    python benchmarks/bench_dpo_loss.py [--size small|cogvideox|wan|wan_i2v|all] [--no-compile] [--no-save]
 """
 
 from __future__ import annotations
@@ -21,28 +25,30 @@ if not torch.cuda.is_available():  # the kernel can only run through the interpr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, environment, extra_memory_bytes, print_table, time_fn  # noqa: E402
+from _common import append_results, copy_bandwidth, environment, measure, print_table  # noqa: E402
 
 from videogpa.kernels import diffusion_dpo_loss  # noqa: E402
 
-SHAPES = {
-    "small": (8, 3, 4, 8, 12),
-    "cogvideox": (8, 13, 16, 60, 90),
-    "wan": (8, 16, 21, 60, 104),
+SHAPES = {  # name -> (shape, mask over it or None)
+    "small": ((8, 3, 4, 8, 12), None),
+    "cogvideox": ((8, 13, 16, 60, 90), None),
+    "wan": ((8, 16, 21, 60, 104), None),
+    "wan_i2v": ((8, 16, 21, 60, 104), "first_frame"),
 }
 
 
-def copy_bandwidth(device: torch.device) -> float:
-    """Measured device-to-device copy bandwidth in bytes/s (read + write counted)."""
-    x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    seconds = time_fn(lambda: y.copy_(x), device, warmup=2, iters=5)
-    return 2 * x.numel() / seconds
+def make_mask(kind: str | None, shape, device) -> torch.Tensor | None:
+    """Wan image-to-video: the first latent frame is the clean image and is left out of the loss."""
+    if kind is None:
+        return None
+    mask = torch.ones(1, 1, shape[2], 1, 1, device=device)
+    mask[:, :, 0] = 0
+    return mask
 
 
-def make_step(backend: str, policy, ref, target, compiled: bool):
+def make_step(backend: str, policy, ref, target, mask, compiled: bool):
     def loss_fn(p):
-        return diffusion_dpo_loss(p, ref, target, 1.0, backend=backend).loss
+        return diffusion_dpo_loss(p, ref, target, 1.0, mask=mask, backend=backend).loss
 
     fn = torch.compile(loss_fn) if compiled else loss_fn
 
@@ -53,11 +59,13 @@ def make_step(backend: str, policy, ref, target, compiled: bool):
     return step
 
 
-def bench_shape(name: str, shape, device, dtype, compile_baseline: bool, bandwidth: float) -> list[dict]:
+def bench_shape(name: str, device, dtype, compile_baseline: bool, bandwidth: float) -> list[dict]:
+    shape, mask_kind = SHAPES[name]
     gen = torch.Generator(device=device).manual_seed(0)
     policy = torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(True)
     ref = torch.randn(shape, generator=gen, device=device, dtype=dtype)
     target = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+    mask = make_mask(mask_kind, shape, device)
     floor_bytes = 6 * policy.numel() * policy.element_size()
     floor_s = floor_bytes / bandwidth
     variants = [("eager", "torch", False)]
@@ -68,9 +76,11 @@ def bench_shape(name: str, shape, device, dtype, compile_baseline: bool, bandwid
     iters = 20 if device.type == "cuda" else 3
     for label, backend, compiled in variants:
         try:
-            step = make_step(backend, policy, ref, target, compiled)
-            seconds = time_fn(step, device, warmup=3 if compiled else 2, iters=iters)
-            extra = extra_memory_bytes(step, device)
+            step = make_step(backend, policy, ref, target, mask, compiled)
+            fields, seconds = measure(
+                step, device, iters=iters, warmup=3 if compiled else 2, flush=True,
+                reset=lambda: setattr(policy, "grad", None), capturable=not compiled,
+            )  # fmt: skip
         except Exception as err:  # a missing compiler must not hide the other rows
             print(f"[{label}] failed: {type(err).__name__}: {err}", file=sys.stderr)
             continue
@@ -79,18 +89,19 @@ def bench_shape(name: str, shape, device, dtype, compile_baseline: bool, bandwid
                 "bench": "dpo_loss_fwd_bwd",
                 "variant": label,
                 "shape": name + str(list(shape)),
+                "mask": mask_kind,
                 "dtype": str(dtype).removeprefix("torch."),
-                "time_us": seconds * 1e6,
-                "extra_MB": None if extra is None else extra / 1e6,
+                **fields,
                 "floor_bytes": floor_bytes,
                 "floor_us": floor_s * 1e6,
                 "x_floor": seconds / floor_s,
                 "achieved_GBps": floor_bytes / seconds / 1e9,
             }
         )
-    eager_time = rows[0]["time_us"] if rows and rows[0]["variant"] == "eager" else None
+    eager = next((r for r in rows if r["variant"] == "eager"), None)
+    key = "device_us" if device.type == "cuda" else "call_us"
     for row in rows:
-        row["speedup_vs_eager"] = None if eager_time is None else eager_time / row["time_us"]
+        row["speedup_vs_eager"] = None if eager is None else eager[key] / row[key]
     return rows
 
 
@@ -106,24 +117,15 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = args.size or ("all" if device.type == "cuda" else "small")
-    names = ["cogvideox", "wan"] if size == "all" else [size]
+    names = ["cogvideox", "wan", "wan_i2v"] if size == "all" else [size]
     bandwidth = copy_bandwidth(device)
     print(f"device: {environment(device)}")
     print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s")
     rows = []
     for name in names:
-        rows += bench_shape(name, SHAPES[name], device, torch.bfloat16, not args.no_compile, bandwidth)
-    columns = [
-        "variant",
-        "shape",
-        "time_us",
-        "extra_MB",
-        "floor_us",
-        "x_floor",
-        "achieved_GBps",
-        "speedup_vs_eager",
-    ]
-    print_table(rows, columns)
+        rows += bench_shape(name, device, torch.bfloat16, not args.no_compile, bandwidth)
+    columns = ["variant", "shape", "mask", "call_us", "device_us", "device_us_p90", "extra_MB", "floor_us"]
+    print_table(rows, columns + ["x_floor", "achieved_GBps", "speedup_vs_eager"])
     if device.type == "cpu":
         print("note: on a CPU the Triton row runs through the interpreter; it checks the path, not speed.")
     if not args.no_save:

@@ -3,7 +3,10 @@ Triton kernel (render, and the fused per-view error that never stores the images
 
 Paper setting: T = 10 views of 518×518, one cloud of all T·H·W = 2.68 M points rendered into every view
 (on a CPU, `--size small` runs the kernel through Triton's interpreter: the path, not speed). Goal on an
-H100: ≤ 0.5 ms, deterministic, extra memory no larger than the outputs.
+H100: ≤ 0.5 ms, deterministic, extra memory no larger than the outputs. Every baseline (the painter's
+algorithm in plain PyTorch, the PyTorch z-buffer) runs in the same process on the same scene.
+Times: one synchronised call (launch overhead included) and the device time (CUDA-graph replay, or the
+profiler's kernel sum where a variant synchronises with the host), L2 flushed before every run.
 
 Byte floor of the render (what cannot be avoided): read the points once (12 B each), one 8-byte atomic
 read-modify-write per landing point per view (16 B), initialise and read back the 8-byte z-buffer
@@ -27,19 +30,12 @@ if not torch.cuda.is_available():  # the kernel can only run through the interpr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, environment, extra_memory_bytes, print_table, time_fn  # noqa: E402
+from _common import append_results, copy_bandwidth, environment, measure, print_table  # noqa: E402
 
 from videogpa.kernels.reproject import render_point_cloud, reprojection_error  # noqa: E402
 from videogpa.kernels.reproject.reference import project  # noqa: E402
 
 SIZES = {"small": (4, 48, 64), "paper": (10, 518, 518)}
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Measured device-to-device copy bandwidth in bytes/s (read + write counted)."""
-    x = torch.empty(256 * 2**20 if device.type == "cuda" else 16 * 2**20, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    return 2 * x.numel() / time_fn(lambda: y.copy_(x), device, warmup=2, iters=5)
 
 
 def make_scene(n_views: int, height: int, width: int, device: torch.device):
@@ -131,8 +127,10 @@ def main(argv=None) -> list[dict]:
     iters = 20 if device.type == "cuda" else 3
     for label, fn in variants.items():
         try:
-            seconds = time_fn(fn, device, warmup=2, iters=iters)
-            extra = extra_memory_bytes(fn, device)
+            # the PyTorch variants index with boolean masks (host syncs): profiler times, not graphs
+            fields, seconds = measure(
+                fn, device, iters=iters, flush=True, capturable=label.startswith("triton")
+            )
             out = fn()
         except Exception as err:  # one failing variant must not hide the others
             print(f"[{label}] failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -146,8 +144,8 @@ def main(argv=None) -> list[dict]:
                 "bench": "reproject",
                 "variant": label,
                 "shape": f"T{n_views}x{height}x{width} N{points.shape[0]}",
+                **fields,
                 "time_ms": seconds * 1e3,
-                "extra_MB": None if extra is None else extra / 1e6,
                 "output_MB": output_bytes / 1e6,
                 "floor_MB": floor / 1e6,
                 "floor_ms": floor / bandwidth * 1e3,
@@ -161,6 +159,7 @@ def main(argv=None) -> list[dict]:
     columns = [
         "variant",
         "shape",
+        "call_us",
         "time_ms",
         "extra_MB",
         "output_MB",

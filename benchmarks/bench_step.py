@@ -1,9 +1,15 @@
 """One Diffusion-DPO training step on a CogVideoX-2B-config transformer: time, peak memory, MFU.
 
 Full size (GPU): random weights in bf16, 49 frames at 480x720 -> latents [1, 13, 16, 60, 90], 17,550 video
-+ 226 text tokens = 17,776, one preference pair, LoRA r64 on the attention projections, non-reentrant
-activation checkpointing, adapters-off reference, fused DPO loss, AdamW step. `--small` runs a tiny config
-in seconds (also on a CPU) to check the plumbing; its MFU is not meaningful.
++ 226 text tokens = 17,776, one preference pair, LoRA r64 on the attention projections, full activation
+checkpointing, adapters-off reference, AdamW step. Two rows, measured in the same run on the same model:
+- baseline: plain diffusers (its own `enable_gradient_checkpointing()`, `disable_adapters()` for the
+  reference) and the loss in eager PyTorch;
+- videogpa: the engine's step (engine.dpo_step: torch's non-reentrant checkpoint, the adapters-off
+  reference, the fused Triton loss).
+MFU = model FLOPs (the formula printed) / step time / the dense bf16 peak of the GPU it runs on (a table by
+device name). `--small` runs a tiny config in seconds (also on a CPU) to check the plumbing; its MFU is
+not meaningful.
 
     python benchmarks/bench_step.py            # needs a GPU
     python benchmarks/bench_step.py --small    # anywhere
@@ -18,15 +24,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_results, print_table, time_fn  # noqa: E402
+from _common import append_results, peak_bf16_tflops, print_table, time_call, time_device  # noqa: E402
 
 from videogpa.engine.dpo_reference import AdaptersOff  # noqa: E402
 from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward  # noqa: E402
 from videogpa.engine.models import get_adapter  # noqa: E402
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing  # noqa: E402
 from videogpa.engine.types import Conditioning  # noqa: E402
-
-PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
+from videogpa.kernels import diffusion_dpo_loss  # noqa: E402
 
 # CogVideoX-2B's transformer config (THUDM/CogVideoX-2b, transformer/config.json).
 COGVIDEOX_2B = dict(
@@ -79,6 +84,17 @@ def step_flops(config: dict, latent: tuple[int, ...]) -> tuple[float, int, str]:
     return 4 * per_forward, n, formula
 
 
+def baseline_loss(adapter, model, inputs, loss: LossSettings) -> torch.Tensor:
+    """The step as plain diffusers + eager PyTorch writes it: reference with the adapters disabled, policy
+    forward on [w; l], the Diffusion-DPO loss in eager ops."""
+    with torch.no_grad():
+        model.disable_adapters()
+        ref_pred = adapter.predict(model, inputs.noisy, inputs.timesteps, inputs.cond)
+        model.enable_adapters()
+    policy_pred = adapter.predict(model, inputs.noisy, inputs.timesteps, inputs.cond)
+    return diffusion_dpo_loss(policy_pred, ref_pred, inputs.target, loss.beta, backend="torch").loss
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,9 +115,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from diffusers import CogVideoXTransformer3DModel
 
     adapter = get_adapter("cogvideox-t2v")
-    model = CogVideoXTransformer3DModel(**size["config"]).to(device, dtype)
+    with torch.device(device):  # initialised where it runs: a 2B model's CPU init would take minutes
+        model = CogVideoXTransformer3DModel(**size["config"]).to(dtype)
     apply_lora(model, size["lora_rank"], 2.0 * size["lora_rank"], list(adapter.default_lora_targets))
-    enable_gradient_checkpointing(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-6)
@@ -111,44 +127,71 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = size["config"]
     w, lo = torch.randn(2, 1, *size["latent"]).unbind(0)
     cond = Conditioning(torch.randn(1, cfg["max_text_seq_length"], cfg["text_embed_dim"]))
-    step_index = [0]
+    inputs = build_inputs(adapter, w, lo, cond, torch.tensor([0]), torch.tensor([1]), 0, device, dtype)
 
-    def step() -> None:
-        step_index[0] += 1
-        inputs = build_inputs(
-            adapter, w, lo, cond, torch.tensor([0]), torch.tensor([step_index[0]]), 0, device, dtype
-        )
-        dpo_forward(adapter, model, reference, inputs, loss).loss.backward()
+    def step(loss_fn) -> None:
+        loss_fn().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = time_fn(step, device, warmup=args.warmup, iters=args.iters)
-    peak_gb = None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        peak_gb = torch.cuda.max_memory_allocated(device) / 1e9
-    flops, tokens, formula = step_flops(cfg, size["latent"])
-    tflops = flops / seconds / 1e12
-    row = {
-        "bench": "dpo_step",
-        "size": "small" if args.small else "cogvideox-2b",
-        "tokens": tokens,
-        "lora_rank": size["lora_rank"],
-        "dtype": str(dtype).removeprefix("torch."),
-        "step_s": seconds,
-        "peak_gb": peak_gb,
-        "step_tflop": flops / 1e12,
-        "tflops": tflops,
-        "mfu": tflops / PEAK_TFLOPS if device.type == "cuda" else None,
-        "baseline": "diffusers + eager loss, H100: 3.60 s, 11.1 GB, 27% MFU",
+    variants = {  # name -> (checkpointing set-up, loss)
+        "baseline: diffusers + eager loss": (
+            lambda: model.enable_gradient_checkpointing(),
+            lambda: baseline_loss(adapter, model, inputs, loss),
+        ),
+        "videogpa: engine step + fused loss": (
+            lambda: enable_gradient_checkpointing(model),
+            lambda: dpo_forward(adapter, model, reference, inputs, loss).loss,
+        ),
     }
-    print(f"FLOPs per step = {formula} = {flops / 1e12:.1f} TFLOP; MFU against {PEAK_TFLOPS:.0f} TFLOP/s")
-    print_table([row], ["size", "tokens", "dtype", "step_s", "peak_gb", "tflops", "mfu"])
+    flops, tokens, formula = step_flops(cfg, size["latent"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak = None if name is None else peak_bf16_tflops(name)
+    rows = []
+    for label, (setup, loss_fn) in variants.items():
+        setup()
+        run = lambda loss_fn=loss_fn: step(loss_fn)
+        call = time_call(run, device, warmup=args.warmup, iters=args.iters)
+        dev = time_device(run, device, iters=args.iters, capturable=False)  # AdamW step: not captured
+        peak_gb = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            run()
+            torch.cuda.synchronize(device)
+            peak_gb = torch.cuda.max_memory_allocated(device) / 1e9
+        tflops = flops / call.median / 1e12
+        rows.append(
+            {
+                "bench": "dpo_step",
+                "variant": label,
+                "size": "small" if args.small else "cogvideox-2b",
+                "tokens": tokens,
+                "lora_rank": size["lora_rank"],
+                "dtype": str(dtype).removeprefix("torch."),
+                "step_s": call.median,
+                **call.fields("call"),
+                **(dev.fields("device") if dev else {}),
+                "peak_gb": peak_gb,
+                "step_tflop": flops / 1e12,
+                "flop_formula": formula,
+                "tflops": tflops,
+                "peak_tflops": peak,
+                "mfu": None if peak is None else tflops / peak,
+            }
+        )
+    for row in rows:
+        row["speedup_vs_baseline"] = rows[0]["step_s"] / row["step_s"]
+    print(f"FLOPs per step = {formula} = {flops / 1e12:.3f} TFLOP")
+    if device.type == "cuda":
+        print(
+            f"MFU against {name}'s dense bf16 peak: {peak if peak else 'unknown (not in the table)'} TFLOP/s"
+        )
+    print_table(
+        rows, ["variant", "tokens", "dtype", "step_s", "peak_gb", "tflops", "mfu", "speedup_vs_baseline"]
+    )
     if not args.no_save:
-        print(f"appended to {append_results('bench_step', [row], device)}")
-    return [row]
+        print(f"appended to {append_results('bench_step', rows, device)}")
+    return rows
 
 
 if __name__ == "__main__":

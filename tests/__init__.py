@@ -1,0 +1,1 @@
+"""The test suite (a package so that test helpers import by package name)."""

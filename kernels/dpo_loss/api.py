@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from videogpa.kernels._backend import resolve_backend
-from videogpa.kernels.dpo_loss.output import LOSS_TYPES, DPOOutput
-from videogpa.kernels.dpo_loss.reference import reference_dpo_loss
+from videogpa.kernels.dpo_loss.reference import LOSS_TYPES, reference_dpo_loss
 
 _OP = "diffusion_dpo_loss"
+
+
+@dataclass
+class DPOOutput:
+    """Loss (differentiable w.r.t. policy_pred only) and detached metrics, all on the inputs' device.
+
+    h_b = (E_ref(w_b) - E_θ(w_b)) - (E_ref(l_b) - E_θ(l_b)) and logits_b = β·h_b, where E is the
+    per-sample (masked) mean squared error against the target.
+    """
+
+    loss: torch.Tensor  # 0-d: mean over pairs of weight_b · loss_b
+    accuracy: torch.Tensor  # fraction of pairs with logits > 0 (implicit reward accuracy)
+    reward_margin: torch.Tensor  # mean_b(E_θ(l_b) - E_θ(w_b)), the authors' definition (policy only)
+    logits_mean: torch.Tensor  # mean_b(logits_b)
+    policy_err_w: torch.Tensor  # mean_b E_θ(w_b)
+    policy_err_l: torch.Tensor  # mean_b E_θ(l_b)
+    ref_err_w: torch.Tensor  # mean_b E_ref(w_b)
+    ref_err_l: torch.Tensor  # mean_b E_ref(l_b)
+    logits: torch.Tensor  # [B]
+    policy_err: torch.Tensor  # [2B] per-sample E_θ, winners then losers
+    ref_err: torch.Tensor  # [2B] per-sample E_ref, winners then losers
 
 
 def _check_float(name: str, t: torch.Tensor, allow_bool: bool = False) -> None:
@@ -115,14 +136,16 @@ def diffusion_dpo_loss(
     beta = float(beta)
     choice = resolve_backend(backend, policy_pred, op=_OP)
     if choice == "torch":
-        return reference_dpo_loss(
+        fields = reference_dpo_loss(
             policy_pred, ref_pred, target, beta, loss_type, label_smoothing, weight, mask, ref_err
         )
-    from videogpa.kernels.dpo_loss.fused import fused_dpo_loss
+    else:
+        from videogpa.kernels.dpo_loss.launch import fused_dpo_loss
 
-    return fused_dpo_loss(
-        policy_pred, ref_pred, target, beta, loss_type, label_smoothing, weight, mask, ref_err
-    )
+        fields = fused_dpo_loss(
+            policy_pred, ref_pred, target, beta, loss_type, label_smoothing, weight, mask, ref_err
+        )
+    return DPOOutput(**fields)
 
 
 class DiffusionDPOLoss(nn.Module):

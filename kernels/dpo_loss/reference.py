@@ -5,7 +5,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from videogpa.kernels.dpo_loss.output import DPOOutput
+LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+
+# The scalar metrics of a loss call, in the order the fused kernel stores them (DPOOutput documents them).
+STAT_NAMES = (
+    "loss",
+    "accuracy",
+    "reward_margin",
+    "logits_mean",
+    "policy_err_w",
+    "policy_err_l",
+    "ref_err_w",
+    "ref_err_l",
+)
 
 
 def per_sample_mse(
@@ -42,8 +54,8 @@ def reference_dpo_loss(
     weight: torch.Tensor | None,
     mask: torch.Tensor | None,
     ref_err: torch.Tensor | None,
-) -> DPOOutput:
-    """The loss on validated inputs ([w; l] along dim 0); gradients reach policy_pred only."""
+) -> dict[str, torch.Tensor]:
+    """The loss on validated inputs ([w; l] along dim 0) as DPOOutput's fields; gradients reach policy_pred only."""
     batch = policy_pred.shape[0] // 2
     target = target.detach()
     policy_err = per_sample_mse(policy_pred, target, mask)
@@ -57,7 +69,7 @@ def reference_dpo_loss(
     if weight is not None:
         losses = losses * weight.detach().float()
     logits = (beta * h).detach()
-    return DPOOutput(
+    return dict(
         loss=losses.mean(),
         accuracy=(logits > 0).float().mean(),
         reward_margin=(pl - pw).detach().mean(),

@@ -22,7 +22,9 @@ def _check(name: str, t, shapes: tuple[tuple[int | None, ...], ...]) -> None:
 
 
 def prepare_inputs(points, colors, intrinsics, extrinsics, height, width):
-    """Validate; return contiguous fp32 points/cameras (3×4 extrinsics) and contiguous colours."""
+    """Validate; return contiguous fp32 points, colours and cameras (3×4 extrinsics).
+
+    Colours are read as fp32 (a bf16/fp16 cloud is converted exactly, once): one compiled kernel variant."""
     _check("points", points, ((None, 3),))
     _check("colors", colors, ((points.shape[0], 3),))
     _check("intrinsics", intrinsics, ((None, 3, 3),))
@@ -35,12 +37,14 @@ def prepare_inputs(points, colors, intrinsics, extrinsics, height, width):
             raise ValueError(f"{_OP}: {name} must be a positive int, got {value!r}")
     if points.shape[0] >= 2**31:
         raise ValueError(f"{_OP}: at most 2**31 - 1 points are supported, got {points.shape[0]}")
+    if height * width >= 2**31:
+        raise ValueError(f"{_OP}: at most 2**31 - 1 pixels per view are supported, got {height}x{width}")
     for name, t in (("colors", colors), ("intrinsics", intrinsics), ("extrinsics", extrinsics)):
         if t.device != points.device:
             raise ValueError(f"{_OP}: {name} is on {t.device}, points on {points.device}")
     return (
         points.float().contiguous(),
-        colors.contiguous(),
+        colors.float().contiguous(),
         intrinsics.float().contiguous(),
         extrinsics[:, :3, :].float().contiguous(),
     )

@@ -1,6 +1,7 @@
 """Plain-PyTorch reference of the nearest-point reprojection: a z-buffer built with scatter_reduce("amin").
 
-Conventions (the authors' batch_reproject): x_cam = R·X + t, p = K·x_cam, z = p_z,
+Conventions (the authors' batch_reproject): x_cam = R·X + t, p = K·x_cam (computed as p = P·[X; 1] with
+P = K·[R|t] folded per view, as the kernel does), z = p_z,
 u = round(p_x / (z + 1e-8)), v = round(p_y / (z + 1e-8)) with round-half-to-even; a point lands when
 0 ≤ u < W, 0 ≤ v < H and z > 0. The nearest point (smallest z) wins a pixel; equal depths go to the lower
 point index. Colours c in [0, 1] are quantised to q = ⌊clamp(255·c, 0, 255)⌋ (uint8 truncation) and
@@ -18,15 +19,22 @@ EMPTY_KEY = torch.iinfo(torch.int64).max
 DEPTH_EPS = 1e-8
 
 
+def projection_matrices(intrinsics: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:
+    """P = K·[R|t], [T, 3, 4] fp32, written out elementwise in the kernel's order (no matmul summation order)."""
+    k, e = intrinsics, extrinsics[:, :3, :]
+    rows = [
+        k[:, i, 0, None] * e[:, 0] + k[:, i, 1, None] * e[:, 1] + k[:, i, 2, None] * e[:, 2] for i in range(3)
+    ]
+    return torch.stack(rows, dim=1)
+
+
 def project(points: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor):
     """(z, u, v), each [T, N] fp32: projective depth and rounded pixel coordinates of every point in every view."""
     x, y, w = (c[None, :] for c in points.unbind(-1))
-    r, t, k = extrinsics[:, :3, :3], extrinsics[:, :3, 3], intrinsics
-    cam = [
-        r[:, i, 0, None] * x + r[:, i, 1, None] * y + r[:, i, 2, None] * w + t[:, i, None] for i in range(3)
-    ]
+    p = projection_matrices(intrinsics, extrinsics)
     px, py, pz = (
-        k[:, i, 0, None] * cam[0] + k[:, i, 1, None] * cam[1] + k[:, i, 2, None] * cam[2] for i in range(3)
+        p[:, i, 0, None] * x + p[:, i, 1, None] * y + p[:, i, 2, None] * w + p[:, i, 3, None]
+        for i in range(3)
     )
     denom = pz + DEPTH_EPS
     return pz, torch.round(px / denom), torch.round(py / denom)

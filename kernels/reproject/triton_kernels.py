@@ -1,9 +1,12 @@
 """Triton kernels of the nearest-point reprojection (two launches, deterministic).
 
-1. `zbuffer_kernel`, grid (point blocks,): each program loads its points once and, for every view, projects
-   them and does a 64-bit atomic-min of key = (float bits of z, point index) into zbuf [T·H·W]. z > 0, so
-   the float bits order like the depths; the minimum key is the nearest point, the lowest index on ties —
-   the same result in any execution order.
+1. `zbuffer_kernel`, grid (point blocks,): each program loads its points once and, for every view, folds
+   P = K·[R|t] (12 scalars, the reference's formula), projects the points and does a 64-bit atomic-min of
+   key = (float bits of z, point index) into zbuf [T·H·W]. z > 0, so the float bits order like the depths;
+   the minimum key is the nearest point, the lowest index on ties — the same result in any execution
+   order. So the atomics are relaxed (no fence, no L1 invalidation): min is order-free, and the kernel
+   boundary orders them before the resolve. Rounding is round-half-even in one instruction (libdevice
+   rint); the interpreter, which has no libdevice, runs an exact emulation of the same function.
 2. `resolve_kernel`, grid (T, pixel blocks): decodes the winner of each pixel, quantises its colour
    (⌊255·c⌋, the authors' uint8 truncation) and writes images and hit, and/or (fused) the per-block sums
    of (reprojection in [0, 1] − frame)² without storing the images.
@@ -12,22 +15,41 @@ Byte floor: read the points (12 B each), write + read the 8-byte z-buffer, gathe
 write the outputs (12 B + 1 B per pixel) or read the frames (12 B per pixel in fp32).
 """
 
+import os
+
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 EMPTY_KEY = tl.constexpr(9223372036854775807)  # int64 max; jit code may only read constexpr globals
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
 def _round_half_even(x):
     """torch.round for fp32: nearest integer, halves to even."""
-    f = tl.floor(x)
-    d = x - f
-    odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0
-    return f + tl.where((d > 0.5) | ((d == 0.5) & odd), 1.0, 0.0)
+    if INTERPRETED:
+        f = tl.floor(x)
+        d = x - f
+        odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0
+        r = f + tl.where((d > 0.5) | ((d == 0.5) & odd), 1.0, 0.0)
+    else:
+        r = libdevice.rint(x)  # cvt.rni: one FRND instruction
+    return r
 
 
 @triton.jit
+def _projection_row(k, e):
+    """Row (K[i,0], K[i,1], K[i,2]) · [R|t] as 4 scalars, in the reference's order."""
+    k0, k1, k2 = tl.load(k), tl.load(k + 1), tl.load(k + 2)
+    p0 = k0 * tl.load(e + 0) + k1 * tl.load(e + 4) + k2 * tl.load(e + 8)
+    p1 = k0 * tl.load(e + 1) + k1 * tl.load(e + 5) + k2 * tl.load(e + 9)
+    p2 = k0 * tl.load(e + 2) + k1 * tl.load(e + 6) + k2 * tl.load(e + 10)
+    p3 = k0 * tl.load(e + 3) + k1 * tl.load(e + 7) + k2 * tl.load(e + 11)
+    return p0, p1, p2, p3
+
+
+@triton.jit(do_not_specialize=["n_points", "n_views", "height", "width", "extr_stride"])  # one variant
 def zbuffer_kernel(
     points_ptr,
     intr_ptr,
@@ -47,29 +69,29 @@ def zbuffer_kernel(
     y = tl.load(row + 1, mask=ok, other=0.0)
     w = tl.load(row + 2, mask=ok, other=0.0)
     n_pixels = height * width
-    zbuf_view = zbuf_ptr  # pointer arithmetic is 64-bit: T·H·W may exceed 2**31
+    zbuf_view = zbuf_ptr  # advanced per view in 64-bit pointer arithmetic: T·H·W may exceed 2**31
     e = extr_ptr
     k = intr_ptr
     for _ in range(n_views):
-        cx = tl.load(e + 0) * x + tl.load(e + 1) * y + tl.load(e + 2) * w + tl.load(e + 3)
-        cy = tl.load(e + 4) * x + tl.load(e + 5) * y + tl.load(e + 6) * w + tl.load(e + 7)
-        cz = tl.load(e + 8) * x + tl.load(e + 9) * y + tl.load(e + 10) * w + tl.load(e + 11)
-        px = tl.load(k + 0) * cx + tl.load(k + 1) * cy + tl.load(k + 2) * cz
-        py = tl.load(k + 3) * cx + tl.load(k + 4) * cy + tl.load(k + 5) * cz
-        pz = tl.load(k + 6) * cx + tl.load(k + 7) * cy + tl.load(k + 8) * cz
+        a0, a1, a2, a3 = _projection_row(k, e)
+        b0, b1, b2, b3 = _projection_row(k + 3, e)
+        c0, c1, c2, c3 = _projection_row(k + 6, e)
+        px = a0 * x + a1 * y + a2 * w + a3
+        py = b0 * x + b1 * y + b2 * w + b3
+        pz = c0 * x + c1 * y + c2 * w + c3
         denom = pz + 1e-8
         u = _round_half_even(tl.math.div_rn(px, denom))
         v = _round_half_even(tl.math.div_rn(py, denom))
         lands = ok & (pz > 0.0) & (u >= 0.0) & (u < width) & (v >= 0.0) & (v < height)
-        pixel = tl.where(lands, v, 0.0).to(tl.int64) * width + tl.where(lands, u, 0.0).to(tl.int64)
+        pixel = tl.where(lands, v, 0.0).to(tl.int32) * width + tl.where(lands, u, 0.0).to(tl.int32)
         key = (tl.where(lands, pz, 1.0).to(tl.int32, bitcast=True).to(tl.int64) << 32) | idx.to(tl.int64)
-        tl.atomic_min(zbuf_view + pixel, key, mask=lands)
+        tl.atomic_min(zbuf_view + pixel, key, mask=lands, sem="relaxed")
         zbuf_view += n_pixels
         e += extr_stride
         k += 9
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pixels", "n_blocks"])  # one variant per flag set and frame dtype
 def resolve_kernel(
     zbuf_ptr,
     colors_ptr,

@@ -7,9 +7,8 @@ import torch
 
 from videogpa.kernels import DiffusionDPOLoss, diffusion_dpo_loss, per_sample_mse
 from videogpa.kernels._backend import resolve_backend
-from videogpa.kernels.dpo_loss import fused
-from videogpa.kernels.dpo_loss.output import STAT_NAMES
-from videogpa.kernels.dpo_loss.reference import reference_dpo_loss
+from videogpa.kernels.dpo_loss import launch
+from videogpa.kernels.dpo_loss.reference import STAT_NAMES, reference_dpo_loss
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LOSSES = [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0), ("ipo", 0.0)]
@@ -54,6 +53,19 @@ def test_kernel_matches_reference(dtype, pairs, loss_type, smoothing, weighted):
     _assert_outputs_match(got, want, grad_got, grad_want, dtype)
 
 
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_many_pairs_span_several_finalize_blocks(precomputed):
+    """B = 37 pairs: the finalize program walks its pairs in several fixed-size blocks."""
+    pairs = 37
+    policy, ref, target = _inputs((2 * pairs, 3, 13), torch.float32)
+    kw = dict(weight=torch.rand(pairs) + 0.5, mask=torch.rand(1, 3, 13))
+    if precomputed:
+        ref, kw["ref_err"] = None, per_sample_mse(ref, target, kw["mask"])
+    want, grad_want = _run("torch", policy, ref, target, 3.0, **kw)
+    got, grad_got = _run("triton", policy, ref, target, 3.0, **kw)
+    _assert_outputs_match(got, want, grad_got, grad_want, torch.float32)
+
+
 MASKS = {
     "first_frame_off": lambda s: torch.cat([torch.zeros(1, 1, 1, 1, 1), torch.ones(1, s[1] - 1, 1, 1, 1)], 1),
     "per_sample_segments": lambda s: torch.rand(s[0], s[1], 1, 1, 1),
@@ -79,7 +91,7 @@ def test_irregular_mask_with_many_broadcast_dims():
     shape = (4, 2, 3, 2, 3, 2, 3)
     policy, ref, target = _inputs(shape, torch.float32)
     mask = torch.rand(1, 2, 1, 2, 1, 2, 1)
-    assert fused.mask_view(mask, policy.shape).tensor.is_contiguous()
+    assert launch.mask_view(mask, policy.shape).tensor.is_contiguous()
     want, grad_want = _run("torch", policy, ref, target, 1.5, mask=mask)
     got, grad_got = _run("triton", policy, ref, target, 1.5, mask=mask)
     _assert_outputs_match(got, want, grad_got, grad_want, torch.float32)
@@ -87,37 +99,65 @@ def test_irregular_mask_with_many_broadcast_dims():
 
 def test_mask_view_collapses_without_copy():
     mask = torch.rand(1, 5, 1, 1, 1)
-    view = fused.mask_view(mask, torch.Size((4, 5, 3, 7, 9)))
+    view = launch.mask_view(mask, torch.Size((4, 5, 3, 7, 9)))
     assert view.tensor.data_ptr() == mask.data_ptr()
     assert view.sizes == (1, 5, 3 * 7 * 9) and view.strides == (0, 0, 1, 0)
 
 
+def test_mask_view_drops_outer_broadcast_dims():
+    """Wan image-to-video's first-frame mask [1, 1, F, 1, 1]: only the frame index is computed per element."""
+    view = launch.mask_view(torch.ones(1, 1, 5, 1, 1), torch.Size((4, 16, 5, 6, 7)))
+    assert view.sizes == (1, 5, 42) and view.strides == (0, 0, 1, 0) and view.sample_stride == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("z", [20.0, 40.0, 80.0])
+def test_sigmoid_loss_keeps_its_tail_for_large_logits(backend, z):
+    """loss = log(1 + e^-z) ≈ e^-z, not 0, when the pair is already well separated (float64 truth)."""
+    target = torch.zeros(2, 4)
+    policy = torch.tensor([[1.0] * 4, [2.0] * 4], requires_grad=True)  # E_θ(w) = 1, E_θ(l) = 4
+    ref = torch.tensor([[2.0] * 4, [1.0] * 4])  # E_ref(w) = 4, E_ref(l) = 1: h = 6
+    beta = z / 6.0
+    out = diffusion_dpo_loss(policy, ref, target, beta, backend=backend)
+    out.loss.backward()
+    want = math.log1p(math.exp(-z))
+    assert out.loss.item() == pytest.approx(want, rel=1e-4)
+    # dL/dp_w = β·σ(-z)·2(p - t)/n (a worse winner raises the loss): tiny but not zero
+    sigma = math.exp(-z) / (1 + math.exp(-z))
+    assert policy.grad[0, 0].item() == pytest.approx(beta * sigma * 2 * 1.0 / 4, rel=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_poisoned_buffers_are_fully_written_across_many_chunks(dtype):
-    """Each launcher writes every element of its output; a multi-chunk, multi-step plan is exercised."""
-    pairs, n = 3, 1000
+@pytest.mark.parametrize("n,masked", [(1001, True), (1000, False), (37, True), (1024, False)])
+def test_poisoned_buffers_are_fully_written_across_many_chunks(dtype, n, masked):
+    """Each launcher writes every element of its output; multi-chunk, multi-step plans whose aligned ranges
+    cross sample boundaries (n not a multiple of 16) and a tensor tail (2B·n not a multiple of 16)."""
+    pairs = 3
     policy, ref, target = (t.detach() for t in _inputs((2 * pairs, n), dtype))
-    mask = fused.mask_view(torch.rand(1, n), policy.shape)
-    plan = fused.LaunchPlan(block=64, chunk=192, n_chunks=math.ceil(n / 192))
+    mask = launch.mask_view(torch.rand(1, n), policy.shape) if masked else None
+    mask_tensor = None if mask is None else mask.tensor
+    plan = launch.LaunchPlan(block=64, chunk=192, n_chunks=math.ceil(n / 192))
     partials = torch.full((3, 2 * pairs, plan.n_chunks), float("nan"))
-    fused.partial_sums(policy, ref, target, mask, plan, partials)
+    launch.partial_sums_launch(policy, ref, target, mask, plan, partials)()
     assert torch.isfinite(partials).all()
-    torch.testing.assert_close(
-        partials[2].sum(1), mask.tensor.expand(policy.shape).sum(1), rtol=1e-5, atol=1e-5
-    )
+    if masked:
+        torch.testing.assert_close(
+            partials[2].sum(1), mask_tensor.expand(policy.shape).sum(1), rtol=1e-5, atol=1e-5
+        )
 
     nan = lambda *s: torch.full(s, float("nan"))
-    stats, logits, errors, scale = nan(len(STAT_NAMES)), nan(pairs), nan(2, 2 * pairs), nan(2 * pairs)
-    fused.finalize(partials, None, None, n, 2.0, "sigmoid", 0.0, True, stats, logits, errors, scale)
-    for t in (stats, logits, errors, scale):
+    outputs = (nan(), nan(len(STAT_NAMES) - 1), nan(pairs), nan(2, 2 * pairs), nan(2 * pairs))
+    launch.finalize_launch(partials, None, None, n, 2.0, "sigmoid", 0.0, masked, outputs)()
+    for t in outputs:
         assert torch.isfinite(t).all()
-    torch.testing.assert_close(errors[0], per_sample_mse(policy, target, mask.tensor), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(errors[1], per_sample_mse(ref, target, mask.tensor), rtol=1e-5, atol=1e-6)
+    errors, scale = outputs[3], outputs[4]
+    torch.testing.assert_close(errors[0], per_sample_mse(policy, target, mask_tensor), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(errors[1], per_sample_mse(ref, target, mask_tensor), rtol=1e-5, atol=1e-6)
 
     grad = torch.full_like(policy, float("nan"))
-    fused.policy_grad(policy, target, mask, scale, torch.ones(1), plan, grad)
+    launch.grad_launch(policy, target, mask, scale, torch.ones(()), plan, grad)()
     p = policy.clone().requires_grad_(True)
-    reference_dpo_loss(p, ref, target, 2.0, "sigmoid", 0.0, None, mask.tensor, None).loss.backward()
+    reference_dpo_loss(p, ref, target, 2.0, "sigmoid", 0.0, None, mask_tensor, None)["loss"].backward()
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(grad.float(), p.grad.float(), rtol=tol, atol=tol * p.grad.float().abs().max())
 
@@ -277,3 +317,45 @@ def test_bad_input_raises_clear_value_error(case):
     for backend in ("torch", "triton"):
         with pytest.raises(ValueError, match=message):
             diffusion_dpo_loss(policy, ref, target, beta, backend=backend, **args)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(launch.AOT_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_kernel_matches_reference_at_trainer_shapes(case, dtype):
+    """The compiled variants the AOT check inspects, on the GPU, against the reference (fresh inputs)."""
+    shape, make_mask = launch.AOT_CASES[case]
+    policy, ref, target = (t.detach().cuda() for t in _inputs(shape, dtype))
+    policy.requires_grad_(True)
+    mask = None if make_mask is None else torch.rand(make_mask(shape).shape, device="cuda") > 0.3
+    if make_mask is not None and make_mask(shape).dtype != torch.bool:
+        mask = mask.float()
+    want, grad_want = _run("torch", policy, ref, target, 2.0, mask=mask)
+    got, grad_got = _run("triton", policy, ref, target, 2.0, mask=mask)
+    _assert_outputs_match(got, want, grad_got, grad_want, dtype)
+
+
+@pytest.mark.gpu
+def test_forward_and_backward_replay_in_a_cuda_graph():
+    policy, ref, target = (t.detach().cuda() for t in _inputs((8, 4, 16, 30, 45), torch.bfloat16))
+    policy.requires_grad_(True)
+
+    def step():
+        out = diffusion_dpo_loss(policy, ref, target, 2.0)
+        return out.loss, torch.autograd.grad(out.loss, policy)[0]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compiles the kernels and fills the plan cache
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss, grad = step()
+    with torch.no_grad():
+        policy.copy_(torch.randn_like(policy))
+    graph.replay()
+    torch.cuda.synchronize()
+    want_loss, want_grad = step()
+    assert torch.equal(loss, want_loss) and torch.equal(grad, want_grad)

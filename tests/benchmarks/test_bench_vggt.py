@@ -1,17 +1,12 @@
 """benchmarks/bench_vggt.py runs end to end at the tiny config and reports sensible rows."""
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vggt.py"
+from tests.benchmarks.scripts import load_script
 
 
 def test_small_benchmark_scores_videos():
-    spec = importlib.util.spec_from_file_location("bench_vggt", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_vggt.py")
     rows = bench.main(["--small", "--no-save", "--batches", "1,2", "--frames", "2", "--iters", "1"])
-    names = ("vggt", "vggt+score", "vggt+score+images")
+    names = ("vggt", "vggt+score", "vggt+score+images", "vggt+score+images [torch render]")
     assert [(r["bench"], r["videos_per_call"]) for r in rows] == [(n, b) for b in (1, 2) for n in names]
     for row in rows:
         assert row["videos_per_s"] > 0 and row["config"] == "tiny" and row["frames"] == 2

@@ -1,15 +1,12 @@
 """bench_reproject runs end to end at a tiny size (the Triton rows through the interpreter on a CPU)."""
 
-import importlib.util
-from pathlib import Path
+from tests.benchmarks.scripts import load_script
 
 
 def test_benchmark_runs_and_reports_every_variant(capsys):
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_reproject.py"
-    spec = importlib.util.spec_from_file_location("bench_reproject", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.main(["--views", "2", "--height", "16", "--width", "20", "--no-save"])
+    rows = load_script("benchmarks/bench_reproject.py").main(
+        ["--views", "2", "--height", "16", "--width", "20", "--no-save"]
+    )
     assert [r["variant"] for r in rows] == [
         "painter (authors)",
         "torch z-buffer",

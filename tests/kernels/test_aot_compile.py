@@ -1,0 +1,74 @@
+"""Every kernel variant the launchers launch compiles for sm_80 and sm_90 without a GPU (ptxas and cuobjdump
+from triton's wheel), without spills, and with the machine-code properties its design relies on.
+
+The compiles run in a subprocess without TRITON_INTERPRET (the interpreter replaces the JIT functions).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from videogpa.kernels.dpo_loss.launch import AOT_DTYPES
+from videogpa.kernels.dpo_loss.launch import aot_variants as dpo_variants
+from videogpa.kernels.reproject.launch import aot_variants as reproject_variants
+
+ARCHS = (80, 90)
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    proc = _python("-m", "videogpa.kernels.aot", "--arch", ",".join(map(str, ARCHS)))
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc, rows
+
+
+def test_every_launched_variant_compiles_with_its_properties(compiled):
+    proc, rows = compiled
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    failed = [(r["arch"], r["name"], r["failed"]) for r in rows if r["failed"]]
+    assert not failed
+    assert all(r["stack_bytes"] == 0 and r["local_bytes"] == 0 for r in rows)
+
+
+def test_the_compiled_set_is_the_launchers_set(compiled):
+    _, rows = compiled
+    names = [v.name for v in dpo_variants() + reproject_variants()]
+    assert len(set(names)) == len(names)
+    for arch in ARCHS:
+        assert [r["name"] for r in rows if r["arch"] == arch] == names
+    for dtype in AOT_DTYPES:  # every input dtype, both reference sources, every mask kind, gradient
+        for case in ("cogvideox", "wan_i2v", "odd"):
+            assert {f"partial_sums/{case}/{dtype}/ref", f"partial_sums/{case}/{dtype}/ref_err"} <= set(names)
+            assert f"grad/{case}/{dtype}" in names
+    assert {"zbuffer", "resolve/render"} <= set(names)
+
+
+def test_streaming_variants_expect_vector_access_and_no_int64_division():
+    by_name = {v.name: v for v in dpo_variants() + reproject_variants()}
+    for name, v in by_name.items():
+        if name.startswith(("partial_sums/", "grad/")):
+            assert {"vector_loads", "no_int64_div"} <= set(v.expect) and v.max_registers <= 72
+        if name.startswith("grad/"):
+            assert "vector_stores" in v.expect
+    assert {"no_membar", "one_instruction_round"} <= set(by_name["zbuffer"].expect)
+
+
+def test_the_checks_catch_a_kernel_without_the_properties():
+    proc = _python(str(Path(__file__).with_name("aot_negative.py")), *map(str, ARCHS))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(ARCHS)
+    for line in lines:
+        failed = json.loads(line)
+        expected = {"vector_loads", "vector_stores", "no_membar", "no_int64_div", "one_instruction_round"}
+        assert expected <= set(failed)
+        assert any(f.startswith("registers") for f in failed)
