@@ -267,7 +267,7 @@ def dpo_finalize_kernel(
             has_mask, BLOCK_B, BLOCK_C,
         )  # fmt: skip
         acc_loss += tl.where(ok, wloss, 0.0)
-        acc_right += tl.where(ok & (z > 0), 1.0, 0.0)
+        acc_right += tl.where(ok & (z > 0), 1.0, tl.where(ok & (z == 0), 0.5, 0.0))  # a tie counts 1/2
         acc_margin += tl.where(ok, pl - pw, 0.0)
         acc_z += tl.where(ok, z, 0.0)
         acc_pw += tl.where(ok, pw, 0.0)
