@@ -71,7 +71,9 @@ def reference_dpo_loss(
     logits = (beta * h).detach()
     return dict(
         loss=losses.mean(),
-        accuracy=((logits > 0).float() + 0.5 * (logits == 0).float()).mean(),  # a zero logit (a tie) counts 1/2
+        accuracy=(
+            (logits > 0).float() + 0.5 * (logits == 0).float()
+        ).mean(),  # a zero logit (a tie) counts 1/2
         reward_margin=(pl - pw).detach().mean(),
         logits_mean=logits.mean(),
         policy_err_w=pw.detach().mean(),
