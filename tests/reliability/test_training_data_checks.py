@@ -125,7 +125,6 @@ def test_non_float_and_wrong_rank_tensors_are_errors(tmp_path):
         ValueError, match=r"pair 2 \(pair_id 'p2'\): 'text_embeds' has shape \[5, 8, 1\]; expected 2-D"
     ):
         check_preference_set(folder)
-    # fmt: skip
 
 
 def test_the_check_reads_headers_only_and_nan_is_named_on_load(tmp_path):
@@ -140,7 +139,6 @@ def test_the_check_reads_headers_only_and_nan_is_named_on_load(tmp_path):
         ValueError, match=r"shard-00001.safetensors', pair 2 \(pair_id 'p2'\).*'latents_l' contains NaN"
     ):
         dataset[2]
-    # fmt: skip
 
 
 def test_every_shard_checksum_is_in_the_index(tmp_path):
@@ -152,7 +150,6 @@ def test_every_shard_checksum_is_in_the_index(tmp_path):
         "shard-00002.safetensors",
     }
     assert all(r["shard_sha256"] == file_sha256(folder / r["shard"]) for r in rows)
-    # fmt: skip
 
 
 @pytest.mark.parametrize("offset", [-1, -40, 200])  # the last byte, inside the data, inside the header
@@ -194,4 +191,3 @@ def test_a_missing_key_names_the_pair_id(tmp_path):
         ValueError, match=r"shard-00000.safetensors', pair 1 \(pair_id 'p1'\): missing key 1/text_embeds"
     ):
         PreferenceDataset(folder)
-    # fmt: skip
