@@ -122,8 +122,8 @@ def score_videos(
     row_info: dict | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Score jobs not yet in out_path; append a row per video (status "ok" with scores, or "error" with the
-    message) and return the new rows. model None = the oracle (each video's stored geometry); `score(frames,
+    """Score jobs without an "ok" row in out_path; write a row per video (status "ok" with scores, or "error"
+    with the message; appended, or in place of a retried video's error row) and return the new rows. model None = the oracle (each video's stored geometry); `score(frames,
     geometry)` gives a video's scores (engine.geometry.scoring.score_reconstruction with its settings)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +277,7 @@ def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:
 @dataclass
 class ScoreSummary:
     scores: Path  # the stage's output: one row per video
-    new_rows: int
+    new_rows: int  # videos scored or retried in this run (one row each)
     ok: int
     errors: int
     mean_score: float | None
@@ -286,7 +286,7 @@ class ScoreSummary:
     def __str__(self) -> str:
         mean = f", mean 3DCS {self.mean_score:.5f}" if self.mean_score is not None else ""
         note = " [random-weights geometry: not meaningful]" if self.random_weights else ""
-        return f"{self.ok} videos scored, {self.errors} errors{mean}{note} ({self.new_rows} (re)scored now)"
+        return f"{self.ok} videos scored, {self.errors} errors{mean}{note} ({self.new_rows} in this run)"
 
 
 def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSummary:
