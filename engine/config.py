@@ -450,12 +450,29 @@ def config_from_dict(data: dict) -> Config:
     return validate(build_dataclass(Config, data, ""))
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line saying where (1-based line and column) and what is wrong in a YAML text."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or type(err).__name__
+    context = getattr(err, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "an unknown place"
+    if mark is None and getattr(err, "position", None) is not None:  # a ReaderError: bad character
+        where = f"character {err.position}"
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
+
+
 def read_config_dict(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """The YAML mapping at `path` with `key.sub=value` overrides applied (values parsed as YAML)."""
+    """The YAML mapping at `path` with `key.sub=value` overrides applied (values parsed as YAML); invalid
+    YAML is a one-line ValueError naming the file and the line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text (byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r}: invalid YAML at {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
     for item in overrides or []:
@@ -473,7 +490,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def apply_override(data: dict, item: str) -> None:
-    """Set `a.b.c=value` in a nested dict (value parsed as YAML)."""
+    """Set `a.b.c=value` in a nested dict (value parsed as YAML; invalid YAML is a one-line ValueError naming
+    the override and the line)."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ValueError(f"override {item!r}: expected key.sub=value")
@@ -483,7 +501,10 @@ def apply_override(data: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {item!r}: invalid YAML value at {_yaml_problem(err)}") from None
 
 
 # Keys a resumed run may change freely: where and how often it reports, not what it computes.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from videogpa.engine import distributed as D
 from videogpa.engine.config import Config
-from videogpa.engine.data.preference import PreferenceDataset
+from videogpa.engine.data.preference import PreferenceDataset, check_preference_set
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.pipeline_encoder import PipelineEncoder
 
@@ -33,14 +33,21 @@ def _write_synthetic(cfg: Config, adapter: ModelAdapter, root: Path) -> tuple[Pa
 def load_training_sets(
     cfg: Config, adapter: ModelAdapter, out_dir: Path
 ) -> tuple[PreferenceDataset, PreferenceDataset | None]:
-    """(training set, held-out set or None); an empty set is a ValueError naming its folder."""
+    """(training set, held-out set or None), checked up front from their shard headers (every pair's shapes
+    and dtypes alike, the held-out set's like the training set's, the built-in model's sample shapes); an
+    empty or inconsistent set is a ValueError naming its folder, shard and pair."""
     train, heldout = cfg.data.train, cfg.data.heldout
     if cfg.data.synthetic is not None:
         train, heldout = _write_synthetic(cfg, adapter, out_dir / "data")
     train_set = PreferenceDataset(train)
     if len(train_set) == 0:
         raise ValueError(f"training preference set {str(train)!r} is empty")
+    spec = getattr(adapter, "spec", None)  # the built-in model knows its sample shapes
+    expect = {} if spec is None else {"latent_shape": spec.latent_shape, "text_dim": spec.text_shape[1]}
+    layout = check_preference_set(train_set, where="data.train", **expect)
     heldout_set = PreferenceDataset(heldout) if heldout is not None else None
-    if heldout_set is not None and len(heldout_set) == 0:
-        raise ValueError(f"held-out preference set {str(heldout)!r} is empty")
+    if heldout_set is not None:
+        if len(heldout_set) == 0:
+            raise ValueError(f"held-out preference set {str(heldout)!r} is empty")
+        check_preference_set(heldout_set, layout.latent_shape, layout.text_shape[1], where="data.heldout")
     return train_set, heldout_set

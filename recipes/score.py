@@ -6,8 +6,9 @@
         --vgg-weights vgg16.pth --lpips-weights lpips_vgg.pth --out scores.jsonl
 
 One JSONL row per video (scores, motion, frames used, backend, versions); rerunning skips videos already
-scored; a bad video gets an error row and the run goes on. Every flag but --videos / --synthetic / --workdir
-/ --out / --seed is a key of the config's loop.score section (engine.config.ScoreConfig); --geometry auto
+scored and retries the rest (a retried video's new row replaces its error row); a bad video (unreadable,
+truncated, or a reconstruction without finite geometry) gets an error row and the run goes on. Every flag
+but --videos / --synthetic / --workdir / --out / --seed is a key of the config's loop.score section (engine.config.ScoreConfig); --geometry auto
 (the default) is vggt when --weights is given, else the oracle (each video's stored geometry).
 """
 
@@ -23,7 +24,6 @@ from pathlib import Path
 
 from videogpa.engine.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
 from videogpa.engine.config import GEOMETRY_BACKENDS, KERNEL_BACKENDS, POINT_SOURCES, ScoreConfig
-from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages import score
 
@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def summarize(rows: list[dict]) -> None:
-    """Print counts and means; for synthetic sets also how often the clean clip scored best in its scene."""
+    """Print counts and means of rows, one per video; for synthetic sets also how often the clean clip scored
+    best in its scene."""
     ok = [r for r in rows if r["status"] == "ok"]
     print(f"\nscored {len(ok)} videos, {len(rows) - len(ok)} errors")
     if not ok:
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / cfg.scores_file
         cfg = dataclasses.replace(cfg, scores_file=out.name)
         summary = score.run(cfg, source, out.parent)
-        log.info("%d new rows appended to %s", summary.new_rows, summary.scores)
-        summarize(read_jsonl(summary.scores))
+        log.info("%d videos (re)scored into %s", summary.new_rows, summary.scores)
+        summarize(score.latest_rows(summary.scores))
         return 0
 
     return run_recipe(body)

@@ -7,7 +7,12 @@ On disk, a folder holds:
   shard-00001.safetensors    latents_w, latents_l ([F, C, H, W] or [C, F, H, W]: the model's native layout,
   ...                        same shape), text_embeds [L, D], and optionally image_latents (4-D, native).
 Every file is written to a temporary name and renamed, and the index is written last (on close), so a
-folder with an index is always complete.
+folder with an index is always complete. Each index row also carries "shard_sha256", the SHA-256 of its
+shard as written; opening a set re-hashes every shard and names one that changed since (bit rot, a partial
+copy). Indexes written before checksums existed still load, unverified.
+
+Checking a whole set against a model before training, from the shard headers only (no tensor is read):
+`check_preference_set(dataset, latent_shape=..., text_dim=...)`.
 
 Reading: `PreferenceDataset(path)[i]` -> `PreferencePair`; `collate_pairs(list)` -> `PreferenceBatch`.
 Sampling: `PreferenceSampler` (see its docstring for the order across epochs, batches and ranks).
@@ -16,6 +21,7 @@ Sampling: `PreferenceSampler` (see its docstring for the order across epochs, ba
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from videogpa.engine.io.atomic import atomic_path
+from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.records import numbered_jsonl, write_jsonl_atomic
 from videogpa.engine.types import Conditioning
 
@@ -41,6 +47,8 @@ RECORD_FIELDS = {
     "score_l": float,
     "has_image": bool,
 }
+CHECKSUM_FIELD = "shard_sha256"  # optional (indexes written before it existed have none)
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors header dtype names of floating-point tensors
 
 
 @dataclass
@@ -101,9 +109,17 @@ def _check_score(name: str, value: float) -> float:
     return float(value)
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    """Write a safetensors file atomically and durably; returns its SHA-256 (hex)."""
+    data = save(tensors)
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in blocks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class PreferenceShardWriter:
@@ -172,7 +188,9 @@ class PreferenceShardWriter:
 
     def _flush(self) -> None:
         if self._pending_count:
-            _atomic_save(self._pending, self.out_dir / self.records[-1]["shard"])
+            digest = _atomic_save(self._pending, self.out_dir / self.records[-1]["shard"])
+            for record in self.records[-self._pending_count :]:
+                record[CHECKSUM_FIELD] = digest
         self._pending, self._pending_count = {}, 0
 
     def close(self) -> Path:
@@ -192,9 +210,16 @@ class PreferenceShardWriter:
 
 
 def _check_record(record: dict, where: str, expected_index: int) -> dict:
-    unknown = sorted(set(record) - set(RECORD_FIELDS))
+    unknown = sorted(set(record) - set(RECORD_FIELDS) - {CHECKSUM_FIELD})
     if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown} (expected {sorted(RECORD_FIELDS)})")
+        raise ValueError(
+            f"{where}: unknown keys {unknown} (expected {sorted(RECORD_FIELDS)} and optionally {CHECKSUM_FIELD!r})"
+        )
+    digest = record.get(CHECKSUM_FIELD)
+    if digest is not None and not (
+        isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+    ):
+        raise ValueError(f"{where}: field {CHECKSUM_FIELD!r} must be a SHA-256 hex digest, got {digest!r}")
     for key, kind in RECORD_FIELDS.items():
         value = record.get(key)
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
@@ -213,11 +238,64 @@ def _check_record(record: dict, where: str, expected_index: int) -> dict:
     return record
 
 
-class PreferenceDataset(torch.utils.data.Dataset):
-    """The pairs of a preference-shard folder; the index and shard headers are validated on open, tensors
-    are read lazily (and checked for shape, dtype and NaN) per item."""
+@dataclass(frozen=True)
+class TensorInfo:
+    """A stored tensor's shape and safetensors dtype name ("F32", "BF16", ...), from its shard's header."""
 
-    def __init__(self, path: str | Path):
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __str__(self) -> str:
+        return f"{list(self.shape)} {self.dtype}"
+
+
+def read_shard_header(path: Path) -> dict[str, TensorInfo]:
+    """Every tensor of a safetensors shard by key, from its header only (no tensor data is read)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {
+                k: TensorInfo(tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()
+            }
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"preference shard {str(path)!r} is not a readable safetensors file: {err}") from err
+
+
+def _pair_where(path: Path, record: dict) -> str:
+    """How errors name one pair: its shard, integer index and pair_id."""
+    return f"preference shard {str(path)!r}, pair {record['index']} (pair_id {record['pair_id']!r})"
+
+
+def _tensor_names(record: dict) -> tuple[str, ...]:
+    return TENSOR_NAMES if record["has_image"] else TENSOR_NAMES[:3]
+
+
+def _verify_checksum(path: Path, records: list[dict]) -> None:
+    """The shard's bytes hash to the SHA-256 its index rows give (rows without one: not verified)."""
+    digests = {r.get(CHECKSUM_FIELD) for r in records}
+    if digests == {None}:
+        return
+    if len(digests) > 1:
+        raise ValueError(
+            f"{INDEX_NAME}: the rows of preference shard {str(path)!r} (pair_id {records[0]['pair_id']!r}, "
+            f"...) give different {CHECKSUM_FIELD} values; expected one per shard"
+        )
+    (expected,) = digests
+    actual = file_sha256(path)
+    if actual != expected:
+        ids = [r["pair_id"] for r in records]
+        listed = ", ".join(repr(i) for i in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        raise ValueError(
+            f"preference shard {str(path)!r} (pairs {listed}) has SHA-256 {actual}, but {INDEX_NAME} recorded "
+            f"{expected} when it was written: the file changed since (bit rot, a partial copy, an overwrite)"
+        )
+
+
+class PreferenceDataset(torch.utils.data.Dataset):
+    """The pairs of a preference-shard folder. On open the index is validated, every shard with recorded
+    checksums is re-hashed (verify_checksums=False skips that) and its header checked; tensors are read
+    lazily (and checked for shape, dtype and NaN) per item. Every error names the shard and the pair_id."""
+
+    def __init__(self, path: str | Path, verify_checksums: bool = True):
         self.root = Path(path)
         index = self.root / INDEX_NAME
         if not index.is_file():
@@ -230,36 +308,41 @@ class PreferenceDataset(torch.utils.data.Dataset):
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ValueError(f"{str(index)!r}: duplicate pair_id values {dup}")
-        self._check_shards()
+        self.headers: dict[str, dict[str, TensorInfo]] = {}  # shard name -> its header
+        self._check_shards(verify_checksums)
 
-    def _check_shards(self) -> None:
+    def _check_shards(self, verify_checksums: bool) -> None:
         by_shard: dict[str, list[dict]] = {}
         for record in self.records:
             by_shard.setdefault(record["shard"], []).append(record)
         for shard, records in by_shard.items():
             path = self.root / shard
             if not path.is_file():
-                raise ValueError(f"preference shard {str(path)!r} listed in {INDEX_NAME} does not exist")
-            try:
-                with safe_open(str(path), "pt") as f:
-                    shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-            except Exception as err:  # safetensors raises its own error types for corrupt headers
                 raise ValueError(
-                    f"preference shard {str(path)!r} is not a readable safetensors file: {err}"
-                ) from err
+                    f"preference shard {str(path)!r} listed in {INDEX_NAME} (pair_id "
+                    f"{records[0]['pair_id']!r}, ...) does not exist"
+                )
+            if verify_checksums:
+                _verify_checksum(path, records)
+            header = self.headers[shard] = read_shard_header(path)
             for record in records:
-                names = TENSOR_NAMES if record["has_image"] else TENSOR_NAMES[:3]
-                for name in names:
-                    if f"{record['index']}/{name}" not in shapes:
-                        raise ValueError(
-                            f"preference shard {str(path)!r}: missing key {record['index']}/{name!s}"
-                        )
-                w, lo = shapes[f"{record['index']}/latents_w"], shapes[f"{record['index']}/latents_l"]
+                i = record["index"]
+                for name in _tensor_names(record):
+                    if f"{i}/{name}" not in header:
+                        raise ValueError(f"{_pair_where(path, record)}: missing key {i}/{name}")
+                w, lo = header[f"{i}/latents_w"].shape, header[f"{i}/latents_l"].shape
                 if w != lo:
                     raise ValueError(
-                        f"preference shard {str(path)!r}: key {record['index']}/latents_w has shape {w} but "
-                        f"{record['index']}/latents_l has {lo}"
+                        f"{_pair_where(path, record)}: key {i}/latents_w has shape {list(w)} but "
+                        f"{i}/latents_l has {list(lo)}; expected the same shape"
                     )
+
+    def tensor_info(self, i: int) -> dict[str, TensorInfo]:
+        """Pair i's stored tensors (by name: latents_w, latents_l, text_embeds[, image_latents]), from the
+        header read on open."""
+        record = self.records[i]
+        header = self.headers[record["shard"]]
+        return {name: header[f"{i}/{name}"] for name in _tensor_names(record)}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -271,14 +354,13 @@ class PreferenceDataset(torch.utils.data.Dataset):
             )
         record = self.records[i]
         path = self.root / record["shard"]
-        names = TENSOR_NAMES if record["has_image"] else TENSOR_NAMES[:3]
         try:
             with safe_open(str(path), "pt") as f:
-                tensors = {name: f.get_tensor(f"{i}/{name}") for name in names}
+                tensors = {name: f.get_tensor(f"{i}/{name}") for name in _tensor_names(record)}
         except Exception as err:
-            raise ValueError(f"preference shard {str(path)!r}: could not read pair {i}: {err}") from err
+            raise ValueError(f"{_pair_where(path, record)}: could not read it: {err}") from err
         tensors.setdefault("image_latents", None)
-        check_pair_tensors(f"preference shard {str(path)!r}, pair {i} (keys '{i}/...')", tensors)
+        check_pair_tensors(f"{_pair_where(path, record)}, keys '{i}/...'", tensors)
         return PreferencePair(
             index=i,
             pair_id=record["pair_id"],
@@ -286,6 +368,96 @@ class PreferenceDataset(torch.utils.data.Dataset):
             score_l=record["score_l"],
             **tensors,
         )
+
+
+@dataclass(frozen=True)
+class PreferenceLayout:
+    """What every pair of a checked set has in common (check_preference_set): one sample's shapes, native
+    layout, and the safetensors dtype names."""
+
+    latent_shape: tuple[int, ...]
+    latent_dtype: str
+    text_shape: tuple[int, int]  # (L, D)
+    text_dtype: str
+    image_shape: tuple[int, ...] | None  # None: no pair has image latents
+    num_pairs: int
+
+
+_NDIM = {"latents_w": 4, "latents_l": 4, "text_embeds": 2, "image_latents": 4}
+
+
+def _check_pair_layout(where: str, info: dict[str, TensorInfo]) -> None:
+    """One pair's header entries: floating dtypes, the expected number of dims, winner and loser alike."""
+    for name, tensor in info.items():
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{where}: {name!r} has dtype {tensor.dtype}; expected one of {FLOAT_DTYPES}")
+        if len(tensor.shape) != _NDIM[name]:
+            raise ValueError(f"{where}: {name!r} has shape {list(tensor.shape)}; expected {_NDIM[name]}-D")
+    if info["latents_w"] != info["latents_l"]:
+        raise ValueError(
+            f"{where}: 'latents_w' is {info['latents_w']} but 'latents_l' is {info['latents_l']}; expected "
+            "the same shape and dtype"
+        )
+
+
+def _check_against_model(
+    where: str, info: dict[str, TensorInfo], latent_shape, text_length: int | None, text_dim: int | None
+) -> None:
+    """One pair's shapes against the model's: latent_shape (one sample, native layout), text L and D."""
+    latents, (length, dim) = info["latents_w"].shape, info["text_embeds"].shape
+    if latent_shape is not None and latents != tuple(latent_shape):
+        raise ValueError(
+            f"{where}: latents have shape {list(latents)}, but the model expects {list(latent_shape)}"
+        )
+    if text_dim is not None and dim != text_dim:
+        raise ValueError(f"{where}: text_embeds have dimension {dim}, but the model expects {text_dim}")
+    if text_length is not None and length != text_length:
+        raise ValueError(f"{where}: text_embeds have {length} tokens, but the model expects {text_length}")
+
+
+def check_preference_set(
+    dataset: PreferenceDataset | str | Path,
+    latent_shape: Sequence[int] | None = None,
+    text_dim: int | None = None,
+    text_length: int | None = None,
+    where: str = "preference set",
+) -> PreferenceLayout:
+    """Check a whole preference set before training, from its shard headers only (no tensor is read):
+    every pair's latents (winner, loser), text embeddings and image latents have a floating dtype, the
+    expected number of dims, and the same shapes and dtypes as the first pair; image latents are on every
+    pair or none; and, when given, the latents are `latent_shape` (one sample, the model's native layout,
+    e.g. the adapter's latent shape), the text embeddings have `text_dim` features and `text_length` tokens.
+
+    `dataset` is an open PreferenceDataset or its folder (opened here, checksums verified). `where` prefixes
+    every message (e.g. the config key, "data.train"). Raises a one-line ValueError naming the shard, the
+    pair's index and pair_id, what it has and what was expected; returns the set's PreferenceLayout.
+    Non-finite values are found when a pair is read (PreferenceDataset.__getitem__)."""
+    if not isinstance(dataset, PreferenceDataset):
+        dataset = PreferenceDataset(dataset)
+    if len(dataset) == 0:
+        raise ValueError(f"{where}: preference set {str(dataset.root)!r} holds no pairs")
+    first, first_info = dataset.records[0], dataset.tensor_info(0)
+    for i, record in enumerate(dataset.records):
+        info = dataset.tensor_info(i)
+        pair = f"{where}: {_pair_where(dataset.root / record['shard'], record)}"
+        _check_pair_layout(pair, info)
+        _check_against_model(pair, info, latent_shape, text_length, text_dim)
+        for name in TENSOR_NAMES:
+            if info.get(name) != first_info.get(name):  # shape, dtype, or present in only one
+                raise ValueError(
+                    f"{pair}: {name!r} is {info.get(name, 'absent')}, but in pair 0 (pair_id "
+                    f"{first['pair_id']!r}, {first['shard']}) it is {first_info.get(name, 'absent')}; "
+                    "expected the same in every pair"
+                )
+    image = first_info.get("image_latents")
+    return PreferenceLayout(
+        latent_shape=first_info["latents_w"].shape,
+        latent_dtype=first_info["latents_w"].dtype,
+        text_shape=first_info["text_embeds"].shape,
+        text_dtype=first_info["text_embeds"].dtype,
+        image_shape=image.shape if image is not None else None,
+        num_pairs=len(dataset),
+    )
 
 
 def _stack(pairs: Sequence[PreferencePair], name: str) -> torch.Tensor:

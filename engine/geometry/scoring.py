@@ -32,6 +32,42 @@ class VideoScore:
         return asdict(self)
 
 
+class ReconstructionError(ValueError):
+    """A reconstruction that cannot be scored (non-finite values, no usable points); the message says why."""
+
+
+def _first_frames(bad: torch.Tensor, limit: int = 5) -> list[int]:
+    """The first `limit` frame indices (dim 0) of a [T, ...] mask with a True anywhere."""
+    return torch.nonzero(bad.reshape(bad.shape[0], -1).any(1)).flatten()[:limit].tolist()
+
+
+def check_reconstruction(geometry: Geometry) -> None:
+    """ReconstructionError unless depth, intrinsics and extrinsics are all finite: a NaN there would make
+    every score NaN (or silently drop points) instead of an error."""
+    for name in ("depth", "intrinsics", "extrinsics"):
+        bad = ~torch.isfinite(getattr(geometry, name))
+        if bad.any():
+            raise ReconstructionError(
+                f"the reconstruction's {name} has {int(bad.sum())} non-finite values (frames "
+                f"{_first_frames(bad)}); expected finite values"
+            )
+
+
+def check_cloud(cloud: torch.Tensor, conf_thres: float, points: str) -> None:
+    """ReconstructionError when the scoring cloud [N, 3] is empty or holds a non-finite point."""
+    if cloud.shape[0] == 0:
+        raise ReconstructionError(
+            f"the reconstruction has no valid points (points={points!r}, conf_thres={conf_thres}: no finite "
+            "confidence above the minimum); expected at least one"
+        )
+    bad = ~torch.isfinite(cloud).all(-1)
+    if bad.any():
+        raise ReconstructionError(
+            f"{int(bad.sum())} of the reconstruction's {cloud.shape[0]} valid points are non-finite "
+            f"(points={points!r}); expected finite points"
+        )
+
+
 def _on(geometry: Geometry, device: torch.device) -> Geometry:
     fields = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(geometry).items()}
     return Geometry(**fields)
@@ -55,6 +91,8 @@ def score_reconstruction(
     empty pixels black); MSE/PSNR/SSIM/LPIPS compare the renders with the frames. `lpips` is a callable
     (frames, renders) -> per-frame distances [T] (e.g. engine.geometry.lpips.LPIPS) or None (off).
     image_metrics=False computes only the MSE, with the fused kernel that never stores the renders.
+    A reconstruction with non-finite depth or cameras, or without a finite valid point, is a
+    ReconstructionError (check_reconstruction, check_cloud), never a score.
     """
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"score_reconstruction: frames must be [T, 3, H, W], got {tuple(frames.shape)}")
@@ -67,7 +105,9 @@ def score_reconstruction(
         raise ValueError("score_reconstruction: LPIPS needs image_metrics=True")
     frames = frames.float()
     geometry = _on(geometry, frames.device)
+    check_reconstruction(geometry)
     cloud, colors = geometry_point_cloud(geometry, frames, conf_thres, source=points)
+    check_cloud(cloud, conf_thres, points)
     k, e = geometry.intrinsics, geometry.extrinsics
     common = {
         "mvcs": mvcs(geometry.depth, k, e)[0],

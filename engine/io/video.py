@@ -45,14 +45,23 @@ def _read_gif(path: Path) -> np.ndarray:
 
 
 def _read_av(path: Path) -> np.ndarray:
+    """Every frame of the first video stream. A stream that decodes fewer frames than its container declares
+    (a file cut short at a packet boundary decodes without a decoder error) is a VideoReadError: scoring
+    the part that survived would silently score another video."""
     import av
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise VideoReadError(f"video {path} has no video stream")
+        declared = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     if not frames:
         raise VideoReadError(f"video {path} decodes to no frames")
+    if len(frames) < declared:
+        raise VideoReadError(
+            f"video {path} decodes {len(frames)} of the {declared} frames its container declares "
+            "(truncated file?)"
+        )
     return np.stack(frames)
 
 

@@ -3,8 +3,15 @@ activation checkpointing, the adapters-off context for the DPO reference, and th
 
 The export is `pytorch_lora_weights.safetensors` in the diffusers pipelines' format: keys
 `transformer.<module path>.lora_A.weight` / `.lora_B.weight`, and the LoRA config in the safetensors
-metadata under `lora_adapter_metadata` (keys prefixed `transformer.`), so `pipe.load_lora_weights(folder)`
-or `transformer.load_lora_adapter(file, prefix="transformer")` restore rank and alpha exactly.
+metadata under `lora_adapter_metadata` (keys prefixed `transformer.`). These calls restore rank and alpha
+exactly (scale alpha/r; checked with diffusers 0.42.1 in tests/reliability/test_lora_scaling.py):
+
+    pipe.load_lora_weights(folder)  or  pipe.load_lora_weights(file)
+    transformer.load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors", prefix="transformer")
+
+Not `transformer.load_lora_adapter(file, ...)`: with a file path diffusers 0.42.1 skips the metadata and
+loads alpha = r without a warning (half strength for r=64, alpha=128); and without weight_name it looks for
+a pickled .bin. In this project engine.models.pipelines.attach_lora is the loader (safetensors only).
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ METADATA_KEY = "lora_adapter_metadata"
 
 def _lora_layers(model: nn.Module) -> list[BaseTunerLayer]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def lora_scalings(model: nn.Module) -> set[float]:
+    """The distinct scales (alpha / r) of a model's LoRA layers, from peft's `scaling` dicts: one value for a
+    model loaded at its trained strength."""
+    return {scale for layer in _lora_layers(model) for scale in layer.scaling.values()}
 
 
 def apply_lora(

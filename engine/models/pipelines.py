@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from videogpa.engine.io.atomic import atomic_path
+from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.models.registry import adapter_class
 
 LORA_ADAPTER = "videogpa"
@@ -64,18 +65,31 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:
-    """Load a diffusers-format LoRA (a folder with pytorch_lora_weights.safetensors, or the file) into the
-    pipeline's transformer at `scale` (0 = the base model)."""
+def lora_file(lora: str | os.PathLike) -> Path:
+    """The LoRA file a path names: the file itself, or a folder's pytorch_lora_weights.safetensors. Only a
+    .safetensors file is accepted (a .bin or .pt would be torch.load-ed, i.e. unpickled: it could run code);
+    anything else is a one-line ValueError naming it."""
     lora = Path(lora)
-    folder, weight_name = (lora, None) if lora.is_dir() else (lora.parent, lora.name)
-    if not (lora.is_file() or any(folder.glob("*.safetensors"))):
+    if not lora.exists():
+        raise ValueError(f"LoRA {lora} does not exist (expected {LORA_WEIGHT_NAME} or its folder)")
+    path = lora / LORA_WEIGHT_NAME if lora.is_dir() else lora
+    if lora.is_dir() and not path.is_file():
+        raise ValueError(f"LoRA folder {lora} holds no {LORA_WEIGHT_NAME} (the trainer's LoRA export)")
+    if path.suffix != ".safetensors":
         raise ValueError(
-            f"LoRA {lora} does not exist (expected pytorch_lora_weights.safetensors or its folder)"
+            f"LoRA {path}: expected a .safetensors file; refusing {path.suffix or 'a file without suffix'} "
+            "(it would be unpickled)"
         )
-    kwargs = {"weight_name": weight_name} if weight_name else {}
+    return path
+
+
+def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:
+    """Load a diffusers-format LoRA (a folder with pytorch_lora_weights.safetensors, or a .safetensors file)
+    into the pipeline's transformer at `scale` (0 = the base model); never unpickles (see lora_file)."""
+    path = lora_file(lora)
     try:
-        pipe.load_lora_weights(str(folder), adapter_name=LORA_ADAPTER, local_files_only=True, **kwargs)
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER,
+                               local_files_only=True, use_safetensors=True)  # fmt: skip
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ValueError(f"could not load the LoRA {lora} into {type(pipe).__name__}: {err}") from err
+        raise ValueError(f"could not load the LoRA {path} into {type(pipe).__name__}: {err}") from err
     pipe.set_adapters([LORA_ADAPTER], [scale])

@@ -177,11 +177,11 @@ class Loop:
             if not weights.is_file():
                 import torch
 
-                from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, save_vggt
+                from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
 
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.config.seed)
-                    save_vggt(VGGT(TINY_CONFIG), weights)
+                    save_vggt(random_vggt(TINY_CONFIG), weights)
                 built.append("tiny random VGGT")
             sc.weights, sc.random_weights = str(weights), True
         self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"

@@ -1,6 +1,11 @@
 """The score stage: every video of a folder or a generation manifest scored by a geometry model
 (engine.geometry): reconstruct (batched when the backend can), reproject, compare, and append one JSONL row
-per video (status "ok" with its scores, or "error" with the message); resumable and robust to bad videos."""
+per video (status "ok" with its scores, or "error" with the message); resumable and robust to bad videos.
+
+A scores file holds one row per video: a rerun skips the "ok" videos and retries the others, and a retried
+video's new row replaces its old error row (the file is rewritten atomically), so no reader sees two rows
+for one video. A video that decodes fewer frames than its container declares, and a reconstruction with
+non-finite depth or cameras or without a valid point, is an error row naming the video and the reason."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, sel
 from videogpa.engine.geometry.oracle import OracleGeometryModel
 from videogpa.engine.geometry.scoring import score_reconstruction
 from videogpa.engine.io.lock import one_process_per_folder
-from videogpa.engine.io.records import append_jsonl, read_jsonl
+from videogpa.engine.io.records import append_jsonl, read_jsonl, write_jsonl_atomic
 from videogpa.engine.io.video import LoadedVideo, is_video, load_video
 from videogpa.engine.logging_utils import package_version
 from videogpa.engine.types import default_device
@@ -61,11 +66,18 @@ def list_videos(source: str | os.PathLike) -> list[VideoJob]:
     return jobs
 
 
-def already_scored(out_path: Path) -> set[str]:
-    """Videos with an "ok" row in an existing output file (errors are retried)."""
-    if not out_path.is_file():
-        return set()
-    return {row["video"] for row in read_jsonl(out_path) if row.get("status") == "ok"}
+def latest_rows(scores: str | os.PathLike) -> list[dict]:
+    """One row per video of a scores file (its last), in the order the videos first appear; [] when the file
+    does not exist."""
+    if not Path(scores).is_file():
+        return []
+    return list({row["video"]: row for row in read_jsonl(scores)}.values())
+
+
+def replace_row(out_path: Path, row: dict) -> None:
+    """Rewrite out_path atomically with `row` in place of its video's earlier rows (a retried video)."""
+    kept = [r for r in read_jsonl(out_path) if r.get("video") != row["video"]]
+    write_jsonl_atomic(out_path, [*kept, row])
 
 
 def oracle_for(job: VideoJob, loaded: LoadedVideo) -> OracleGeometryModel:
@@ -111,12 +123,14 @@ def score_videos(
     row_info: dict | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Score jobs not yet in out_path; append a row per video (status "ok" with scores, or "error" with the
-    message) and return the new rows. model None = the oracle (each video's stored geometry); `score(frames,
+    """Score jobs without an "ok" row in out_path; write a row per video (status "ok" with scores, or "error"
+    with the message; appended, or in place of a retried video's error row) and return the new rows. model None = the oracle (each video's stored geometry); `score(frames,
     geometry)` gives a video's scores (engine.geometry.scoring.score_reconstruction with its settings)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = already_scored(out_path)
+    previous = read_jsonl(out_path) if out_path.is_file() else []
+    done = {row["video"] for row in previous if row.get("status") == "ok"}  # errors are retried
+    retried = {row["video"] for row in previous} - done
     todo = [j for j in jobs if str(j.video) not in done]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d videos already scored in %s", len(jobs) - len(todo), len(jobs), out_path)
@@ -126,7 +140,10 @@ def score_videos(
     bar = tqdm(total=len(todo), desc="scoring", unit="video", disable=not progress)
 
     def write(row: dict) -> None:
-        append_jsonl(out_path, row)  # cuts off a line left half-written by a killed run first
+        if row["video"] in retried:
+            replace_row(out_path, row)  # a retried video: its new row replaces the error row
+        else:
+            append_jsonl(out_path, row)  # cuts off a line left half-written by a killed run first
         rows.append(row)
         bar.update(1)
 
@@ -261,7 +278,7 @@ def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:
 @dataclass
 class ScoreSummary:
     scores: Path  # the stage's output: one row per video
-    new_rows: int
+    new_rows: int  # videos scored or retried in this run (one row each)
     ok: int
     errors: int
     mean_score: float | None
@@ -270,12 +287,12 @@ class ScoreSummary:
     def __str__(self) -> str:
         mean = f", mean 3DCS {self.mean_score:.5f}" if self.mean_score is not None else ""
         note = " [random-weights geometry: not meaningful]" if self.random_weights else ""
-        return f"{self.ok} videos scored, {self.errors} errors{mean}{note} ({self.new_rows} new rows)"
+        return f"{self.ok} videos scored, {self.errors} errors{mean}{note} ({self.new_rows} in this run)"
 
 
 def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSummary:
-    """Counts over a scores file; a video counts once (by its last row)."""
-    rows = {r["video"]: r for r in read_jsonl(scores)}.values()
+    """Counts of videos (not rows) over a scores file; a video counts once, by its last row."""
+    rows = latest_rows(scores)
     ok = [r for r in rows if r.get("status") == "ok"]
     mean = sum(r["score"] for r in ok) / len(ok) if ok else None
     return ScoreSummary(

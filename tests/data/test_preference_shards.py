@@ -12,6 +12,7 @@ from videogpa.engine.data.preference import (
     PreferenceDataset,
     PreferenceShardWriter,
     collate_pairs,
+    file_sha256,
 )
 
 
@@ -38,6 +39,25 @@ def _write(path, pairs, shard_size=3):
         for p in pairs:
             writer.add(**p)
     return path
+
+
+def _edit_index(folder, edit):
+    """Apply edit(record) to every index row."""
+    index = folder / INDEX_NAME
+    records = [json.loads(line) for line in index.read_text().splitlines()]
+    for record in records:
+        edit(record)
+    index.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _resave(path, tensors):
+    """Rewrite a shard with other tensors, as a faulty writer would have written it (checksums updated):
+    the checks after the checksum's must catch it."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    digest = file_sha256(path)
+    _edit_index(path.parent, lambda r: r.update(shard_sha256=digest) if r["shard"] == path.name else None)
 
 
 @pytest.mark.parametrize("image", [False, True])
@@ -136,6 +156,9 @@ def test_corrupt_shard(tmp_path):
     _write(tmp_path, _pairs(4), shard_size=2)
     path = tmp_path / "shard-00000.safetensors"
     path.write_bytes(b"\xff" * 64 + path.read_bytes()[64:])
+    with pytest.raises(ValueError, match="shard-00000.safetensors.*SHA-256"):
+        PreferenceDataset(tmp_path)
+    _edit_index(tmp_path, lambda r: r.pop("shard_sha256"))  # an index from before checksums
     with pytest.raises(ValueError, match="shard-00000.safetensors.*not a readable safetensors"):
         PreferenceDataset(tmp_path)
 
@@ -145,30 +168,30 @@ def test_truncated_shard_fails_on_read(tmp_path):
     path = tmp_path / "shard-00000.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match="shard-00000.safetensors"):
-        ds = PreferenceDataset(tmp_path)
+        ds = PreferenceDataset(tmp_path, verify_checksums=False)
         ds[1]
 
 
 def test_shape_mismatch_in_shard(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     _write(tmp_path, _pairs(2), shard_size=2)
     path = tmp_path / "shard-00000.safetensors"
     tensors = load_file(str(path))
     tensors["1/latents_l"] = torch.randn(3, 4, 4, 5)
-    save_file(tensors, str(path))
+    _resave(path, tensors)
     with pytest.raises(ValueError, match="1/latents_w has shape.*1/latents_l"):
         PreferenceDataset(tmp_path)
 
 
 def test_nan_in_shard_named_on_read(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     _write(tmp_path, _pairs(2), shard_size=2)
     path = tmp_path / "shard-00000.safetensors"
     tensors = load_file(str(path))
     tensors["1/text_embeds"][0, 0] = float("nan")
-    save_file(tensors, str(path))
+    _resave(path, tensors)
     ds = PreferenceDataset(tmp_path)
     ds[0]
     with pytest.raises(ValueError, match=r"shard-00000.safetensors.*pair 1.*'text_embeds' contains NaN"):
@@ -176,13 +199,13 @@ def test_nan_in_shard_named_on_read(tmp_path):
 
 
 def test_missing_key_in_shard(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     _write(tmp_path, _pairs(2), shard_size=2)
     path = tmp_path / "shard-00000.safetensors"
     tensors = load_file(str(path))
     del tensors["0/text_embeds"]
-    save_file(tensors, str(path))
+    _resave(path, tensors)
     with pytest.raises(ValueError, match="missing key 0/text_embeds"):
         PreferenceDataset(tmp_path)
 

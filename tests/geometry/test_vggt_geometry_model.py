@@ -6,14 +6,14 @@ import torch
 from videogpa.engine.geometry import Geometry, GeometryModel
 from videogpa.engine.geometry.registry import build_geometry_model
 from videogpa.engine.geometry.scoring import score_reconstruction
-from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTGeometryModel, save_vggt
+from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGTGeometryModel, random_vggt, save_vggt
 from videogpa.engine.types import resolve_compute_dtype
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     torch.manual_seed(11)
-    return save_vggt(VGGT(TINY_CONFIG), tmp_path_factory.mktemp("vggt") / "tiny.safetensors")
+    return save_vggt(random_vggt(TINY_CONFIG), tmp_path_factory.mktemp("vggt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

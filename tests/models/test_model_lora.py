@@ -17,6 +17,7 @@ from videogpa.engine.models.lora import (
     apply_lora,
     enable_full_finetuning,
     enable_gradient_checkpointing,
+    lora_scalings,
     save_lora_weights,
     trainable_parameters,
 )
@@ -186,7 +187,9 @@ def test_export_loads_into_diffusers(tmp_path):
         # and the transformer's own loader
         via_model = adapter.load_transformer(None, torch.float32)
         via_model.load_lora_adapter(str(tmp_path), weight_name=LORA_WEIGHT_NAME, prefix="transformer")
+        assert lora_scalings(model) == {16.0 / 4}
         for loaded in (via_pipeline, via_model):
+            assert lora_scalings(loaded) == {16.0 / 4}  # alpha / r, not 1 (alpha = r)
             out = adapter.predict(loaded, x, t, c)
             torch.testing.assert_close(out, trained)
             assert not torch.allclose(out, base_out)
@@ -205,6 +208,7 @@ def test_export_wan_loads_into_wan_pipeline_loader(tmp_path):
         fresh = wan_ti2v()
         state, metadata = WanPipeline.lora_state_dict(str(tmp_path), return_lora_metadata=True)
         WanPipeline.load_lora_into_transformer(state, transformer=fresh, metadata=metadata)
+        assert lora_scalings(fresh) == {4.0 / 2}
         torch.testing.assert_close(adapter.predict(fresh, x, t, cond(1)), trained)
 
 

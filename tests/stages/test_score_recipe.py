@@ -96,10 +96,10 @@ def test_lpips_on_and_too_short(recipe, tmp_path, capsys):
 
 def test_vggt_backend_batched(recipe, tmp_path, capsys):
     """--geometry vggt goes through the registry; batches of videos use VGGT's reconstruct_batch."""
-    from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTGeometryModel, save_vggt
+    from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGTGeometryModel, random_vggt, save_vggt
 
     torch.manual_seed(0)
-    weights = save_vggt(VGGT(TINY_CONFIG), tmp_path / "tiny.safetensors")
+    weights = save_vggt(random_vggt(TINY_CONFIG), tmp_path / "tiny.safetensors")
     calls = []
     original = VGGTGeometryModel.reconstruct_batch
 

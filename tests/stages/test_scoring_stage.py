@@ -6,7 +6,7 @@ import torch
 
 from tests.stages.stage_helpers import write_rows
 from videogpa.engine.config import ScoreConfig
-from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, save_vggt
+from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.video import write_video
 from videogpa.engine.stages.score import Scorer, resolve_geometry, summarize_scores, unscored
@@ -14,7 +14,7 @@ from videogpa.engine.stages.score import Scorer, resolve_geometry, summarize_sco
 
 def test_score_stage_rows_errors_and_completeness(tmp_path):
     torch.manual_seed(0)
-    weights = save_vggt(VGGT(TINY_CONFIG), tmp_path / "vggt.safetensors")
+    weights = save_vggt(random_vggt(TINY_CONFIG), tmp_path / "vggt.safetensors")
     gen = tmp_path / "gen"
     gen.mkdir()
     write_video(gen / "a_s0.mp4", torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1)))

@@ -5,13 +5,13 @@ import math
 import torch
 
 from tests.stages.stage_helpers import load_recipe
-from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, save_vggt
+from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
 from videogpa.engine.io.records import read_jsonl
 
 
 def test_score_recipe_runs_vggt_from_a_weights_file(tmp_path):
     torch.manual_seed(5)
-    weights = save_vggt(VGGT(TINY_CONFIG), tmp_path / "vggt_tiny.safetensors")
+    weights = save_vggt(random_vggt(TINY_CONFIG), tmp_path / "vggt_tiny.safetensors")
     workdir = tmp_path / "run"
     args = ["--synthetic", "1", "--num-frames", "4", "--workdir", str(workdir), "--device", "cpu"]
     args += ["--geometry", "vggt", "--weights", str(weights), "--batch-size", "2"]

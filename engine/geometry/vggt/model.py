@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -52,3 +54,20 @@ class VGGT(nn.Module):
             "world_points": world_points,
             "world_points_conf": world_points_conf,
         }
+
+
+RANDOM_FOV = math.pi / 3  # 60°: the field of view of random_vggt's cameras
+
+
+def random_vggt(config: VGGTConfig | None = None) -> VGGT:
+    """A VGGT with random weights (from the current torch seed) whose cameras can be scored: the camera
+    head's field-of-view outputs get zero weights and a bias that sums to RANDOM_FOV over its iterations.
+    Plain random weights send about half the fields of view through the ReLU to 0, an infinite focal length,
+    which scoring rejects. Depth, points and poses stay random: for mechanics (tests, the built-in loop)
+    only, its scores mean nothing."""
+    model = VGGT(config)
+    fc2 = model.camera_head.pose_branch.fc2
+    with torch.no_grad():
+        fc2.weight[7:].zero_()
+        fc2.bias[7:].fill_(RANDOM_FOV / model.config.camera_iterations)
+    return model
