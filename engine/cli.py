@@ -56,8 +56,9 @@ def add_config_flags(
             else:
                 parser.add_argument(*flags, dest=dest, action="store_true", default=None)
         elif tp in (int, float, str):
+            metavar = field.name.upper() if prefix and dest not in choices else None
             parser.add_argument(*flags, dest=dest, type=tp, default=None, choices=choices.get(dest),
-                                help=f"default: {field.default!r}")  # fmt: skip
+                                metavar=metavar, help=f"default: {field.default!r}")  # fmt: skip
         elif typing.get_origin(tp) is list and typing.get_args(tp) == (str,):
             default = field.default_factory() if callable(field.default_factory) else field.default
             parser.add_argument(*flags, dest=dest, type=comma_list, default=None, metavar="A,B",
