@@ -16,8 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from videogpa.engine.geometry.epipolar_config import ROBUST_FITS, SAMPLE
-from videogpa.engine.geometry.matching import MATCHERS
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.scenes.procedural import CORRUPTIONS
 from videogpa.engine.types import DTYPE_CHOICES
@@ -408,6 +406,10 @@ def validate(cfg: Config) -> Config:
 
 
 def _check_epipolar(epi: EpipolarConfig, where: str) -> None:
+    # imported here: importing the config does not import the geometry package (the trainer needs none of it)
+    from videogpa.engine.geometry.epipolar_config import ROBUST_FITS, SAMPLE
+    from videogpa.engine.geometry.matching import MATCHERS
+
     _choice(epi.matcher, tuple(MATCHERS), f"{where}.matcher")
     _choice(epi.robust, ROBUST_FITS, f"{where}.robust")
     for key in ("size", "stride"):
