@@ -20,26 +20,49 @@ def _flag_type(tp: object) -> type:
     return tp
 
 
+def comma_list(value: str) -> list[str]:
+    """`a,b` -> ["a", "b"] (a list field's flag)."""
+    return [v.strip() for v in value.split(",")]
+
+
 def add_config_flags(
-    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), **choices
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    aliases: dict[str, str] | None = None,
+    prefix: str = "",
+    **choices,
 ) -> None:
     """One flag per field of the config dataclass (`num_candidates` → `--num-candidates`); a flag left out
     leaves the config's value. Booleans: `--name` sets True, or `--no-name` False for fields that default to
-    True. `choices` restrict fields by name."""
+    True. Lists of strings: `--name a,b`. A nested section's fields: `--section-field` (dest `section.field`).
+    `aliases` adds flags by dest (`{"epipolar.stride": "--pair-stride"}`); `choices` restrict fields by dest."""
     hints = typing.get_type_hints(cls)
+    aliases = aliases or {}
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        dest = prefix + field.name
+        flags = [
+            "--" + dest.replace(".", "-").replace("_", "-"),
+            *([aliases[dest]] if dest in aliases else []),
+        ]
         tp = _flag_type(hints[field.name])
-        if tp is bool:
+        if dataclasses.is_dataclass(tp):
+            add_config_flags(parser, tp, aliases=aliases, prefix=dest + ".", **choices)
+        elif tp is bool:
             if field.default is True:
-                parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", default=None)
+                parser.add_argument("--no-" + flags[0][2:], dest=dest, action="store_false", default=None)
             else:
-                parser.add_argument(flag, dest=field.name, action="store_true", default=None)
+                parser.add_argument(*flags, dest=dest, action="store_true", default=None)
         elif tp in (int, float, str):
-            parser.add_argument(flag, dest=field.name, type=tp, default=None, choices=choices.get(field.name),
-                                help=f"default: {field.default!r}")  # fmt: skip
+            metavar = field.name.upper() if prefix and dest not in choices else None
+            parser.add_argument(*flags, dest=dest, type=tp, default=None, choices=choices.get(dest),
+                                metavar=metavar, help=f"default: {field.default!r}")  # fmt: skip
+        elif typing.get_origin(tp) is list and typing.get_args(tp) == (str,):
+            default = field.default_factory() if callable(field.default_factory) else field.default
+            parser.add_argument(*flags, dest=dest, type=comma_list, default=None, metavar="A,B",
+                                help=f"comma-separated; default: {','.join(default or [])!r}")  # fmt: skip
 
 
 def add_config_file_flags(parser: argparse.ArgumentParser, section: str) -> None:
@@ -63,7 +86,16 @@ def stage_config(cls: type, section: str, args: argparse.Namespace):
     for item in args.overrides:
         apply_override(data, item)
     names = {f.name for f in dataclasses.fields(cls)}
-    data.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    for key, value in vars(args).items():  # flags of nested sections have dests `section.field`
+        *parents, leaf = key.split(".")
+        if value is None or (parents or [leaf])[0] not in names:
+            continue
+        node = data
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
     where = f"loop.{section}"
     try:
         cfg = build_dataclass(cls, data, where)

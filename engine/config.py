@@ -143,11 +143,29 @@ class GenerationConfig:
 GEOMETRY_BACKENDS = ("auto", "oracle", "vggt")
 POINT_SOURCES = ("auto", "depth", "pointmap")
 KERNEL_BACKENDS = ("auto", "triton", "torch")
+SCORE_METRICS = ("reprojection", "epipolar")
+
+
+@dataclass
+class EpipolarConfig:
+    """The score stage's epipolar metric (Epi, engine.geometry.epipolar): keypoint matches per frame pair, a
+    robust fundamental-matrix fit, the mean Sampson distance of its inliers / max(H, W)."""
+
+    matcher: str = "lightglue"  # SuperPoint + LightGlue (local folders); "oracle": the stored geometry
+    lightglue_weights: str | None = None  # local LightGlueForKeypointMatching folder (transformers)
+    superpoint_weights: str | None = None  # local SuperPoint folder (if the LightGlue one lacks it)
+    size: int | None = None  # longer side the frames are matched at (None: as scored)
+    stride: int | None = None  # also pair frames (i, i + stride) besides consecutive ones
+    min_matches: int = 16  # pairs with fewer matches are reported unscored (never 0)
+    inlier_threshold: float = 0.004  # Sampson inlier threshold, a fraction of max(H, W)
+    robust: str = "batched"  # "batched" MSAC over all pairs of a video, or "kornia" RANSAC per pair
+    seed: int = 0  # the robust fit's sampling seed (fixed: not the synthetic set's)
 
 
 @dataclass
 class ScoreConfig:
-    """The score stage (engine.stages.score): 3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion."""
+    """The score stage (engine.stages.score): 3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion,
+    and/or the epipolar error Epi."""
 
     geometry: str = (
         "auto"  # "vggt" (weights needed), "oracle" (videos with geometry sidecars); auto: by weights
@@ -167,6 +185,8 @@ class ScoreConfig:
     lpips_weight: float = 1.0  # λ in 3DCS = MSE + λ·LPIPS
     kernel_backend: str = "auto"
     scores_file: str = "scores.jsonl"  # the stage's output, in its output folder
+    metrics: list[str] = field(default_factory=lambda: ["reprojection"])  # and/or "epipolar" (SCORE_METRICS)
+    epipolar: EpipolarConfig = field(default_factory=EpipolarConfig)
 
 
 @dataclass
@@ -390,6 +410,24 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_epipolar(epi: EpipolarConfig, where: str) -> None:
+    # imported here: importing the config does not import the geometry package (the trainer needs none of it)
+    from videogpa.engine.geometry.epipolar_config import ROBUST_FITS, SAMPLE
+    from videogpa.engine.geometry.matching import MATCHERS
+
+    _choice(epi.matcher, tuple(MATCHERS), f"{where}.matcher")
+    _choice(epi.robust, ROBUST_FITS, f"{where}.robust")
+    for key in ("size", "stride"):
+        if getattr(epi, key) is not None:
+            _positive(getattr(epi, key), f"{where}.{key}")
+    if epi.min_matches < SAMPLE:
+        raise ValueError(
+            f"config key '{where}.min_matches': expected at least {SAMPLE} (the 8-point sample), got {epi.min_matches}"
+        )
+    if not 0 < epi.inlier_threshold < 1:
+        raise ValueError(f"config key '{where}.inlier_threshold': expected a fraction of max(H, W) in (0, 1)")
+
+
 def validate_stage(section: object, where: str) -> None:
     """Checks of one stage section that the types alone cannot express."""
     if isinstance(section, GenerationConfig):
@@ -415,6 +453,12 @@ def validate_stage(section: object, where: str) -> None:
             raise ValueError(
                 f"config key '{where}.mse_only': scores without LPIPS; drop vgg_weights/lpips_weights"
             )
+        if not section.metrics or not set(section.metrics) <= set(SCORE_METRICS):
+            raise ValueError(
+                f"config key '{where}.metrics': expected a non-empty list of {list(SCORE_METRICS)}, "
+                f"got {section.metrics}"
+            )
+        _check_epipolar(section.epipolar, f"{where}.epipolar")
     elif isinstance(section, PairsConfig):
         _positive(section.min_gap, f"{where}.min_gap", allow_zero=True)
         _positive(section.min_motion, f"{where}.min_motion", allow_zero=True)

@@ -1,10 +1,12 @@
 """Before/after evaluation: held-out prompts generated with the same seeds without and with a trained LoRA,
-both scored; prints and saves a side-by-side table (3DCS, MSE, LPIPS, PSNR, SSIM, MVCS, motion), per-prompt
-win rates and a bar plot.
+both scored; prints and saves a side-by-side table in the paper's columns (PSNR, SSIM, LPIPS, MVCS, 3DCS, Epi;
+then MSE, motion) with each difference's bootstrap CI, per-prompt win rates and a bar plot.
 
     python recipes/evaluate.py --output-dir runs/loop                 # the loop folder's LoRA (train/)
     python recipes/evaluate.py --config my_loop.yaml --output-dir runs/eval --lora runs/dpo/ \
         --set loop.evaluate.prompts=heldout.jsonl
+    python recipes/evaluate.py --output-dir runs/eval --metrics reprojection,epipolar \
+        --set loop.score.epipolar.lightglue_weights=/models/lightglue_superpoint      # adds the Epi column
 
 Uses the same config as recipes/pipeline.py (trainer YAML + `loop:` section). Writes OUT/evaluation.json,
 evaluation.md and evaluation.png; generation and scoring resume, a finished evaluation.json is kept.
@@ -13,11 +15,12 @@ evaluation.md and evaluation.png; generation and scoring resume, a finished eval
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
-from videogpa.engine.cli import run_recipe
+from videogpa.engine.cli import comma_list, run_recipe
 from videogpa.engine.stages.loop import Loop, load_loop_config
 
 RECIPES = Path(__file__).resolve().parent
@@ -29,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--lora", help="LoRA folder or file (default: OUT/train/pytorch_lora_weights.safetensors)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--metrics", type=comma_list, metavar="A,B",
+                   help="score metrics, comma-separated: reprojection, epipolar (= loop.score.metrics)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.metrics is not None:
+        args.overrides.append(f"loop.score.metrics={json.dumps(args.metrics)}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> int:

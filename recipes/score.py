@@ -1,15 +1,21 @@
-"""Score videos' 3D consistency (3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion).
+"""Score videos' 3D consistency (3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion) and/or
+their epipolar error (Epi: SuperPoint + LightGlue matches, a robust fundamental matrix per frame pair,
+the mean Sampson distance of its inliers / max(H, W)).
 
     python recipes/score.py                              # synthetic set, oracle geometry, end to end
     python recipes/score.py --synthetic 12 --workdir runs/synth
     python recipes/score.py --videos DIR_OR_MANIFEST.jsonl --geometry vggt --weights vggt_1b.safetensors \
         --vgg-weights vgg16.pth --lpips-weights lpips_vgg.pth --out scores.jsonl
+    python recipes/score.py --videos DIR --metrics reprojection,epipolar ... --lightglue-weights lightglue/
+    python recipes/score.py --videos DIR --metrics epipolar --lightglue-weights lightglue/   # no geometry model
 
 One JSONL row per video (scores, motion, frames used, backend, versions); rerunning skips videos already
 scored and retries the rest (a retried video's new row replaces its error row); a bad video (unreadable,
 truncated, or a reconstruction without finite geometry) gets an error row and the run goes on. Every flag
-but --videos / --synthetic / --workdir / --out / --seed is a key of the config's loop.score section (engine.config.ScoreConfig); --geometry auto
-(the default) is vggt when --weights is given, else the oracle (each video's stored geometry).
+but --videos / --synthetic / --workdir / --out / --seed is a key of the config's loop.score section
+(engine.config.ScoreConfig; --epipolar-* are its epipolar section, also as --matcher, --lightglue-weights,
+--superpoint-weights, --match-size, --pair-stride, --min-matches, --robust); --geometry auto (the default)
+is vggt when --weights is given, else the oracle (each video's stored geometry).
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages import score
 
 log = logging.getLogger("score")
+# the epipolar section's short flags (kept from before the flags came from the config)
+EPIPOLAR_FLAGS = {"epipolar.matcher": "--matcher", "epipolar.lightglue_weights": "--lightglue-weights",
+                  "epipolar.superpoint_weights": "--superpoint-weights", "epipolar.size": "--match-size",
+                  "epipolar.stride": "--pair-stride", "epipolar.min_matches": "--min-matches",
+                  "epipolar.robust": "--robust"}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default="runs/score_synthetic", help="where the generated set and scores go")
     p.add_argument("--out", help="scores JSONL (default: scores.jsonl beside the videos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated synthetic set")
-    add_config_flags(p, ScoreConfig, skip=("scores_file",), geometry=list(GEOMETRY_BACKENDS),
+    add_config_flags(p, ScoreConfig, skip=("scores_file",), aliases=EPIPOLAR_FLAGS, geometry=list(GEOMETRY_BACKENDS),
                      points=list(POINT_SOURCES), kernel_backend=list(KERNEL_BACKENDS))  # fmt: skip
     add_config_file_flags(p, "score")
     return p.parse_args(argv)
@@ -48,23 +59,35 @@ def summarize(rows: list[dict]) -> None:
     best in its scene."""
     ok = [r for r in rows if r["status"] == "ok"]
     print(f"\nscored {len(ok)} videos, {len(rows) - len(ok)} errors")
-    if not ok:
-        return
-    print(
-        f"mean 3DCS {statistics.mean(r['score'] for r in ok):.5f}, mean motion {statistics.mean(r['motion'] for r in ok):.4f}"
-    )
+    if any(r.get("score") is not None for r in ok):
+        print(
+            f"mean 3DCS {statistics.mean(r['score'] for r in ok):.5f}, mean motion {statistics.mean(r['motion'] for r in ok):.4f}"
+        )
+        summarize_metric(ok, "score", "3DCS")
+    epi = [r for r in ok if r.get("epi") is not None]
+    if any("epi" in r for r in ok):
+        unscored = sum(r["epi_pairs"] - r["epi_pairs_scored"] for r in ok if "epi_pairs" in r)
+        mean = f"mean Epi {statistics.mean(r['epi'] for r in epi):.5g}" if epi else "no Epi"
+        print(
+            f"{mean} ({len(ok) - len(epi)} videos without one; {unscored} frame pairs with too few matches)"
+        )
+        summarize_metric(epi, "epi", "Epi")
+
+
+def summarize_metric(ok: list[dict], metric: str, label: str) -> None:
+    """Per corruption kind means, and how often the clean clip beat its corrupted versions (synthetic sets)."""
     by_kind = defaultdict(list)
     groups = defaultdict(dict)
     for r in ok:
         if "group" in r:
-            by_kind[r.get("corruption") or "clean"].append(r["score"])
-            groups[r["group"]][r.get("corruption") or "clean"] = r["score"]
+            by_kind[r.get("corruption") or "clean"].append(r[metric])
+            groups[r["group"]][r.get("corruption") or "clean"] = r[metric]
     for kind, scores in sorted(by_kind.items()):
-        print(f"  {kind:8s} n={len(scores):3d}  mean 3DCS {statistics.mean(scores):.5f}")
+        print(f"  {kind:8s} n={len(scores):3d}  mean {label} {statistics.mean(scores):.5g}")
     pairs = [(g["clean"], s) for g in groups.values() if "clean" in g for k, s in g.items() if k != "clean"]
     if pairs:
         right = sum(clean < bad for clean, bad in pairs)
-        print(f"clean scored better than its corrupted version in {right}/{len(pairs)} pairs")
+        print(f"{label}: clean scored better than its corrupted version in {right}/{len(pairs)} pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = stage_config(ScoreConfig, "score", args)
+        scorer = score.Scorer.build(cfg)  # bad weights or folders fail before anything is written
         if args.videos is None:
             videos_dir = Path(args.workdir) / "videos"
             log.info("no --videos: writing a synthetic set of %d scenes to %s", args.synthetic, videos_dir)
@@ -81,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             source = Path(args.videos)
         out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / cfg.scores_file
         cfg = dataclasses.replace(cfg, scores_file=out.name)
-        summary = score.run(cfg, source, out.parent)
+        summary = score.run(cfg, source, out.parent, scorer=scorer)
         log.info("%d videos (re)scored into %s", summary.new_rows, summary.scores)
         summarize(score.latest_rows(summary.scores))
         return 0

@@ -50,6 +50,8 @@ class Clip:
     intrinsics: torch.Tensor
     extrinsics: torch.Tensor
     scene: Scene | None = None
+    pixel_coords: torch.Tensor | None = None  # [T, H, W, 2]: the image point each pixel's ray went through
+    box_offsets: torch.Tensor | None = None  # [T, B, 3]: how far each box had moved in each frame
 
     def __iter__(self):
         """`frames, depth, intrinsics, extrinsics = render_clip(...)`."""
@@ -196,7 +198,8 @@ def render_clip(
         normal = torch.where(hits[..., None], world_normal, normal)
         local_hit = torch.where(hits[..., None], o_local + t_in[..., None] * d_local, local_hit)
     frames = _texture(local_hit, normal, surface, scene).permute(0, 3, 1, 2).contiguous()
-    return Clip(frames=frames, depth=depth, intrinsics=intr, extrinsics=extr, scene=scene)
+    return Clip(frames=frames, depth=depth, intrinsics=intr, extrinsics=extr, scene=scene,
+                pixel_coords=pixel_coords, box_offsets=offsets)  # fmt: skip
 
 
 def pixel_grid(height: int, width: int) -> torch.Tensor:

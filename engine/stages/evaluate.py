@@ -1,5 +1,6 @@
 """The evaluate stage: the same held-out prompts and seeds generated without and with the trained LoRA,
-both scored, compared side by side (3DCS, MSE, LPIPS, PSNR, SSIM, MVCS, motion) with per-prompt win rates.
+both scored, compared side by side in the paper's columns (PSNR, SSIM, LPIPS, MVCS, 3DCS, Epi; then MSE,
+motion) with per-prompt win rates and a bootstrap confidence interval on each difference (engine.eval_stats).
 
 A prompt is a win when its mean 3DCS over the seeds is lower with the LoRA (ties count half). Only videos
 scored in both runs are compared.
@@ -16,23 +17,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from videogpa.engine.config import EvaluateConfig, GenerationConfig
+from videogpa.engine.eval_stats import RESAMPLES, paired_metric
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import read_jsonl, write_json_atomic
 
 # metric -> True: lower is better, False: higher is better, None: neither (reported only)
+# (the paper's main-table columns in its order, then the extra ones)
 METRICS = {
-    "score": True,
-    "mse": True,
-    "lpips": True,
     "psnr": False,
     "ssim": False,
+    "lpips": True,
     "mvcs": False,
+    "score": True,
+    "epi": True,
+    "mse": True,
     "motion": None,
 }
 LABELS = {"score": "3DCS", "mse": "MSE", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", "mvcs": "MVCS",
-          "motion": "motion"}  # fmt: skip
+          "epi": "Epi", "motion": "motion"}  # fmt: skip
 
 
 def _by_candidate(rows: list[dict], where: str) -> dict[tuple[str, int], dict]:
@@ -66,7 +70,7 @@ def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLik
         if lower is not None and before is not None and after is not None:
             better = after < before if lower else after > before
         table[metric] = {"label": LABELS[metric], "base": before, "lora": after, "lower_is_better": lower,
-                         "improved": better}  # fmt: skip
+                         "improved": better, **paired_metric(b, t, metric, lower)}  # fmt: skip
     per_prompt = defaultdict(lambda: {"base": [], "lora": []})
     for key in common:
         per_prompt[key[0]]["base"].append(b[key]["score"])
@@ -92,18 +96,42 @@ def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLik
         "video_win_rate": videos_won / len(common),
         "per_prompt": prompts,
         "notes": notes,
+        "epi_computed": any("epi_pairs" in r for r in base_rows + tuned_rows),
     }
+
+
+def difference_cell(m: dict) -> str:
+    """`Δ [low, high]` (* when the interval excludes 0) | the LoRA's per-prompt win rate in that metric."""
+    if m.get("delta") is None:
+        return "n/a | n/a"
+    low, high = m["ci"]
+    star = "*" if low > 0 or high < 0 else ""
+    won = (
+        "-"
+        if m["prompt_win_rate"] is None
+        else f"{100 * m['prompt_win_rate']:.0f}% of {m['prompts_compared']}"
+    )
+    return f"{m['delta']:+.4g} [{low:+.4g}, {high:+.4g}]{star} | {won}"
 
 
 def format_table(result: dict) -> str:
     """A side-by-side Markdown table and the win rates."""
     fmt = lambda v: "n/a" if v is None else f"{v:.5g}"
-    lines = ["| metric | base | LoRA | better is |", "|---|---|---|---|"]
+    lines = [
+        "| metric | base | LoRA | better is | Δ LoRA − base [95% CI] | prompts won |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in result["metrics"].values():
         direction = {True: "lower", False: "higher", None: "-"}[m["lower_is_better"]]
         mark = " ✓" if m["improved"] else ""
-        lines.append(f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} |")
+        lines.append(
+            f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} | {difference_cell(m)} |"
+        )
     lines.append("")
+    lines.append(
+        f"Δ: mean per-prompt difference, 95% percentile-bootstrap CI over prompts ({RESAMPLES} resamples, "
+        "seed 0); * where the CI excludes 0 (a real change at that level)"
+    )
     lines.append(
         f"LoRA wins {100 * result['prompt_win_rate']:.1f}% of {result['prompts']} prompts "
         f"({100 * result['video_win_rate']:.1f}% of {result['videos']} videos) on 3DCS"
@@ -113,6 +141,10 @@ def format_table(result: dict) -> str:
         lines.append(
             f"trainer's held-out preference pairs ({held['pairs']}): accuracy "
             f"{100 * held['heldout_accuracy_before']:.1f}% before -> {100 * held['heldout_accuracy_after']:.1f}% after"
+        )
+    if result.get("epi_computed") and result["metrics"]["epi"]["delta"] is None:
+        lines.append(
+            "NOTE: Epi was computed, but no video had a frame pair with enough matches (see epi_pair_matches)"
         )
     lines += [f"NOTE: {n}" for n in result["notes"]]
     return "\n".join(lines)

@@ -4,7 +4,7 @@ The config is one engine.config.Config: the trainer's sections plus `loop:` (one
 (engine.stages.*) skips what is already complete and resumes what is not, and hands the next stage its output
 path; nothing produced is overwritten:
 
-    DIR/models/            the tiny loop's pipeline and random VGGT (built once)
+    DIR/models/            the tiny loop's pipeline, random VGGT and random LightGlue (built once)
     DIR/generated/         manifest.jsonl, videos/, latents/, scores.jsonl
     DIR/pairs/             pairs.jsonl, pairs_report.json, histograms
     DIR/shards/            train/ (and heldout/) preference shards
@@ -44,6 +44,7 @@ import yaml
 from videogpa.engine.config import (
     Config,
     ModelConfig,
+    ScoreConfig,
     apply_override,
     config_from_dict,
     merge_dicts,
@@ -109,6 +110,25 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
     return cfg
 
 
+def tiny_matcher(builtin: bool, cfg: ScoreConfig, models: Path, seed: int) -> list[str]:
+    """A built-in model's loop asking for the epipolar metric without LightGlue weights gets a random tiny
+    LightGlue + SuperPoint (written once into `models`; its scores are flagged as not meaningful); a real
+    model's loop gets a clear error instead. Returns what was built."""
+    epi = cfg.epipolar
+    if "epipolar" not in cfg.metrics or epi.matcher != "lightglue" or epi.lightglue_weights:
+        return []
+    if not builtin:
+        raise ValueError("loop: set loop.score.epipolar.lightglue_weights (a local LightGlue folder)")
+    from videogpa.engine.geometry.lightglue import write_random_lightglue
+
+    folder = models / "lightglue_tiny_random"
+    built = [] if (folder / "config.json").is_file() else ["tiny random LightGlue"]
+    if built:
+        write_random_lightglue(folder, seed=seed)
+    epi.lightglue_weights, cfg.random_weights = str(folder), True
+    return built
+
+
 class Loop:
     """Runs the stages of one loop folder."""
 
@@ -153,7 +173,8 @@ class Loop:
 
     # ---------------------------------------------------------------------------------------- stages
     def prepare_models(self) -> None:
-        """A built-in model's pipeline and random VGGT (written once); real models: check the folders."""
+        """A built-in model's pipeline, random VGGT and random LightGlue (written once); real models: check the
+        folders."""
         from videogpa.engine.models.pipelines import pipeline_folder, save_pipeline
 
         gen, sc = self.cfg.generation, self.cfg.score
@@ -184,6 +205,7 @@ class Loop:
                     save_vggt(random_vggt(TINY_CONFIG), weights)
                 built.append("tiny random VGGT")
             sc.weights, sc.random_weights = str(weights), True
+        built += tiny_matcher(self.builtin, sc, self.out / "models", self.config.seed)
         self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
                   + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
 

@@ -31,6 +31,7 @@ from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.records import append_jsonl, read_jsonl, write_jsonl_atomic
 from videogpa.engine.io.video import LoadedVideo, is_video, load_video
 from videogpa.engine.logging_utils import package_version
+from videogpa.engine.stages.score_metrics import NoGeometry, build_epipolar, metric_scores
 from videogpa.engine.types import default_device
 
 log = logging.getLogger(__name__)
@@ -215,17 +216,22 @@ def resolve_geometry(cfg: ScoreConfig) -> ScoreConfig:
 
 @dataclass
 class Scorer:
-    """A loaded geometry model (None: the oracle) and LPIPS (None: off) with their settings."""
+    """A loaded geometry model (None: the oracle) and LPIPS (None: off) with their settings, and the epipolar
+    scorer when cfg.metrics has "epipolar"."""
 
     cfg: ScoreConfig
     model: GeometryModel | None
     lpips: object | None
+    epipolar: object | None = None  # engine.geometry.epipolar.EpipolarScorer
 
     @classmethod
     def build(cls, cfg: ScoreConfig) -> Scorer:
         from videogpa.engine.geometry.registry import build_geometry_model
 
         cfg = resolve_geometry(cfg)
+        epipolar = build_epipolar(cfg)
+        if "reprojection" not in cfg.metrics:  # no reconstruction, but the oracle matcher's stored geometry
+            return cls(cfg, None if epipolar.needs_geometry else NoGeometry(), None, epipolar)
         if cfg.geometry == "vggt" and not cfg.weights:
             raise ValueError(
                 "score: geometry 'vggt' needs weights (a local VGGT safetensors file; nothing is downloaded)"
@@ -249,7 +255,7 @@ class Scorer:
             log.warning("LPIPS is OFF (no vgg_weights/lpips_weights given): 3DCS = reprojection MSE only")
         if cfg.random_weights:
             log.warning(RANDOM_WEIGHTS_NOTE)
-        return cls(cfg, model, lpips)
+        return cls(cfg, model, lpips, epipolar)
 
     def score(self, videos: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> list[dict]:
         """Score the videos (folder or manifest) not yet in the scores file `out`; returns the new rows."""
@@ -258,13 +264,16 @@ class Scorer:
         info = {"backend": cfg.geometry, "geometry_weights": cfg.weights, "n_frames": cfg.num_frames,
                 "kernel_backend": cfg.kernel_backend, "conf_thres": cfg.conf_thres, "points": cfg.points}  # fmt: skip
         info["versions"] = {name: package_version(name) for name in ("videogpa", "torch", "triton")}
+        if self.epipolar is not None:
+            info["epi_matcher"] = cfg.epipolar.matcher
         if cfg.random_weights:
             info["note"] = RANDOM_WEIGHTS_NOTE
         batch = cfg.batch_size or (4 if str(cfg.device).startswith("cuda") else 1)
-        settings = functools.partial(
+        reprojection = functools.partial(
             score_reconstruction, conf_thres=cfg.conf_thres, points=cfg.points, lpips=self.lpips,
             lpips_weight=cfg.lpips_weight, image_metrics=not cfg.mse_only, backend=cfg.kernel_backend,
-        )  # fmt: skip
+        ) if "reprojection" in cfg.metrics else None  # fmt: skip
+        settings = metric_scores(reprojection, self.epipolar)
         return score_videos(list_videos(videos), out, model=self.model, n_frames=cfg.num_frames, size=size,
                             batch_size=batch, device=cfg.device, score=settings, row_info=info, progress=progress)  # fmt: skip
 
@@ -283,9 +292,11 @@ class ScoreSummary:
     errors: int
     mean_score: float | None
     random_weights: bool
+    mean_epi: float | None = None
 
     def __str__(self) -> str:
         mean = f", mean 3DCS {self.mean_score:.5f}" if self.mean_score is not None else ""
+        mean += f", mean Epi {self.mean_epi:.5g}" if self.mean_epi is not None else ""
         note = " [random-weights geometry: not meaningful]" if self.random_weights else ""
         return f"{self.ok} videos scored, {self.errors} errors{mean}{note} ({self.new_rows} in this run)"
 
@@ -294,10 +305,14 @@ def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSumma
     """Counts of videos (not rows) over a scores file; a video counts once, by its last row."""
     rows = latest_rows(scores)
     ok = [r for r in rows if r.get("status") == "ok"]
-    mean = sum(r["score"] for r in ok) / len(ok) if ok else None
-    return ScoreSummary(
-        Path(scores), new_rows, len(ok), len(rows) - len(ok), mean, any(r.get("note") for r in rows)
-    )
+    return ScoreSummary(Path(scores), new_rows, len(ok), len(rows) - len(ok), _mean_of(ok, "score"),
+                        any(r.get("note") for r in rows), _mean_of(ok, "epi"))  # fmt: skip
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    """The mean of a metric over the rows that have it (Epi is None for a video with no scored pair)."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
 
 
 @one_process_per_folder

@@ -3,6 +3,7 @@ the section alone) and --set, and bad input as one `error: ...` line with exit s
 
 import argparse
 import dataclasses
+import typing
 
 import pytest
 import yaml
@@ -23,8 +24,31 @@ def parser_for(cls, section):
 
 @pytest.mark.parametrize("cls", [GenerationConfig, ScoreConfig, PairsConfig, EncodeConfig])
 def test_every_config_field_has_a_flag(cls):
+    """A nested section's fields too (dest `section.field`: ScoreConfig.epipolar)."""
     actions = {a.dest for a in parser_for(cls, "x")._actions}
-    assert {f.name for f in dataclasses.fields(cls)} <= actions
+    hints, fields = typing.get_type_hints(cls), set()
+    for f in dataclasses.fields(cls):
+        section = hints[f.name]
+        nested = dataclasses.is_dataclass(section)
+        fields |= {f"{f.name}.{g.name}" for g in dataclasses.fields(section)} if nested else {f.name}
+    assert fields <= actions and (cls is not ScoreConfig or {"metrics", "epipolar.matcher"} <= actions)
+
+
+def test_list_and_nested_flags_reach_the_config():
+    args = parser_for(ScoreConfig, "score").parse_args(["--metrics", "reprojection, epipolar",
+                                                        "--epipolar-stride", "2", "--epipolar-lightglue-weights", "lg"])  # fmt: skip
+    cfg = stage_config(ScoreConfig, "score", args)
+    assert cfg.metrics == ["reprojection", "epipolar"]
+    assert (cfg.epipolar.stride, cfg.epipolar.lightglue_weights, cfg.epipolar.matcher) == (
+        2,
+        "lg",
+        "lightglue",
+    )
+    args = parser_for(ScoreConfig, "score").parse_args(
+        ["--set", "epipolar.robust=kornia", "--epipolar-size", "9"]
+    )
+    cfg = stage_config(ScoreConfig, "score", args)
+    assert (cfg.epipolar.robust, cfg.epipolar.size, cfg.size) == ("kornia", 9, None)  # --set and flag merge
 
 
 @pytest.mark.parametrize("name", RECIPES)

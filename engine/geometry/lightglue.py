@@ -1,0 +1,134 @@
+"""The learned matcher: SuperPoint keypoints and LightGlue matches (transformers' own models, loaded offline
+from local folders), all frame pairs of a video in one batched call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from videogpa.engine.geometry.base import Geometry
+from videogpa.engine.geometry.matching import FeatureMatcher, PairMatches, pad_matches
+
+GRAY = (0.299, 0.587, 0.114)  # NTSC luma weights (SuperPoint sees one channel)
+
+
+def _load(kind: str, path: str | os.PathLike, loader):
+    """from_pretrained(path, local_files_only=True) with a one-line error naming the folder."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"{kind} weights folder {path} has no config.json (a local transformers folder: config.json + "
+            "model.safetensors; nothing is downloaded)"
+        )
+    try:
+        return loader(str(path), local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{kind} weights folder {path} could not be loaded: {first}") from err
+
+
+class LightGlueMatcher(FeatureMatcher):
+    """LightGlueForKeypointMatching (its keypoint detector is SuperPoint) on grey frames; `size` resizes the
+    frames' longer side before matching (None: as given); keypoints come back in the frames' pixels."""
+
+    name = "lightglue"
+
+    def __init__(self, model, *, size: int | None = None, device: torch.device | str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        # Adaptive depth and width off: with several pairs per call, transformers 5.24's early stop raised an
+        # IndexError (measured on random tiny weights), and per-pair stopping would tie a pair's matches to the
+        # other pairs of its batch.
+        self.model.depth_confidence = self.model.width_confidence = -1.0
+        self.size, self.device = size, torch.device(device)
+
+    @classmethod
+    def from_folders(
+        cls,
+        lightglue_path: str | os.PathLike | None = None,
+        superpoint_path: str | os.PathLike | None = None,
+        *,
+        size: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> LightGlueMatcher:
+        """LightGlue from its folder; SuperPoint from its own folder when given, else the LightGlue folder must
+        hold the keypoint detector's weights too (ValueError naming the folder otherwise)."""
+        from transformers import LightGlueForKeypointMatching, SuperPointForKeypointDetection
+
+        if lightglue_path is None:
+            raise ValueError(
+                "epipolar: the lightglue matcher needs lightglue_weights (a local LightGlue folder)"
+            )
+        model, info = _load("LightGlue", lightglue_path, LightGlueForKeypointMatching.from_pretrained)
+        missing = list(info.get("missing_keys", []))
+        if superpoint_path is not None:
+            detector, sp_info = _load(
+                "SuperPoint", superpoint_path, SuperPointForKeypointDetection.from_pretrained
+            )
+            if sp_info.get("missing_keys"):
+                raise ValueError(
+                    f"SuperPoint weights folder {superpoint_path} lacks weights: {sorted(sp_info['missing_keys'])[:3]}"
+                )
+            model.keypoint_detector = detector
+            missing = [k for k in missing if not k.startswith("keypoint_detector.")]
+        if missing:
+            hint = " (give superpoint_weights, a SuperPoint folder)" if superpoint_path is None else ""
+            raise ValueError(
+                f"LightGlue weights folder {lightglue_path} lacks weights: {sorted(missing)[:3]}{hint}"
+            )
+        return cls(model, size=size, device=device)
+
+    def _gray(self, frames: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """Grey frames [T, 3, h, w] (three equal channels) at the matching size and the pixel scale factors."""
+        gray = (frames.float() * torch.tensor(GRAY, device=frames.device)[:, None, None]).sum(1, keepdim=True)
+        height, width = frames.shape[-2:]
+        if self.size is not None and max(height, width) != self.size:
+            scale = self.size / max(height, width)
+            new = (max(1, round(height * scale)), max(1, round(width * scale)))
+            gray = torch.nn.functional.interpolate(
+                gray, size=new, mode="bilinear", antialias=True, align_corners=False
+            )
+        return gray.expand(-1, 3, -1, -1), width / gray.shape[-1], height / gray.shape[-2]
+
+    @torch.no_grad()
+    def match(
+        self, frames: torch.Tensor, pairs: list[tuple[int, int]], geometry: Geometry | None = None
+    ) -> PairMatches:
+        gray, sx, sy = self._gray(frames.to(self.device))
+        first = torch.tensor([i for i, _ in pairs], device=self.device)
+        second = torch.tensor([j for _, j in pairs], device=self.device)
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(torch.stack([gray[first], gray[second]], dim=1).to(dtype))
+        h, w = gray.shape[-2:]
+        size = torch.tensor([w, h], device=self.device, dtype=torch.float32)
+        scale = torch.tensor([sx, sy], device=self.device)
+        matches = out.matches.reshape(len(pairs), 2, -1)  # [2P, K] without early stopping in transformers 5.x
+        found = []
+        for k in range(len(pairs)):
+            kp0, kp1 = out.keypoints[k, 0].float() * size, out.keypoints[k, 1].float() * size
+            partner = matches[k, 0].long()
+            keep = (partner >= 0) & out.mask[k, 0].bool()
+            # pixel centres of the matching size back to the frames': x = (x' + 0.5)·s − 0.5
+            a = (kp0[keep] + 0.5) * scale - 0.5
+            b = (kp1[partner[keep]] + 0.5) * scale - 0.5
+            found.append((a, b))
+        return pad_matches(pairs, found)
+
+
+def write_random_lightglue(
+    folder: str | os.PathLike, seed: int = 0, max_keypoints: int = 256, initializer_range: float = 0.02
+) -> Path:
+    """A tiny LightGlue + SuperPoint with random weights (for mechanics only: its matches mean nothing)."""
+    from transformers import LightGlueConfig, LightGlueForKeypointMatching, SuperPointConfig
+
+    detector = SuperPointConfig(encoder_hidden_sizes=[8, 8, 16, 16], decoder_hidden_size=32,
+                                descriptor_decoder_dim=32, max_keypoints=max_keypoints)  # fmt: skip
+    config = LightGlueConfig(keypoint_detector_config=detector.to_dict(), descriptor_dim=32, num_hidden_layers=2,
+                             num_attention_heads=2, filter_threshold=0.0, initializer_range=initializer_range)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LightGlueForKeypointMatching(config)
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    return folder
