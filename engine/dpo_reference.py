@@ -146,3 +146,30 @@ def precomputed_reference(
             save_table(table, path, meta)
         D.barrier()
     return Precomputed(table)
+
+
+def split_reference(cfg, adapter: ModelAdapter, engine, frozen, dataset, train: bool, make_inputs,
+                    batches_per_epoch: int, out_dir: Path, resuming: bool, device: torch.device):  # fmt: skip
+    """The configured reference (dpo.reference) for the training or the held-out split. `precomputed` tables
+    are keyed by seed, pairs, draws and model: training uses one draw per epoch (or the noise cycle), held-out
+    evaluation eval.draws, at its own seed offset. make_inputs(idx, draws, seed) gives StepInputs."""
+    from videogpa.engine.heldout import EVAL_SEED_OFFSET
+
+    lora = cfg.lora.enabled
+    online = online_reference(adapter, engine.module if lora else engine, frozen, lora)
+    if cfg.dpo.reference != "precomputed":
+        return online
+    seed = cfg.seed if train else cfg.seed + EVAL_SEED_OFFSET
+    epochs = math.ceil(cfg.train.max_steps / batches_per_epoch)
+    draws = min(epochs, cfg.dpo.noise_cycle or epochs) if train else cfg.eval.draws
+    meta = {"seed": str(seed), "pairs": str(len(dataset)), "draws": str(draws), "model": cfg.model.name}
+    name = "reference_errors.safetensors" if train else "reference_errors_heldout.safetensors"
+
+    def compute() -> torch.Tensor:
+        make = lambda idx, draw: make_inputs(idx, [draw] * len(idx), seed)
+        engine.eval()
+        table = compute_table(len(dataset), draws, cfg.eval.batch_size, make, online, device)
+        engine.train()
+        return table
+
+    return precomputed_reference(out_dir / name, meta, compute, resuming)

@@ -4,8 +4,6 @@ loss under DeepSpeed (ZeRO, bf16, accumulation, clipping), with atomic checkpoin
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
 import time
 from pathlib import Path
 
@@ -14,27 +12,19 @@ import torch
 from videogpa.engine import checkpoint as ckpt
 from videogpa.engine import distributed as D
 from videogpa.engine import dpo_reference as R
-from videogpa.engine.config import Config, config_changes
+from videogpa.engine.config import Config
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
-from videogpa.engine.heldout import EVAL_SEED_OFFSET, accuracy_before, heldout_accuracy
-from videogpa.engine.io.lock import folder_lock
-from videogpa.engine.io.records import append_jsonl
+from videogpa.engine.heldout import accuracy_before, heldout_accuracy
 from videogpa.engine.logging_utils import MetricsLogger, StepReporter, write_final_report, write_run_records
-from videogpa.engine.models import get_adapter
-from videogpa.engine.models.lora import (
-    apply_lora,
-    enable_full_finetuning,
-    enable_gradient_checkpointing,
-    export_trained_weights,
-)
-from videogpa.engine.optim import build_optimizer
+from videogpa.engine.models.lora import export_trained_weights
+from videogpa.engine.policy import build_policy, model_adapter
+from videogpa.engine.run_folder import claim_output_dir, record_resume, resume_point
 from videogpa.engine.training_data import load_training_sets
 
-METRIC_NAMES = ("loss", "accuracy", "reward_margin", "logits_mean", "policy_err_w", "policy_err_l")
-METRIC_NAMES += ("ref_err_w", "ref_err_l")
+METRIC_NAMES = ("loss", "accuracy", "reward_margin", "logits_mean", "policy_err_w", "policy_err_l", "ref_err_w",
+                "ref_err_l")  # fmt: skip
 SOURCE_DIR = Path(__file__).resolve().parents[1]
-LOCK_NAME = ".train.lock"
 
 
 class Trainer:
@@ -54,42 +44,20 @@ class Trainer:
         D.seed_everything(cfg.seed)
         self._lock = contextlib.ExitStack()
         try:
-            self._claim_output_dir(resume, overwrite)
+            claim_output_dir(self._lock, self.out, resume, overwrite)
             self._set_up(resume, overwrite, allow_config_change)
         except BaseException:
             self.close()
             raise
 
-    def _claim_output_dir(self, resume: bool, overwrite: bool) -> None:
-        """Collective: rank 0 locks the folder and checks it holds no other run; every rank agrees."""
-        error = None
-        if D.is_main():
-            try:
-                self._lock.enter_context(folder_lock(self.out, LOCK_NAME))
-                other = ckpt.previous_run(self.out)
-                if other and not resume and not overwrite:
-                    raise ValueError(f"{self.out} holds another run ({other}); continue it with --resume or "
-                                     "replace it with --overwrite")  # fmt: skip
-            except ValueError as err:
-                error = err
-            except OSError as err:  # a read-only or full disk, a path through a file
-                error = ValueError(
-                    f"cannot write the output folder {err.filename or self.out}: {err.strerror or err}"
-                )
-        D.raise_together(error)
-
     def _set_up(self, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
         cfg = self.cfg
-        path = cfg.model.path
-        if path is not None and not Path(path).is_dir():
-            raise ValueError(f"config key 'model.path': checkpoint folder {path!r} does not exist (set it to a "
-                             f"local diffusers folder for model {cfg.model.name!r})")  # fmt: skip
-        self.adapter = get_adapter(cfg.model.name, path=path)
+        self.adapter = model_adapter(cfg)
         self.train_set, self.heldout_set = load_training_sets(cfg, self.adapter, self.out)
         self.sampler = PreferenceSampler(
             len(self.train_set), cfg.train.global_batch_size, D.rank(), self.world, cfg.seed
         )
-        self.engine, self.ref_model = self._build_engine()
+        self.engine, self.ref_model = build_policy(cfg, self.adapter, self.dtype, self.world)
         self.start_step, self.nan_skipped, self.skips_in_row = 0, 0, 0
         if resume:
             self._resume(allow_config_change)
@@ -106,77 +74,20 @@ class Trainer:
         """Release the output folder's lock (run() does at its end)."""
         self._lock.close()
 
-    def _build_engine(self):
-        import deepspeed
-
-        cfg = self.cfg
-        model = self.adapter.load_transformer(cfg.model.path, self.dtype)
-        ref_model = (
-            copy.deepcopy(model).requires_grad_(False).eval() if cfg.dpo.reference == "separate" else None
-        )
-        if cfg.lora.enabled:
-            targets = cfg.lora.targets or list(self.adapter.default_lora_targets)
-            model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, targets, cfg.lora.dropout)
-        else:
-            model = enable_full_finetuning(model)
-        if cfg.model.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        optimizer, scheduler = build_optimizer(
-            model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
-        )
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                          config=D.deepspeed_config(cfg, self.world))  # fmt: skip
-        if ref_model is not None:
-            ds = D.inference_config(cfg, self.world, cfg.dpo.reference_offload)
-            ref_model = deepspeed.initialize(model=ref_model, config=ds)[0].eval()
-        return engine, ref_model
-
     def _reference(self, train: bool):
-        """This split's reference strategy; `precomputed` tables are keyed by seed, pairs, draws and model."""
-        cfg = self.cfg
-        online = R.online_reference(self.adapter, self.engine.module if cfg.lora.enabled else self.engine,
-                                    self.ref_model, cfg.lora.enabled)  # fmt: skip
-        if cfg.dpo.reference != "precomputed":
-            return online
+        """This split's reference strategy (engine.dpo_reference.split_reference)."""
         dataset = self.train_set if train else self.heldout_set
-        seed = cfg.seed if train else cfg.seed + EVAL_SEED_OFFSET
-        epochs = math.ceil(cfg.train.max_steps / self.sampler.batches_per_epoch)  # one draw per epoch
-        draws = min(epochs, cfg.dpo.noise_cycle or epochs) if train else cfg.eval.draws
-        meta = {"seed": str(seed), "pairs": str(len(dataset)), "draws": str(draws), "model": cfg.model.name}
-        name = "reference_errors.safetensors" if train else "reference_errors_heldout.safetensors"
-
-        def compute():
-            make = lambda idx, draw: inputs_for_pairs(self.adapter, dataset, idx, [draw] * len(idx), seed,
-                                                      self.device, self.dtype)  # fmt: skip
-            self.engine.eval()
-            table = R.compute_table(len(dataset), draws, cfg.eval.batch_size, make, online, self.device)
-            self.engine.train()
-            return table
-
-        return R.precomputed_reference(self.out / name, meta, compute, resuming=self.start_step > 0)
+        make = lambda idx, draws, seed: inputs_for_pairs(self.adapter, dataset, idx, draws, seed, self.device,
+                                                         self.dtype)  # fmt: skip
+        return R.split_reference(self.cfg, self.adapter, self.engine, self.ref_model, dataset, train, make,
+                                 self.sampler.batches_per_epoch, self.out, self.start_step > 0, self.device)  # fmt: skip
 
     def _resume(self, allow_config_change: bool) -> None:
-        """The newest intact checkpoint (damaged newer ones are named and passed over), refused when the
-        config changed unless allowed (then the change is recorded in config_changes.jsonl)."""
-        path, passed = ckpt.newest_intact(self.out)
-        for line in passed if D.is_main() else []:
-            print(f"resume: passing over damaged checkpoint {line}", flush=True)
-        if path is None:
-            found = "; ".join(passed) or f"no checkpoint folder under {ckpt.checkpoint_root(self.out)}"
-            raise ValueError(f"--resume: no intact checkpoint in {self.out} ({found})")
-        state = ckpt.read_trainer_state(path)
-        changes = config_changes(state["config"], self.cfg.to_dict())
-        if changes and not allow_config_change:
-            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))
-            raise ValueError(f"--resume: the config differs from {path.name}'s ({listed}); "
-                             "pass --allow-config-change to resume with it")  # fmt: skip
+        path, changes = resume_point(self.out, self.cfg.to_dict(), allow_config_change)
         state = ckpt.load_checkpoint(self.engine, path, verified=True)
         self.start_step, self.nan_skipped = state["step"], state["nan_skipped"]
         self.skips_in_row = state.get("skips_in_row", 0)
-        if D.is_main():
-            if changes:
-                append_jsonl(self.out / "config_changes.jsonl", {"step": self.start_step, "changes": changes})
-            print(f"resumed from {path} at step {self.start_step}", flush=True)
+        record_resume(self.out, path, self.start_step, changes)
 
     def train_step(self, step: int) -> dict:
         """One optimizer step (all accumulation micro-steps); returns its metrics record."""

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def _alive(pid: int) -> bool:
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path]:
     """Hold folder/name while the block runs. A lock whose owner is alive on this host is a ValueError naming
-    it; a lock left by a dead process on this host is taken over; one from another host is reported, not taken."""
+    it; a lock left by a dead process on this host is taken over with a warning naming it; one from another
+    host is reported as an error, not taken (its owner may be alive there)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -45,7 +47,10 @@ def folder_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path
                 ) from None
             if isinstance(pid, int) and _alive(pid):
                 raise ValueError(f"{folder} is in use by another process (pid {pid}; lock {path})") from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
+            print(
+                f"warning: {path}: taking over a stale lock (pid {pid} on this host is gone)", file=sys.stderr
+            )
+            path.unlink(missing_ok=True)
     else:
         raise ValueError(f"could not take the lock {path}")
     with os.fdopen(fd, "w") as f:

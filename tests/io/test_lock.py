@@ -24,7 +24,7 @@ def test_live_owner_is_an_error_and_the_lock_is_released(tmp_path):
     assert not lock.exists()
 
 
-def test_a_dead_owners_lock_is_taken_over(tmp_path):
+def test_a_dead_owners_lock_is_taken_over_and_reported(tmp_path, capsys):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -34,6 +34,7 @@ def test_a_dead_owners_lock_is_taken_over(tmp_path):
     )  # a killed run's lock
     with folder_lock(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert f"taking over a stale lock (pid {int(dead.stdout)} on this host is gone)" in capsys.readouterr().err
 
 
 def test_another_hosts_lock_is_reported_not_taken(tmp_path):

@@ -1,0 +1,49 @@
+"""The policy under training: the family's adapter, its transformer made trainable (LoRA or full fine-tuning,
+activation checkpointing), the optimizer, and the DeepSpeed engines (plus the frozen `separate` reference)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from videogpa.engine import distributed as D
+from videogpa.engine.config import Config
+from videogpa.engine.models import get_adapter
+from videogpa.engine.models.base import ModelAdapter
+from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
+from videogpa.engine.optim import build_optimizer
+
+
+def model_adapter(cfg: Config) -> ModelAdapter:
+    """The family adapter of model.name, for model.path (a ValueError naming a missing folder)."""
+    path = cfg.model.path
+    if path is not None and not Path(path).is_dir():
+        raise ValueError(f"config key 'model.path': checkpoint folder {path!r} does not exist (set it to a local "
+                         f"diffusers folder for model {cfg.model.name!r})")  # fmt: skip
+    return get_adapter(cfg.model.name, path=path)
+
+
+def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: int):
+    """(the policy's DeepSpeed engine, the frozen reference's inference engine or None)."""
+    import deepspeed
+
+    model = adapter.load_transformer(cfg.model.path, dtype)
+    frozen = copy.deepcopy(model).requires_grad_(False).eval() if cfg.dpo.reference == "separate" else None
+    if cfg.lora.enabled:
+        targets = cfg.lora.targets or list(adapter.default_lora_targets)
+        model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, targets, cfg.lora.dropout)
+    else:
+        model = enable_full_finetuning(model)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    optimizer, scheduler = build_optimizer(
+        model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
+    )
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=D.deepspeed_config(cfg, world))  # fmt: skip
+    if frozen is not None:
+        ds = D.inference_config(cfg, world, cfg.dpo.reference_offload)
+        frozen = deepspeed.initialize(model=frozen, config=ds)[0].eval()
+    return engine, frozen
