@@ -23,6 +23,7 @@ from videogpa.engine.types import DTYPE_CHOICES
 from videogpa.kernels import LOSS_TYPES
 
 REFERENCE_STRATEGIES = ("adapters_off", "separate", "precomputed")
+SDPA_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 PRECISIONS = ("bf16", "fp32")
 NAN_POLICIES = ("skip", "stop")
 LR_SCHEDULES = ("cosine", "constant")
@@ -33,6 +34,10 @@ class ModelConfig:
     name: str = "tiny"  # adapter registry name (videogpa.engine.models.adapter_names())
     path: str | None = None  # local diffusers transformer folder (None: the adapter's built-in tiny config)
     gradient_checkpointing: bool = True
+    checkpoint_fraction: float = 1.0  # selective checkpointing: the first round(f·L) blocks are checkpointed
+    # PyTorch SDPA's kernel (auto: PyTorch's choice; cudnn, flash, efficient, math), or a diffusers attention
+    # backend "diffusers:<name>" (e.g. diffusers:flash for flash-attn) for families that dispatch through it
+    attention_backend: str = "auto"
 
 
 @dataclass
@@ -361,6 +366,10 @@ def validate(cfg: Config) -> Config:
     from videogpa.engine.models import adapter_names
 
     _choice(cfg.model.name, tuple(adapter_names()), "model.name")
+    if not 0 < cfg.model.checkpoint_fraction <= 1:
+        raise ValueError("config key 'model.checkpoint_fraction': expected a fraction in (0, 1]")
+    if not cfg.model.attention_backend.startswith("diffusers:"):
+        _choice(cfg.model.attention_backend, SDPA_KERNELS, "model.attention_backend")
     _choice(cfg.dpo.reference, REFERENCE_STRATEGIES, "dpo.reference")
     _choice(cfg.dpo.loss_type, LOSS_TYPES, "dpo.loss_type")
     _choice(cfg.dpo.nan_policy, NAN_POLICIES, "dpo.nan_policy")

@@ -25,6 +25,38 @@ def model_adapter(cfg: Config) -> ModelAdapter:
     return get_adapter(cfg.model.name, path=path)
 
 
+def select_sdpa_kernel(backend: str, device: torch.device) -> None:
+    """Limit PyTorch SDPA to one kernel for this process (model.attention_backend: cudnn, flash, efficient,
+    math; auto leaves PyTorch's choice). Process-wide, so forward, backward and checkpoint recompute agree."""
+    kernels = {"cudnn": "cudnn", "flash": "flash", "efficient": "mem_efficient", "math": "math"}
+    if backend == "auto":  # every kernel allowed, PyTorch picks (also undoes an earlier choice)
+        for name in kernels.values():
+            getattr(torch.backends.cuda, f"enable_{name}_sdp")(True)
+        return
+    if backend in ("cudnn", "efficient") and device.type != "cuda":
+        raise ValueError(
+            f"config key 'model.attention_backend': SDPA's {backend} kernel needs a CUDA device, not {device}"
+        )
+    for name in kernels.values():
+        getattr(torch.backends.cuda, f"enable_{name}_sdp")(name == kernels[backend])
+
+
+def set_diffusers_attention(model: torch.nn.Module, adapter: ModelAdapter, name: str) -> None:
+    """A diffusers attention backend (flash-attn, sage, ...) on every attention of the model; a ValueError when
+    the family's attention does not dispatch through diffusers or the backend's package is missing."""
+    if not adapter.dispatches_attention:
+        raise ValueError(f"config key 'model.attention_backend': model {adapter.name!r} calls PyTorch SDPA directly; "
+                         "choose one of auto, cudnn, flash, efficient, math")  # fmt: skip
+    from videogpa.engine.models.common import base_module
+
+    try:
+        base_module(model).set_attention_backend(name)
+    except (ImportError, RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"config key 'model.attention_backend': diffusers backend {name!r} is unavailable ({err})"
+        ) from None
+
+
 def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: int):
     """(the policy's DeepSpeed engine, the frozen reference's inference engine or None)."""
     import deepspeed
@@ -37,7 +69,18 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
     else:
         model = enable_full_finetuning(model)
     if cfg.model.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        blocks = adapter.transformer_blocks(model)
+        chosen = (
+            None
+            if cfg.model.checkpoint_fraction == 1
+            else blocks[: round(cfg.model.checkpoint_fraction * len(blocks))]
+        )
+        enable_gradient_checkpointing(model, chosen)
+    backend = cfg.model.attention_backend
+    if backend.startswith("diffusers:"):
+        set_diffusers_attention(model, adapter, backend.removeprefix("diffusers:"))
+    else:
+        select_sdpa_kernel(backend, D.device())
     optimizer, scheduler = build_optimizer(
         model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
     )

@@ -91,6 +91,10 @@ class ModelAdapter(abc.ABC):
         """The native layout of the latents everywhere (shards, batches, predictions)."""
         return self.latent_convention.layout
 
+    blocks_attribute: ClassVar[
+        str
+    ]  # the transformer's ModuleList of repeated blocks (checkpointed, compiled)
+    dispatches_attention: ClassVar[bool] = False  # its attention goes through diffusers' backend dispatch
     ships_pipeline: ClassVar[bool] = False  # the family builds its whole pipeline in code (the tiny model)
 
     @classmethod
@@ -99,6 +103,12 @@ class ModelAdapter(abc.ABC):
         raise ValueError(
             f"model {cls.name!r} ships no built-in pipeline: give a local diffusers pipeline folder"
         )
+
+    def transformer_blocks(self, transformer: nn.Module) -> nn.ModuleList:
+        """The repeated blocks of the (possibly wrapped) transformer."""
+        from videogpa.engine.models.common import base_module
+
+        return getattr(base_module(transformer), self.blocks_attribute)
 
     def image_argument(self, images: list):
         """The pipeline's `image` argument for a batch with these first frames (one per video)."""

@@ -75,6 +75,7 @@ class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
     name: ClassVar[str] = "cogvideox-t2v"
     latent_convention: ClassVar[LatentConvention] = LATENTS
     default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_PROJECTIONS
+    blocks_attribute: ClassVar[str] = "transformer_blocks"
     pipelines: ClassVar[PipelineClasses] = PipelineClasses("CogVideoXPipeline", None)
     sampler_defaults: ClassVar[SamplerSettings] = SAMPLER
     image_per_video: ClassVar[bool] = True  # CogVideoXImageToVideoPipeline encodes one first frame per video

@@ -92,10 +92,20 @@ def _non_reentrant_checkpoint(module: nn.Module, *args):
     return checkpoint(module.__call__, *args, use_reentrant=False)
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
-    """Activation checkpointing of every transformer block with torch's non-reentrant checkpoint, so
-    parameters get gradients even when a block's inputs do not require grad. Returns the same model."""
-    base_module(model).enable_gradient_checkpointing(gradient_checkpointing_func=_non_reentrant_checkpoint)
+def enable_gradient_checkpointing(model: nn.Module, blocks: Sequence[nn.Module] | None = None) -> nn.Module:
+    """Activation checkpointing of the transformer's blocks with torch's non-reentrant checkpoint, so
+    parameters get gradients even when a block's inputs do not require grad: every block, or only `blocks`
+    (selective checkpointing: the others keep their activations, trading memory for recompute). Returns the
+    same model."""
+    if blocks is None:
+        func = _non_reentrant_checkpoint
+    else:
+        chosen = {id(b) for b in blocks}
+
+        def func(module: nn.Module, *args):
+            return _non_reentrant_checkpoint(module, *args) if id(module) in chosen else module(*args)
+
+    base_module(model).enable_gradient_checkpointing(gradient_checkpointing_func=func)
     return model
 
 

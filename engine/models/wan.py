@@ -56,6 +56,8 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
     name: ClassVar[str] = "wan2.2-ti2v"
     latent_convention: ClassVar[LatentConvention] = LATENTS
     default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_PROJECTIONS
+    blocks_attribute: ClassVar[str] = "blocks"
+    dispatches_attention: ClassVar[bool] = True  # WanAttnProcessor calls diffusers' dispatch_attention_fn
     # diffusers' WanImageToVideoPipeline cleans every prompt with ftfy
     pipelines: ClassVar[PipelineClasses] = PipelineClasses(
         "WanPipeline", "WanImageToVideoPipeline", ("ftfy",)
