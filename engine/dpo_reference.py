@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from videogpa.engine import distributed as D
-from videogpa.engine.dpo_step import StepInputs
+from videogpa.engine.dpo_step import EVAL_SEED_OFFSET, StepInputs
 from videogpa.engine.io.atomic import atomic_path
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.lora import adapters_disabled
@@ -153,8 +153,6 @@ def split_reference(cfg, adapter: ModelAdapter, engine, frozen, dataset, train: 
     """The configured reference (dpo.reference) for the training or the held-out split. `precomputed` tables
     are keyed by seed, pairs, draws and model: training uses one draw per epoch (or the noise cycle), held-out
     evaluation eval.draws, at its own seed offset. make_inputs(idx, draws, seed) gives StepInputs."""
-    from videogpa.engine.heldout import EVAL_SEED_OFFSET
-
     lora = cfg.lora.enabled
     online = online_reference(adapter, engine.module if lora else engine, frozen, lora)
     if cfg.dpo.reference != "precomputed":

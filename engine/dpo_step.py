@@ -18,6 +18,8 @@ from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.types import Conditioning
 from videogpa.kernels import DPOOutput, diffusion_dpo_loss
 
+EVAL_SEED_OFFSET = 1_000_003  # held-out evaluation draws at seed + this: never the training draws
+
 
 @dataclass(frozen=True)
 class LossSettings:

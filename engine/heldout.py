@@ -13,11 +13,9 @@ from torch import nn
 from videogpa.engine import distributed as D
 from videogpa.engine.data.preference import PreferenceDataset
 from videogpa.engine.dpo_reference import rank_shard
-from videogpa.engine.dpo_step import LossSettings, Reference, dpo_forward, inputs_for_pairs
+from videogpa.engine.dpo_step import EVAL_SEED_OFFSET, LossSettings, Reference, dpo_forward, inputs_for_pairs
 from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.models.base import ModelAdapter
-
-EVAL_SEED_OFFSET = 1_000_003  # held-out draws never coincide with training draws
 
 
 @torch.no_grad()

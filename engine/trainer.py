@@ -9,9 +9,7 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine import checkpoint as ckpt
-from videogpa.engine import distributed as D
-from videogpa.engine import dpo_reference as R
+from videogpa.engine import checkpoint as ckpt, distributed as D, dpo_reference as R
 from videogpa.engine.config import Config
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
@@ -42,18 +40,19 @@ class Trainer:
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
         D.seed_everything(cfg.seed)
+        self.adapter = model_adapter(cfg)  # read-only checks first: the model folder, shard data
+        sets = None if cfg.data.synthetic is not None else load_training_sets(cfg, self.adapter, self.out)
         self._lock = contextlib.ExitStack()
         try:
             claim_output_dir(self._lock, self.out, resume, overwrite)
-            self._set_up(resume, overwrite, allow_config_change)
+            self._set_up(sets, resume, overwrite, allow_config_change)
         except BaseException:
             self.close()
             raise
 
-    def _set_up(self, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
-        cfg = self.cfg
-        self.adapter = model_adapter(cfg)
-        self.train_set, self.heldout_set = load_training_sets(cfg, self.adapter, self.out)
+    def _set_up(self, sets, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
+        cfg = self.cfg  # synthetic sets are written into the (claimed) output folder
+        self.train_set, self.heldout_set = sets or load_training_sets(cfg, self.adapter, self.out)
         self.sampler = PreferenceSampler(
             len(self.train_set), cfg.train.global_batch_size, D.rank(), self.world, cfg.seed
         )

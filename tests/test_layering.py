@@ -25,7 +25,8 @@ ALLOWED = {
 }  # fmt: skip
 # the engine's top-level pieces that no layer below the trainer may import
 TRAINER = {"videogpa.engine.trainer", "videogpa.engine.dpo_step", "videogpa.engine.dpo_reference",
-           "videogpa.engine.heldout", "videogpa.engine.training_data", "videogpa.engine.optim"}  # fmt: skip
+           "videogpa.engine.heldout", "videogpa.engine.training_data", "videogpa.engine.optim",
+           "videogpa.engine.policy", "videogpa.engine.run_folder"}  # fmt: skip
 
 
 def modules() -> dict[str, Path]:
