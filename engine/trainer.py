@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine import checkpoint as ckpt, distributed as D, dpo_reference as R
+from videogpa.engine import checkpoint as ckpt
+from videogpa.engine import distributed as D
+from videogpa.engine import dpo_reference as R
 from videogpa.engine.config import Config
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
@@ -148,9 +150,8 @@ class Trainer:
     def _run(self, stop_after: int | None) -> dict | None:
         cfg = self.cfg
         before = self._accuracy_before()
-        stopped = False
-        report = StepReporter(cfg.train.max_steps, self.start_step, cfg.train.log_every, D.is_main(),
-                              cfg.train.progress_bar)  # fmt: skip
+        report, stopped = StepReporter(cfg.train.max_steps, self.start_step, cfg.train.log_every, D.is_main(),
+                              cfg.train.progress_bar), False  # fmt: skip
         for step in range(self.start_step, cfg.train.max_steps):
             record = self.train_step(step)
             self.logger.log(record)
@@ -171,9 +172,7 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         state = {"nan_skipped": self.nan_skipped, "skips_in_row": self.skips_in_row}
-        ckpt.save_checkpoint(
-            self.engine, self.out, step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints
-        )
+        ckpt.save_checkpoint(self.engine, self.out, step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints)  # fmt: skip
 
     def _accuracy_before(self) -> float | None:
         """Held-out accuracy of the initial model, computed once (eval_before.json keeps it across resumes)."""
