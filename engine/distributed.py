@@ -19,6 +19,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# What init_distributed puts in this process's environment for torch's env:// rendezvous.
+PROCESS_GROUP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child job (a trainer, a launcher): this one's, without this process's rank and
+    rendezvous address (a child that inherited them would join, or collide with, this process group)."""
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_ENV}
+    return {**env, **extra}
+
+
 def init_distributed() -> None:
     """Start the process group; without a launcher (plain `python`) act as rank 0 of a world of 1."""
     if dist.is_initialized():

@@ -34,7 +34,7 @@ def load_training_sets(
     cfg: Config, adapter: ModelAdapter, out_dir: Path
 ) -> tuple[PreferenceDataset, PreferenceDataset | None]:
     """(training set, held-out set or None), checked up front from their shard headers (every pair's shapes
-    and dtypes alike, the held-out set's like the training set's, the built-in model's sample shapes); an
+    and dtypes alike, the held-out set's like the training set's, the built-in model's text width); an
     empty or inconsistent set is a ValueError naming its folder, shard and pair."""
     train, heldout = cfg.data.train, cfg.data.heldout
     if cfg.data.synthetic is not None:
@@ -42,8 +42,8 @@ def load_training_sets(
     train_set = PreferenceDataset(train)
     if len(train_set) == 0:
         raise ValueError(f"training preference set {str(train)!r} is empty")
-    spec = getattr(adapter, "spec", None)  # the built-in model knows its sample shapes
-    expect = {} if spec is None else {"latent_shape": spec.latent_shape, "text_dim": spec.text_shape[1]}
+    spec = getattr(adapter, "spec", None)  # the built-in model knows its text width (its frame count is free)
+    expect = {} if spec is None else {"text_dim": spec.text_shape[1]}
     layout = check_preference_set(train_set, where="data.train", **expect)
     heldout_set = PreferenceDataset(heldout) if heldout is not None else None
     if heldout_set is not None:

@@ -50,6 +50,7 @@ from videogpa.engine.config import (
     merge_dicts,
     read_config_dict,
 )
+from videogpa.engine.distributed import child_env
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -329,7 +330,7 @@ class Loop:
         command.append("--resume" if run.is_dir() and latest_checkpoint(run) is not None else "--overwrite")
         print(f"[train] {' '.join(command)}", flush=True)
         start = time.perf_counter()
-        done = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done = subprocess.run(command, env=child_env(PYTHONUNBUFFERED="1"))
         if done.returncode != 0 or not lora.is_file():
             raise RuntimeError(f"train: {' '.join(command)} failed (exit {done.returncode}); rerun to resume")
         accuracy = ""

@@ -13,6 +13,7 @@ from tests.stages.stage_helpers import REPO
 from tests.trainer.trainer_helpers import tiny_config
 from videogpa.engine import checkpoint as ckpt
 from videogpa.engine.config import save_config
+from videogpa.engine.distributed import child_env
 from videogpa.engine.logging_utils import read_metrics
 from videogpa.engine.trainer import Trainer
 
@@ -27,7 +28,7 @@ def _launch(config, *extra):
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), str(REPO / "recipes" / "dpo.py"),
            "--config", str(config), *extra]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done

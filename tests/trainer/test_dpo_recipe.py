@@ -1,7 +1,6 @@
 """recipes/dpo.py end to end: the embedded default, and 2 CPU ranks (deepspeed launcher) vs 1 rank."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,13 +12,14 @@ from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
 from videogpa.engine.config import save_config
+from videogpa.engine.distributed import child_env
 from videogpa.engine.logging_utils import read_metrics
 from videogpa.engine.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "dpo.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+ENV = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
 
 
 def _free_port() -> int:
