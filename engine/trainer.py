@@ -17,6 +17,7 @@ from videogpa.engine import dpo_reference as R
 from videogpa.engine.config import Config, config_changes
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
+from videogpa.engine.exports import export_run
 from videogpa.engine.heldout import EVAL_SEED_OFFSET, accuracy_before, heldout_accuracy
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import append_jsonl
@@ -257,7 +258,14 @@ class Trainer:
             return None
         self._save(cfg.train.max_steps)
         export_trained_weights(self.engine.module, self.out, cfg.lora.enabled)
-        return self._finish(before)
+        result = self._finish(before)
+        if cfg.train.export_formats != [
+            "diffusers"
+        ]:  # made from the diffusers file, with eval.json's numbers
+            if D.is_main():
+                export_run(self.out, cfg.train.export_formats)
+            D.barrier()
+        return result
 
     def _save(self, step: int) -> None:
         state = {"nan_skipped": self.nan_skipped, "skips_in_row": self.skips_in_row}
