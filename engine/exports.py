@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from videogpa.engine import checkpoint as ckpt
-from videogpa.engine.config import EXPORT_FORMATS, Config, config_from_dict, load_config
+from videogpa.engine.config import EXPORT_FORMATS, Config, apply_override, config_from_dict, read_config_dict
 from videogpa.engine.io.atomic import atomic_path, write_atomic
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.models.lora_formats import LoraFile, merge_lora, read_lora
@@ -40,25 +40,34 @@ class FinishedRun:
     evaluation: dict | None
 
 
-def _run_config(folder: Path) -> Config:
-    """The run's resolved config.yaml, else the newest checkpoint's config.json."""
-    if (folder / "config.yaml").is_file():
-        return load_config(folder / "config.yaml")
-    newest = ckpt.latest_checkpoint(folder)
-    if newest is None:
-        raise ValueError(f"{folder} is not a trainer run folder: no config.yaml and no checkpoint")
+def _run_config(folder: Path, config: str | Path | None, overrides: Sequence[str]) -> Config:
+    """The run's config: `config` if given, else its resolved config.yaml, else the newest checkpoint's
+    config.json; then the `key.sub=value` overrides (e.g. model.path where the base model lives here)."""
+    if config is None and not (folder / "config.yaml").is_file():
+        newest = ckpt.latest_checkpoint(folder)
+        if newest is None:
+            raise ValueError(f"{folder} is not a trainer run folder: no config.yaml and no checkpoint")
+        source, data = newest / "config.json", ckpt.read_trainer_state(newest)["config"]
+        for item in overrides:
+            apply_override(data, item)
+    else:
+        source = Path(config or folder / "config.yaml")
+        data = read_config_dict(source, list(overrides))
     try:
-        return config_from_dict(ckpt.read_trainer_state(newest)["config"])
+        return config_from_dict(data)
     except ValueError as err:
-        raise ValueError(f"{newest / 'config.json'}: {err}") from None
+        raise ValueError(f"{source}: {err}") from None
 
 
-def read_run(folder: str | Path) -> FinishedRun:
-    """A finished run's config, LoRA and evaluation; a one-line ValueError naming what is missing or wrong."""
+def read_run(
+    folder: str | Path, config: str | Path | None = None, overrides: Sequence[str] = ()
+) -> FinishedRun:
+    """A finished run's config (see _run_config), LoRA and evaluation; a one-line ValueError naming what is
+    missing or wrong."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"run folder {folder} does not exist")
-    cfg = _run_config(folder)
+    cfg = _run_config(folder, config, overrides)
     if not cfg.lora.enabled:
         raise ValueError(f"{folder}: the run fine-tuned the whole transformer (lora.enabled: false); "
                          f"its export is {folder / 'transformer'} already")  # fmt: skip
@@ -132,12 +141,19 @@ WRITERS = {"diffusers": write_diffusers, "comfyui": write_comfyui, "merged": wri
 assert tuple(WRITERS) == EXPORT_FORMATS
 
 
-def export_run(folder: str | Path, formats: Sequence[str], out: str | Path | None = None) -> list[Path]:
-    """Write the formats of a finished run's weights to `out` (default: the run folder); returns the paths."""
+def export_run(
+    folder: str | Path,
+    formats: Sequence[str],
+    out: str | Path | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> list[Path]:
+    """Write the formats of a finished run's weights to `out` (default: the run folder); returns the paths.
+    config / overrides: see _run_config."""
     unknown = [f for f in formats if f not in WRITERS]
     if unknown or not formats:
         raise ValueError(f"export formats {list(formats)}: expected some of {list(EXPORT_FORMATS)}")
-    run = read_run(folder)
+    run = read_run(folder, config, overrides)
     info = export_info(run)
     out = Path(folder if out is None else out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 metadata (base model, rank, alpha, targets, steps, β, held-out accuracy from eval.json); bad input is one
 line and exit status 2."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from diffusers import CogVideoXTransformer3DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.stages.stage_helpers import load_recipe
 from tests.trainer.trainer_helpers import BASE, tiny_config
 from videogpa.engine.config import config_from_dict
 from videogpa.engine.exports import COMFYUI_NAME, INFO_KEY, MERGED_NAME
@@ -18,15 +18,11 @@ from videogpa.engine.models.lora import LORA_WEIGHT_NAME, METADATA_KEY
 from videogpa.engine.trainer import Trainer
 
 pytestmark = pytest.mark.slow
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "export.py"
 ALL = ["diffusers", "comfyui", "merged"]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("export_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("export")
 
 
 def _info(path: Path) -> dict:
@@ -74,6 +70,11 @@ def test_the_recipe_exports_a_finished_run_folder(finished, tmp_path, capsys):
         (["--run", "{tmp}"], r"^error: \S+ is not a trainer run folder: no config.yaml and no checkpoint$"),
         (["--run", "{run}", "--formats", "comfyui,onnx", "--out", "{tmp}/x"],
          r"^error: export formats \['comfyui', 'onnx'\]: expected some of \['diffusers', 'comfyui', 'merged'\]$"),
+        (["--run", "{run}", "--set", "lora.rank=8", "--out", "{tmp}/x"],
+         r"^error: \S+/pytorch_lora_weights.safetensors: rank 4, alpha 8.0 differ from the run's config "
+         r"\(lora.rank 8, lora.alpha 8.0\)$"),
+        (["--run", "{run}", "--set", "model.path={tmp}/base", "--formats", "merged", "--out", "{tmp}/x"],
+         r"^error: .*\S+/base.* does not exist"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(finished, tmp_path, capsys, args, message):
