@@ -124,10 +124,8 @@ def write_merged(run: FinishedRun, info: dict, out: Path) -> Path:
     """OUT/transformer_merged/ (a diffusers folder: from_pretrained loads it) with the LoRA folded in, in the
     run's precision, and OUT/transformer_merged.json. A previous merged export there is replaced."""
     cfg = run.cfg
-    model = adapter_class(cfg.model.name).load_transformer(cfg.model.path, torch.float32)
-    merge_lora(model, run.lora)
-    if cfg.train.precision == "bf16":
-        model = model.to(torch.bfloat16)
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    model = merge_lora(adapter_class(cfg.model.name).load_transformer(cfg.model.path, dtype), run.lora)
     folder = out / MERGED_NAME
     with atomic_path(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -17,7 +17,7 @@ from videogpa.engine.config import Config
 from videogpa.engine.exports import INFO_KEY, FinishedRun, write_comfyui, write_diffusers, write_merged
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME, METADATA_KEY, apply_lora, save_lora_weights
-from videogpa.engine.models.lora_formats import read_lora
+from videogpa.engine.models.lora_formats import LoraFile, read_lora
 
 RANK, ALPHA = 4, 16.0  # scale 4: a format that loses alpha loads at a quarter (or 4×) strength
 # fp32 (ε ≈ 1.2e-7): the loaders regroup (x·A)·B·s as (x·sA)·B or x·(W + sBA), a reordering whose round-off,
@@ -111,12 +111,8 @@ def test_merged_transformer_reloads_with_from_pretrained_as_base_plus_lora(run, 
         torch.testing.assert_close(get_adapter(model, **kwargs).predict(merged, *inputs), out, **TOL)
 
 
-def test_a_module_comfyui_cannot_name_for_wan_is_refused(run):
-    model, finished, *_ = run
-    if model != "wan2.2-ti2v":
-        pytest.skip("only Wan renames modules")
-    lora = finished.lora
-    odd = type(lora)({k.replace("transformer.blocks.0.attn1.to_q", "transformer.proj_out"): v
-                      for k, v in lora.state.items()}, lora.rank, lora.alpha, lora.metadata)  # fmt: skip
+def test_a_module_comfyui_cannot_name_for_wan_is_refused():
+    lora = LoraFile({"transformer.proj_out.lora_A.weight": torch.zeros(RANK, 8),
+                     "transformer.proj_out.lora_B.weight": torch.zeros(8, RANK)}, RANK, ALPHA, {})  # fmt: skip
     with pytest.raises(ValueError, match=r"'proj_out' has no ComfyUI name for model 'wan2.2-ti2v'"):
-        get_adapter(model, shift=5.0).comfyui_lora_keys(odd)
+        get_adapter("wan2.2-ti2v", shift=5.0).comfyui_lora_keys(lora)
