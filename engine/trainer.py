@@ -259,9 +259,8 @@ class Trainer:
         self._save(cfg.train.max_steps)
         export_trained_weights(self.engine.module, self.out, cfg.lora.enabled)
         result = self._finish(before)
-        if cfg.train.export_formats != [
-            "diffusers"
-        ]:  # made from the diffusers file, with eval.json's numbers
+        # the other formats are made from the diffusers file, with eval.json's numbers
+        if cfg.train.export_formats != ["diffusers"]:
             if D.is_main():
                 export_run(self.out, cfg.train.export_formats)
             D.barrier()
