@@ -234,12 +234,17 @@ def clear_run_files(output_dir: str | Path) -> None:
     """A fresh run in a used folder (--overwrite): drop the old run's checkpoints and results (rank 0 only)."""
     out = Path(output_dir)
     shutil.rmtree(checkpoint_root(out), ignore_errors=True)
-    for name in RUN_RESULTS:
-        (out / name).unlink(missing_ok=True)
+    for name in (*RUN_RESULTS, *RUN_EXPORTS):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
 
 
 # what a finished or started run leaves besides its checkpoints (a fresh run refuses to mix with them)
 RUN_RESULTS = ("metrics.jsonl", "eval.json", "eval_before.json", "pytorch_lora_weights.safetensors")
+# the other final weights a run may have exported (engine.exports; full fine-tuning's transformer/)
+RUN_EXPORTS = ("comfyui_lora.safetensors", "transformer_merged", "transformer_merged.json", "transformer")
 
 
 def previous_run(output_dir: str | Path) -> str | None:

@@ -25,6 +25,8 @@ from videogpa.kernels import LOSS_TYPES
 REFERENCE_STRATEGIES = ("adapters_off", "separate", "precomputed")
 SDPA_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 PRECISIONS = ("bf16", "fp32")
+# the final weights' formats (engine.exports): the diffusers LoRA, ComfyUI's key format, the merged transformer
+EXPORT_FORMATS = ("diffusers", "comfyui", "merged")
 NAN_POLICIES = ("skip", "stop")
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -102,6 +104,9 @@ class TrainConfig:
     checkpoint_every: int = 500  # 0: only at the end
     keep_checkpoints: int = 2
     progress_bar: bool = True
+    # the final export's formats (EXPORT_FORMATS); "diffusers" is always among them (the other formats, the
+    # evaluate stage and recipes/export.py read it); comfyui and merged need LoRA
+    export_formats: list[str] = field(default_factory=lambda: ["diffusers"])
 
 
 @dataclass
@@ -361,6 +366,21 @@ def _check_synthetic(syn: SyntheticDataConfig) -> None:
         _choice(kind, CORRUPTIONS, "data.synthetic.corruptions")
 
 
+def _check_export_formats(formats: list[str], lora: bool) -> None:
+    key = "config key 'train.export_formats'"
+    bad = [f for f in formats if f not in EXPORT_FORMATS]
+    if bad or len(set(formats)) != len(formats):
+        raise ValueError(f"{key}: expected distinct values among {list(EXPORT_FORMATS)}, got {formats}")
+    if "diffusers" not in formats:
+        raise ValueError(
+            f"{key}: must include 'diffusers' (the other formats are made from it), got {formats}"
+        )
+    if not lora and len(formats) > 1:
+        raise ValueError(
+            f"{key}: {formats} need LoRA (lora.enabled: true); full fine-tuning exports 'diffusers'"
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that the types alone cannot express."""
     from videogpa.engine.models import adapter_names
@@ -401,6 +421,7 @@ def validate(cfg: Config) -> Config:
         _positive(cfg.train.micro_batch_size, "train.micro_batch_size")
     _positive(cfg.train.checkpoint_every, "train.checkpoint_every", allow_zero=True)
     _positive(cfg.train.keep_checkpoints, "train.keep_checkpoints")
+    _check_export_formats(cfg.train.export_formats, cfg.lora.enabled)
     _positive(cfg.optim.lr, "optim.lr")
     _positive(cfg.optim.warmup_steps, "optim.warmup_steps", allow_zero=True)
     _positive(cfg.optim.grad_clip, "optim.grad_clip", allow_zero=True)
@@ -562,7 +583,7 @@ def apply_override(data: dict, item: str) -> None:
 
 # Keys a resumed run may change freely: where and how often it reports, not what it computes.
 BOOKKEEPING_KEYS = ("output_dir", "loop", "train.log_every", "train.progress_bar", "train.checkpoint_every",
-                    "train.keep_checkpoints", "eval.plot")  # fmt: skip
+                    "train.keep_checkpoints", "train.export_formats", "eval.plot")  # fmt: skip
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

@@ -15,6 +15,7 @@ from videogpa.engine import dpo_reference as R
 from videogpa.engine.config import Config
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
+from videogpa.engine.exports import export_after_training
 from videogpa.engine.heldout import accuracy_before, heldout_accuracy
 from videogpa.engine.logging_utils import MetricsLogger, StepReporter, write_final_report, write_run_records
 from videogpa.engine.models.lora import export_trained_weights
@@ -168,7 +169,9 @@ class Trainer:
             return None
         self._save(cfg.train.max_steps)
         export_trained_weights(self.engine.module, self.out, cfg.lora.enabled)
-        return self._finish(before)
+        result = self._finish(before)
+        export_after_training(self.out, cfg.train.export_formats)
+        return result
 
     def _save(self, step: int) -> None:
         state = {"nan_skipped": self.nan_skipped, "skips_in_row": self.skips_in_row}

@@ -16,13 +16,16 @@ import abc
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from videogpa.engine.models.latents import LatentConvention
 from videogpa.engine.types import Conditioning
+
+if TYPE_CHECKING:
+    from videogpa.engine.models.lora_formats import ComfyUILoraFormat, LoraFile
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,16 @@ class ModelAdapter(abc.ABC):
         str
     ]  # the transformer's ModuleList of repeated blocks (checkpointed, compiled)
     dispatches_attention: ClassVar[bool] = False  # its attention goes through diffusers' backend dispatch
+    # how ComfyUI names this family's LoRA keys (None: no ComfyUI format)
+    comfyui_lora: ClassVar[ComfyUILoraFormat | None] = None
+
+    @classmethod
+    def comfyui_lora_keys(cls, lora: LoraFile) -> dict[str, torch.Tensor]:
+        """The trained LoRA's state dict in the key format ComfyUI loads for this family."""
+        if cls.comfyui_lora is None:
+            raise ValueError(f"model {cls.name!r} has no ComfyUI LoRA format")
+        return cls.comfyui_lora.convert(lora, cls.name)
+
     ships_pipeline: ClassVar[bool] = False  # the family builds its whole pipeline in code (the tiny model)
 
     @classmethod

@@ -29,6 +29,8 @@ from videogpa.engine.models.common import (
     per_sample,
 )
 from videogpa.engine.models.latents import LatentConvention
+from videogpa.engine.models.lora import LORA_PREFIX
+from videogpa.engine.models.lora_formats import ComfyUILoraFormat
 from videogpa.engine.models.registry import register_adapter
 from videogpa.engine.types import Conditioning
 
@@ -58,6 +60,11 @@ SAMPLER = SamplerSettings(
 )
 I2V_OFS = 2.0  # the offset-conditioning value the CogVideoX 1.5 I2V pipeline passes when ofs_embed_dim is set
 
+# ComfyUI runs CogVideoX through kijai's ComfyUI-CogVideoXWrapper, which builds diffusers' CogVideoX pipeline
+# and loads a LoRA file with `pipe.load_lora_weights(file)`: the diffusers names and diffusers' LoRA metadata
+# (rank, alpha) are what it reads, so the ComfyUI file is the diffusers one.
+COMFYUI_LORA = ComfyUILoraFormat(prefix=LORA_PREFIX)
+
 
 def alphas_cumprod_from_config(config: dict[str, Any]) -> torch.Tensor:
     """ᾱ_t (float64, [T]) of a CogVideoX scheduler config; only v-prediction configs are accepted."""
@@ -80,6 +87,7 @@ class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
     sampler_defaults: ClassVar[SamplerSettings] = SAMPLER
     image_per_video: ClassVar[bool] = True  # CogVideoXImageToVideoPipeline encodes one first frame per video
     transformer_class: ClassVar[type[nn.Module]] = CogVideoXTransformer3DModel
+    comfyui_lora: ClassVar[ComfyUILoraFormat] = COMFYUI_LORA
     image_conditioned: ClassVar[bool] = False
 
     def __init__(self, path: str | Path | None = None, scheduler_config: dict[str, Any] | None = None):

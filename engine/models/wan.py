@@ -9,6 +9,7 @@ latent, its tokens get timestep 0, and it is excluded from the loss (`loss_mask`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from videogpa.engine.models.common import (
     per_sample,
 )
 from videogpa.engine.models.latents import LatentConvention
+from videogpa.engine.models.lora_formats import ComfyUILoraFormat
 from videogpa.engine.models.registry import register_adapter
 from videogpa.engine.types import Conditioning
 
@@ -41,6 +43,26 @@ LATENTS = LatentConvention(
 )
 SAMPLER = SamplerSettings(
     num_frames=121, height=704, width=1280, steps=50, guidance_scale=5.0, max_sequence_length=512
+)
+
+# ComfyUI's native Wan model (comfy/ldm/wan/model.py) names the blocks' layers as the original Wan code does;
+# these are the inverse of what diffusers' `_convert_non_diffusers_wan_lora_to_diffusers` maps (it also
+# reads the `.alpha` keys of block layers, the ones a LoRA of this project adapts).
+_BLOCK = r"blocks\.(\d+)\."
+COMFYUI_LORA = ComfyUILoraFormat(
+    prefix="diffusion_model",
+    modules=tuple(
+        (_BLOCK + f"{ours}\\.{re.escape(diffusers)}", rf"blocks.\1.{theirs}.{comfy}")
+        for ours, theirs in (("attn1", "self_attn"), ("attn2", "cross_attn"))
+        for diffusers, comfy in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o"))
+    )
+    + (
+        (_BLOCK + r"attn2\.add_k_proj", r"blocks.\1.cross_attn.k_img"),
+        (_BLOCK + r"attn2\.add_v_proj", r"blocks.\1.cross_attn.v_img"),
+        (_BLOCK + r"ffn\.net\.0\.proj", r"blocks.\1.ffn.0"),
+        (_BLOCK + r"ffn\.net\.2", r"blocks.\1.ffn.2"),
+    ),
+    alpha_keys=True,
 )
 
 
@@ -65,6 +87,7 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
     sampler_defaults: ClassVar[SamplerSettings] = SAMPLER
     image_per_video: ClassVar[bool] = False  # WanImageToVideoPipeline takes one image for the whole batch
     transformer_class: ClassVar[type[nn.Module]] = WanTransformer3DModel
+    comfyui_lora: ClassVar[ComfyUILoraFormat] = COMFYUI_LORA
 
     def __init__(self, path: str | Path | None = None, shift: float | None = None):
         """path: the local diffusers folder (its scheduler config's flow_shift); shift overrides it."""

@@ -69,3 +69,13 @@ def text(batch: int, seed: int = 1) -> torch.Tensor:
 
 def cond(batch: int, image: torch.Tensor | None = None) -> Conditioning:
     return Conditioning(text(batch), image)
+
+
+def perturbed(model, seed: int = 4):
+    """LoRA B starts at zero (adapter = identity): give it weights, as training would."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model

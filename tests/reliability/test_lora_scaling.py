@@ -10,23 +10,13 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
-from tests.models.model_builders import cond, wan_ti2v
+from tests.models.model_builders import cond, perturbed, wan_ti2v
 from videogpa.engine.models import TINY, adapter_class, get_adapter, lora
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME, apply_lora, lora_scalings, save_lora_weights
 from videogpa.engine.models.pipelines import attach_lora
 from videogpa.engine.types import Conditioning
 
 RANK, ALPHA = 4, 16.0  # alpha ≠ rank: a loader that drops alpha (alpha = r) loads it at a quarter strength
-
-
-def perturbed(model, seed: int = 4):
-    """LoRA B starts at zero (adapter = identity): give it weights, as training would."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from tests.stages.stage_helpers import load_recipe, write_rows
 from videogpa.engine.cli import add_config_file_flags, add_config_flags, stage_config
 from videogpa.engine.config import EncodeConfig, GenerationConfig, PairsConfig, ScoreConfig
 
-RECIPES = ("dpo", "pipeline", "generate", "score", "pairs", "encode", "evaluate")
+RECIPES = ("dpo", "pipeline", "generate", "score", "pairs", "encode", "evaluate", "export")
 
 
 def parser_for(cls, section):

@@ -1,0 +1,168 @@
+"""Exports of a finished training run, read from its folder: the LoRA in diffusers format, in the key format
+ComfyUI loads for the run's model family, and the merged transformer (LoRA folded in) as a diffusers folder.
+
+Every export carries what made it (`export_info`): the base model (name, path), rank, alpha, targets, steps,
+β and the held-out accuracy before/after from the run's eval.json (when present) — as the `videogpa` key of
+the safetensors metadata, or OUT/transformer_merged.json beside the merged folder. The run folder is read
+through JSON, YAML and safetensors only: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from videogpa.engine import checkpoint as ckpt
+from videogpa.engine.config import EXPORT_FORMATS, Config, apply_override, config_from_dict, read_config_dict
+from videogpa.engine.io.atomic import atomic_path, write_atomic
+from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.models.lora_formats import LoraFile, merge_lora, read_lora
+from videogpa.engine.models.registry import adapter_class
+
+INFO_KEY = "videogpa"  # the safetensors metadata key of export_info
+COMFYUI_NAME = "comfyui_lora.safetensors"
+MERGED_NAME = "transformer_merged"
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What an export needs of a run folder: its config, its diffusers-format LoRA and its eval.json."""
+
+    folder: Path
+    cfg: Config
+    lora: LoraFile
+    evaluation: dict | None
+
+
+def _run_config(folder: Path, config: str | Path | None, overrides: Sequence[str]) -> Config:
+    """The run's config: `config` if given, else its resolved config.yaml, else the newest checkpoint's
+    config.json; then the `key.sub=value` overrides (e.g. model.path where the base model lives here)."""
+    if config is None and not (folder / "config.yaml").is_file():
+        newest = ckpt.latest_checkpoint(folder)
+        if newest is None:
+            raise ValueError(f"{folder} is not a trainer run folder: no config.yaml and no checkpoint")
+        source, data = newest / "config.json", ckpt.read_trainer_state(newest)["config"]
+        for item in overrides:
+            apply_override(data, item)
+    else:
+        source = Path(config or folder / "config.yaml")
+        data = read_config_dict(source, list(overrides))
+    try:
+        return config_from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def read_run(
+    folder: str | Path, config: str | Path | None = None, overrides: Sequence[str] = ()
+) -> FinishedRun:
+    """A finished run's config (see _run_config), LoRA and evaluation; a one-line ValueError naming what is
+    missing or wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"run folder {folder} does not exist")
+    cfg = _run_config(folder, config, overrides)
+    if not cfg.lora.enabled:
+        raise ValueError(f"{folder}: the run fine-tuned the whole transformer (lora.enabled: false); "
+                         f"its export is {folder / 'transformer'} already")  # fmt: skip
+    if not (folder / LORA_WEIGHT_NAME).is_file():
+        raise ValueError(f"{folder} holds no {LORA_WEIGHT_NAME}: the run has not finished")
+    lora = read_lora(folder / LORA_WEIGHT_NAME)
+    if (lora.rank, lora.alpha) != (cfg.lora.rank, float(cfg.lora.alpha)):
+        raise ValueError(f"{folder / LORA_WEIGHT_NAME}: rank {lora.rank}, alpha {lora.alpha} differ from the "
+                         f"run's config (lora.rank {cfg.lora.rank}, lora.alpha {cfg.lora.alpha})")  # fmt: skip
+    evaluation = None
+    if (folder / "eval.json").is_file():
+        try:
+            evaluation = json.loads((folder / "eval.json").read_text())
+        except ValueError as err:
+            raise ValueError(f"{folder / 'eval.json'}: not JSON ({err})") from None
+    return FinishedRun(folder, cfg, lora, evaluation)
+
+
+def export_info(run: FinishedRun) -> dict:
+    """What made the exported weights (the metadata every export carries)."""
+    cfg, ev = run.cfg, run.evaluation or {}
+    targets = cfg.lora.targets or list(adapter_class(cfg.model.name).default_lora_targets)
+    return {
+        "base_model": {"name": cfg.model.name, "path": cfg.model.path},
+        "rank": run.lora.rank,
+        "alpha": run.lora.alpha,
+        "targets": targets,
+        "steps": ev.get("steps", cfg.train.max_steps),
+        "beta": cfg.dpo.beta,
+        "heldout_accuracy_before": ev.get("heldout_accuracy_before"),
+        "heldout_accuracy_after": ev.get("heldout_accuracy_after"),
+    }
+
+
+def _save_lora(state: dict[str, torch.Tensor], metadata: dict[str, str], info: dict, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={**metadata, INFO_KEY: json.dumps(info, sort_keys=True)})
+    return path
+
+
+def write_diffusers(run: FinishedRun, info: dict, out: Path) -> Path:
+    """OUT/pytorch_lora_weights.safetensors: the run's LoRA, its diffusers metadata kept, export_info added."""
+    return _save_lora(run.lora.state, run.lora.metadata, info, out / LORA_WEIGHT_NAME)
+
+
+def write_comfyui(run: FinishedRun, info: dict, out: Path) -> Path:
+    """OUT/comfyui_lora.safetensors: the LoRA in the key format ComfyUI loads for the run's model family."""
+    family = adapter_class(run.cfg.model.name)
+    state = family.comfyui_lora_keys(run.lora)
+    return _save_lora(state, family.comfyui_lora.metadata(run.lora), info, out / COMFYUI_NAME)
+
+
+def write_merged(run: FinishedRun, info: dict, out: Path) -> Path:
+    """OUT/transformer_merged/ (a diffusers folder: from_pretrained loads it) with the LoRA folded in, in the
+    run's precision, and OUT/transformer_merged.json. A previous merged export there is replaced."""
+    cfg = run.cfg
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    model = merge_lora(adapter_class(cfg.model.name).load_transformer(cfg.model.path, dtype), run.lora)
+    folder = out / MERGED_NAME
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+    write_atomic(out / f"{MERGED_NAME}.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+WRITERS = {"diffusers": write_diffusers, "comfyui": write_comfyui, "merged": write_merged}
+assert tuple(WRITERS) == EXPORT_FORMATS
+
+
+def export_run(
+    folder: str | Path,
+    formats: Sequence[str],
+    out: str | Path | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> list[Path]:
+    """Write the formats of a finished run's weights to `out` (default: the run folder); returns the paths.
+    config / overrides: see _run_config."""
+    unknown = [f for f in formats if f not in WRITERS]
+    if unknown or not formats:
+        raise ValueError(f"export formats {list(formats)}: expected some of {list(EXPORT_FORMATS)}")
+    run = read_run(folder, config, overrides)
+    info = export_info(run)
+    out = Path(folder if out is None else out)
+    out.mkdir(parents=True, exist_ok=True)
+    return [WRITERS[f](run, info, out) for f in dict.fromkeys(formats)]
+
+
+def export_after_training(folder: Path, formats: Sequence[str]) -> None:
+    """Collective, at the end of a run: rank 0 writes the formats beyond the diffusers file the trainer wrote
+    (made from that file, with eval.json's numbers in their metadata)."""
+    from videogpa.engine import distributed as D
+
+    if list(formats) != ["diffusers"] and D.is_main():
+        export_run(folder, formats)
+    D.barrier()
