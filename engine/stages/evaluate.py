@@ -21,7 +21,8 @@ from videogpa.engine.eval_stats import RESAMPLES, paired_metric
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
-from videogpa.engine.io.records import read_jsonl, write_json_atomic
+from videogpa.engine.io.records import write_json_atomic
+from videogpa.engine.io.sharded import read_sharded, sharded_exists
 
 # metric -> True: lower is better, False: higher is better, None: neither (reported only)
 # (the paper's main-table columns in its order, then the extra ones)
@@ -55,10 +56,18 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
+def _score_rows(scores: str | os.PathLike | list[dict]) -> list[dict]:
+    """A row list as it is, or the rows of a scores file and its shard files."""
+    if isinstance(scores, list):
+        return scores
+    if not sharded_exists(scores):
+        raise ValueError(f"{scores} does not exist")
+    return read_sharded(scores)
+
+
 def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLike | list[dict]) -> dict:
     """The evaluation table of two score files (or row lists) of the same prompts and seeds."""
-    base_rows = read_jsonl(base) if not isinstance(base, list) else base
-    tuned_rows = read_jsonl(tuned) if not isinstance(tuned, list) else tuned
+    base_rows, tuned_rows = (_score_rows(x) for x in (base, tuned))
     b, t = _by_candidate(base_rows, str(base)[:200]), _by_candidate(tuned_rows, str(tuned)[:200])
     common = sorted(set(b) & set(t))
     if not common:
