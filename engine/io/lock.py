@@ -1,6 +1,6 @@
 """One process per output folder (or per shard of one): an exclusive lock file holding the owner's pid and
-host. Shards of one stage share a folder: each holds its own lock (`.lock.shard-I-of-N`), and a lock refuses
-every other live lock of the folder (`.lock`, `.lock.*`) but those it is told it may share the folder with."""
+host. Shards of one stage share a folder: each holds its own lock (e.g. `.lock.generate.shard-I-of-N`), and
+a lock refuses every other live lock of the folder (`.lock`, `.lock.*`) but those it may share it with."""
 
 from __future__ import annotations
 

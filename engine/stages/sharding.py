@@ -4,7 +4,7 @@ A stage run by a launcher (torchrun, the deepspeed launcher: RANK / WORLD_SIZE /
 environment) or given `--shard I/N` (independent processes, e.g. a Slurm array) takes every count-th item of
 its sorted item list (or of its fixed batches of it), starting at index; both together compose (`--shard I/N`
 on N nodes of W ranks each is shard I·W + rank of N·W). Each shard writes its own record files
-(engine.io.sharded: `manifest.shard-I-of-N.jsonl`), holds its own folder lock (`.lock.shard-I-of-N`), and
+(engine.io.sharded: `manifest.shard-I-of-N.jsonl`), holds its own folder lock (`.lock.STAGE.shard-I-of-N`), and
 readers take the union, so an item's output depends on the item only and a rerun with any N finishes what a
 killed shard left. One process (no launcher, no --shard) is shard 0 of 1 and keeps the unsharded file names.
 No process group is started for this; `barrier` uses one only if the caller already initialised it.
@@ -62,14 +62,13 @@ class Shard:
         """The file of a record set (logical name `path`) that this shard writes."""
         return shard_path(path, self.index, self.count)
 
-    @property
-    def lock_name(self) -> str:
-        return ".lock" if not self.sharded else f".lock.shard-{self.index}-of-{self.count}"
+    def lock_name(self, stage: str) -> str:
+        """The folder lock of this shard of `stage` (one process: the folder's `.lock`)."""
+        return ".lock" if not self.sharded else f".lock.{stage}.shard-{self.index}-of-{self.count}"
 
-    @property
-    def lock_shares_with(self) -> str | None:
-        """The lock names of this run's other shards (one sharding of a folder at a time)."""
-        return f".lock.shard-*-of-{self.count}" if self.sharded else None
+    def lock_shares_with(self, stage: str) -> str | None:
+        """The lock names of this run's other shards: one stage and one sharding in a folder at a time."""
+        return f".lock.{stage}.shard-*-of-{self.count}" if self.sharded else None
 
 
 WHOLE = Shard()  # one process: every item, the unsharded file names
@@ -124,12 +123,14 @@ def barrier() -> None:
 def one_process_per_shard(run):
     """Decorator for a sharded stage's `run(config, inputs, out_dir, ..., shard=None)`: resolves the shard
     (current_shard of the `shard` argument), passes it on as a Shard and holds the shard's lock of out_dir
-    while the stage runs (two copies of one shard, or two shardings of one folder, are refused)."""
+    while the stage runs (two copies of one shard, another stage, or another sharding of the folder are
+    refused). The stage is named by its module (engine.stages.generate: "generate")."""
+    stage = run.__module__.rpartition(".")[2]
 
     @functools.wraps(run)
     def locked(cfg, inputs, out_dir, *args, shard: Shard | str | None = None, **kwargs):
         shard = current_shard(shard)
-        with folder_lock(out_dir, shard.lock_name, shares_with=shard.lock_shares_with):
+        with folder_lock(out_dir, shard.lock_name(stage), shares_with=shard.lock_shares_with(stage)):
             return run(cfg, inputs, out_dir, *args, shard=shard, **kwargs)
 
     return locked

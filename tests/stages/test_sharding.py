@@ -6,9 +6,11 @@ import os
 import pytest
 
 from tests.stages.stage_helpers import load_recipe, write_rows
-from videogpa.engine.config import GenerationConfig
+from videogpa.engine.config import GenerationConfig, ScoreConfig
 from videogpa.engine.io.lock import folder_lock
+from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.sharded import read_sharded, shard_files, shard_path
+from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages import generate, score
 from videogpa.engine.stages.sharding import Shard, current_shard, launcher_shard, shard_device
 
@@ -107,17 +109,19 @@ def test_a_manifests_shards_are_one_sorted_job_list(tmp_path):
 
 
 def test_shards_of_one_run_share_a_folder_and_nothing_else_does(tmp_path):
-    def lock(shard: Shard):
-        return folder_lock(tmp_path, shard.lock_name, shares_with=shard.lock_shares_with)
+    def lock(shard: Shard, stage: str = "generate"):
+        return folder_lock(tmp_path, shard.lock_name(stage), shares_with=shard.lock_shares_with(stage))
 
     with lock(Shard(0, 2)):
         with lock(Shard(1, 2)) as other:  # the other shard of the run: allowed
-            assert other.name == ".lock.shard-1-of-2"
-        for refused in (Shard(0, 2), Shard(), Shard(1, 3)):  # the same shard, one process, another sharding
+            assert other.name == ".lock.generate.shard-1-of-2"
+        # the same shard, one process, another sharding, another stage
+        for refused, stage in ((Shard(0, 2), "generate"), (Shard(), "generate"), (Shard(1, 3), "generate"),
+                               (Shard(1, 2), "score")):  # fmt: skip
             with pytest.raises(ValueError, match=rf"in use by another process \(pid {os.getpid()}; lock .*"):
-                with lock(refused):
+                with lock(refused, stage):
                     pass
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock.shard-0-of-2"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock.generate.shard-0-of-2"]
     with lock(Shard()):
         with pytest.raises(ValueError, match=r"lock .*/\.lock\)"):
             with lock(Shard(1, 2)):
@@ -126,8 +130,8 @@ def test_shards_of_one_run_share_a_folder_and_nothing_else_does(tmp_path):
 
 
 def test_a_stage_takes_its_shards_lock(tmp_path, no_launcher):
-    with folder_lock(tmp_path, ".lock.shard-0-of-2", shares_with=".lock.shard-*-of-2"):
-        with pytest.raises(ValueError, match=r"in use by another process .*\.lock\.shard-0-of-2"):
+    with folder_lock(tmp_path, ".lock.generate.shard-0-of-2"):
+        with pytest.raises(ValueError, match=r"in use by another process .*\.lock\.generate\.shard-0-of-2"):
             generate.run(GenerationConfig(), None, tmp_path, shard="0/2")
         with pytest.raises(ValueError, match="no pipeline folder given"):  # shard 1/2 got past the lock
             generate.run(GenerationConfig(), None, tmp_path, shard="1/2")
@@ -146,3 +150,21 @@ def test_a_recipes_bad_shard_is_exit_2_and_writes_nothing(name, tmp_path, capsys
         == "error: --shard 2/2: shard index must be in [0, 2), got 2"
     )
     assert not out.exists()
+
+
+def test_a_score_rerun_with_another_n_scores_each_video_once_and_outranks_old_errors(tmp_path, no_launcher):
+    manifest = write_synthetic_set(tmp_path / "videos", 1, n_frames=6, progress=False)  # 5 videos
+    out, cfg = tmp_path / "scores", ScoreConfig(num_frames=6)
+    score.run(cfg, manifest, out, progress=False, shard="0/2")
+    zero = read_jsonl(out / "scores.shard-0-of-2.jsonl")
+    theirs = [str(j.video) for j in Shard(1, 2).select(score.list_videos(manifest))]
+    assert len(zero) == 3 and not {r["video"] for r in zero} & set(theirs)
+    failed = {"video": theirs[0], "status": "error", "error": "RuntimeError: killed"}  # shard 1's last words
+    write_rows(out / "scores.shard-1-of-2.jsonl", [failed])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    summary = score.run(cfg, manifest, out, progress=False)  # one process finishes (and retries) the rest
+    assert summary.new_rows == 2 and (summary.ok, summary.errors) == (5, 0)
+    assert sorted(r["video"] for r in read_jsonl(out / "scores.jsonl")) == sorted(theirs)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "scores.jsonl"} == before
+    assert score.unscored(manifest, out / "scores.jsonl") == []
+    assert score.run(cfg, manifest, out, progress=False, shard="1/3").new_rows == 0
