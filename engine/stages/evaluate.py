@@ -212,6 +212,7 @@ def run(
     the scorer `make_scorer()` gives (engine.stages.score.Scorer; built only when needed), and write
     out_dir/evaluation.{json,md,png}. A finished evaluation.json is kept."""
     from videogpa.engine.stages import generate, score
+    from videogpa.engine.stages.sharding import WHOLE
 
     out_dir = Path(out_dir)
     path = out_dir / EVALUATION_FILE
@@ -223,10 +224,10 @@ def run(
         folder = out_dir / "eval" / name
         gen = dataclasses.replace(inputs.generation, num_candidates=cfg.num_candidates, seed=cfg.seed,
                                   lora=adapter and str(adapter), lora_scale=cfg.lora_scale)  # fmt: skip
-        generated = generate.run(gen, inputs.prompts, folder)
+        generated = generate.run(gen, inputs.prompts, folder, shard=WHOLE)  # the table needs every video
         print(f"[evaluate] {name}: {generated}", flush=True)
         scorer = make_scorer()
-        scored = score.run(scorer.cfg, generated.manifest, folder, scorer=scorer)
+        scored = score.run(scorer.cfg, generated.manifest, folder, scorer=scorer, shard=WHOLE)
         print(f"[evaluate] {name} score: {scored}", flush=True)
         scores[name] = scored.scores
     result = compare_scores(scores["base"], scores["lora"])

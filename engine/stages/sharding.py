@@ -93,8 +93,11 @@ def launcher_shard() -> Shard:
 
 
 def current_shard(cli_value: Shard | str | None = None) -> Shard:
-    """This process's shard: the launcher's rank within `cli_value` (`--shard I/N`, default 0/1)."""
-    given = Shard.parse(cli_value) if isinstance(cli_value, str) else (cli_value or WHOLE)
+    """This process's shard: the launcher's rank within `cli_value` (`--shard I/N`; None: 0/1). A Shard is
+    taken as it is (already resolved, or WHOLE: every item in this process, whatever the launcher)."""
+    if isinstance(cli_value, Shard):
+        return cli_value
+    given = Shard.parse(cli_value) if cli_value is not None else WHOLE
     rank = launcher_shard()
     return Shard(given.index * rank.count + rank.index, given.count * rank.count)
 

@@ -52,6 +52,7 @@ def test_one_process_is_the_whole_and_a_launcher_composes_with_the_flag(no_launc
     no_launcher.setenv("WORLD_SIZE", "2")
     assert launcher_shard() == Shard(1, 2) == current_shard(None)
     assert current_shard("2/3") == Shard(2 * 2 + 1, 6)  # node 2 of 3, its rank 1 of 2
+    assert current_shard(Shard()) == Shard()  # a resolved shard (the loop's, evaluate's WHOLE) is final
     no_launcher.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="environment variable WORLD_SIZE: expected an integer, got 'two'"):
         current_shard(None)
