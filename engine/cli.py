@@ -105,6 +105,14 @@ def stage_config(cls: type, section: str, args: argparse.Namespace):
     return cfg
 
 
+def add_shard_flag(parser: argparse.ArgumentParser) -> None:
+    """`--shard I/N`: this process does shard I of N of the stage's items (engine.stages.sharding); under a
+    launcher (torchrun, deepspeed) each rank takes its share of it. Checked when the stage starts."""
+    parser.add_argument("--shard", metavar="I/N", default=None,
+                        help="do shard I of N (0 ≤ I < N) of the items, e.g. --shard $SLURM_ARRAY_TASK_ID/8; "
+                        "under torchrun each rank takes its part of it")  # fmt: skip
+
+
 def run_recipe(main: Callable[[], int]) -> int:
     """Run a recipe's body: bad input (a ValueError) or an unwritable path (an OSError: a full disk, a
     read-only folder) ends as one line and exit status 2; a diverged run (FloatingPointError) as one line and

@@ -8,7 +8,9 @@
 
 Each candidate is saved as videos/<prompt_id>_s<seed>.mp4, latents/<...>.safetensors (the final latents) and
 a manifest.jsonl row (prompt, seed, model, sampler settings). Rerunning resumes; settings that differ from
-an earlier run's for the same candidate are an error. Prompt files: plain text (one per line) or JSONL
+an earlier run's for the same candidate are an error.
+Sharded (`torchrun --nproc-per-node 8 recipes/generate.py ...` or `--shard I/N`): each process makes every
+N-th batch of candidates and writes manifest.shard-I-of-N.jsonl; readers take the union (README "Sharding"). Prompt files: plain text (one per line) or JSONL
 (`prompt`, optional `id`, and `image` for image-to-video). Every flag is a key of the config's
 loop.generation section (engine.config.GenerationConfig); sampler flags left out take the model's defaults.
 """
@@ -19,7 +21,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from videogpa.engine.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
+from videogpa.engine.cli import (
+    add_config_file_flags,
+    add_config_flags,
+    add_shard_flag,
+    run_recipe,
+    stage_config,
+)
 from videogpa.engine.config import GenerationConfig
 from videogpa.engine.models import adapter_class, adapter_names
 from videogpa.engine.models.pipelines import save_pipeline
@@ -31,6 +39,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, GenerationCo
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(p, GenerationConfig, model=adapter_names(), dtype=list(DTYPE_CHOICES))
     add_config_file_flags(p, "generation")
+    add_shard_flag(p)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--build-tiny", action="store_true",
                    help="write the model's built-in pipeline (the tiny model's) to --pipeline if missing")  # fmt: skip
@@ -46,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"wrote the built-in random pipeline to {cfg.pipeline} (its videos are noise; scores mean nothing)"
             )
-        summary = generate.run(cfg, None, args.out_dir)
+        summary = generate.run(cfg, None, args.out_dir, shard=args.shard)
         print(f"generate: {summary}; manifest {summary.manifest}")
         return 0 if not summary.failed else 1
 

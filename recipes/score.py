@@ -10,8 +10,10 @@ the mean Sampson distance of its inliers / max(H, W)).
     python recipes/score.py --videos DIR --metrics epipolar --lightglue-weights lightglue/   # no geometry model
 
 One JSONL row per video (scores, motion, frames used, backend, versions); rerunning skips videos already
-scored and retries the rest (a retried video's new row replaces its error row); a bad video (unreadable,
-truncated, or a reconstruction without finite geometry) gets an error row and the run goes on. Every flag
+scored and retries the rest (a retried video's new row replaces its error row); sharded (torchrun or
+`--shard I/N`), each process scores every N-th batch of the sorted videos into scores.shard-I-of-N.jsonl
+and readers take the union (README "Sharding"); a bad video (unreadable, truncated, or a reconstruction
+without finite geometry) gets an error row and the run goes on. Every flag
 but --videos / --synthetic / --workdir / --out / --seed is a key of the config's loop.score section
 (engine.config.ScoreConfig; --epipolar-* are its epipolar section, also as --matcher, --lightglue-weights,
 --superpoint-weights, --match-size, --pair-stride, --min-matches, --robust); --geometry auto (the default)
@@ -28,10 +30,17 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from videogpa.engine.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
+from videogpa.engine.cli import (
+    add_config_file_flags,
+    add_config_flags,
+    add_shard_flag,
+    run_recipe,
+    stage_config,
+)
 from videogpa.engine.config import GEOMETRY_BACKENDS, KERNEL_BACKENDS, POINT_SOURCES, ScoreConfig
 from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages import score
+from videogpa.engine.stages.sharding import current_shard
 
 log = logging.getLogger("score")
 # the epipolar section's short flags (kept from before the flags came from the config)
@@ -51,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_config_flags(p, ScoreConfig, skip=("scores_file",), aliases=EPIPOLAR_FLAGS, geometry=list(GEOMETRY_BACKENDS),
                      points=list(POINT_SOURCES), kernel_backend=list(KERNEL_BACKENDS))  # fmt: skip
     add_config_file_flags(p, "score")
+    add_shard_flag(p)
     return p.parse_args(argv)
 
 
@@ -96,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = stage_config(ScoreConfig, "score", args)
+        if args.videos is None and current_shard(args.shard).sharded:
+            raise ValueError("--shard needs --videos (the synthetic set is written by one process)")
         scorer = score.Scorer.build(cfg)  # bad weights or folders fail before anything is written
         if args.videos is None:
             videos_dir = Path(args.workdir) / "videos"
@@ -105,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             source = Path(args.videos)
         out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / cfg.scores_file
         cfg = dataclasses.replace(cfg, scores_file=out.name)
-        summary = score.run(cfg, source, out.parent, scorer=scorer)
+        summary = score.run(cfg, source, out.parent, scorer=scorer, shard=args.shard)
         log.info("%d videos (re)scored into %s", summary.new_rows, summary.scores)
         summarize(score.latest_rows(summary.scores))
         return 0

@@ -1,8 +1,11 @@
-"""One process per output folder: an exclusive lock file holding the owner's pid and host."""
+"""One process per output folder (or per shard of one): an exclusive lock file holding the owner's pid and
+host. Shards of one stage share a folder: each holds its own lock (e.g. `.lock.generate.shard-I-of-N`), and
+a lock refuses every other live lock of the folder (`.lock`, `.lock.*`) but those it may share it with."""
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import json
 import os
@@ -22,11 +25,45 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _check_owner(folder: Path, path: Path, me: dict) -> None:
+    """ValueError naming the owner of the lock file `path` when it is alive or on another host; returns when
+    the lock is stale (its process on this host is gone) or was just released."""
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return
+    except (json.JSONDecodeError, OSError):
+        owner = {}
+    pid, host = owner.get("pid"), owner.get("host")
+    if host not in (None, me["host"]):
+        raise ValueError(
+            f"{folder} is locked by pid {pid} on host {host} ({path}); remove the lock if that run is gone"
+        )
+    if isinstance(pid, int) and _alive(pid):
+        raise ValueError(f"{folder} is in use by another process (pid {pid}; lock {path})")
+
+
+def _others(folder: Path, name: str, shares_with: str | None) -> list[Path]:
+    """The folder's other lock files of this family (`.lock`, `.lock.*`) that this lock may not coexist with."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.name != name
+        and (p.name == ".lock" or p.name.startswith(".lock."))
+        and not (shares_with and fnmatch.fnmatchcase(p.name, shares_with))
+    )
+
+
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path]:
+def folder_lock(
+    folder: str | os.PathLike, name: str = ".lock", shares_with: str | None = None
+) -> Iterator[Path]:
     """Hold folder/name while the block runs. A lock whose owner is alive on this host is a ValueError naming
     it; a lock left by a dead process on this host is taken over with a warning naming it; one from another
-    host is reported as an error, not taken (its owner may be alive there)."""
+    host is reported as an error, not taken (its owner may be alive there).
+    With name `.lock` or `.lock.*`, every other live lock of that family in the folder is refused too, except
+    those matching the glob `shares_with` (the other shards of one run): taken first, checked after, so of two
+    runs that may not share the folder at most one goes on."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -36,19 +73,10 @@ def folder_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            try:
-                owner = json.loads(path.read_text() or "{}")
-            except (json.JSONDecodeError, OSError):
-                owner = {}
-            pid, host = owner.get("pid"), owner.get("host")
-            if host not in (None, me["host"]):
-                raise ValueError(
-                    f"{folder} is locked by pid {pid} on host {host} ({path}); remove the lock if that run is gone"
-                ) from None
-            if isinstance(pid, int) and _alive(pid):
-                raise ValueError(f"{folder} is in use by another process (pid {pid}; lock {path})") from None
+            _check_owner(folder, path, me)
             print(
-                f"warning: {path}: taking over a stale lock (pid {pid} on this host is gone)", file=sys.stderr
+                f"warning: {path}: taking over a stale lock (its process on this host is gone)",
+                file=sys.stderr,
             )
             path.unlink(missing_ok=True)
     else:
@@ -56,6 +84,9 @@ def folder_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path
     with os.fdopen(fd, "w") as f:
         json.dump(me, f)
     try:
+        if name == ".lock" or name.startswith(".lock."):
+            for other in _others(folder, name, shares_with):
+                _check_owner(folder, other, me)
         yield path
     finally:
         path.unlink(missing_ok=True)

@@ -21,7 +21,8 @@ from videogpa.engine.eval_stats import RESAMPLES, paired_metric
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
-from videogpa.engine.io.records import read_jsonl, write_json_atomic
+from videogpa.engine.io.records import write_json_atomic
+from videogpa.engine.io.sharded import read_sharded, sharded_exists
 
 # metric -> True: lower is better, False: higher is better, None: neither (reported only)
 # (the paper's main-table columns in its order, then the extra ones)
@@ -55,10 +56,18 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
+def _score_rows(scores: str | os.PathLike | list[dict]) -> list[dict]:
+    """A row list as it is, or the rows of a scores file and its shard files."""
+    if isinstance(scores, list):
+        return scores
+    if not sharded_exists(scores):
+        raise ValueError(f"{scores} does not exist")
+    return read_sharded(scores)
+
+
 def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLike | list[dict]) -> dict:
     """The evaluation table of two score files (or row lists) of the same prompts and seeds."""
-    base_rows = read_jsonl(base) if not isinstance(base, list) else base
-    tuned_rows = read_jsonl(tuned) if not isinstance(tuned, list) else tuned
+    base_rows, tuned_rows = (_score_rows(x) for x in (base, tuned))
     b, t = _by_candidate(base_rows, str(base)[:200]), _by_candidate(tuned_rows, str(tuned)[:200])
     common = sorted(set(b) & set(t))
     if not common:
@@ -203,6 +212,7 @@ def run(
     the scorer `make_scorer()` gives (engine.stages.score.Scorer; built only when needed), and write
     out_dir/evaluation.{json,md,png}. A finished evaluation.json is kept."""
     from videogpa.engine.stages import generate, score
+    from videogpa.engine.stages.sharding import WHOLE
 
     out_dir = Path(out_dir)
     path = out_dir / EVALUATION_FILE
@@ -214,10 +224,10 @@ def run(
         folder = out_dir / "eval" / name
         gen = dataclasses.replace(inputs.generation, num_candidates=cfg.num_candidates, seed=cfg.seed,
                                   lora=adapter and str(adapter), lora_scale=cfg.lora_scale)  # fmt: skip
-        generated = generate.run(gen, inputs.prompts, folder)
+        generated = generate.run(gen, inputs.prompts, folder, shard=WHOLE)  # the table needs every video
         print(f"[evaluate] {name}: {generated}", flush=True)
         scorer = make_scorer()
-        scored = score.run(scorer.cfg, generated.manifest, folder, scorer=scorer)
+        scored = score.run(scorer.cfg, generated.manifest, folder, scorer=scorer, shard=WHOLE)
         print(f"[evaluate] {name} score: {scored}", flush=True)
         scores[name] = scored.scores
     result = compare_scores(scores["base"], scores["lora"])

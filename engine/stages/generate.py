@@ -3,15 +3,23 @@ latents (safetensors) and one manifest row; resumable.
 
 Layout of an output folder:
 
-    manifest.jsonl                 one row per finished candidate (paths relative to the folder)
+    manifest.jsonl                 one row per finished candidate (paths relative to the folder); a sharded
+                                   run's shards each write manifest.shard-I-of-N.jsonl (engine.stages.sharding)
+                                   and readers take the union of them all
     videos/<prompt_id>_s<seed>.mp4
     latents/<prompt_id>_s<seed>.safetensors   tensor "latents": the pipeline's final latents of that video
                                               (the model's native layout without the batch dim, VAE
                                               scaling applied), so training never re-encodes them
     failures.jsonl                 candidates that could not be made (e.g. non-finite latents); retried
+                                   (failures.shard-I-of-N.jsonl per shard)
 
 Files are written atomically and a row is appended only once both exist, so a killed run resumes where it
 stopped. A rerun with other settings for an already generated candidate is an error, never an overwrite.
+
+Candidates are made in fixed batches of the full candidate list (prompt-file order × seeds) and a shard takes
+every count-th batch, so a batch holds the same candidates whatever the number of shards: N processes write
+bit-identical latents to one process's. A resumed batch runs with the candidates it still lacks: a smaller
+batch, which on a CPU can change the last bits of a batched computation, as any other batch size does.
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ from tqdm import tqdm
 from videogpa.engine.config import GenerationConfig
 from videogpa.engine.data.prompts import PromptItem, load_prompts, with_camera_motion
 from videogpa.engine.io.atomic import atomic_path
-from videogpa.engine.io.lock import one_process_per_folder
-from videogpa.engine.io.records import append_jsonl, read_jsonl
+from videogpa.engine.io.records import append_jsonl
+from videogpa.engine.io.sharded import sharded_rows
 from videogpa.engine.io.video import write_video
 from videogpa.engine.models import ModelAdapter, adapter_class, get_adapter
 from videogpa.engine.models.base import SamplerSettings
 from videogpa.engine.models.pipeline_encoder import PipelineEncoder
 from videogpa.engine.models.pipelines import attach_lora, load_pipeline
+from videogpa.engine.stages.sharding import WHOLE, Shard, one_process_per_shard, shard_device
 from videogpa.engine.types import DTYPES, default_device
 
 log = logging.getLogger(__name__)
@@ -64,7 +73,7 @@ class GenerationSummary:
     prompts: int = 0
     candidates: int = 0
     generated: int = 0
-    skipped: int = 0  # already in the manifest
+    skipped: int = 0  # already in the manifest (any shard's)
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -96,12 +105,11 @@ def _image_field(item: PromptItem) -> str | None:
     return None if item.image is None else str(item.image.resolve())
 
 
-def _check_done(
-    rows: list[dict], out_dir: Path, settings: dict, wanted: dict[str, CandidateSpec]
-) -> set[str]:
-    """Stems already generated; ValueError when a row was made with other settings or lost its files."""
+def _check_done(out_dir: Path, settings: dict, wanted: dict[str, CandidateSpec]) -> set[str]:
+    """Stems already generated (in any shard's manifest); ValueError when a row was made with other settings or
+    lost its files."""
     done = set()
-    for row in rows:
+    for manifest, _, row in sharded_rows(out_dir / MANIFEST):
         stem = Path(row.get("video", "")).stem
         if stem not in wanted:
             continue
@@ -111,12 +119,12 @@ def _check_done(
         if theirs != mine:
             diff = sorted(k for k in mine if theirs[k] != mine[k])
             raise ValueError(
-                f"{out_dir / MANIFEST}: {stem} was generated with other {diff} than this run's; "
+                f"{manifest}: {stem} was generated with other {diff} than this run's; "
                 "use a new output folder (nothing is overwritten)"
             )
         for key in ("video", "latents"):
             if not (out_dir / row[key]).is_file():
-                raise ValueError(f"{out_dir / MANIFEST}: {stem}'s {key} file {out_dir / row[key]} is missing")
+                raise ValueError(f"{manifest}: {stem}'s {key} file {out_dir / row[key]} is missing")
         done.add(stem)
     return done
 
@@ -210,25 +218,32 @@ def generate_candidates(
     lora: str | None = None,
     lora_scale: float = 1.0,
     progress: bool = True,
+    shard: Shard = WHOLE,
 ) -> GenerationSummary:
-    """Generate every (prompt, seed) candidate not yet in out_dir's manifest with the family `adapter`'s
-    pipeline `pipe`, which already carries the LoRA when `lora` is given (path/scale recorded in the rows)."""
+    """Generate every (prompt, seed) candidate of `shard`'s batches not yet in out_dir's manifests with the
+    family `adapter`'s pipeline `pipe`, which already carries the LoRA when `lora` is given (path/scale recorded
+    in the rows); the rows go to the shard's manifest file."""
     if batch_size < 1:
         raise ValueError(f"generation batch size: expected ≥ 1, got {batch_size}")
     start = time.perf_counter()
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     (out_dir / "latents").mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST
+    manifest = shard.path(out_dir / MANIFEST)
     settings = _row_settings(model, sampler, lora and str(lora), lora_scale)
     wanted = {c.stem: c for c in (CandidateSpec(item, s) for item in items for s in seeds)}
-    done = _check_done(read_jsonl(manifest) if manifest.is_file() else [], out_dir, settings, wanted)
-    summary = GenerationSummary(manifest, prompts=len(items), candidates=len(wanted), skipped=len(done))
-    todo = [c for c in wanted.values() if c.stem not in done]
-    bar = tqdm(total=len(todo), desc="generating", unit="video", disable=not progress)
-    image_to_video = any(c.item.image is not None for c in todo)
+    image_to_video = any(c.item.image is not None for c in wanted.values())
+    per_prompt = image_to_video and not adapter.image_per_video
+    batches = shard.select(_batches(list(wanted.values()), batch_size, per_prompt))
+    done = _check_done(out_dir, settings, {c.stem: c for batch in batches for c in batch})
+    batches = [b for b in ([c for c in batch if c.stem not in done] for batch in batches) if b]
+    todo = [c for batch in batches for c in batch]
+    summary = GenerationSummary(out_dir / MANIFEST, prompts=len(items), candidates=len(todo) + len(done),
+                                skipped=len(done))  # fmt: skip
+    bar = tqdm(total=len(todo), desc=f"generating{f' (shard {shard})' if shard.sharded else ''}", unit="video",
+               disable=not progress)  # fmt: skip
     encode_image = _clean_image_latent(pipe, adapter, sampler.max_sequence_length)
-    for batch in _batches(todo, batch_size, per_prompt=image_to_video and not adapter.image_per_video):
+    for batch in batches:
         images = {c.item.prompt_id: _load_image(c.item.image, sampler.width, sampler.height)
                   for c in batch if c.item.image is not None}  # fmt: skip
         frames, latents = _run_pipeline(pipe, adapter, batch, sampler, images)
@@ -239,7 +254,9 @@ def generate_candidates(
             item = cand.item
             if not torch.isfinite(latent).all() or not torch.isfinite(video).all():
                 log.error("%s: non-finite latents or frames; not saved (retried on the next run)", cand.stem)
-                append_jsonl(out_dir / FAILURES, {"candidate": cand.stem, "error": "non-finite latents"})
+                append_jsonl(
+                    shard.path(out_dir / FAILURES), {"candidate": cand.stem, "error": "non-finite latents"}
+                )
                 summary.failed.append(cand.stem)
                 continue
             video_rel, latents_rel = f"videos/{cand.stem}.mp4", f"latents/{cand.stem}.safetensors"
@@ -286,12 +303,12 @@ def load_items(
     return items, image_to_video
 
 
-@one_process_per_folder
+@one_process_per_shard
 def run(cfg: GenerationConfig, prompts: str | os.PathLike | None, out_dir: str | os.PathLike,
-        progress: bool = True) -> GenerationSummary:  # fmt: skip
+        progress: bool = True, *, shard: Shard) -> GenerationSummary:  # fmt: skip
     """The generate stage: load the pipeline (and LoRA), generate every missing candidate of the prompt file
-    (`prompts`, else cfg.prompts) into out_dir."""
-    device = cfg.device or default_device()
+    (`prompts`, else cfg.prompts) of this process's shard (engine.stages.sharding) into out_dir."""
+    device = shard_device(cfg.device, default_device())
     dtype = cfg.dtype or ("bf16" if device.startswith("cuda") else "fp32")
     if dtype not in DTYPES:
         raise ValueError(f"generation dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
@@ -308,5 +325,5 @@ def run(cfg: GenerationConfig, prompts: str | os.PathLike | None, out_dir: str |
     return generate_candidates(
         pipe, get_adapter(cfg.model), items, out_dir, seeds=seeds, sampler=sampler, model=cfg.model,
         batch_size=cfg.batch_size, lora=cfg.lora and str(Path(cfg.lora).resolve()), lora_scale=cfg.lora_scale,
-        progress=progress,
+        progress=progress, shard=shard,
     )  # fmt: skip

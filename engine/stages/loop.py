@@ -57,6 +57,7 @@ from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_json
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
+from videogpa.engine.stages.sharding import WHOLE
 
 TINY_PROMPTS = (
     "a red barn in a green field", "an old stone bridge over a river", "a quiet library with tall shelves",
@@ -214,7 +215,7 @@ class Loop:
         if self.cfg.candidates == "synthetic":
             return self.synthetic_candidates()
         prompts = self._prompt_file("prompts", self.cfg.generation.prompts, TINY_PROMPTS)
-        summary = generate.run(self.cfg.generation, prompts, self.generated)
+        summary = generate.run(self.cfg.generation, prompts, self.generated, shard=WHOLE)
         self._say("generate", str(summary))
         if summary.failed:
             print(
@@ -258,9 +259,9 @@ class Loop:
             return scores
         if self.cfg.candidates == "synthetic":  # exact geometry: the oracle
             oracle = dataclasses.replace(self.cfg.score, geometry="oracle", random_weights=False)
-            summary = score.run(oracle, manifest, manifest.parent)
+            summary = score.run(oracle, manifest, manifest.parent, shard=WHOLE)
         else:
-            summary = score.run(self.cfg.score, manifest, manifest.parent, scorer=self.scorer())
+            summary = score.run(self.cfg.score, manifest, manifest.parent, scorer=self.scorer(), shard=WHOLE)
         self._say("score", str(summary))
         return summary.scores
 

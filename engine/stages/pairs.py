@@ -23,6 +23,7 @@ from videogpa.engine.config import PairsConfig
 from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
+from videogpa.engine.io.sharded import sharded_exists, sharded_rows
 
 PAIRS_FILE = "pairs.jsonl"
 REPORT_FILE = "pairs_report.json"
@@ -123,24 +124,26 @@ def _video_key(path: str, base: Path) -> str:
 def load_candidates(
     scores: str | os.PathLike, manifest: str | os.PathLike | None = None
 ) -> list[ScoredVideo]:
-    """One ScoredVideo per scored video (prompt key: prompt_id if known, else the prompt text)."""
+    """One ScoredVideo per scored video (prompt key: prompt_id if known, else the prompt text). The scores
+    file and the manifest are each read with their shard files (engine.io.sharded)."""
     scores = Path(scores)
     base = Path(manifest).parent if manifest is not None else scores.parent
+    for path in (scores, manifest):
+        if path is not None and not sharded_exists(path):
+            raise ValueError(f"{path} does not exist")
     by_video: dict[str, dict] = {}
     if manifest is not None:
-        for row in read_jsonl(manifest):
+        for file, _, row in sharded_rows(manifest):
             if not isinstance(row.get("video"), str):
-                raise ValueError(
-                    f"generation manifest {manifest}: a row lacks the string field 'video': {row}"
-                )
+                raise ValueError(f"generation manifest {file}: a row lacks the string field 'video': {row}")
             by_video[_video_key(row["video"], base)] = {"_manifest": row}
-    for number, row in enumerate(read_jsonl(scores), start=1):
+    for file, number, row in sharded_rows(scores):
         if not isinstance(row.get("video"), str) or row.get("status") not in ("ok", "error"):
-            raise ValueError(f"{scores}:{number}: a score row needs 'video' and 'status' ('ok' or 'error')")
+            raise ValueError(f"{file}:{number}: a score row needs 'video' and 'status' ('ok' or 'error')")
         key = str(Path(row["video"]).resolve())
         if manifest is not None and key not in by_video:
             raise ValueError(
-                f"{scores}:{number}: video {row['video']} is not in the generation manifest {manifest}"
+                f"{file}:{number}: video {row['video']} is not in the generation manifest {manifest}"
             )
         entry = by_video.setdefault(key, {})
         if row["status"] == "ok" or entry.get("_score", {}).get("status") != "ok":

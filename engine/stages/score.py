@@ -5,7 +5,13 @@ per video (status "ok" with its scores, or "error" with the message); resumable 
 A scores file holds one row per video: a rerun skips the "ok" videos and retries the others, and a retried
 video's new row replaces its old error row (the file is rewritten atomically), so no reader sees two rows
 for one video. A video that decodes fewer frames than its container declares, and a reconstruction with
-non-finite depth or cameras or without a valid point, is an error row naming the video and the reason."""
+non-finite depth or cameras or without a valid point, is an error row naming the video and the reason.
+
+Sharded (engine.stages.sharding): the videos, sorted by path, in fixed batches of batch_size; a shard takes
+every count-th batch and writes its own scores file (`scores.shard-I-of-N.jsonl`); every reader takes the
+union of the scores files (engine.io.sharded), a video counting by its "ok" row if it has one, else by its
+last row. A retry writes only to the retrying shard's own file (it replaces an error row there; one in
+another shard's file is outranked by the new row), so no two processes ever write one file."""
 
 from __future__ import annotations
 
@@ -27,11 +33,12 @@ from videogpa.engine.geometry.base import Geometry, GeometryModel
 from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, select_frames, sidecar_path
 from videogpa.engine.geometry.oracle import OracleGeometryModel
 from videogpa.engine.geometry.scoring import score_reconstruction
-from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.records import append_jsonl, read_jsonl, write_jsonl_atomic
+from videogpa.engine.io.sharded import read_sharded, sharded_exists, sharded_rows
 from videogpa.engine.io.video import LoadedVideo, is_video, load_video
 from videogpa.engine.logging_utils import package_version
 from videogpa.engine.stages.score_metrics import NoGeometry, build_epipolar, metric_scores
+from videogpa.engine.stages.sharding import WHOLE, Shard, one_process_per_shard, shard_device
 from videogpa.engine.types import default_device
 
 log = logging.getLogger(__name__)
@@ -50,29 +57,31 @@ class VideoJob:
 
 def list_videos(source: str | os.PathLike) -> list[VideoJob]:
     """Videos of a folder (sorted; files by suffix and frame folders) or of a JSONL manifest (`video`, and
-    optionally `geometry`, relative to the manifest)."""
+    optionally `geometry`, relative to the manifest; the union of its shard files, sorted by video)."""
     source = Path(source).resolve()  # absolute paths: resuming works from any working directory
     if source.is_dir():
         return [VideoJob(p, sidecar_path(p)) for p in sorted(source.iterdir()) if is_video(p)]
-    if not source.is_file():
+    if not sharded_exists(source):
         raise ValueError(f"videos source {source} is neither a folder nor a JSONL manifest")
-    jobs = []
-    for number, row in enumerate(read_jsonl(source, allow_truncated_tail=False), start=1):
+    jobs = {}
+    for file, number, row in sharded_rows(source, allow_truncated_tail=False):
         if not isinstance(row.get("video"), str):
-            raise ValueError(f"{source}: row {number} needs a string field 'video'")
+            raise ValueError(f"{file}: row {number} needs a string field 'video'")
         video = source.parent / row["video"]
         geometry = source.parent / row["geometry"] if row.get("geometry") else sidecar_path(video)
         extra = tuple((k, v) for k, v in row.items() if k not in ("video", "geometry"))
-        jobs.append(VideoJob(video, geometry, extra))
-    return jobs
+        jobs.setdefault(str(video), VideoJob(video, geometry, extra))
+    return [jobs[k] for k in sorted(jobs)]
 
 
 def latest_rows(scores: str | os.PathLike) -> list[dict]:
-    """One row per video of a scores file (its last), in the order the videos first appear; [] when the file
-    does not exist."""
-    if not Path(scores).is_file():
-        return []
-    return list({row["video"]: row for row in read_jsonl(scores)}.values())
+    """One row per video of a scores file and its shard files: its "ok" row if it has one, else its last row;
+    in the order the videos first appear; [] when no file exists."""
+    rows: dict[str, dict] = {}
+    for row in read_sharded(scores):
+        if rows.get(row["video"], {}).get("status") != "ok":
+            rows[row["video"]] = row
+    return list(rows.values())
 
 
 def replace_row(out_path: Path, row: dict) -> None:
@@ -123,15 +132,20 @@ def score_videos(
     score: Callable[[torch.Tensor, Geometry], object] = score_reconstruction,
     row_info: dict | None = None,
     progress: bool = True,
+    shard: Shard = WHOLE,
 ) -> list[dict]:
-    """Score jobs without an "ok" row in out_path; write a row per video (status "ok" with scores, or "error"
-    with the message; appended, or in place of a retried video's error row) and return the new rows. model None = the oracle (each video's stored geometry); `score(frames,
-    geometry)` gives a video's scores (engine.geometry.scoring.score_reconstruction with its settings)."""
-    out_path = Path(out_path)
+    """Score `shard`'s share of the jobs (every count-th batch of batch_size) without an "ok" row in out_path
+    or its shard files; write a row per video to the shard's file (status "ok" with scores, or "error" with
+    the message; appended, or in place of a retried video's error row in that file) and return the new rows.
+    model None = the oracle (each video's stored geometry); `score(frames, geometry)` gives a video's scores
+    (engine.geometry.scoring.score_reconstruction with its settings)."""
+    logical = Path(out_path)
+    out_path = shard.path(logical)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    previous = read_jsonl(out_path) if out_path.is_file() else []
-    done = {row["video"] for row in previous if row.get("status") == "ok"}  # errors are retried
-    retried = {row["video"] for row in previous} - done
+    done = {row["video"] for row in read_sharded(logical) if row.get("status") == "ok"}  # errors are retried
+    retried = {row["video"] for row in read_jsonl(out_path)} - done if out_path.is_file() else set()
+    jobs = [j for batch in shard.select([jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)])
+            for j in batch]  # fmt: skip
     todo = [j for j in jobs if str(j.video) not in done]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d videos already scored in %s", len(jobs) - len(todo), len(jobs), out_path)
@@ -208,9 +222,10 @@ def score_videos(
 
 
 def resolve_geometry(cfg: ScoreConfig) -> ScoreConfig:
-    """The config with `auto` settled (vggt when weights are given, else the oracle) and the device chosen."""
+    """The config with `auto` settled (vggt when weights are given, else the oracle) and the device chosen
+    (cuda:LOCAL_RANK under a launcher)."""
     geometry = cfg.geometry if cfg.geometry != "auto" else ("vggt" if cfg.weights else "oracle")
-    device = cfg.device or default_device()
+    device = shard_device(cfg.device, default_device())
     return dataclasses.replace(cfg, geometry=geometry, device=device)
 
 
@@ -257,8 +272,10 @@ class Scorer:
             log.warning(RANDOM_WEIGHTS_NOTE)
         return cls(cfg, model, lpips, epipolar)
 
-    def score(self, videos: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> list[dict]:
-        """Score the videos (folder or manifest) not yet in the scores file `out`; returns the new rows."""
+    def score(self, videos: str | os.PathLike, out: str | os.PathLike, progress: bool = True,
+              shard: Shard = WHOLE) -> list[dict]:  # fmt: skip
+        """Score `shard`'s videos (of a folder or manifest) not yet in the scores file `out` (or its shard
+        files); returns the new rows."""
         cfg = self.cfg
         size = cfg.size if cfg.size is not None else getattr(self.model, "input_size", None)
         info = {"backend": cfg.geometry, "geometry_weights": cfg.weights, "n_frames": cfg.num_frames,
@@ -275,12 +292,13 @@ class Scorer:
         ) if "reprojection" in cfg.metrics else None  # fmt: skip
         settings = metric_scores(reprojection, self.epipolar)
         return score_videos(list_videos(videos), out, model=self.model, n_frames=cfg.num_frames, size=size,
-                            batch_size=batch, device=cfg.device, score=settings, row_info=info, progress=progress)  # fmt: skip
+                            batch_size=batch, device=cfg.device, score=settings, row_info=info, progress=progress,
+                            shard=shard)  # fmt: skip
 
 
 def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:
-    """Videos of a folder or manifest without any score row (ok or error) in `scores`."""
-    have = {r.get("video") for r in read_jsonl(scores)} if Path(scores).is_file() else set()
+    """Videos of a folder or manifest without any score row (ok or error) in `scores` or its shard files."""
+    have = {r.get("video") for r in read_sharded(scores)}
     return [str(job.video) for job in list_videos(videos) if str(job.video) not in have]
 
 
@@ -302,7 +320,7 @@ class ScoreSummary:
 
 
 def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSummary:
-    """Counts of videos (not rows) over a scores file; a video counts once, by its last row."""
+    """Counts of videos (not rows) over a scores file and its shard files; a video counts once (latest_rows)."""
     rows = latest_rows(scores)
     ok = [r for r in rows if r.get("status") == "ok"]
     return ScoreSummary(Path(scores), new_rows, len(ok), len(rows) - len(ok), _mean_of(ok, "score"),
@@ -315,11 +333,12 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-@one_process_per_folder
+@one_process_per_shard
 def run(cfg: ScoreConfig, videos: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
-        scorer: Scorer | None = None) -> ScoreSummary:  # fmt: skip
-    """The score stage: score the videos of a folder or manifest into out_dir/cfg.scores_file (resumed).
-    `scorer` reuses an already built one (the loop scores several folders)."""
+        scorer: Scorer | None = None, *, shard: Shard) -> ScoreSummary:  # fmt: skip
+    """The score stage: score this process's shard (engine.stages.sharding) of the videos of a folder or
+    manifest into out_dir/cfg.scores_file (its shard file when sharded; resumed). `scorer` reuses an already
+    built one (the loop scores several folders)."""
     scores = Path(out_dir) / cfg.scores_file
-    new = (scorer or Scorer.build(cfg)).score(videos, scores, progress=progress)
+    new = (scorer or Scorer.build(cfg)).score(videos, scores, progress=progress, shard=shard)
     return summarize_scores(scores, len(new))

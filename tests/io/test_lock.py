@@ -34,9 +34,7 @@ def test_a_dead_owners_lock_is_taken_over_and_reported(tmp_path, capsys):
     )  # a killed run's lock
     with folder_lock(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert (
-        f"taking over a stale lock (pid {int(dead.stdout)} on this host is gone)" in capsys.readouterr().err
-    )
+    assert f"{lock}: taking over a stale lock (its process on this host is gone)" in capsys.readouterr().err
 
 
 def test_another_hosts_lock_is_reported_not_taken(tmp_path):
