@@ -205,6 +205,17 @@ def _batches(todo: list[CandidateSpec], batch_size: int, per_prompt: bool) -> li
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
+def shard_batches(
+    adapter: ModelAdapter, items: list[PromptItem], seeds: list[int], batch_size: int, shard: Shard
+) -> list[list[CandidateSpec]]:
+    """`shard`'s batches of the full candidate list (prompt-file order × seeds, in fixed batches of
+    batch_size; image-to-video with one image per call: never two prompts in a batch)."""
+    wanted = {c.stem: c for c in (CandidateSpec(item, s) for item in items for s in seeds)}
+    image_to_video = any(c.item.image is not None for c in wanted.values())
+    per_prompt = image_to_video and not adapter.image_per_video
+    return shard.select(_batches(list(wanted.values()), batch_size, per_prompt))
+
+
 def generate_candidates(
     pipe,
     adapter: ModelAdapter,
@@ -231,10 +242,7 @@ def generate_candidates(
     (out_dir / "latents").mkdir(parents=True, exist_ok=True)
     manifest = shard.path(out_dir / MANIFEST)
     settings = _row_settings(model, sampler, lora and str(lora), lora_scale)
-    wanted = {c.stem: c for c in (CandidateSpec(item, s) for item in items for s in seeds)}
-    image_to_video = any(c.item.image is not None for c in wanted.values())
-    per_prompt = image_to_video and not adapter.image_per_video
-    batches = shard.select(_batches(list(wanted.values()), batch_size, per_prompt))
+    batches = shard_batches(adapter, items, seeds, batch_size, shard)
     done = _check_done(out_dir, settings, {c.stem: c for batch in batches for c in batch})
     batches = [b for b in ([c for c in batch if c.stem not in done] for batch in batches) if b]
     todo = [c for batch in batches for c in batch]

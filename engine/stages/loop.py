@@ -57,7 +57,7 @@ from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_json
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
-from videogpa.engine.stages.sharding import WHOLE
+from videogpa.engine.stages.sharding import WHOLE, Shard
 
 TINY_PROMPTS = (
     "a red barn in a green field", "an old stone bridge over a river", "a quiet library with tall shelves",
@@ -342,19 +342,23 @@ class Loop:
         self._say("train", f"LoRA {lora} in {time.perf_counter() - start:.0f} s{accuracy}")
         return lora
 
-    def evaluate(self, lora: str | os.PathLike | None = None) -> dict:
-        """Held-out prompts with the same seeds, without and with the LoRA; DIR/evaluation.json."""
+    def evaluate(self, lora: str | os.PathLike | None = None, shard: Shard = WHOLE) -> dict:
+        """Held-out prompts with the same seeds, without and with the LoRA; DIR/evaluation.json (`shard`: this
+        process's share, recipes/evaluate.py --shard)."""
         ev = self.cfg.evaluate
         lora = Path(lora) if lora is not None else self.out / "train" / LORA_WEIGHT_NAME
         prompts = self._prompt_file("eval_prompts", ev.prompts, TINY_EVAL_PROMPTS)
         inputs = evaluate.EvaluateInputs(prompts, lora, self.cfg.generation)
-        summary = evaluate.run(ev, inputs, self.out, self.scorer)
+        summary = evaluate.run(ev, inputs, self.out, self.scorer, shard=shard)
         self._say("evaluate", str(summary))
         return summary.result
 
-    def lock(self):
-        """One loop per folder at a time (engine.io.lock)."""
-        return folder_lock(self.out, LOCK_NAME)
+    def lock(self, shard: Shard = WHOLE):
+        """One loop per folder at a time (engine.io.lock); a shard of a sharded stage run (recipes/evaluate.py
+        --shard) holds its own (the stage's shard locks refuse a whole run beside it)."""
+        return folder_lock(
+            self.out, LOCK_NAME if not shard.sharded else f"{LOCK_NAME}.shard-{shard.index}-of-{shard.count}"
+        )
 
     def run(self) -> dict:
         with self.lock():
