@@ -260,6 +260,9 @@ class LoopConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     train_overrides: list[str] = field(default_factory=list)  # trainer `key=value` overrides
     train_launcher: list[str] = field(default_factory=list)  # e.g. [deepspeed, --num_gpus, "8"]; [] = python
+    # generate, score, encode and evaluate as this launcher's ranks, each its share (engine.stages.sharding),
+    # e.g. [torchrun, --nproc-per-node, "8"]; [] = in the loop's own process
+    launcher: list[str] = field(default_factory=list)
 
 
 @dataclass

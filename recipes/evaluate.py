@@ -17,6 +17,7 @@ scores every N-th batch of the held-out candidates; the one that completes the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", type=comma_list, metavar="A,B",
                    help="score metrics, comma-separated: reprojection, epipolar (= loop.score.metrics)")  # fmt: skip
     add_shard_flag(p)
+    p.add_argument(
+        "--in-loop", action="store_true", help=argparse.SUPPRESS
+    )  # launched by the loop: it holds the lock
     args = p.parse_args(argv)
     if args.metrics is not None:
         args.overrides.append(f"loop.score.metrics={json.dumps(args.metrics)}")
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         loop = Loop(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py")
         shard = current_shard(args.shard)
-        with loop.lock(shard):
+        with contextlib.nullcontext() if args.in_loop else loop.lock(shard):
             loop.prepare_models()
             loop.evaluate(lora=args.lora, shard=shard)
         return 0

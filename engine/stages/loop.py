@@ -25,6 +25,11 @@ A real model's config adds, for example (model.path: /models/CogVideoX-5b/transf
       encode: {heldout_fraction: 0.05}
       evaluate: {prompts: heldout_prompts.txt, num_candidates: 2}
       train_launcher: [deepspeed, --num_gpus, "8"]
+      launcher: [torchrun, --nproc-per-node, "8"]    # generate, score, encode, evaluate on every GPU
+
+With `loop.launcher`, those four stages run as recipes/<stage>.py under the launcher (each rank its share of
+the items, engine.stages.sharding) with the loop's resolved config (DIR/stage_config.yaml); without it, in
+this process. Synthetic candidates are always scored here (the oracle).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from videogpa.engine.distributed import child_env
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
+from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
@@ -215,8 +221,19 @@ class Loop:
         if self.cfg.candidates == "synthetic":
             return self.synthetic_candidates()
         prompts = self._prompt_file("prompts", self.cfg.generation.prompts, TINY_PROMPTS)
-        summary = generate.run(self.cfg.generation, prompts, self.generated, shard=WHOLE)
-        self._say("generate", str(summary))
+        if self.cfg.launcher:
+            self.cfg.generation.prompts = prompts
+            self._launch("generate", "--out-dir", self.generated)
+            summary = generate.GenerationSummary(self.manifest)
+            made = {Path(r["video"]).stem for r in read_sharded(self.manifest)}
+            failures = read_sharded(self.generated / generate.FAILURES)
+            summary.failed = sorted({r["candidate"] for r in failures} - made)
+            self._say(
+                "generate", f"{len(read_sharded(self.manifest))} candidates in {self.manifest} (launched)"
+            )
+        else:
+            summary = generate.run(self.cfg.generation, prompts, self.generated, shard=WHOLE)
+            self._say("generate", str(summary))
         if summary.failed:
             print(
                 f"[generate] WARNING: {len(summary.failed)} candidates failed: {summary.failed[:5]}",
@@ -260,6 +277,9 @@ class Loop:
         if self.cfg.candidates == "synthetic":  # exact geometry: the oracle
             oracle = dataclasses.replace(self.cfg.score, geometry="oracle", random_weights=False)
             summary = score.run(oracle, manifest, manifest.parent, shard=WHOLE)
+        elif self.cfg.launcher:
+            self._launch("score", "--videos", manifest, "--out", scores)
+            summary = score.summarize_scores(scores)
         else:
             summary = score.run(self.cfg.score, manifest, manifest.parent, scorer=self.scorer(), shard=WHOLE)
         self._say("score", str(summary))
@@ -273,7 +293,11 @@ class Loop:
         return summary.index
 
     def encode(self, index: Path) -> Path:
-        summary = encode.run(self.cfg.encode, index, self.out / "shards")
+        if self.cfg.launcher:
+            self._launch("encode", "--pairs", index, "--out-dir", self.out / "shards")
+            self._say("encode", f"shards in {self.out / 'shards'} (launched)")
+            return self.out / "shards"
+        summary = encode.run(self.cfg.encode, index, self.out / "shards", shard=WHOLE)
         self._say("encode", str(summary))
         return summary.out_dir
 
@@ -348,10 +372,29 @@ class Loop:
         ev = self.cfg.evaluate
         lora = Path(lora) if lora is not None else self.out / "train" / LORA_WEIGHT_NAME
         prompts = self._prompt_file("eval_prompts", ev.prompts, TINY_EVAL_PROMPTS)
+        if self.cfg.launcher and not shard.sharded and not (self.out / evaluate.EVALUATION_FILE).is_file():
+            ev.prompts = prompts
+            self._launch("evaluate", "--output-dir", self.out, "--lora", lora, "--in-loop")
+            result = json.loads((self.out / evaluate.EVALUATION_FILE).read_text())
+            self._say("evaluate", f"{self.out / evaluate.EVALUATION_FILE} (launched)")
+            return result
         inputs = evaluate.EvaluateInputs(prompts, lora, self.cfg.generation)
         summary = evaluate.run(ev, inputs, self.out, self.scorer, shard=shard)
         self._say("evaluate", str(summary))
         return summary.result
+
+    def _launch(self, recipe: str, *args) -> None:
+        """recipes/RECIPE.py under loop.launcher with this loop's resolved config (DIR/stage_config.yaml)."""
+        config = self.out / "stage_config.yaml"
+        write_atomic(config, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        script = self.dpo_script.parent / f"{recipe}.py"
+        command = [*self.cfg.launcher, str(script), "--config", str(config), *map(str, args)]
+        print(f"[{recipe}] {' '.join(command)}", flush=True)
+        done = subprocess.run(command, env=child_env(PYTHONUNBUFFERED="1"))
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{recipe}: {' '.join(command)} failed (exit {done.returncode}); rerun to resume"
+            )
 
     def lock(self, shard: Shard = WHOLE):
         """One loop per folder at a time (engine.io.lock); a shard of a sharded stage run (recipes/evaluate.py
