@@ -263,6 +263,9 @@ class LoopConfig:
     # generate, score, encode and evaluate as this launcher's ranks, each its share (engine.stages.sharding),
     # e.g. [torchrun, --nproc-per-node, "8"]; [] = in the loop's own process
     launcher: list[str] = field(default_factory=list)
+    # iterative rounds (engine.stages.rounds): round k generates with round k-1's LoRA and trains on top of it;
+    # 1 = the single loop in the output folder itself
+    rounds: int = 1
 
 
 @dataclass

@@ -148,6 +148,12 @@ class Loop:
         self.report: dict[str, str] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._scorer: score.Scorer | None = None
+        self.trained_pipeline: str | None = None  # engine.stages.rounds: the pipeline this round trains on
+
+    @property
+    def model_pipeline(self) -> str:
+        """The pipeline whose transformer is trained and evaluated (generation's, unless a round set it)."""
+        return self.trained_pipeline or self.cfg.generation.pipeline
 
     # --------------------------------------------------------------------------------------- helpers
     def _say(self, stage: str, message: str) -> None:
@@ -310,7 +316,7 @@ class Loop:
         data["data"] = {"train": str(shards / "train"), "heldout": None, "synthetic": None}
         if (shards / "heldout").is_dir():
             data["data"]["heldout"] = str(shards / "heldout")
-        data["model"]["path"] = str(Path(self.cfg.generation.pipeline).resolve())
+        data["model"]["path"] = str(Path(self.model_pipeline).resolve())
         data["output_dir"] = str(self.out / "train")
         for item in self.cfg.train_overrides:
             apply_override(data, item)
@@ -373,22 +379,26 @@ class Loop:
         lora = Path(lora) if lora is not None else self.out / "train" / LORA_WEIGHT_NAME
         prompts = self._prompt_file("eval_prompts", ev.prompts, TINY_EVAL_PROMPTS)
         if self.cfg.launcher and not shard.sharded and not (self.out / evaluate.EVALUATION_FILE).is_file():
-            ev.prompts = prompts
-            self._launch("evaluate", "--output-dir", self.out, "--lora", lora, "--in-loop")
+            config = copy.deepcopy(self.config)
+            config.loop.evaluate.prompts = prompts
+            config.loop.generation.pipeline, config.loop.generation.lora = self.model_pipeline, None
+            self._launch("evaluate", "--output-dir", self.out, "--lora", lora, "--in-loop", config=config)
             result = json.loads((self.out / evaluate.EVALUATION_FILE).read_text())
             self._say("evaluate", f"{self.out / evaluate.EVALUATION_FILE} (launched)")
             return result
-        inputs = evaluate.EvaluateInputs(prompts, lora, self.cfg.generation)
+        generation = dataclasses.replace(self.cfg.generation, pipeline=self.model_pipeline)
+        inputs = evaluate.EvaluateInputs(prompts, lora, generation)
         summary = evaluate.run(ev, inputs, self.out, self.scorer, shard=shard)
         self._say("evaluate", str(summary))
         return summary.result
 
-    def _launch(self, recipe: str, *args) -> None:
-        """recipes/RECIPE.py under loop.launcher with this loop's resolved config (DIR/stage_config.yaml)."""
-        config = self.out / "stage_config.yaml"
-        write_atomic(config, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+    def _launch(self, recipe: str, *args, config: Config | None = None) -> None:
+        """recipes/RECIPE.py under loop.launcher with this loop's resolved config (or `config`), written to
+        DIR/stage_config.yaml."""
+        path = self.out / "stage_config.yaml"
+        write_atomic(path, yaml.safe_dump((config or self.config).to_dict(), sort_keys=False))
         script = self.dpo_script.parent / f"{recipe}.py"
-        command = [*self.cfg.launcher, str(script), "--config", str(config), *map(str, args)]
+        command = [*self.cfg.launcher, str(script), "--config", str(path), *map(str, args)]
         print(f"[{recipe}] {' '.join(command)}", flush=True)
         done = subprocess.run(command, env=child_env(PYTHONUNBUFFERED="1"))
         if done.returncode != 0:
