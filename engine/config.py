@@ -28,6 +28,7 @@ PRECISIONS = ("bf16", "fp32")
 # the final weights' formats (engine.exports): the diffusers LoRA, ComfyUI's key format, the merged transformer
 EXPORT_FORMATS = ("diffusers", "comfyui", "merged")
 NAN_POLICIES = ("skip", "stop")
+STEP_CACHES = ("first_block",)  # diffusers' FirstBlockCacheConfig
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -148,6 +149,17 @@ class GenerationConfig:
     fps: int | None = None
     lora: str | None = None  # a trained LoRA (folder with pytorch_lora_weights.safetensors, or the file)
     lora_scale: float = 1.0
+    # fast sampling (engine.stages.fast_sampling), each off or neutral by default:
+    attention_backend: str = (
+        "auto"  # SDPA kernel (SDPA_KERNELS) or diffusers:<backend> (e.g. diffusers:flash)
+    )
+    compile: str | None = None  # torch.compile backend of the transformer's repeated blocks (e.g. inductor)
+    vae_tiling: bool = False  # decode in tiles (less memory at large sizes)
+    vae_slicing: bool = False  # decode the batch one video at a time
+    cpu_offload: bool = False  # diffusers' model CPU offload (a CUDA device; for small GPUs)
+    # an opt-in step cache (STEP_CACHES; changes the sampled videos, so every manifest row records it)
+    step_cache: str | None = None
+    step_cache_threshold: float = 0.05  # first_block: reuse the rest of the blocks below this change
 
 
 GEOMETRY_BACKENDS = ("auto", "oracle", "vggt")
@@ -471,6 +483,11 @@ def validate_stage(section: object, where: str) -> None:
             _positive(getattr(section, key), f"{where}.{key}")
         if section.dtype is not None:
             _choice(section.dtype, DTYPE_CHOICES, f"{where}.dtype")
+        if not section.attention_backend.startswith("diffusers:"):
+            _choice(section.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
+        if section.step_cache is not None:
+            _choice(section.step_cache, STEP_CACHES, f"{where}.step_cache")
+            _positive(section.step_cache_threshold, f"{where}.step_cache_threshold")
     elif isinstance(section, ScoreConfig):
         _choice(section.geometry, GEOMETRY_BACKENDS, f"{where}.geometry")
         _choice(section.points, POINT_SOURCES, f"{where}.points")
