@@ -37,7 +37,8 @@ from videogpa.engine.stages.fast_sampling import apply_sampling_options  # noqa:
 
 STEPS_EXTRAPOLATED = 50
 
-# The public 5B checkpoints' transformer configs (their config.json), at their native sampling sizes.
+# The public 5B checkpoints' transformer, VAE and scheduler configs (their config.json files; the Wan 2.2 VAE's
+# latent mean / std are left at 0 / 1: the weights are random anyway), at their native sampling sizes.
 MODELS = {
     "cogvideox-5b": {
         "adapter": "cogvideox-t2v",
@@ -55,6 +56,15 @@ MODELS = {
             sample_width=90,
             patch_size=2,
             use_rotary_positional_embeddings=True,
+        ),  # fmt: skip
+        "vae": dict(scaling_factor=0.7),  # the class defaults are CogVideoX's VAE
+        "scheduler": dict(
+            prediction_type="v_prediction",
+            rescale_betas_zero_snr=True,
+            timestep_spacing="trailing",
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            snr_shift_scale=1.0,
         ),  # fmt: skip
         "text": (226, 4096),
         "call": dict(num_frames=49, height=480, width=720, guidance_scale=6.0),
@@ -76,10 +86,28 @@ MODELS = {
             eps=1e-6,
             rope_max_seq_len=1024,
         ),  # fmt: skip
+        "vae": dict(
+            base_dim=160,
+            decoder_base_dim=256,
+            z_dim=48,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_temporal=4,
+            scale_factor_spatial=16,
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
+        ),  # fmt: skip
+        "scheduler": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
         "text": (512, 4096),
         "call": dict(num_frames=121, height=704, width=1280, guidance_scale=5.0),
     },
 }
+FAMILIES = {  # model name prefix -> (pipeline, transformer, VAE, scheduler) classes of diffusers
+    "cogvideox": ("CogVideoXPipeline", "CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX", "CogVideoXDPMScheduler"),
+    "wan": ("WanPipeline", "WanTransformer3DModel", "AutoencoderKLWan", "UniPCMultistepScheduler"),
+}  # fmt: skip
 
 # our options, one at a time and together (GenerationConfig keys)
 OPTIONS = {
@@ -104,25 +132,15 @@ def build_pipeline(name: str, device: torch.device, dtype: torch.dtype):
     import diffusers
 
     spec = MODELS[name]
-    with torch.device(device):
-        if name.startswith("cogvideox"):
-            transformer = diffusers.CogVideoXTransformer3DModel(**spec["transformer"]).to(dtype)
-            vae = diffusers.AutoencoderKLCogVideoX().to(dtype)  # the class defaults are CogVideoX's VAE
-            scheduler = diffusers.CogVideoXDPMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
-                                                        timestep_spacing="trailing", beta_schedule="scaled_linear")  # fmt: skip
-            pipe = diffusers.CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                                               scheduler=scheduler)  # fmt: skip
-        else:
-            transformer = diffusers.WanTransformer3DModel(**spec["transformer"]).to(dtype)
-            vae = diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True,
-                                             in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4,
-                                             scale_factor_spatial=16, latents_mean=[0.0] * 48,
-                                             latents_std=[1.0] * 48).to(dtype)  # fmt: skip
-            scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                                          flow_shift=5.0)  # fmt: skip
-            pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                                         scheduler=scheduler, expand_timesteps=True)  # fmt: skip
-    return pipe
+    pipeline, transformer, vae, scheduler = (getattr(diffusers, c) for c in FAMILIES[name.split("-")[0]])
+    extra = {"expand_timesteps": True} if name.startswith("wan") else {}  # Wan 2.2 TI2V's per-token timesteps
+    with torch.device(device):  # initialised where it runs: a 5B model's CPU init would take minutes
+        parts = dict(
+            transformer=transformer(**spec["transformer"]).to(dtype), vae=vae(**spec["vae"]).to(dtype)
+        )
+    return pipeline(
+        tokenizer=None, text_encoder=None, scheduler=scheduler(**spec["scheduler"]), **parts, **extra
+    )
 
 
 def time_calls(
@@ -146,8 +164,9 @@ def time_calls(
     return {n: call(n) for n in steps}
 
 
-def gpu_rows(models: list[str], steps: list[int], device: torch.device) -> list[dict]:
-    dtype = torch.bfloat16
+def option_rows(models: list[str], steps: list[int], device: torch.device) -> list[dict]:
+    """Per model: the plain pipe(...) and each of OPTIONS, on a freshly built pipeline each (bf16 on a GPU)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = []
     for name in models:
         spec = MODELS[name]
@@ -163,10 +182,11 @@ def gpu_rows(models: list[str], steps: list[int], device: torch.device) -> list[
                          **{k: v for k, v in spec["call"].items()}, "steps_timed": steps,
                          "per_step_s": per_step, "fixed_s": fixed, f"video_s_{STEPS_EXTRAPOLATED}": total,
                          "videos_per_gpu_hour": 3600 / total,
-                         "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9})  # fmt: skip
+                         "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None})  # fmt: skip
             del pipe
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
         base = next(r for r in rows if r["model"] == name and r["options"] == {})
         for row in rows:
             if row["model"] == name:
@@ -233,7 +253,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             p.error(
                 f"--models: expected some of {list(MODELS)} (got {unknown}); --steps: two different counts"
             )
-        rows = gpu_rows(models, steps, device)
+        rows = option_rows(models, steps, device)
         print_table(rows, ["model", "variant", "per_step_s", "fixed_s", f"video_s_{STEPS_EXTRAPOLATED}",
                            "videos_per_gpu_hour", "peak_gb", "speedup_vs_plain"])  # fmt: skip
     if not args.no_save:
