@@ -27,7 +27,7 @@ from tqdm import tqdm
 from videogpa.engine.config import EncodeConfig
 from videogpa.engine.data.preference import INDEX_NAME, PreferenceShardWriter
 from videogpa.engine.io.atomic import atomic_path, commit
-from videogpa.engine.io.records import read_jsonl, write_json_atomic
+from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.video import read_frames
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.pipeline_encoder import PipelineEncoder
@@ -50,6 +50,11 @@ def _load_tensor(path: Path, name: str, what: str) -> torch.Tensor:
     return tensor
 
 
+def _private_tmp(path: Path) -> Path:
+    """A temporary path beside `path` that no other process writes (the shards of a run write the same files)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
 class EncodeCache:
     """Encoded tensors by key in a folder (one safetensors file each, written atomically)."""
 
@@ -70,7 +75,7 @@ class EncodeCache:
         tensor = make().contiguous()
         if not torch.isfinite(tensor).all():
             raise ValueError(f"encoding gave non-finite values (cache key {key})")
-        tmp = path.with_name(f".{key}.{os.getpid()}.tmp.safetensors")  # shards may encode one prompt at once
+        tmp = _private_tmp(path)  # shards may encode one prompt at once
         save_file({"t": tensor}, str(tmp))
         commit(tmp, path)
         return tensor
@@ -86,7 +91,6 @@ class EncodeSummary:
     skipped: bool = False  # the shard folders were already complete
     encoded_pairs: int = 0  # pairs this process encoded into the cache
     waiting: bool = False  # sharded: other shards' pairs are not all encoded yet (or one of them assembles)
-    assembled: bool = False  # this process wrote the shard folders
 
     def __str__(self) -> str:
         if self.skipped:
@@ -223,7 +227,10 @@ def _check_source(out_dir: Path, split: dict[str, list[str]], rows: list[dict]) 
                 f"{out_dir} holds shards of another pair index or split ({path}); use a new folder or move it away"
             )
         return
-    write_json_atomic(path, source)
+    tmp = _private_tmp(path)  # every shard writes the same content
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(source))
+    commit(tmp, path)
 
 
 def _write_set(
@@ -282,7 +289,6 @@ def encode_pairs(
                     f"{out_dir / name} exists without {INDEX_NAME}: not a shard folder; move it away"
                 )
             _write_set(subset, out_dir / name, reader, shard_size, f"writing {name}", progress)
-    summary.assembled = True
     return summary
 
 
