@@ -63,7 +63,7 @@ from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
-from videogpa.engine.stages.sharding import WHOLE, Shard
+from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
 
 TINY_PROMPTS = (
     "a red barn in a green field", "an old stone bridge over a river", "a quiet library with tall shelves",
@@ -188,7 +188,14 @@ class Loop:
     # ---------------------------------------------------------------------------------------- stages
     def prepare_models(self) -> None:
         """A built-in model's pipeline, random VGGT and random LightGlue (written once); real models: check the
-        folders."""
+        folders. Shards of a sharded evaluate in one folder take turns: one builds, the others find them."""
+        with one_at_a_time(self.out, "models"):
+            built = self._prepare_models()
+        gen, sc = self.cfg.generation, self.cfg.score
+        self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
+                  + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
+
+    def _prepare_models(self) -> list[str]:
         from videogpa.engine.models.pipelines import pipeline_folder, save_pipeline
 
         gen, sc = self.cfg.generation, self.cfg.score
@@ -220,8 +227,7 @@ class Loop:
                 built.append("tiny random VGGT")
             sc.weights, sc.random_weights = str(weights), True
         built += tiny_matcher(self.builtin, sc, self.out / "models", self.config.seed)
-        self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
-                  + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
+        return built
 
     def generate(self) -> Path:
         if self.cfg.candidates == "synthetic":

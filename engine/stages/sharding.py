@@ -16,6 +16,7 @@ import contextlib
 import functools
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +172,15 @@ def sole(folder: str | os.PathLike, step: str) -> Iterator[bool]:
         except ValueError:
             held = False
         yield held
+
+
+@contextlib.contextmanager
+def one_at_a_time(folder: str | os.PathLike, step: str, poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the folder's `.STEP.lock` while the block runs, waiting while another live process holds it (the
+    shards of a run building one shared thing: the first builds it, the others then find it built)."""
+    while True:
+        with sole(folder, step) as held:
+            if held:
+                yield
+                return
+        time.sleep(poll_s)

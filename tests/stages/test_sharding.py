@@ -185,3 +185,26 @@ def test_the_once_only_step_is_done_by_one_process_once_the_set_is_complete(tmp_
         with sole(tmp_path, "encode.assemble") as second:  # held by a live process (this one)
             assert first and not second
     assert not list(tmp_path.iterdir())  # released
+
+
+def test_one_at_a_time_waits_for_the_holder(tmp_path):
+    import threading
+    import time
+
+    from videogpa.engine.stages.sharding import one_at_a_time
+
+    entered, order = threading.Event(), []
+
+    def first():
+        with one_at_a_time(tmp_path, "models"):
+            entered.set()
+            time.sleep(0.5)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait(5)
+    with one_at_a_time(tmp_path, "models", poll_s=0.05):
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"] and not list(tmp_path.iterdir())
