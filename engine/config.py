@@ -278,6 +278,9 @@ class LoopConfig:
     # iterative rounds (engine.stages.rounds): round k generates with round k-1's LoRA and trains on top of it;
     # 1 = the single loop in the output folder itself
     rounds: int = 1
+    # prompts per round: round k takes the k-th slice of that many prompts of loop.generation.prompts (their
+    # ids kept; with rounds ≥ 2); None: every round generates from all of them
+    round_prompts: int | None = None
 
 
 @dataclass

@@ -14,12 +14,14 @@ With one round (the default) the loop runs in DIR itself, as it always has.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
 from videogpa.engine.config import Config
+from videogpa.engine.data.prompts import load_prompts
 from videogpa.engine.exports import MERGED_NAME
-from videogpa.engine.io.atomic import atomic_path
+from videogpa.engine.io.atomic import atomic_path, write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
@@ -39,6 +41,23 @@ def merged_pipeline(base: Path, transformer: Path, folder: Path) -> Path:
             target = transformer if entry.name == "transformer" else entry.resolve()
             (tmp / entry.name).symlink_to(target.resolve(), target_is_directory=target.is_dir())
     return folder
+
+
+def prompt_slice(prompts: str | os.PathLike, k: int, per_round: int, folder: Path) -> Path:
+    """Round k's prompts: the k-th slice of `per_round` prompts of the file (ids and images kept), as
+    folder/round_prompts.jsonl."""
+    items = load_prompts(prompts)
+    start = (k - 1) * per_round
+    if per_round < 1 or start + per_round > len(items):
+        raise ValueError(
+            f"loop.round_prompts {per_round}: round {k} needs prompts {start + 1}..{start + per_round} of {prompts}, "
+            f"which has {len(items)}"
+        )
+    rows = [{"id": it.prompt_id, "prompt": it.prompt, **({"image": str(it.image.resolve())} if it.image else {})}
+            for it in items[start : start + per_round]]  # fmt: skip
+    path = folder / "round_prompts.jsonl"
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def round_row(k: int, loop: Loop, result: dict, started_from: str | None) -> dict:
@@ -72,6 +91,11 @@ def run_rounds(cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.Pat
             if "merged" not in config.train.export_formats and k < rounds:  # the next round's base
                 config.train.export_formats = [*config.train.export_formats, "merged"]
             loop = Loop(config, out / f"round_{k}", dpo_script)
+            if config.loop.round_prompts is not None:
+                if config.loop.generation.prompts is None:
+                    raise ValueError("loop.round_prompts needs a prompt file (loop.generation.prompts)")
+                loop.cfg.generation.prompts = str(prompt_slice(config.loop.generation.prompts, k,
+                                                               config.loop.round_prompts, loop.out))  # fmt: skip
             started_from = None
             if previous is not None:
                 started_from = continue_from(loop, previous)
