@@ -8,7 +8,9 @@ round k's DPO is round k-1's model. Round k is evaluated before (its starting mo
                                     transformer (links to the other components)
     DIR/evaluation.json     {"rounds": [one before/after row per finished round]}
 
-With one round (the default) the loop runs in DIR itself, as it always has.
+With one round (the default) the loop runs in DIR itself, as it always has. Every round generates from the
+same prompts, or with loop.round_prompts = n round k from the k-th slice of n prompts
+(DIR/round_<k>/round_prompts.jsonl).
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.stages import evaluate
 from videogpa.engine.stages.loop import LOCK_NAME, Loop
-
-ROW_METRICS = ("score", "mse", "lpips", "psnr", "ssim", "mvcs", "epi")
 
 
 def merged_pipeline(base: Path, transformer: Path, folder: Path) -> Path:
@@ -67,8 +67,8 @@ def round_row(k: int, loop: Loop, result: dict, started_from: str | None) -> dic
         "round": k,
         "started_from": started_from,  # the LoRA its candidates were generated with (None: the base model)
         "lora": result["lora"],
-        "before": {m: metrics[m]["base"] for m in ROW_METRICS if m in metrics},
-        "after": {m: metrics[m]["lora"] for m in ROW_METRICS if m in metrics},
+        "before": {m: metrics[m]["base"] for m in metrics},
+        "after": {m: metrics[m]["lora"] for m in metrics},
         "prompt_win_rate": result["prompt_win_rate"],
         "videos": result["videos"],
         "table": str(loop.out / evaluate.EVALUATION_FILE),
