@@ -41,6 +41,8 @@ class ModelConfig:
     # PyTorch SDPA's kernel (auto: PyTorch's choice; cudnn, flash, efficient, math), or a diffusers attention
     # backend "diffusers:<name>" (e.g. diffusers:flash for flash-attn) for families that dispatch through it
     attention_backend: str = "auto"
+    # regional torch.compile of the transformer's repeated blocks with this backend (e.g. inductor); None: eager
+    compile: str | None = None
 
 
 @dataclass
