@@ -1,0 +1,160 @@
+"""eval.every and eval.validation: held-out accuracy every N steps (history, TensorBoard, PNG curve), validation
+videos sampled with the current weights (step 0 = the base model), scored, shown, resumable; W&B offline."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.trainer.trainer_helpers import tiny_config
+from videogpa.engine.config import config_from_dict
+from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
+from videogpa.engine.models.tiny import build_tiny_pipeline
+from videogpa.engine.trainer import Trainer
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["a room, the camera pans", "a room, the camera orbits"]
+SAMPLER = {"num_frames": 9, "height": 64, "width": 64, "steps": 2}
+
+
+def _config(out, vggt, **sections):
+    validation = {"prompts": PROMPTS, "seeds": [3], **SAMPLER, "grid_frames": 3,
+                  "score": {"geometry": "vggt", "weights": str(vggt), "num_frames": 4, "random_weights": True}}  # fmt: skip
+    train = {"max_steps": 4, "checkpoint_every": 2}
+    return tiny_config(out, train=train, eval={"draws": 1, "every": 2, "plot": True, "validation": validation},
+                       **sections)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vggt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "vggt_tiny.safetensors"
+    torch.manual_seed(0)
+    save_vggt(random_vggt(TINY_CONFIG), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, vggt):
+    out = tmp_path_factory.mktemp("validation")
+    wandb_dir = tmp_path_factory.mktemp("wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        result = Trainer(_config(out, vggt, logging={"wandb": {"project": "test", "mode": "offline"}})).run()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return out, result
+
+
+def _scalars(out, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}, acc
+
+
+def test_heldout_accuracy_every_n_steps(full_run):
+    out, result = full_run
+    history = result["heldout_history"]
+    assert [h["step"] for h in history] == [0, 2, 4]
+    assert (
+        history[0]["accuracy"] == result["heldout_accuracy_before"] == 0.5
+    )  # LoRA B = 0: policy = reference
+    assert history[-1]["accuracy"] == result["heldout_accuracy_after"]
+    assert json.loads((out / "heldout_history.json").read_text()) == history
+    scalars, acc = _scalars(out, "eval/heldout_accuracy")
+    assert scalars == pytest.approx({h["step"]: h["accuracy"] for h in history})
+    assert (out / "heldout_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(_scalars(out, "validation/3dcs_mean")[0]) == {0, 2, 4}
+    assert "validation/frames" in acc.Tags()["images"]
+
+
+def test_validation_videos_are_sampled_scored_and_shown(full_run):
+    out, _ = full_run
+    for step in (0, 2, 4):
+        folder = out / "validation" / f"step_{step}"
+        summary = json.loads((folder / "validation.json").read_text())
+        assert summary["step"] == step and len(summary["videos"]) == len(PROMPTS)
+        for video in summary["videos"]:
+            assert (folder / video["video"]).suffix == ".mp4" and (folder / video["video"]).stat().st_size > 0
+            assert video["status"] == "ok" and video["score"] >= 0 and video["seed"] == 3
+        assert summary["mean_3dcs"] == pytest.approx(sum(v["score"] for v in summary["videos"]) / 2)
+        assert (folder / "frames.png").read_bytes()[:4] == b"\x89PNG"
+    # the LoRA of step 4 is the exported final one; step 0's is the untrained one (B = 0)
+    final, first = (
+        load_file(str(out / p / "pytorch_lora_weights.safetensors")) for p in ("", "validation/step_0")
+    )
+    step4 = load_file(str(out / "validation/step_4/pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(final[k], step4[k]) for k in final)
+    assert all(not v.any() for k, v in first.items() if "lora_B" in k)
+
+
+def test_step_0_is_the_base_model_and_training_changes_the_videos(full_run):
+    out, _ = full_run
+    pipe = build_tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(3), num_frames=9, height=64, width=64,
+                num_inference_steps=2, guidance_scale=6.0, max_sequence_length=64, output_type="latent").frames  # fmt: skip
+    latents = {
+        s: load_file(str(out / f"validation/step_{s}/latents/prompt00_s3.safetensors"))["latents"]
+        for s in (0, 4)
+    }
+    torch.testing.assert_close(latents[0], base[0], rtol=1e-4, atol=1e-4)
+    assert (latents[4] - latents[0]).abs().max() > 1e-3
+
+
+def test_resumed_run_keeps_finished_evaluations(full_run, tmp_path, vggt):
+    out, result = full_run
+    cfg = _config(tmp_path, vggt)
+    assert (
+        Trainer(cfg).run(stop_after=3) is None
+    )  # killed after step 3: checkpoint at 2, evaluations 0 and 2 done
+    kept = {s: (tmp_path / f"validation/step_{s}/validation.json").stat().st_mtime_ns for s in (0, 2)}
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.start_step == 2
+    again = resumed.run()
+    assert again["heldout_history"] == result["heldout_history"]
+    assert {s: (tmp_path / f"validation/step_{s}/validation.json").stat().st_mtime_ns for s in (0, 2)} == kept
+    for step in (0, 2, 4):
+        a, b = (
+            json.loads((d / f"validation/step_{step}/validation.json").read_text()) for d in (out, tmp_path)
+        )
+        assert [v["score"] for v in a["videos"]] == pytest.approx([v["score"] for v in b["videos"]], rel=1e-4)
+
+
+def test_wandb_offline_run_has_the_config_scalars_videos_and_scores(full_run):
+    out, _ = full_run
+    run_id = (out / "wandb_run_id.txt").read_text().strip()
+    (run,) = (out / "wandb").glob(f"offline-run-*-{run_id}")
+    (log,) = run.glob("*.wandb")  # the offline record stream: config, history rows
+    data = log.read_bytes()
+    for key in (b"global_batch_size", b"train/loss", b"eval/heldout_accuracy", b"validation/3dcs_mean"):
+        assert key in data, key
+    media = run / "files" / "media"
+    for step in (0, 2, 4):
+        assert len(list((media / "videos" / "validation").glob(f"videos_{step}_*.mp4"))) == len(PROMPTS)
+        assert len(list((media / "images" / "validation").glob(f"frames_{step}_*.png"))) == 1
+        (table,) = (media / "table" / "validation").glob(f"scores_{step}_*.table.json")
+        summary = json.loads((out / f"validation/step_{step}/validation.json").read_text())
+        rows = json.loads(table.read_text())
+        assert [r[3] for r in rows["data"]] == pytest.approx([v["score"] for v in summary["videos"]])
+
+
+def test_wandb_absent_is_a_clear_error_only_when_asked(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    data = {"output_dir": str(tmp_path), "data": {"synthetic": {}}}
+    config_from_dict(data)  # not asked for: fine
+    with pytest.raises(ValueError, match="logging.wandb.*pip install wandb"):
+        config_from_dict({**data, "logging": {"wandb": {"project": "p"}}})
+    with pytest.raises(ValueError, match="eval.validation.prompts"):
+        config_from_dict({**data, "eval": {"validation": {"prompts": []}}})
