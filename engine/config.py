@@ -218,6 +218,10 @@ class ScoreConfig:
     scores_file: str = "scores.jsonl"  # the stage's output, in its output folder
     metrics: list[str] = field(default_factory=lambda: ["reprojection"])  # and/or "epipolar" (SCORE_METRICS)
     epipolar: EpipolarConfig = field(default_factory=EpipolarConfig)
+    # pictures of 3D consistency (engine.figures) into <output folder>/figures/<video>.png: frames, renders,
+    # error maps, hit masks; for the first `figures` videos (sorted) and the videos named in figure_videos
+    figures: int = 0
+    figure_videos: list[str] = field(default_factory=list)  # file names or stems
 
 
 @dataclass
@@ -560,6 +564,9 @@ def validate_stage(section: object, where: str) -> None:
                 f"got {section.metrics}"
             )
         _check_epipolar(section.epipolar, f"{where}.epipolar")
+        _positive(section.figures, f"{where}.figures", allow_zero=True)
+        if (section.figures or section.figure_videos) and "reprojection" not in section.metrics:
+            raise ValueError(f"config key '{where}.figures': the pictures need the 'reprojection' metric")
     elif isinstance(section, PairsConfig):
         _positive(section.min_gap, f"{where}.min_gap", allow_zero=True)
         _positive(section.min_motion, f"{where}.min_motion", allow_zero=True)
