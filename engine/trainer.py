@@ -20,6 +20,7 @@ from videogpa.engine.heldout import Evaluations, heldout_accuracy
 from videogpa.engine.logging_utils import MetricsLogger, StepReporter, write_final_report, write_run_records
 from videogpa.engine.models.lora import export_trained_weights
 from videogpa.engine.policy import build_policy, model_adapter
+from videogpa.engine.report import write_report
 from videogpa.engine.run_folder import claim_output_dir, record_resume, resume_point
 from videogpa.engine.training_data import load_training_sets
 from videogpa.engine.validation import ValidationVideos
@@ -76,9 +77,7 @@ class Trainer:
             cfg, self.adapter, self.out, self.device, self.dtype
         )
         measure = self.heldout_accuracy if self.heldout_set is not None else None
-        self.evals = Evaluations(
-            cfg, self.out, self.start_step, self.logger, measure, videos, self.engine.module
-        )
+        self.evals = Evaluations(cfg, self.out, self.start_step, self.logger, measure, videos, self.engine.module)  # fmt: skip
 
     def close(self) -> None:
         """Release the output folder's lock (run() does at its end)."""
@@ -194,6 +193,8 @@ class Trainer:
                       "nan_skipped": self.nan_skipped, "heldout_history": self.evals.history}  # fmt: skip
             if D.is_main():
                 write_final_report(self.out, result, self.cfg.eval.plot)
+        if D.is_main():
+            write_report(self.out)
         self.logger.close()
         D.barrier()
         return result

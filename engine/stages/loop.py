@@ -56,6 +56,7 @@ from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.report import write_report
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 from videogpa.engine.stages.sharding import WHOLE
 
@@ -368,6 +369,7 @@ class Loop:
             result = self.evaluate(lora)
             self.report["seconds"] = f"{time.perf_counter() - start:.0f}"
             write_json_atomic(self.out / "loop_summary.json", self.report)
+            print(f"report: {write_report(self.out)}", flush=True)
             print(
                 f"\nloop done in {self.report['seconds']} s; before/after table: {self.out / evaluate.EVALUATION_FILE}",
                 flush=True,

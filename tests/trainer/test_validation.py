@@ -158,3 +158,15 @@ def test_wandb_absent_is_a_clear_error_only_when_asked(tmp_path, monkeypatch):
         config_from_dict({**data, "logging": {"wandb": {"project": "p"}}})
     with pytest.raises(ValueError, match="eval.validation.prompts"):
         config_from_dict({**data, "eval": {"validation": {"prompts": []}}})
+
+
+def test_run_report_shows_the_validation_grids(full_run):
+    from tests.test_report import check_report
+
+    out, result = full_run
+    images, text = check_report(out)  # written by the trainer at its end
+    assert [i for i in images if i.startswith("validation/")] == [
+        f"validation/step_{s}/frames.png" for s in (0, 2, 4)
+    ]
+    assert "heldout_accuracy.png" in images and "training_curves.png" in images
+    assert f"{100 * result['heldout_accuracy_after']:.1f}% after 4 steps" in text and "(base model)" in text
