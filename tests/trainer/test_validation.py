@@ -127,6 +127,35 @@ def test_resumed_run_keeps_finished_evaluations(full_run, tmp_path, vggt):
         assert [v["score"] for v in a["videos"]] == pytest.approx([v["score"] for v in b["videos"]], rel=1e-4)
 
 
+def test_two_ranks_equal_one_rank(full_run, tmp_path, vggt):
+    """ZeRO-3 over two CPU ranks (deepspeed launcher, gloo): the videos are sharded over the ranks (each samples
+    and scores its share with the gathered weights) and everything equals the one-rank run."""
+    from tests.reliability.test_two_rank_resume import _launch
+    from videogpa.engine.config import save_config
+
+    out, result = full_run
+    two = tmp_path / "two"
+    save_config(_config(two, vggt), tmp_path / "two.yaml")
+    _launch(tmp_path / "two.yaml")
+    assert {p.name for p in (two / "validation/step_0").glob("manifest*.jsonl")} == {
+        "manifest.shard-0-of-2.jsonl", "manifest.shard-1-of-2.jsonl"}  # each rank sampled its share  # fmt: skip
+    history = json.loads((two / "eval.json").read_text())["heldout_history"]
+    assert [h["step"] for h in history] == [0, 2, 4]
+    assert [h["accuracy"] for h in history] == pytest.approx(
+        [h["accuracy"] for h in result["heldout_history"]], abs=1e-9
+    )
+    for step in (0, 2, 4):
+        a, b = (json.loads((d / f"validation/step_{step}/validation.json").read_text()) for d in (out, two))
+        assert [v["video"] for v in a["videos"]] == [v["video"] for v in b["videos"]]
+        assert [v["score"] for v in b["videos"]] == pytest.approx([v["score"] for v in a["videos"]], rel=1e-3)
+        for name in ("prompt00_s3", "prompt01_s3"):
+            la, lb = (
+                load_file(str(d / f"validation/step_{step}/latents/{name}.safetensors"))["latents"]
+                for d in (out, two)
+            )
+            torch.testing.assert_close(lb, la, rtol=1e-3, atol=1e-3)
+
+
 def test_wandb_offline_run_has_the_config_scalars_videos_and_scores(full_run):
     out, _ = full_run
     run_id = (out / "wandb_run_id.txt").read_text().strip()
