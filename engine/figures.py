@@ -92,7 +92,7 @@ def consistency_figure(arrays: dict[str, torch.Tensor], title: str, vmax: float 
     plt = pyplot()
     cols = arrays["frames"].shape[0]
     vmax = vmax or float(arrays["error"].float().max()) or 1.0
-    fig, axes = plt.subplots(4, cols, figsize=(1.7 * cols + 0.8, 7.2), squeeze=False)
+    fig, axes = plt.subplots(4, cols, figsize=(1.5 * cols + 0.9, 6.4), squeeze=False, layout="constrained")
     for r, (key, name) in enumerate((("frames", "frame"), ("renders", "render"), ("error", "error"),
                                      ("hit", "hit mask"))):  # fmt: skip
         for c, ax in enumerate(axes[r]):
@@ -105,7 +105,7 @@ def consistency_figure(arrays: dict[str, torch.Tensor], title: str, vmax: float 
             else:
                 ax.imshow(data.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[r][0].set_ylabel(name, fontsize=8)
-    fig.colorbar(im, ax=list(axes[2]), fraction=0.02, pad=0.01)
+    fig.colorbar(im, ax=list(axes[2]), fraction=0.03, pad=0.01)
     fig.suptitle(title, fontsize=8)
     return fig
 

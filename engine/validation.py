@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -96,7 +97,7 @@ class ValidationVideos:
         folder = step_folder(self.out, step)
         if (folder / SUMMARY).is_file():
             return json.loads((folder / SUMMARY).read_text())
-        shard = Shard(D.rank(), D.world_size())
+        shard, start = Shard(D.rank(), D.world_size()), time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # sampling leaves the training's random state alone
             lora = self._load_weights(module, folder)
             pipe = self.pipe.to(self.device)
@@ -112,11 +113,11 @@ class ValidationVideos:
                     folder / generate.MANIFEST, folder / "scores.jsonl", progress=False, shard=shard
                 )
             D.barrier()
-        summary = self._summarize(step, folder, logger) if D.is_main() else None
+        summary = self._summarize(step, folder, logger, time.perf_counter() - start) if D.is_main() else None
         D.barrier()
         return summary
 
-    def _summarize(self, step: int, folder: Path, logger) -> dict:
+    def _summarize(self, step: int, folder: Path, logger, seconds: float) -> dict:
         """Rank 0: the step's frame grid (PNG and loggers), 3DCS per video, validation.json."""
         scores = {Path(r["video"]).name: r for r in latest_rows(folder / "scores.jsonl")}
         rows = sorted(read_sharded(folder / generate.MANIFEST), key=lambda r: (r["prompt_id"], r["seed"]))
@@ -135,7 +136,7 @@ class ValidationVideos:
         )
         ok = [v["score"] for v in videos if v.get("status") == "ok" and v.get("score") is not None]
         summary = {"step": step, "videos": videos, "mean_3dcs": sum(ok) / len(ok) if ok else None,
-                   "frames": "frames.png"}  # fmt: skip
+                   "frames": "frames.png", "seconds": round(seconds, 2)}  # fmt: skip
         if summary["mean_3dcs"] is not None:
             logger.scalar("validation/3dcs_mean", summary["mean_3dcs"], step)
         columns = ["video", "prompt", "seed", "3DCS", "MSE", "LPIPS", "motion"]
@@ -145,6 +146,8 @@ class ValidationVideos:
         logger.videos("validation/videos", [folder / v["video"] for v in videos],
                       [f"{v['prompt']} (seed {v['seed']}) 3DCS {v.get('score')}" for v in videos], step)  # fmt: skip
         write_json_atomic(folder / SUMMARY, summary)
-        print(f"validation at step {step}: {len(videos)} videos in {folder}"
-              + (f", mean 3DCS {summary['mean_3dcs']:.5g}" if summary["mean_3dcs"] is not None else ""), flush=True)  # fmt: skip
+        mean = f", mean 3DCS {summary['mean_3dcs']:.5g}" if summary["mean_3dcs"] is not None else ""
+        print(
+            f"validation at step {step}: {len(videos)} videos in {folder}{mean} ({seconds:.1f} s)", flush=True
+        )
         return summary
