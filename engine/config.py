@@ -240,7 +240,7 @@ class ValidationConfig:
     guidance_scale: float | None = None
     batch_size: int = 1
     grid_frames: int = 6  # frames per video in the logged frame grid
-    offload: bool = True  # keep the sampling pipeline on the CPU between validations
+    offload: bool = True  # between validations: the sampling pipeline on the CPU, the scorer not kept
     score: ScoreConfig | None = None  # the geometry scorer of the videos (None: not scored)
 
 

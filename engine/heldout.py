@@ -83,8 +83,8 @@ class Evaluations:
         self.history = [h for h in old if h["step"] <= start_step]  # every rank reads the same rows
         if D.is_main():
             write_json_atomic(path, self.history)
-            if videos is not None:
-                videos.drop_steps_after(start_step)
+            if videos is not None:  # a fresh run (--overwrite) drops every validation of the old one
+                videos.drop_steps_after(start_step if start_step > 0 else -1)
         D.barrier()
 
     def _record(self, step: int, accuracy: float) -> None:

@@ -45,7 +45,10 @@ class Trainer:
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
         D.seed_everything(cfg.seed)
-        self.adapter = model_adapter(cfg)  # read-only checks first: the model folder, shard data
+        self.adapter = model_adapter(
+            cfg
+        )  # read-only checks first: the model folder, shard data, validation inputs
+        self.videos = cfg.eval.validation and ValidationVideos(cfg, self.adapter, self.out, self.device, self.dtype)  # fmt: skip
         sets = None if cfg.data.synthetic is not None else load_training_sets(cfg, self.adapter, self.out)
         self._lock = contextlib.ExitStack()
         try:
@@ -73,11 +76,8 @@ class Trainer:
         self.reference = self._reference(train=True)
         self.heldout_reference = self._reference(train=False) if self.heldout_set is not None else None
         self.logger = MetricsLogger(self.out, D.is_main(), resume_step=self.start_step, cfg=cfg)
-        videos = cfg.eval.validation and ValidationVideos(
-            cfg, self.adapter, self.out, self.device, self.dtype
-        )
         measure = self.heldout_accuracy if self.heldout_set is not None else None
-        self.evals = Evaluations(cfg, self.out, self.start_step, self.logger, measure, videos, self.engine.module)  # fmt: skip
+        self.evals = Evaluations(cfg, self.out, self.start_step, self.logger, measure, self.videos, self.engine.module)  # fmt: skip
 
     def close(self) -> None:
         """Release the output folder's lock (run() does at its end)."""

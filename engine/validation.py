@@ -29,7 +29,7 @@ from videogpa.engine.io.video import load_video
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.common import base_module
 from videogpa.engine.models.lora import export_trained_weights
-from videogpa.engine.models.pipelines import attach_lora, load_pipeline
+from videogpa.engine.models.pipelines import attach_lora, load_pipeline, pipeline_folder
 from videogpa.engine.stages import generate
 from videogpa.engine.stages.score import Scorer, latest_rows
 from videogpa.engine.stages.sharding import Shard
@@ -56,6 +56,13 @@ class ValidationVideos:
         gen = GenerationConfig(model=cfg.model.name, **{k: getattr(self.val, k) for k in
                                ("num_frames", "height", "width", "steps", "guidance_scale")})  # fmt: skip
         self.sampler = generate.sampler_settings(gen)
+        missing = [
+            str(item.image) for item in self.items if item.image is not None and not item.image.is_file()
+        ]
+        if missing:
+            raise ValueError(f"eval.validation.images: {missing[0]} does not exist")
+        if self.val.pipeline or cfg.model.path:  # read-only checks before the run writes anything
+            pipeline_folder(self.val.pipeline or cfg.model.path)
 
     def drop_steps_after(self, step: int) -> None:
         """Rank 0: remove the validations of steps after `step` (a resumed run redoes those steps' training)."""
@@ -108,10 +115,9 @@ class ValidationVideos:
                 pipe.to("cpu")
             D.barrier()  # every shard's videos are written
             if self.val.score is not None:
-                self.scorer = self.scorer or Scorer.build(self.val.score)
-                self.scorer.score(
-                    folder / generate.MANIFEST, folder / "scores.jsonl", progress=False, shard=shard
-                )
+                scorer = self.scorer or Scorer.build(self.val.score)
+                scorer.score(folder / generate.MANIFEST, folder / "scores.jsonl", progress=False, shard=shard)
+                self.scorer = None if self.val.offload else scorer  # offload: the scorer is not kept either
             D.barrier()
         summary = self._summarize(step, folder, logger, time.perf_counter() - start) if D.is_main() else None
         D.barrier()

@@ -94,18 +94,23 @@ def test_validation_videos_are_sampled_scored_and_shown(full_run):
     assert all(not v.any() for k, v in first.items() if "lora_B" in k)
 
 
-def test_step_0_is_the_base_model_and_training_changes_the_videos(full_run):
-    out, _ = full_run
+def _base_latents():
+    """The built-in pipeline's final latents for PROMPTS[0], seed 3, with the validation sampler (no LoRA)."""
     pipe = build_tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    base = pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(3), num_frames=9, height=64, width=64,
+    return pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(3), num_frames=9, height=64, width=64,
                 num_inference_steps=2, guidance_scale=6.0, max_sequence_length=64, output_type="latent").frames  # fmt: skip
+
+
+def test_step_0_is_the_base_model_and_training_changes_the_videos(full_run):
+    out, _ = full_run
+    base = _base_latents()
     latents = {
         s: load_file(str(out / f"validation/step_{s}/latents/prompt00_s3.safetensors"))["latents"]
-        for s in (0, 4)
+        for s in (0, 2, 4)
     }
     torch.testing.assert_close(latents[0], base[0], rtol=1e-4, atol=1e-4)
-    assert (latents[4] - latents[0]).abs().max() > 1e-3
+    assert (latents[2] - latents[0]).abs().max() > 1e-3 and (latents[4] - latents[2]).abs().max() > 1e-3
 
 
 def test_resumed_run_keeps_finished_evaluations(full_run, tmp_path, vggt):
@@ -199,3 +204,52 @@ def test_run_report_shows_the_validation_grids(full_run):
     ]
     assert "heldout_accuracy.png" in images and "training_curves.png" in images
     assert f"{100 * result['heldout_accuracy_after']:.1f}% after 4 steps" in text and "(base model)" in text
+
+
+def test_resume_drops_later_evaluations_and_a_fresh_run_drops_all(tmp_path, vggt):
+    from videogpa.engine.heldout import Evaluations
+    from videogpa.engine.validation import ValidationVideos
+
+    cfg = _config(tmp_path, vggt)
+    history = [{"step": 0, "accuracy": 0.5}, {"step": 2, "accuracy": 0.6}, {"step": 4, "accuracy": 0.7}]
+
+    def evaluations(start_step):
+        (tmp_path / "heldout_history.json").write_text(json.dumps(history))
+        for step in (0, 2, 4):
+            (tmp_path / f"validation/step_{step}").mkdir(parents=True, exist_ok=True)
+            (tmp_path / f"validation/step_{step}/validation.json").write_text("{}")
+        videos = ValidationVideos(cfg, None, tmp_path, torch.device("cpu"), torch.float32)
+        return Evaluations(cfg, tmp_path, start_step, None, lambda: 1.0, videos, None)
+
+    assert evaluations(2).history == history[:2]  # resumed at step 2: step 4 is redone
+    assert sorted(p.name for p in (tmp_path / "validation").iterdir()) == ["step_0", "step_2"]
+    assert json.loads((tmp_path / "heldout_history.json").read_text()) == history[:2]
+    assert evaluations(0).history == []  # a fresh run (--overwrite) keeps nothing of the old one
+    assert list((tmp_path / "validation").iterdir()) == []
+
+
+def test_full_fine_tuning_samples_with_the_trained_transformer(tmp_path):
+    validation = {"prompts": PROMPTS[:1], "seeds": [3], **SAMPLER}
+    cfg = tiny_config(tmp_path, lora={"enabled": False}, dpo={"beta": 500.0, "reference": "precomputed"},
+                      train={"max_steps": 2, "checkpoint_every": 0}, eval={"draws": 1, "validation": validation})  # fmt: skip
+    Trainer(cfg).run()
+    latents = {s: load_file(str(tmp_path / f"validation/step_{s}/latents/prompt00_s3.safetensors"))["latents"]
+               for s in (0, 2)}  # fmt: skip
+    base = _base_latents()
+    torch.testing.assert_close(latents[0], base[0], rtol=1e-4, atol=1e-4)
+    assert (latents[2] - latents[0]).abs().max() > 1e-3
+    assert not (tmp_path / "validation/step_2/pytorch_lora_weights.safetensors").exists()
+    assert json.loads((tmp_path / "validation/step_2/validation.json").read_text())["videos"][0]["seed"] == 3
+
+
+def test_bad_validation_inputs_are_named_before_anything_is_written(tmp_path):
+    validation = {"prompts": PROMPTS[:1], "images": [str(tmp_path / "missing.png")]}
+    with pytest.raises(ValueError, match="eval.validation.images: .*missing.png does not exist"):
+        Trainer(tiny_config(tmp_path / "run", eval={"validation": validation}))
+    with pytest.raises(ValueError, match="not a local diffusers pipeline folder"):
+        Trainer(
+            tiny_config(
+                tmp_path / "run", eval={"validation": {"prompts": PROMPTS, "pipeline": str(tmp_path)}}
+            )
+        )
+    assert not (tmp_path / "run").exists()
