@@ -15,6 +15,11 @@ def _image(frame: torch.Tensor):
     return frame.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
+def short(text: str, n: int = 64) -> str:
+    """text cut in the middle to at most n characters (prompts often differ only at their ends)."""
+    return text if len(text) <= n else f"{text[: n // 2 - 1]}…{text[-(n // 2 - 1) :]}"
+
+
 def score_label(row: dict | None) -> str:
     """'3DCS 0.0123 | MSE … | LPIPS … | motion …' of a score row (the values it has), '' when unscored."""
     if not row or row.get("status") != "ok":
@@ -193,7 +198,7 @@ def save_pairs_figure(
     for p in pairs:
         winner, loser = video_arrays(p.winner.video, figures), video_arrays(p.loser.video, figures)
         if winner is not None and loser is not None:  # videos that cannot be read are left out
-            shown.append({"title": f"{p.winner.extra.get('prompt', p.prompt)[:50]} (gap {p.gap:.3g})",
+            shown.append({"title": f"{short(p.winner.extra.get('prompt', p.prompt), 56)} (gap {p.gap:.3g})",
                           "winner": (label(p.winner), winner), "loser": (label(p.loser), loser)})  # fmt: skip
         if len(shown) == count:
             break
@@ -221,11 +226,7 @@ def save_before_after_grid(base: str | os.PathLike, tuned: str | os.PathLike, pa
     rows = []
     for key in sorted(set(before) & set(after))[:count]:
         for name, (video, prompt, score) in (("before", before[key]), ("after", after[key])):
-            rows.append(
-                (
-                    f"{name}: {prompt[:50]} (seed {key[1]})  {score_label(score)}",
-                    load_video(video, frames).frames,
-                )
-            )
+            label = f"{name}: {key[0]} {short(prompt, 56)} (seed {key[1]})  {score_label(score)}"
+            rows.append((label, load_video(video, frames).frames))
     if rows:
         save_frame_grid(rows, "before vs after training: the same prompt and seed", path)

@@ -22,7 +22,7 @@ import torch
 from videogpa.engine import distributed as D
 from videogpa.engine.config import Config, GenerationConfig
 from videogpa.engine.data.prompts import PromptItem
-from videogpa.engine.figures import save_frame_grid, score_label
+from videogpa.engine.figures import save_frame_grid, score_label, short
 from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.io.video import load_video
@@ -132,7 +132,7 @@ class ValidationVideos:
             score = scores.get(Path(row["video"]).name)
             label = score_label(score)
             frames = load_video(folder / row["video"], self.val.grid_frames).frames
-            grid.append((f"{row['prompt'][:60]} (seed {row['seed']})  {label}", frames))
+            grid.append((f"{short(row['prompt'])} (seed {row['seed']})  {label}", frames))
             videos.append({"video": row["video"], "prompt": row["prompt"], "seed": row["seed"],
                            **{k: score.get(k) for k in ("status", "score", "mse", "lpips", "motion")
                               if score is not None}})  # fmt: skip
