@@ -1,0 +1,128 @@
+"""One rank of tests/trainer/test_partitioned_loading.py (started by the deepspeed launcher): measures its
+resident memory while loading a transformer saved on disk, then trains a few DPO steps from it under ZeRO-3
+(partitioned loading), ZeRO-3 with parameter + optimizer CPU offload, and ZeRO-2 (a plain whole load), and
+writes what it saw as JSON (rank 0: losses, gradient norms, final LoRA weights; every rank: memory)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from videogpa.engine import distributed as D
+from videogpa.engine.config import config_from_dict
+from videogpa.engine.dpo_reference import Frozen
+from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
+from videogpa.engine.partitioned_loading import load_transformer
+from videogpa.engine.policy import build_policy, model_adapter
+from videogpa.engine.types import Conditioning
+
+STEPS = 3
+LATENTS = (2, 4, 4, 4)  # one sample [F, C, H, W] (CogVideoX's BFCHW layout)
+
+
+def status_kib(key: str) -> int:
+    """A /proc/self/status field in KiB (VmRSS: resident now, VmHWM: its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak() -> int:
+    """Reset this process's resident high-water mark to its current size (Linux clear_refs 5); returns it."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_kib("VmRSS")
+
+
+def config(folder: str, out: str, **distributed):
+    return config_from_dict({
+        "seed": 0, "output_dir": out,
+        "model": {"name": "cogvideox-t2v", "path": folder, "gradient_checkpointing": True},
+        "lora": {"rank": 4, "alpha": 8},
+        "data": {"synthetic": {}},  # unused: the steps below make their own pairs
+        "dpo": {"beta": 50.0, "reference": "separate"},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "train": {"max_steps": STEPS, "micro_batch_size": 1, "global_batch_size": 2, "precision": "fp32"},
+        "distributed": distributed,
+    })  # fmt: skip
+
+
+def batch(adapter, text_shape: tuple[int, int], step: int):
+    """This rank's pair for a step: random latents and text from a seed of (step, rank)."""
+    gen = torch.Generator().manual_seed(1000 * step + D.rank())
+    winner, loser = torch.randn(2, 1, *LATENTS, generator=gen)
+    cond = Conditioning(torch.randn(1, *text_shape, generator=gen))
+    index = torch.tensor([2 * step + D.rank()])
+    return build_inputs(
+        adapter, winner, loser, cond, index, torch.zeros(1, dtype=torch.long), 0, D.device(), torch.float32
+    )
+
+
+def train(cfg, text_shape) -> dict:
+    """Set-up memory (peak minus the resident size before), then STEPS steps: losses, grad norms, LoRA."""
+    adapter = model_adapter(cfg)
+    D.seed_everything(cfg.seed)
+    before = reset_peak()
+    engine, frozen = build_policy(cfg, adapter, torch.float32, D.world_size())
+    setup_kib = status_kib("VmHWM") - before
+    result = {"setup_kib": setup_kib, "losses": [], "grad_norms": []}
+    result["offload_param"] = str(getattr(engine.zero_offload_param(), "device", None))
+    result["offload_optimizer"] = str(getattr(engine.zero_offload_optimizer(), "device", None))
+    result["optimizer"] = (
+        type(engine.optimizer.optimizer).__name__ if hasattr(engine.optimizer, "optimizer") else ""
+    )
+    reference, settings = Frozen(adapter, frozen), LossSettings(cfg.dpo.beta)
+    lora = [(n, p) for n, p in engine.module.named_parameters() if "lora_" in n]
+    for step in range(STEPS):
+        out = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, step), settings)
+        engine.backward(out.loss)
+        engine.step()
+        result["losses"].append(D.all_reduce_mean(out.loss).item())
+        result["grad_norms"].append(float(engine.get_global_grad_norm()))
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([p for _, p in lora]):
+        result["lora"] = {n: p.detach().clone() for n, p in lora}
+    result["lora_on_cpu"] = all(p.ds_tensor.device.type == "cpu" for _, p in lora if hasattr(p, "ds_tensor"))
+    del engine, frozen, reference
+    gc.collect()
+    return result
+
+
+def main(folder: str, out: str) -> None:
+    D.init_distributed()
+    text_shape = (8, json.loads((Path(folder) / "config.json").read_text())["text_embed_dim"])
+    zero3 = config(folder, out, zero_stage=3)
+    adapter = model_adapter(zero3)
+    before = reset_peak()  # the policy's transformer alone, partitioned (no DeepSpeed engine around it)
+    model = load_transformer(adapter, folder, torch.float32, D.deepspeed_config(zero3, D.world_size()))
+    load_kib = status_kib("VmHWM") - before
+    del model
+    runs = {
+        "zero3": train(zero3, text_shape),
+        "offload": train(
+            config(folder, out, zero_stage=3, offload_params=True, offload_optimizer=True), text_shape
+        ),
+        "zero2": train(config(folder, out, zero_stage=2), text_shape),
+    }
+    report = {
+        "load_kib": load_kib,
+        **{k: {n: v for n, v in r.items() if n != "lora"} for k, r in runs.items()},
+    }
+    Path(out, f"rank{D.rank()}.json").write_text(json.dumps(report))
+    if D.is_main():
+        save_file(
+            {f"{k}/{n}": v for k, r in runs.items() for n, v in r["lora"].items()},
+            str(Path(out, "lora.safetensors")),
+        )
+    D.barrier()
+
+
+if __name__ == "__main__":
+    main(*[a for a in sys.argv[1:] if not a.startswith("--local_rank")])
