@@ -36,13 +36,26 @@ def load_transformer(
     return load_partitioned(adapter.transformer_class, path, dtype, ds_config)
 
 
+# torch.nn.init's in-place initialisers, which modules' constructors call to draw their weights
+INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")  # fmt: skip
+
+
 @contextlib.contextmanager
-def _rng_untouched():
-    """The global generators as they were on entry (construction draws random weights the checkpoint
-    replaces; without this, what comes next, e.g. the LoRA initialisation, would differ from a plain load)."""
+def _weights_left_undrawn():
+    """Inside, torch.nn.init's initialisers do nothing and the global generators end as they were on entry:
+    the checkpoint overwrites every weight, so drawing them would only cost time and change what comes next
+    (e.g. the LoRA initialisation) compared with a plain load."""
+    saved = {name: getattr(torch.nn.init, name) for name in INITIALISERS}
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        yield
+    try:
+        for name in INITIALISERS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
 
 
 def load_partitioned(
@@ -55,7 +68,7 @@ def load_partitioned(
 
     folder = checked_transformer_folder(cls, path)
     files = safetensors_weight_files(folder)
-    with _rng_untouched(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    with _weights_left_undrawn(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
         model = cls.from_config(cls.load_config(folder))
     fill_from_safetensors(model, files, folder)
     model.register_to_config(_name_or_path=str(folder))  # as from_pretrained records it

@@ -1,13 +1,15 @@
-"""One rank of tests/trainer/test_partitioned_loading.py (started by the deepspeed launcher): measures its
-resident memory while loading a transformer saved on disk, then trains a few DPO steps from it under ZeRO-3
-(partitioned loading), ZeRO-3 with parameter + optimizer CPU offload, and ZeRO-2 (a plain whole load), and
-writes what it saw as JSON (rank 0: losses, gradient norms, final LoRA weights; every rank: memory)."""
+"""One rank of tests/trainer/test_partitioned_loading.py (started by the deepspeed launcher): trains a few
+DPO steps from a transformer saved on disk three ways — ZeRO-3 (partitioned loading, adapters-off reference),
+ZeRO-3 with parameter + optimizer CPU offload and the `separate` reference (loaded partitioned as well), and
+ZeRO-2 (a plain whole load, adapters-off) — measuring its resident memory during each set-up, and writes what
+it saw (every rank: memory, losses, gradient norms, offload state as JSON; rank 0: the final LoRA weights)."""
 
 from __future__ import annotations
 
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -15,13 +17,12 @@ from safetensors.torch import save_file
 
 from videogpa.engine import distributed as D
 from videogpa.engine.config import config_from_dict
-from videogpa.engine.dpo_reference import Frozen
+from videogpa.engine.dpo_reference import online_reference
 from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
-from videogpa.engine.partitioned_loading import load_transformer
 from videogpa.engine.policy import build_policy, model_adapter
 from videogpa.engine.types import Conditioning
 
-STEPS = 3
+STEPS = 2
 LATENTS = (2, 4, 4, 4)  # one sample [F, C, H, W] (CogVideoX's BFCHW layout)
 
 
@@ -40,13 +41,13 @@ def reset_peak() -> int:
     return status_kib("VmRSS")
 
 
-def config(folder: str, out: str, **distributed):
+def config(folder: str, out: str, reference: str, **distributed):
     return config_from_dict({
         "seed": 0, "output_dir": out,
         "model": {"name": "cogvideox-t2v", "path": folder, "gradient_checkpointing": True},
         "lora": {"rank": 4, "alpha": 8},
         "data": {"synthetic": {}},  # unused: the steps below make their own pairs
-        "dpo": {"beta": 50.0, "reference": "separate"},
+        "dpo": {"beta": 50.0, "reference": reference},
         "optim": {"lr": 1e-3, "warmup_steps": 1},
         "train": {"max_steps": STEPS, "micro_batch_size": 1, "global_batch_size": 2, "precision": "fp32"},
         "distributed": distributed,
@@ -77,7 +78,7 @@ def train(cfg, text_shape) -> dict:
     result["optimizer"] = (
         type(engine.optimizer.optimizer).__name__ if hasattr(engine.optimizer, "optimizer") else ""
     )
-    reference, settings = Frozen(adapter, frozen), LossSettings(cfg.dpo.beta)
+    reference, settings = online_reference(adapter, engine, frozen, lora=True), LossSettings(cfg.dpo.beta)
     lora = [(n, p) for n, p in engine.module.named_parameters() if "lora_" in n]
     for step in range(STEPS):
         out = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, step), settings)
@@ -98,29 +99,20 @@ def train(cfg, text_shape) -> dict:
 def main(folder: str, out: str) -> None:
     D.init_distributed()
     text_shape = (8, json.loads((Path(folder) / "config.json").read_text())["text_embed_dim"])
-    zero3 = config(folder, out, zero_stage=3)
-    adapter = model_adapter(zero3)
-    before = reset_peak()  # the policy's transformer alone, partitioned (no DeepSpeed engine around it)
-    model = load_transformer(adapter, folder, torch.float32, D.deepspeed_config(zero3, D.world_size()))
-    load_kib = status_kib("VmHWM") - before
-    del model
-    runs = {
-        "zero3": train(zero3, text_shape),
-        "offload": train(
-            config(folder, out, zero_stage=3, offload_params=True, offload_optimizer=True), text_shape
-        ),
-        "zero2": train(config(folder, out, zero_stage=2), text_shape),
-    }
-    report = {
-        "load_kib": load_kib,
-        **{k: {n: v for n, v in r.items() if n != "lora"} for k, r in runs.items()},
-    }
+    runs = {}
+    for name, cfg in {
+        "zero3": config(folder, out, "adapters_off", zero_stage=3),
+        "offload": config(folder, out, "separate", zero_stage=3, offload_params=True, offload_optimizer=True),
+        "zero2": config(folder, out, "adapters_off", zero_stage=2),
+    }.items():
+        start = time.perf_counter()
+        runs[name] = train(cfg, text_shape)
+        print(f"rank {D.rank()}: {name} {time.perf_counter() - start:.1f} s", flush=True)
+    report = {k: {n: v for n, v in r.items() if n != "lora"} for k, r in runs.items()}
     Path(out, f"rank{D.rank()}.json").write_text(json.dumps(report))
     if D.is_main():
-        save_file(
-            {f"{k}/{n}": v for k, r in runs.items() for n, v in r["lora"].items()},
-            str(Path(out, "lora.safetensors")),
-        )
+        lora = {f"{k}/{n}": v for k, r in runs.items() for n, v in r["lora"].items()}
+        save_file(lora, str(Path(out, "lora.safetensors")))
     D.barrier()
 
 

@@ -1,8 +1,8 @@
 """Partitioned loading under ZeRO-3 (engine/partitioned_loading.py), on two CPU ranks (deepspeed launcher,
-gloo): a ~230 M-parameter CogVideoX transformer saved on disk is loaded with each rank's peak resident memory
-well under the model's full fp32 size, and training from it (LoRA, the `separate` reference loaded the same
-way, activation checkpointing) equals training from a plain whole load (ZeRO-2) and from ZeRO-3 with
-parameter and optimizer CPU offload, which DeepSpeed reports as in effect."""
+gloo): a ~214 M-parameter CogVideoX transformer saved on disk is set up with each rank's peak resident memory
+well under the model's full fp32 size (and under that of two models with the `separate` reference, loaded
+partitioned too), and training from it (LoRA, activation checkpointing) equals training from a plain whole
+load (ZeRO-2); parameter and optimizer CPU offload from the config are in effect and train the same."""
 
 import json
 import math
@@ -22,9 +22,9 @@ from videogpa.engine.distributed import child_env
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("partitioned_worker.py")
 REPO = Path(__file__).resolve().parents[2]
-# Wide and shallow: 2 blocks of width 24 × 128 = 3072 (about 230 M parameters, 0.92 GB in fp32).
-WIDE = dict(num_attention_heads=24, attention_head_dim=128, in_channels=4, out_channels=4, time_embed_dim=128,
-            text_embed_dim=32, num_layers=2, sample_width=4, sample_height=4, sample_frames=5, patch_size=2,
+# Wide and shallow: 4 blocks of width 16 × 128 = 2048 (about 214 M parameters, 0.86 GB in fp32).
+WIDE = dict(num_attention_heads=16, attention_head_dim=128, in_channels=4, out_channels=4, time_embed_dim=128,
+            text_embed_dim=32, num_layers=4, sample_width=4, sample_height=4, sample_frames=5, patch_size=2,
             max_text_seq_length=8, use_rotary_positional_embeddings=True)  # fmt: skip
 
 
@@ -60,25 +60,30 @@ def runs(tmp_path_factory):
 def test_each_rank_holds_well_under_a_full_copy(runs):
     full, ranks, _ = runs
     for rank in ranks:
-        assert rank["load_kib"] * 1024 < 0.75 * full, (rank["load_kib"], full)
+        assert rank["zero3"]["setup_kib"] * 1024 < 0.75 * full, (rank["zero3"]["setup_kib"], full)
         # the policy and the `separate` reference: two models, each split over the two ranks
-        assert rank["zero3"]["setup_kib"] * 1024 < 0.75 * 2 * full, (rank["zero3"]["setup_kib"], full)
+        assert rank["offload"]["setup_kib"] * 1024 < 0.75 * 2 * full, (rank["offload"]["setup_kib"], full)
+
+
+def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
 
 
 def test_training_from_a_partitioned_load_equals_a_plain_load_and_offload(runs):
     _, ranks, lora = runs
     zero3, offload, zero2 = (ranks[0][k] for k in ("zero3", "offload", "zero2"))
-    for run in (zero3, offload, zero2):  # LoRA B starts at 0, so policy = reference: softplus(0) = log 2
+    # LoRA B starts at 0: the policy equals its reference (the separate one: if loaded right), softplus(0) = log 2
+    for run in (zero3, offload, zero2):
         assert run["losses"][0] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(zero3["losses"][1] - math.log(2)) > 1e-5  # after one update the policy has moved
     for run in (offload, zero2):
         assert run["losses"] == pytest.approx(zero3["losses"], rel=1e-5, abs=1e-7)
         assert run["grad_norms"] == pytest.approx(zero3["grad_norms"], rel=1e-5)
-    assert len({round(v, 6) for v in zero3["losses"]}) == len(zero3["losses"])  # the LoRA learns something
     names = [k.removeprefix("zero3/") for k in lora if k.startswith("zero3/")]
-    assert names and any(lora[f"zero3/{n}"].abs().max() > 0 for n in names if "lora_B" in n)
+    assert names and all(lora[f"zero3/{n}"].abs().max() > 0 for n in names)  # every LoRA weight trained
     for other in ("offload", "zero2"):
         for n in names:
-            torch.testing.assert_close(lora[f"{other}/{n}"], lora[f"zero3/{n}"], rtol=1e-4, atol=1e-6)
+            assert _relative_difference(lora[f"{other}/{n}"], lora[f"zero3/{n}"]) < 1e-4, (other, n)
 
 
 def test_offload_from_the_config_is_in_effect(runs):
