@@ -6,6 +6,7 @@ it saw (every rank: memory, losses, gradient norms, offload state as JSON; rank 
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import sys
@@ -22,7 +23,6 @@ from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.policy import build_policy, model_adapter
 from videogpa.engine.types import Conditioning
 
-STEPS = 2
 LATENTS = (2, 4, 4, 4)  # one sample [F, C, H, W] (CogVideoX's BFCHW layout)
 
 
@@ -35,8 +35,10 @@ def status_kib(key: str) -> int:
 
 
 def reset_peak() -> int:
-    """Reset this process's resident high-water mark to its current size (Linux clear_refs 5); returns it."""
+    """Free memory back to the system (glibc malloc_trim), then reset this process's resident high-water mark
+    to its current size (Linux clear_refs 5); returns that size."""
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     return status_kib("VmRSS")
 
@@ -49,7 +51,7 @@ def config(folder: str, out: str, reference: str, **distributed):
         "data": {"synthetic": {}},  # unused: the steps below make their own pairs
         "dpo": {"beta": 50.0, "reference": reference},
         "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "train": {"max_steps": STEPS, "micro_batch_size": 1, "global_batch_size": 2, "precision": "fp32"},
+        "train": {"max_steps": 1, "micro_batch_size": 1, "global_batch_size": 2, "precision": "fp32"},
         "distributed": distributed,
     })  # fmt: skip
 
@@ -66,31 +68,29 @@ def batch(adapter, text_shape: tuple[int, int], step: int):
 
 
 def train(cfg, text_shape) -> dict:
-    """Set-up memory (peak minus the resident size before), then STEPS steps: losses, grad norms, LoRA."""
+    """Set-up memory (peak minus the resident size before), one optimizer step (its loss and gradient norm),
+    the loss of the next batch after it (forward only), and the LoRA weights after it."""
     adapter = model_adapter(cfg)
     D.seed_everything(cfg.seed)
     before = reset_peak()
     engine, frozen = build_policy(cfg, adapter, torch.float32, D.world_size())
-    setup_kib = status_kib("VmHWM") - before
-    result = {"setup_kib": setup_kib, "losses": [], "grad_norms": []}
+    result = {"setup_kib": status_kib("VmHWM") - before, "shmem_kib": status_kib("RssShmem")}
     result["offload_param"] = str(getattr(engine.zero_offload_param(), "device", None))
     result["offload_optimizer"] = str(getattr(engine.zero_offload_optimizer(), "device", None))
-    result["optimizer"] = (
-        type(engine.optimizer.optimizer).__name__ if hasattr(engine.optimizer, "optimizer") else ""
-    )
+    result["optimizer"] = type(engine.optimizer.optimizer).__name__
     reference, settings = online_reference(adapter, engine, frozen, lora=True), LossSettings(cfg.dpo.beta)
-    lora = [(n, p) for n, p in engine.module.named_parameters() if "lora_" in n]
-    for step in range(STEPS):
-        out = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, step), settings)
-        engine.backward(out.loss)
-        engine.step()
-        result["losses"].append(D.all_reduce_mean(out.loss).item())
-        result["grad_norms"].append(float(engine.get_global_grad_norm()))
+    out = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, 0), settings)
+    engine.backward(out.loss)
+    engine.step()
+    result["grad_norm"] = float(engine.get_global_grad_norm())
+    with torch.no_grad():
+        after = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, 1), settings)
+    result["losses"] = [D.all_reduce_mean(out.loss).item(), D.all_reduce_mean(after.loss).item()]
     import deepspeed
 
+    lora = [(n, p) for n, p in engine.module.named_parameters() if "lora_" in n]
     with deepspeed.zero.GatheredParameters([p for _, p in lora]):
         result["lora"] = {n: p.detach().clone() for n, p in lora}
-    result["lora_on_cpu"] = all(p.ds_tensor.device.type == "cpu" for _, p in lora if hasattr(p, "ds_tensor"))
     del engine, frozen, reference
     gc.collect()
     return result

@@ -43,7 +43,10 @@ def _launch(*args: str) -> None:
         port = s.getsockname()[1]
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), str(WORKER), *args]
-    env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    # DeepSpeed's JIT-built ops (shm comm, CPU Adam) cached per environment: a cache shared with other
+    # environments is rebuilt whenever they alternate (its build file names the environment's paths)
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions)
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -78,7 +81,7 @@ def test_training_from_a_partitioned_load_equals_a_plain_load_and_offload(runs):
     assert abs(zero3["losses"][1] - math.log(2)) > 1e-5  # after one update the policy has moved
     for run in (offload, zero2):
         assert run["losses"] == pytest.approx(zero3["losses"], rel=1e-5, abs=1e-7)
-        assert run["grad_norms"] == pytest.approx(zero3["grad_norms"], rel=1e-5)
+        assert run["grad_norm"] == pytest.approx(zero3["grad_norm"], rel=1e-5)
     names = [k.removeprefix("zero3/") for k in lora if k.startswith("zero3/")]
     assert names and all(lora[f"zero3/{n}"].abs().max() > 0 for n in names)  # every LoRA weight trained
     for other in ("offload", "zero2"):
