@@ -78,6 +78,10 @@ def train(cfg, text_shape) -> dict:
     result["offload_param"] = str(getattr(engine.zero_offload_param(), "device", None))
     result["offload_optimizer"] = str(getattr(engine.zero_offload_optimizer(), "device", None))
     result["optimizer"] = type(engine.optimizer.optimizer).__name__
+    if frozen is not None:  # the separate reference: its own engine over partitioned, LoRA-free weights
+        params = list(frozen.module.named_parameters())
+        result["reference"] = {"engine": type(frozen).__name__, "partitioned": all(p.numel() == 0 for _, p in params),
+                               "lora": any("lora_" in n for n, _ in params)}  # fmt: skip
     reference, settings = online_reference(adapter, engine, frozen, lora=True), LossSettings(cfg.dpo.beta)
     out = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, 0), settings)
     engine.backward(out.loss)

@@ -95,6 +95,11 @@ def test_offload_from_the_config_is_in_effect(runs):
     for rank in ranks:
         assert rank["offload"]["offload_param"] == "cpu" and rank["offload"]["offload_optimizer"] == "cpu"
         assert rank["offload"]["optimizer"] == "DeepSpeedCPUAdam"
+        assert rank["offload"]["reference"] == {
+            "engine": "DeepSpeedEngine",
+            "partitioned": True,
+            "lora": False,
+        }
         assert rank["zero3"]["offload_param"] == "None" and rank["zero3"]["optimizer"] == "AdamW"
 
 
@@ -139,3 +144,16 @@ def test_weights_not_matching_the_config_are_a_clear_error(tmp_path):
     init_distributed()
     with pytest.raises(ValueError, match=r"1 missing \(e.g. \['proj_out.weight'\]\)"):
         load_partitioned(CogVideoXTransformer3DModel, tmp_path / "t", torch.float32, _zero3_config())
+
+
+def test_full_finetuning_against_the_separate_reference_keeps_it_frozen(tmp_path):
+    from tests.trainer.trainer_helpers import tiny_config
+    from videogpa.engine.logging_utils import read_metrics
+    from videogpa.engine.trainer import Trainer
+
+    train = {"max_steps": 2, "checkpoint_every": 0}
+    cfg = tiny_config(tmp_path, lora={"enabled": False}, dpo={"reference": "separate"}, train=train)
+    Trainer(cfg).run()
+    first, second = read_metrics(tmp_path)
+    assert first["policy_err_w"] == pytest.approx(first["ref_err_w"], rel=1e-6)  # both the loaded weights
+    assert abs(second["policy_err_w"] - second["ref_err_w"]) > 1e-6 * second["ref_err_w"]  # only one moved
