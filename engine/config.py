@@ -28,6 +28,7 @@ PRECISIONS = ("bf16", "fp32")
 # the final weights' formats (engine.exports): the diffusers LoRA, ComfyUI's key format, the merged transformer
 EXPORT_FORMATS = ("diffusers", "comfyui", "merged")
 NAN_POLICIES = ("skip", "stop")
+STEP_CACHES = ("first_block",)  # diffusers' FirstBlockCacheConfig
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -40,6 +41,8 @@ class ModelConfig:
     # PyTorch SDPA's kernel (auto: PyTorch's choice; cudnn, flash, efficient, math), or a diffusers attention
     # backend "diffusers:<name>" (e.g. diffusers:flash for flash-attn) for families that dispatch through it
     attention_backend: str = "auto"
+    # regional torch.compile of the transformer's repeated blocks with this backend (e.g. inductor); None: eager
+    compile: str | None = None
 
 
 @dataclass
@@ -114,6 +117,9 @@ class DistributedConfig:
     zero_stage: int = 3
     offload_optimizer: bool = False
     offload_params: bool = False
+    # Ulysses sequence parallelism: each sample's video tokens are split over groups of this many
+    # consecutive ranks (engine/sequence_parallel.py); the data-parallel size is world / sequence_parallel.
+    sequence_parallel: int = 1
     deepspeed_config: str | None = None  # a user's DeepSpeed JSON, merged over the generated one
 
 
@@ -122,6 +128,27 @@ class EvalConfig:
     draws: int = 4  # fixed (noise, t) draws per held-out pair
     batch_size: int = 8
     plot: bool = True
+    every: int = 0  # also evaluate (held-out accuracy, validation videos) every N steps; 0: before/after only
+    validation: ValidationConfig | None = None  # videos sampled with the current weights (None: off)
+
+
+WANDB_MODES = ("offline", "online")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases beside TensorBoard (engine.logging_utils): the same scalars, figures, videos, config."""
+
+    project: str = "videogpa"
+    mode: str = "offline"  # offline: files under <output_dir>/wandb (`wandb sync` them later); online
+    name: str | None = None  # the run's name (None: the output folder's name)
+    entity: str | None = None
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: WandbConfig | None = None  # None: off (the wandb package is needed only when it is on)
 
 
 @dataclass
@@ -148,6 +175,17 @@ class GenerationConfig:
     fps: int | None = None
     lora: str | None = None  # a trained LoRA (folder with pytorch_lora_weights.safetensors, or the file)
     lora_scale: float = 1.0
+    # fast sampling (engine.stages.fast_sampling), each off or neutral by default:
+    attention_backend: str = (
+        "auto"  # SDPA kernel (SDPA_KERNELS) or diffusers:<backend> (e.g. diffusers:flash)
+    )
+    compile: str | None = None  # torch.compile backend of the transformer's repeated blocks (e.g. inductor)
+    vae_tiling: bool = False  # decode in tiles (less memory at large sizes)
+    vae_slicing: bool = False  # decode the batch one video at a time
+    cpu_offload: bool = False  # diffusers' model CPU offload (a CUDA device; for small GPUs)
+    # an opt-in step cache (STEP_CACHES; changes the sampled videos, so every manifest row records it)
+    step_cache: str | None = None
+    step_cache_threshold: float = 0.05  # first_block: reuse the rest of the blocks below this change
 
 
 GEOMETRY_BACKENDS = ("auto", "oracle", "vggt")
@@ -197,6 +235,30 @@ class ScoreConfig:
     scores_file: str = "scores.jsonl"  # the stage's output, in its output folder
     metrics: list[str] = field(default_factory=lambda: ["reprojection"])  # and/or "epipolar" (SCORE_METRICS)
     epipolar: EpipolarConfig = field(default_factory=EpipolarConfig)
+    # pictures of 3D consistency (engine.figures) into <output folder>/figures/<video>.png: frames, renders,
+    # error maps, hit masks; for the first `figures` videos (sorted) and the videos named in figure_videos
+    figures: int = 0
+    figure_videos: list[str] = field(default_factory=list)  # file names or stems
+
+
+@dataclass
+class ValidationConfig:
+    """eval.validation (engine.validation): fixed prompts × seeds sampled with the current weights at step 0, every
+    eval.every steps and at the end, saved as mp4 under <output_dir>/validation/step_<n>/ and scored."""
+
+    prompts: list[str] = field(default_factory=list)
+    images: list[str] | None = None  # image-to-video: one first frame per prompt
+    seeds: list[int] = field(default_factory=lambda: [0])
+    pipeline: str | None = None  # local pipeline folder (None: the built-in one, else model.path's folder)
+    num_frames: int | None = None  # sampler fields left None take the model family's defaults
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    batch_size: int = 1
+    grid_frames: int = 6  # frames per video in the logged frame grid
+    offload: bool = True  # between validations: the sampling pipeline on the CPU, the scorer not kept
+    score: ScoreConfig | None = None  # the geometry scorer of the videos (None: not scored)
 
 
 @dataclass
@@ -260,6 +322,15 @@ class LoopConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     train_overrides: list[str] = field(default_factory=list)  # trainer `key=value` overrides
     train_launcher: list[str] = field(default_factory=list)  # e.g. [deepspeed, --num_gpus, "8"]; [] = python
+    # generate, score, encode and evaluate as this launcher's ranks, each its share (engine.stages.sharding),
+    # e.g. [torchrun, --nproc-per-node, "8"]; [] = in the loop's own process
+    launcher: list[str] = field(default_factory=list)
+    # iterative rounds (engine.stages.rounds): round k generates with round k-1's LoRA and trains on top of it;
+    # 1 = the single loop in the output folder itself
+    rounds: int = 1
+    # prompts per round: round k takes the k-th slice of that many prompts of loop.generation.prompts (their
+    # ids kept; with rounds ≥ 2); None: every round generates from all of them
+    round_prompts: int | None = None
 
 
 @dataclass
@@ -274,6 +345,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     loop: LoopConfig | None = None  # the loop's stages (recipes/pipeline.py); the trainer ignores it
 
     def to_dict(self) -> dict:
@@ -381,6 +453,24 @@ def _check_export_formats(formats: list[str], lora: bool) -> None:
         )
 
 
+def _check_validation(val: ValidationConfig) -> None:
+    where = "eval.validation"
+    if not val.prompts:
+        raise ValueError(f"config key '{where}.prompts': expected at least one prompt")
+    if val.images is not None and len(val.images) != len(val.prompts):
+        raise ValueError(f"config key '{where}.images': expected one image per prompt ({len(val.prompts)}), "
+                         f"got {len(val.images)}")  # fmt: skip
+    if not val.seeds or len(set(val.seeds)) != len(val.seeds):
+        raise ValueError(f"config key '{where}.seeds': expected distinct seeds, got {val.seeds}")
+    for key in ("num_frames", "height", "width", "steps"):
+        if getattr(val, key) is not None:
+            _positive(getattr(val, key), f"{where}.{key}")
+    _positive(val.batch_size, f"{where}.batch_size")
+    _positive(val.grid_frames, f"{where}.grid_frames")
+    if val.score is not None:
+        validate_stage(val.score, f"{where}.score")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that the types alone cannot express."""
     from videogpa.engine.models import adapter_names
@@ -433,8 +523,28 @@ def validate(cfg: Config) -> Config:
         _check_synthetic(cfg.data.synthetic)
     if cfg.distributed.offload_params and cfg.distributed.zero_stage != 3:
         raise ValueError("config key 'distributed.offload_params': parameter offload needs zero_stage 3")
+    _positive(cfg.distributed.sequence_parallel, "distributed.sequence_parallel")
+    backend = cfg.model.attention_backend.removeprefix("diffusers:")
+    if (
+        cfg.distributed.sequence_parallel > 1
+        and backend != cfg.model.attention_backend
+        and "native" not in backend
+    ):
+        raise ValueError(f"config key 'model.attention_backend': sequence parallelism exchanges PyTorch SDPA's "
+                         f"inputs; use an SDPA kernel or a diffusers native backend, not {backend!r}")  # fmt: skip
     _positive(cfg.eval.draws, "eval.draws")
     _positive(cfg.eval.batch_size, "eval.batch_size")
+    _positive(cfg.eval.every, "eval.every", allow_zero=True)
+    if cfg.eval.validation is not None:
+        _check_validation(cfg.eval.validation)
+    if cfg.logging.wandb is not None:
+        _choice(cfg.logging.wandb.mode, WANDB_MODES, "logging.wandb.mode")
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ValueError(
+                "config key 'logging.wandb': needs the wandb package (pip install wandb), not installed"
+            )
     if cfg.loop is not None:
         validate_loop(cfg.loop, cfg.model.name)
     return cfg
@@ -465,6 +575,11 @@ def validate_stage(section: object, where: str) -> None:
             _positive(getattr(section, key), f"{where}.{key}")
         if section.dtype is not None:
             _choice(section.dtype, DTYPE_CHOICES, f"{where}.dtype")
+        if not section.attention_backend.startswith("diffusers:"):
+            _choice(section.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
+        if section.step_cache is not None:
+            _choice(section.step_cache, STEP_CACHES, f"{where}.step_cache")
+            _positive(section.step_cache_threshold, f"{where}.step_cache_threshold")
     elif isinstance(section, ScoreConfig):
         _choice(section.geometry, GEOMETRY_BACKENDS, f"{where}.geometry")
         _choice(section.points, POINT_SOURCES, f"{where}.points")
@@ -489,6 +604,9 @@ def validate_stage(section: object, where: str) -> None:
                 f"got {section.metrics}"
             )
         _check_epipolar(section.epipolar, f"{where}.epipolar")
+        _positive(section.figures, f"{where}.figures", allow_zero=True)
+        if (section.figures or section.figure_videos) and "reprojection" not in section.metrics:
+            raise ValueError(f"config key '{where}.figures': the pictures need the 'reprojection' metric")
     elif isinstance(section, PairsConfig):
         _positive(section.min_gap, f"{where}.min_gap", allow_zero=True)
         _positive(section.min_motion, f"{where}.min_motion", allow_zero=True)
@@ -582,8 +700,9 @@ def apply_override(data: dict, item: str) -> None:
 
 
 # Keys a resumed run may change freely: where and how often it reports, not what it computes.
-BOOKKEEPING_KEYS = ("output_dir", "loop", "train.log_every", "train.progress_bar", "train.checkpoint_every",
-                    "train.keep_checkpoints", "train.export_formats", "eval.plot")  # fmt: skip
+BOOKKEEPING_KEYS = ("output_dir", "loop", "logging", "train.log_every", "train.progress_bar", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.export_formats", "eval.plot", "eval.every",
+                    "eval.validation")  # fmt: skip
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

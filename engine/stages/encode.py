@@ -26,13 +26,13 @@ from tqdm import tqdm
 
 from videogpa.engine.config import EncodeConfig
 from videogpa.engine.data.preference import INDEX_NAME, PreferenceShardWriter
-from videogpa.engine.io.atomic import atomic_path
-from videogpa.engine.io.lock import one_process_per_folder
-from videogpa.engine.io.records import read_jsonl, write_json_atomic
+from videogpa.engine.io.atomic import atomic_path, commit
+from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.video import read_frames
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.pipeline_encoder import PipelineEncoder
 from videogpa.engine.models.pipelines import load_pipeline
+from videogpa.engine.stages.sharding import WHOLE, Shard, finishes, one_process_per_shard, shard_device, sole
 from videogpa.engine.types import default_device
 
 
@@ -50,6 +50,11 @@ def _load_tensor(path: Path, name: str, what: str) -> torch.Tensor:
     return tensor
 
 
+def _private_tmp(path: Path) -> Path:
+    """A temporary path beside `path` that no other process writes (the shards of a run write the same files)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
 class EncodeCache:
     """Encoded tensors by key in a folder (one safetensors file each, written atomically)."""
 
@@ -57,6 +62,9 @@ class EncodeCache:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
+
+    def has(self, key: str) -> bool:
+        return (self.folder / f"{key}.safetensors").is_file()
 
     def get(self, key: str, make) -> torch.Tensor:
         path = self.folder / f"{key}.safetensors"
@@ -67,8 +75,9 @@ class EncodeCache:
         tensor = make().contiguous()
         if not torch.isfinite(tensor).all():
             raise ValueError(f"encoding gave non-finite values (cache key {key})")
-        with atomic_path(path) as tmp:
-            save_file({"t": tensor}, str(tmp))
+        tmp = _private_tmp(path)  # shards may encode one prompt at once
+        save_file({"t": tensor}, str(tmp))
+        commit(tmp, path)
         return tensor
 
 
@@ -80,10 +89,17 @@ class EncodeSummary:
     reused_latents: int = 0  # generation latents used as they are
     encoded_videos: int = 0  # videos encoded with the VAE (or read back from the cache)
     skipped: bool = False  # the shard folders were already complete
+    encoded_pairs: int = 0  # pairs this process encoded into the cache
+    waiting: bool = False  # sharded: other shards' pairs are not all encoded yet (or one of them assembles)
 
     def __str__(self) -> str:
         if self.skipped:
             return "shards already complete; nothing to do"
+        if self.waiting:
+            return (
+                f"{self.encoded_pairs} pairs encoded by this shard; the shard folders are written by the shard "
+                "that finds every pair encoded"
+            )
         return (
             f"{self.train} training + {self.heldout} held-out pairs; latents: {self.reused_latents} reused from "
             f"generation, {self.encoded_videos} encoded with the VAE"
@@ -99,20 +115,33 @@ def split_pairs(rows: list[dict], heldout_fraction: float, seed: int) -> tuple[l
 
 
 class PairEncoder:
-    """The tensors of one pair row (pairs.jsonl), through the cache."""
+    """The tensors of one pair row (pairs.jsonl), through the cache; counted in `summary` when given."""
 
-    def __init__(self, encoder: PipelineEncoder, cache: EncodeCache, summary: EncodeSummary):
+    def __init__(self, encoder: PipelineEncoder, cache: EncodeCache, summary: EncodeSummary | None):
         self.encoder, self.cache, self.summary = encoder, cache, summary
 
-    def latents(self, side: dict, where: str) -> torch.Tensor:
+    def _count(self, field: str) -> None:
+        if self.summary is not None:
+            setattr(self.summary, field, getattr(self.summary, field) + 1)
+
+    @staticmethod
+    def _stored(side: dict) -> Path | None:
         stored = side.get("extra", {}).get("latents")
-        if stored and Path(stored).is_file():
-            self.summary.reused_latents += 1
-            return _load_tensor(Path(stored), "latents", f"{where}: generation latents")
+        return Path(stored) if stored and Path(stored).is_file() else None
+
+    @staticmethod
+    def _video_key(video: Path) -> str:
+        return _key("video", str(video.resolve()), str(video.stat().st_mtime_ns))
+
+    def latents(self, side: dict, where: str) -> torch.Tensor:
+        stored = self._stored(side)
+        if stored is not None:
+            self._count("reused_latents")
+            return _load_tensor(stored, "latents", f"{where}: generation latents")
         video = Path(side["video"])
         if not video.exists():
             raise ValueError(f"{where}: video {video} does not exist (and it has no stored latents)")
-        self.summary.encoded_videos += 1
+        self._count("encoded_videos")
 
         def encode() -> torch.Tensor:
             frames = read_frames(video).permute(0, 3, 1, 2).float() / 255
@@ -120,7 +149,11 @@ class PairEncoder:
                 raise ValueError(f"{where}: video {video} has {frames.shape[0]} frames; the VAE needs 4k+1")
             return self.encoder.encode_video(frames)
 
-        return self.cache.get(_key("video", str(video.resolve()), str(video.stat().st_mtime_ns)), encode)
+        return self.cache.get(self._video_key(video), encode)
+
+    @staticmethod
+    def _image_key(image_path: Path, size: tuple[int, int]) -> str:
+        return _key("image", str(image_path.resolve()), *map(str, size))
 
     def image(self, path: str, size: tuple[int, int], where: str) -> torch.Tensor:
         image_path = Path(path)
@@ -134,26 +167,41 @@ class PairEncoder:
                 pixels = np.asarray(im.convert("RGB").resize((size[1], size[0])), dtype=np.float32)
             return self.encoder.encode_image(torch.from_numpy(pixels).permute(2, 0, 1) / 255)
 
-        return self.cache.get(_key("image", str(image_path.resolve()), *map(str, size)), encode)
+        return self.cache.get(self._image_key(image_path, size), encode)
+
+    def _text_key(self, prompt: str) -> str:
+        return _key("text", prompt, str(self.encoder.max_sequence_length))
 
     def text(self, prompt: str) -> torch.Tensor:
-        length = str(self.encoder.max_sequence_length)
-        return self.cache.get(_key("text", prompt, length), lambda: self.encoder.encode_text(prompt))
+        return self.cache.get(self._text_key(prompt), lambda: self.encoder.encode_text(prompt))
 
-    def add(self, writer: PreferenceShardWriter, row: dict) -> None:
+    def tensors(self, row: dict) -> tuple:
+        """(winner latents, loser latents, text embedding, image latent or None) of a pair row."""
         where = f"pair {row['pair_id']}"
         w = self.latents(row["winner"], where)
         lo = self.latents(row["loser"], where)
         image = self.image(row.get("image"), self._pixel_size(row), where) if row.get("image") else None
-        writer.add(
-            row["pair_id"],
-            w,
-            lo,
-            self.text(row["prompt"]),
-            row["winner"]["score"],
-            row["loser"]["score"],
-            image,
-        )
+        return w, lo, self.text(row["prompt"]), image
+
+    def cached(self, row: dict) -> bool:
+        """Whether every tensor of the pair is stored (generation latents or cache files): encoded by some
+        shard. A video or image that no longer exists counts as not encoded (its encoding names it)."""
+        keys = [self._text_key(row["prompt"])]
+        for side in (row["winner"], row["loser"]):
+            if self._stored(side) is None:
+                video = Path(side["video"])
+                if not video.exists():
+                    return False
+                keys.append(self._video_key(video))
+        if row.get("image"):
+            if not Path(row["image"]).is_file():
+                return False
+            keys.append(self._image_key(Path(row["image"]), self._pixel_size(row)))
+        return all(self.cache.has(key) for key in keys)
+
+    def add(self, writer: PreferenceShardWriter, row: dict) -> None:
+        w, lo, text, image = self.tensors(row)
+        writer.add(row["pair_id"], w, lo, text, row["winner"]["score"], row["loser"]["score"], image)
 
     @staticmethod
     def _pixel_size(row: dict) -> tuple[int, int]:
@@ -179,7 +227,10 @@ def _check_source(out_dir: Path, split: dict[str, list[str]], rows: list[dict]) 
                 f"{out_dir} holds shards of another pair index or split ({path}); use a new folder or move it away"
             )
         return
-    write_json_atomic(path, source)
+    tmp = _private_tmp(path)  # every shard writes the same content
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(source))
+    commit(tmp, path)
 
 
 def _write_set(
@@ -199,9 +250,12 @@ def encode_pairs(
     seed: int = 0,
     shard_size: int = 64,
     progress: bool = True,
+    shard: Shard = WHOLE,
 ) -> EncodeSummary:
-    """Write out_dir/train (and out_dir/heldout when heldout_fraction > 0) preference-shard folders.
-    Complete folders are left as they are; an incomplete run resumes from the cache in out_dir/cache."""
+    """Encode `shard`'s share of the pairs (sorted by pair_id) into the cache out_dir/cache, then, once every
+    pair is encoded (engine.stages.sharding.finishes), write out_dir/train (and out_dir/heldout when
+    heldout_fraction > 0) preference-shard folders from the cache. Complete folders are left as they are; an
+    incomplete run resumes from the cache."""
     out_dir = Path(out_dir)
     if not rows:
         raise ValueError("encode: the pair index holds no pairs (nothing to train on)")
@@ -209,27 +263,45 @@ def encode_pairs(
     sets = [("train", train)] + ([("heldout", heldout)] if heldout else [])
     summary = EncodeSummary(out_dir, train=len(train), heldout=len(heldout))
     _check_source(out_dir, {name: [r["pair_id"] for r in subset] for name, subset in sets}, rows)
-    if all((out_dir / name / INDEX_NAME).is_file() for name, _ in sets):
+    if _complete(out_dir, sets):
         summary.skipped = True
         return summary
-    pair_encoder = PairEncoder(encoder, EncodeCache(out_dir / "cache"), summary)
-    for name, subset in sets:
-        if (out_dir / name / INDEX_NAME).is_file():
-            continue
-        if (out_dir / name).exists():
-            raise ValueError(
-                f"{out_dir / name} exists without {INDEX_NAME}: not a shard folder; move it away"
-            )
-        _write_set(subset, out_dir / name, pair_encoder, shard_size, f"encoding {name}", progress)
+    cache = EncodeCache(out_dir / "cache")
+    pair_encoder = PairEncoder(encoder, cache, summary)
+    mine = shard.select(sorted(rows, key=lambda r: r["pair_id"]))
+    desc = f"encoding{f' (shard {shard})' if shard.sharded else ''}"
+    for row in tqdm(mine, desc=desc, unit="pair", disable=not progress):
+        pair_encoder.tensors(row)  # into the cache (what a killed run cached is read back)
+    summary.encoded_pairs = len(mine)
+    reader = PairEncoder(encoder, cache, None)
+    if not finishes(shard, lambda: all(reader.cached(row) for row in rows)):
+        summary.waiting = True
+        return summary
+    with sole(out_dir, "encode.assemble") as mine_to_do:
+        if not mine_to_do or _complete(out_dir, sets):
+            summary.waiting = not mine_to_do
+            return summary
+        for name, subset in sets:
+            if (out_dir / name / INDEX_NAME).is_file():
+                continue
+            if (out_dir / name).exists():
+                raise ValueError(
+                    f"{out_dir / name} exists without {INDEX_NAME}: not a shard folder; move it away"
+                )
+            _write_set(subset, out_dir / name, reader, shard_size, f"writing {name}", progress)
     return summary
 
 
-@one_process_per_folder
-def run(
-    cfg: EncodeConfig, pairs: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True
-) -> EncodeSummary:
+def _complete(out_dir: Path, sets: list[tuple[str, list[dict]]]) -> bool:
+    return all((out_dir / name / INDEX_NAME).is_file() for name, _ in sets)
+
+
+@one_process_per_shard
+def run(cfg: EncodeConfig, pairs: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True, *,
+        shard: Shard) -> EncodeSummary:  # fmt: skip
     """The encode stage: load the model's pipeline from its local folder (on cfg.device; None: cuda when
-    available, else cpu) and encode the pair index into out_dir."""
+    available, cuda:LOCAL_RANK under a launcher, else cpu) and encode this process's shard
+    (engine.stages.sharding) of the pair index into out_dir."""
     if cfg.pipeline is None:
         raise ValueError("encode: no pipeline folder given (pipeline: a local diffusers pipeline folder)")
     rows = read_jsonl(pairs, allow_truncated_tail=False)
@@ -250,8 +322,11 @@ def run(
         max_sequence_length = used.pop() if used else family.sampler_defaults.max_sequence_length
     image_to_video = family.pipelines.requires_image or any(r.get("image") for r in rows)
     pipe = load_pipeline(
-        cfg.model, cfg.pipeline, image_to_video=image_to_video, device=cfg.device or default_device()
+        cfg.model,
+        cfg.pipeline,
+        image_to_video=image_to_video,
+        device=shard_device(cfg.device, default_device()),
     )
     encoder = PipelineEncoder(pipe, family.latent_convention, max_sequence_length)
     return encode_pairs(rows, out_dir, encoder, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed,
-                        shard_size=cfg.shard_size, progress=progress)  # fmt: skip
+                        shard_size=cfg.shard_size, progress=progress, shard=shard)  # fmt: skip
