@@ -3,7 +3,6 @@ activation checkpointing), the optimizer, and the DeepSpeed engines (plus the fr
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from videogpa.engine.models import get_adapter
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
 from videogpa.engine.optim import build_optimizer
+from videogpa.engine.partitioned_loading import load_transformer
 from videogpa.engine.sequence_parallel import enable_sequence_parallel
 
 
@@ -36,8 +36,9 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
     """(the policy's DeepSpeed engine, the frozen reference's inference engine or None)."""
     import deepspeed
 
-    model = adapter.load_transformer(cfg.model.path, dtype)
-    frozen = copy.deepcopy(model).requires_grad_(False).eval() if cfg.dpo.reference == "separate" else None
+    ds_config = D.deepspeed_config(cfg, world)
+    model = load_transformer(adapter, cfg.model.path, dtype, ds_config)  # partitioned under ZeRO-3
+    frozen = frozen_reference(cfg, adapter, dtype, world)
     if cfg.lora.enabled:
         targets = cfg.lora.targets or list(adapter.default_lora_targets)
         model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, targets, cfg.lora.dropout)
@@ -65,8 +66,19 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
         model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
     )
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                      config=D.deepspeed_config(cfg, world))  # fmt: skip
+                                      config=ds_config)  # fmt: skip
     if frozen is not None:
-        ds = D.inference_config(cfg, world, cfg.dpo.reference_offload)
-        frozen = deepspeed.initialize(model=frozen, config=ds)[0].eval()
+        frozen = deepspeed.initialize(
+            model=frozen, config=D.inference_config(cfg, world, cfg.dpo.reference_offload)
+        )[0]
+        frozen.eval()  # DeepSpeedEngine.eval() returns None: keep the engine, not eval()'s result
     return engine, frozen
+
+
+def frozen_reference(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: int):
+    """The `separate` reference's transformer (None for other strategies), frozen: a second load of the
+    checkpoint, partitioned for its ZeRO-3 inference engine (no rank holds it whole), never a copy."""
+    if cfg.dpo.reference != "separate":
+        return None
+    ds_config = D.inference_config(cfg, world, cfg.dpo.reference_offload)
+    return load_transformer(adapter, cfg.model.path, dtype, ds_config).requires_grad_(False).eval()

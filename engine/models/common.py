@@ -11,6 +11,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from torch import nn
 
+from videogpa.engine.io.safetensors_ranges import read_header
+
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers Attention: the default LoRA targets
 
@@ -39,8 +41,8 @@ def transformer_folder(path: str | Path) -> Path:
     )
 
 
-def load_diffusers_model(cls: type[nn.Module], path: str | Path, dtype: torch.dtype) -> nn.Module:
-    """`cls.from_pretrained` offline from a local folder; a ValueError naming the path if it is unusable."""
+def checked_transformer_folder(cls: type[nn.Module], path: str | Path) -> Path:
+    """The transformer folder of `path` (see transformer_folder), checked to describe a `cls`."""
     folder = transformer_folder(path)
     config_file = folder / "config.json"
     try:
@@ -49,6 +51,12 @@ def load_diffusers_model(cls: type[nn.Module], path: str | Path, dtype: torch.dt
         raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from err
     if class_name is not None and class_name != cls.__name__:
         raise ValueError(f"{str(config_file)!r} describes a {class_name}, expected a {cls.__name__}")
+    return folder
+
+
+def load_diffusers_model(cls: type[nn.Module], path: str | Path, dtype: torch.dtype) -> nn.Module:
+    """`cls.from_pretrained` offline from a local folder; a ValueError naming the path if it is unusable."""
+    folder = checked_transformer_folder(cls, path)
     try:
         model = cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     except (OSError, RuntimeError, ValueError) as err:
@@ -56,6 +64,27 @@ def load_diffusers_model(cls: type[nn.Module], path: str | Path, dtype: torch.dt
             f"could not load a {cls.__name__} from {str(folder)!r} (missing or incomplete weights?): {err}"
         ) from err
     return model
+
+
+def safetensors_weight_files(folder: Path) -> dict[str, Path]:
+    """Each weight's safetensors file in a diffusers model folder: the one file, or the shards its index
+    names; a ValueError when the folder has no safetensors weights."""
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+
+    index = folder / SAFE_WEIGHTS_INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{str(index)!r} is not a safetensors index (a JSON 'weight_map'): {err}"
+            ) from None
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / SAFETENSORS_WEIGHTS_NAME
+    if single.is_file():
+        return dict.fromkeys(read_header(single), single)
+    raise ValueError(f"model folder {str(folder)!r} has no {SAFETENSORS_WEIGHTS_NAME} (nor {SAFE_WEIGHTS_INDEX_NAME}); "
+                     "only safetensors weights are loaded")  # fmt: skip
 
 
 def find_scheduler_config(path: str | Path | None, family: str) -> dict[str, Any] | None:
