@@ -53,15 +53,13 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
         )
         enable_gradient_checkpointing(model, chosen)
     if D.sequence_parallel_size() > 1:
-        for module in (model, frozen):
-            if module is not None:
-                enable_sequence_parallel(module, adapter, D.sequence_group(), D.sequence_parallel_size(),
-                                         D.rank() % D.sequence_parallel_size())  # fmt: skip
-    apply_attention_backend(model, adapter, cfg.model.attention_backend, D.device())
-    if cfg.model.compile is not None:  # after the hooks above, so the compiled blocks include them
-        for module in (model, frozen):
-            if module is not None:
-                compile_blocks(module, adapter, cfg.model.compile, "model.compile")
+        for module in (model, frozen) if frozen is not None else (model,):
+            enable_sequence_parallel(module, adapter, D.sequence_group(), D.sequence_parallel_size(),
+                                     D.rank() % D.sequence_parallel_size())  # fmt: skip
+    for module in (model, frozen) if frozen is not None else (model,):  # the reference runs like the policy
+        apply_attention_backend(module, adapter, cfg.model.attention_backend, D.device())
+        if cfg.model.compile is not None:  # after the hooks above, so the compiled blocks include them
+            compile_blocks(module, adapter, cfg.model.compile, "model.compile")
     optimizer, scheduler = build_optimizer(
         model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
     )
