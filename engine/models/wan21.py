@@ -15,13 +15,15 @@ in the loss. Image-to-video, as diffusers' WanImageToVideoPipeline builds its in
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import torch
 
 from videogpa.engine.models.base import PipelineClasses, SamplerSettings
+from videogpa.engine.models.latents import LatentConvention
 from videogpa.engine.models.registry import register_adapter
-from videogpa.engine.models.wan import WanTI2VAdapter
+from videogpa.engine.models.wan import LATENTS, WanTI2VAdapter
 from videogpa.engine.types import Conditioning
 
 # Wan 2.1's published sampling: 81 frames at 480×832 (720×1280 for the 720p checkpoints), guidance 5.0, 50
@@ -30,6 +32,9 @@ from videogpa.engine.types import Conditioning
 SAMPLER_480P = SamplerSettings(
     num_frames=81, height=480, width=832, steps=50, guidance_scale=5.0, max_sequence_length=512, fps=16
 )
+
+# The I2V image latents span the video: the first frame followed by zero frames, encoded together.
+I2V_LATENTS = dataclasses.replace(LATENTS, image_condition="video")
 
 
 def first_frame_mask(noisy: torch.Tensor, channels: int) -> torch.Tensor:
@@ -80,6 +85,7 @@ class Wan21I2VAdapter(Wan21T2VAdapter):
     name: ClassVar[str] = "wan2.1-i2v"
     # diffusers' WanImageToVideoPipeline cleans every prompt with ftfy
     pipelines: ClassVar[PipelineClasses] = PipelineClasses(None, "WanImageToVideoPipeline", ("ftfy",))
+    latent_convention: ClassVar[LatentConvention] = I2V_LATENTS
 
     def transformer_inputs(self, config, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning):
         b, c, f, h, w = noisy.shape

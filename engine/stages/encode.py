@@ -122,7 +122,9 @@ class PairEncoder:
 
         return self.cache.get(_key("video", str(video.resolve()), str(video.stat().st_mtime_ns)), encode)
 
-    def image(self, path: str, size: tuple[int, int], where: str) -> torch.Tensor:
+    def image(self, path: str, size: tuple[int, int], where: str, num_frames: int, kind: str = "latents"):
+        """The first frame's image latents (the family's image condition for a num_frames video), or with
+        kind="embeds" the pipeline's image-encoder embeddings."""
         image_path = Path(path)
         if not image_path.is_file():
             raise ValueError(f"{where}: image {image_path} does not exist")
@@ -132,9 +134,14 @@ class PairEncoder:
 
             with Image.open(image_path) as im:  # resized as the generation pipeline did
                 pixels = np.asarray(im.convert("RGB").resize((size[1], size[0])), dtype=np.float32)
-            return self.encoder.encode_image(torch.from_numpy(pixels).permute(2, 0, 1) / 255)
+            image = torch.from_numpy(pixels).permute(2, 0, 1) / 255
+            if kind == "embeds":
+                return self.encoder.encode_image_embeds(image)
+            return self.encoder.encode_image(image, num_frames)
 
-        return self.cache.get(_key("image", str(image_path.resolve()), *map(str, size)), encode)
+        condition = self.encoder.convention.image_condition  # first-frame latents keep their original key
+        extra = [] if (kind, condition) == ("latents", "first_frame") else [kind, condition, str(num_frames)]
+        return self.cache.get(_key("image", str(image_path.resolve()), *map(str, size), *extra), encode)
 
     def text(self, prompt: str) -> torch.Tensor:
         length = str(self.encoder.max_sequence_length)
@@ -144,7 +151,13 @@ class PairEncoder:
         where = f"pair {row['pair_id']}"
         w = self.latents(row["winner"], where)
         lo = self.latents(row["loser"], where)
-        image = self.image(row.get("image"), self._pixel_size(row), where) if row.get("image") else None
+        image = embeds = None
+        if row.get("image"):
+            size = self._pixel_size(row)
+            frames = self.encoder.convention.clip_size(self.encoder.vae, tuple(w.shape))[0]
+            image = self.image(row["image"], size, where, frames)
+            if self.encoder.has_image_encoder:
+                embeds = self.image(row["image"], size, where, frames, kind="embeds")
         writer.add(
             row["pair_id"],
             w,
@@ -153,6 +166,7 @@ class PairEncoder:
             row["winner"]["score"],
             row["loser"]["score"],
             image,
+            embeds,
         )
 
     @staticmethod
