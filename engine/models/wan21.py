@@ -36,6 +36,8 @@ SAMPLER_480P = SamplerSettings(
 # The I2V image latents span the video: the first frame followed by zero frames, encoded together.
 I2V_LATENTS = dataclasses.replace(LATENTS, image_condition="video")
 
+WAN_TEXT_TOKENS = 512  # diffusers' WanAttnProcessor splits image and text context at 512 text tokens
+
 
 def first_frame_mask(noisy: torch.Tensor, channels: int) -> torch.Tensor:
     """WanImageToVideoPipeline's mask [B, channels, F, H, W]: 1 on latent frame 0 (the given image), else 0."""
@@ -111,6 +113,12 @@ class Wan21I2VAdapter(Wan21T2VAdapter):
                     f"cond.image_embeds: this {self.name!r} transformer has no image_dim; expected None"
                 )
             return inputs
+        if cond.text_embeds.shape[1] != WAN_TEXT_TOKENS:
+            raise ValueError(
+                f"cond.text_embeds: {cond.text_embeds.shape[1]} tokens; Wan's image cross-attention takes all but "
+                f"the last {WAN_TEXT_TOKENS} context tokens as the image's, so expected {WAN_TEXT_TOKENS} "
+                "(max_sequence_length 512)"
+            )
         if embeds is None or embeds.ndim != 3 or embeds.shape[0] != b or embeds.shape[2] != config.image_dim:
             got = None if embeds is None else tuple(embeds.shape)
             raise ValueError(

@@ -1,0 +1,272 @@
+"""Wan 2.1 T2V / I2V and Wan 2.2 A14B adapters: per-sample timesteps, the I2V pipeline's conditioning, expert
+routing by timestep, a LoRA DPO step each, and the two-expert LoRA export in diffusers' Wan pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import WanPipeline
+
+from tests.models import model_builders as builders
+from videogpa.engine import dpo_reference as R
+from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
+from videogpa.engine.models import get_adapter
+from videogpa.engine.models.lora import (
+    LORA_WEIGHT_NAME,
+    apply_lora,
+    enable_gradient_checkpointing,
+    save_lora_weights,
+)
+from videogpa.engine.models.pipelines import attach_lora
+from videogpa.engine.models.wan_experts import WanExperts
+from videogpa.engine.types import Conditioning
+
+SECOND = "pytorch_lora_weights_transformer_2.safetensors"
+
+
+def _long_text(batch: int) -> torch.Tensor:
+    """512 text tokens: Wan's image cross-attention splits its context at 512 text tokens."""
+    return torch.randn(batch, 512, builders.TEXT_DIM, generator=torch.Generator().manual_seed(2))
+
+
+def _image_cond(batch: int, frames: int = 3, embeds: bool = True) -> Conditioning:
+    gen = torch.Generator().manual_seed(5)
+    image = torch.randn(batch, 4, frames, 8, 8, generator=gen)
+    clip = torch.randn(batch, builders.IMAGE_LEN, builders.IMAGE_DIM, generator=gen) if embeds else None
+    return Conditioning(_long_text(batch), image, clip)
+
+
+def _pipeline_mask(batch: int, num_frames: int, h: int, w: int) -> torch.Tensor:
+    """The mask as WanImageToVideoPipeline.prepare_latents builds it from pixel frames (4 per latent frame)."""
+    mask = torch.ones(batch, 1, num_frames, h, w)
+    mask[:, :, 1:] = 0
+    mask = torch.cat([mask[:, :, :1].repeat_interleave(4, dim=2), mask[:, :, 1:]], dim=2)
+    return mask.view(batch, -1, 4, h, w).transpose(1, 2)
+
+
+def test_wan21_t2v_takes_one_timestep_per_sample():
+    adapter, model = get_adapter("wan2.1-t2v", shift=3.0), builders.wan_ti2v()
+    x, t = torch.randn(2, 4, 3, 8, 8), torch.tensor([100.0, 800.0])
+    with torch.no_grad():
+        pred = adapter.predict(model, x, t, builders.cond(2))
+        direct = model(
+            hidden_states=x, timestep=t, encoder_hidden_states=builders.text(2), return_dict=False
+        )[0]
+    torch.testing.assert_close(pred, direct)
+    assert adapter.loss_mask(x, builders.cond(2)) is None
+    with pytest.raises(ValueError, match="image_latents.*text-to-video"):
+        adapter.predict(model, x, t, builders.cond(2, torch.randn(2, 4, 1, 8, 8)))
+
+
+def test_wan21_i2v_input_is_latents_mask_and_image_latents_with_clip_embeddings():
+    adapter, model = get_adapter("wan2.1-i2v", shift=3.0), builders.wan21_i2v()
+    x, t, c = torch.randn(2, 4, 3, 8, 8), torch.tensor([300.0, 700.0]), _image_cond(2)
+    with torch.no_grad():
+        pred = adapter.predict(model, x, t, c)
+        # independent construction: the pipeline's mask of 9 pixel frames, concatenated on channels
+        hidden = torch.cat([x, _pipeline_mask(2, 9, 8, 8), c.image_latents], dim=1)
+        direct = model(hidden_states=hidden, timestep=t, encoder_hidden_states=c.text_embeds,
+                       encoder_hidden_states_image=c.image_embeds, return_dict=False)[0]  # fmt: skip
+        torch.testing.assert_close(pred, direct)
+        other = Conditioning(c.text_embeds, c.image_latents, c.image_embeds + 1)
+        assert not torch.allclose(adapter.predict(model, x, t, other), pred)  # the CLIP embeddings are used
+    assert pred.shape == x.shape and adapter.loss_mask(x, c) is None  # every frame counts
+
+
+def test_wan_i2v_shape_errors():
+    adapter, model = get_adapter("wan2.1-i2v", shift=3.0), builders.wan21_i2v()
+    x, t, c = torch.randn(2, 4, 3, 8, 8), torch.tensor([300.0, 700.0]), _image_cond(2)
+    first_only = Conditioning(c.text_embeds, c.image_latents[:, :, :1], c.image_embeds)
+    with pytest.raises(ValueError, match=r"image_latents: expected \[B, C, F, H, W\]"):
+        adapter.predict(model, x, t, first_only)
+    with pytest.raises(ValueError, match="image_embeds: expected CLIP image embeddings"):
+        adapter.predict(model, x, t, Conditioning(c.text_embeds, c.image_latents))
+    with pytest.raises(ValueError, match="expected 512"):
+        adapter.predict(model, x, t, Conditioning(builders.text(2), c.image_latents, c.image_embeds))
+    with pytest.raises(ValueError, match="fewer latent channels"):
+        adapter.predict(model, torch.randn(2, 8, 3, 8, 8), t, c)
+    a14b = get_adapter("wan2.2-i2v-a14b", shift=5.0)
+    with pytest.raises(ValueError, match="no image_dim"):
+        a14b.predict(builders.wan_experts(i2v=True), x, t, c)
+
+
+def test_i2v_image_latents_match_the_wan_i2v_pipeline():
+    """PipelineEncoder's image condition and the adapter's mask equal WanImageToVideoPipeline.prepare_latents'."""
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+    from videogpa.engine.models.pipeline_encoder import PipelineEncoder
+    from videogpa.engine.models.wan21 import I2V_LATENTS, first_frame_mask
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 2.0, 1.5, 1.0])  # fmt: skip
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=None, image_processor=None,
+                                   image_encoder=None, transformer=None)  # fmt: skip
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
+    encoder = PipelineEncoder(pipe, I2V_LATENTS, 16)
+    ours = encoder.encode_image(image, num_frames=9)
+    _, theirs = pipe.prepare_latents(image[None] * 2 - 1, 1, 4, 32, 32, 9, torch.float32, "cpu",
+                                     torch.Generator().manual_seed(0))  # fmt: skip
+    assert tuple(ours.shape) == (4, 3, 4, 4) and tuple(theirs.shape) == (1, 8, 3, 4, 4)
+    torch.testing.assert_close(ours, theirs[0, 4:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(first_frame_mask(ours[None], 4), theirs[:, :4])
+    assert not encoder.has_image_encoder
+    with pytest.raises(ValueError, match="num_frames"):
+        encoder.encode_image(image)
+
+
+def test_image_embeds_are_the_pipelines_clip_states():
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from videogpa.engine.models.pipeline_encoder import PipelineEncoder
+    from videogpa.engine.models.wan21 import I2V_LATENTS
+
+    torch.manual_seed(0)
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()  # fmt: skip
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=None,
+                                   image_processor=processor, image_encoder=clip, transformer=None)  # fmt: skip
+    encoder = PipelineEncoder(pipe, I2V_LATENTS, 16)
+    pixels = torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    ours = encoder.encode_image_embeds(pixels.permute(2, 0, 1).float() / 255)
+    with torch.no_grad():
+        theirs = pipe.encode_image(Image.fromarray(pixels.numpy()), "cpu")
+    assert encoder.has_image_encoder and tuple(ours.shape) == (17, 16)  # 4×4 patches + the class token
+    torch.testing.assert_close(ours, theirs[0])
+
+
+def _expert_calls(experts: WanExperts) -> list[tuple[str, int]]:
+    calls = []
+    for name, expert in experts.components():
+        expert.register_forward_pre_hook(
+            lambda m, args, kwargs, name=name: calls.append((name, kwargs["hidden_states"].shape[0])),
+            with_kwargs=True,
+        )
+    return calls
+
+
+def test_a14b_routes_each_sample_to_the_expert_of_its_timestep():
+    adapter, experts = get_adapter("wan2.2-t2v-a14b", shift=12.0), builders.wan_experts(boundary_ratio=0.875)
+    assert experts.boundary == 875.0
+    calls = _expert_calls(experts)
+    x, c = torch.randn(3, 4, 3, 8, 8), builders.cond(3)
+    t = torch.tensor([950.0, 100.0, 875.0])  # high, low, exactly at the boundary (high, as the pipeline)
+    with torch.no_grad():
+        pred = adapter.predict(experts, x, t, c)
+        for i, expert in enumerate([experts.transformer, experts.transformer_2, experts.transformer]):
+            alone = expert(hidden_states=x[i : i + 1], timestep=t[i : i + 1],
+                           encoder_hidden_states=c.text_embeds[i : i + 1], return_dict=False)[0]  # fmt: skip
+            torch.testing.assert_close(pred[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+    assert calls[:2] == [("transformer", 2), ("transformer_2", 1)]
+    calls.clear()
+    high = adapter.predict(experts, x[:1], t[:1], Conditioning(c.text_embeds[:1]))
+    high.square().mean().backward()
+    assert calls == [("transformer", 1)]  # one process: the other expert is not run
+    assert all(p.grad is not None for p in experts.transformer.parameters())
+    assert all(p.grad is None for p in experts.transformer_2.parameters())
+
+
+def test_a14b_loads_both_experts_and_the_boundary_from_the_pipeline_folder(tmp_path):
+    experts = builders.wan_experts()
+    for name, expert in experts.components():
+        expert.save_pretrained(tmp_path / name)
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "WanPipeline", "boundary_ratio": 0.9})
+    )
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"flow_shift": 12.0}))
+    adapter = get_adapter("wan2.2-t2v-a14b", path=tmp_path)
+    assert adapter.shift == 12.0
+    for path in (tmp_path, tmp_path / "transformer"):
+        loaded = adapter.load_transformer(path, torch.float32)
+        assert isinstance(loaded, WanExperts) and loaded.boundary == 900.0
+        for (_, a), (_, b) in zip(loaded.components(), experts.components()):
+            assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    with pytest.raises(ValueError, match="boundary_ratio"):
+        adapter.load_transformer(tmp_path, torch.float32)
+    with pytest.raises(ValueError, match="model_index.json"):
+        adapter.load_transformer(tmp_path / "transformer" / "nowhere", torch.float32)
+    with pytest.raises(ValueError, match="differ in"):
+        WanExperts.of(builders.wan_ti2v(), builders.wan22_i2v_expert(), 0.9)
+
+
+CASES = {
+    "wan2.1-t2v": (builders.wan_ti2v, lambda p: builders.cond(p)),
+    "wan2.1-i2v": (builders.wan21_i2v, lambda p: _image_cond(p)),
+    "wan2.2-t2v-a14b": (lambda: builders.wan_experts(boundary_ratio=0.6), lambda p: builders.cond(p)),
+    "wan2.2-i2v-a14b": (lambda: builders.wan_experts(i2v=True, boundary_ratio=0.6), lambda p: _image_cond(p, embeds=False)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_lora_dpo_step(name):
+    build, make_cond = CASES[name]
+    adapter, model, pairs = get_adapter(name, shift=3.0), build(), 4
+    apply_lora(model, 4, 8.0, list(adapter.default_lora_targets))
+    blocks = adapter.transformer_blocks(model)
+    assert len(blocks) == (4 if isinstance(model, WanExperts) else 2)  # both experts' blocks are checkpointed
+    enable_gradient_checkpointing(model)
+    builders.perturbed(model)
+    gen = torch.Generator().manual_seed(7)
+    w, lo = torch.randn(2, pairs, 4, 3, 8, 8, generator=gen)
+    inputs = build_inputs(adapter, w, lo, make_cond(pairs), torch.arange(pairs), torch.zeros(pairs, dtype=torch.long),
+                          0, torch.device("cpu"), torch.float32)  # fmt: skip
+    out = dpo_forward(adapter, model, R.AdaptersOff(adapter, model), inputs, LossSettings(beta=500.0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, _ in trainable)
+    used = {"transformer.": True, "transformer_2.": True}
+    if isinstance(model, WanExperts):
+        high = inputs.timesteps >= model.boundary
+        used = {"transformer.": bool(high.any()), "transformer_2.": bool((~high).any())}
+        assert all(used.values())  # these draws give both experts samples
+    for n, p in trainable:
+        expert_used = next((u for prefix, u in used.items() if n.startswith(prefix)), True)
+        got = p.grad is not None and bool(p.grad.abs().sum() > 0)
+        assert got == expert_used, n
+
+
+def _pipe_with(experts: WanExperts) -> WanPipeline:
+    return WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None, transformer=experts.transformer,
+                       transformer_2=experts.transformer_2, boundary_ratio=experts.config.boundary_ratio)  # fmt: skip
+
+
+def test_a14b_lora_export_loads_into_both_experts_of_the_wan_pipeline(tmp_path):
+    adapter = get_adapter("wan2.2-t2v-a14b", shift=12.0)
+    model = builders.perturbed(apply_lora(builders.wan_experts(), 2, 4.0, list(adapter.default_lora_targets)))
+    assert save_lora_weights(model, tmp_path) == tmp_path / LORA_WEIGHT_NAME
+    assert (tmp_path / SECOND).is_file()
+    x, c = torch.randn(2, 4, 3, 8, 8), builders.cond(2)
+    t = torch.tensor([950.0, 100.0])
+    call = lambda m, i: m(hidden_states=x[i : i + 1], timestep=t[i : i + 1],
+                          encoder_hidden_states=c.text_embeds[i : i + 1], return_dict=False)[0]  # fmt: skip
+    with torch.no_grad():
+        trained = adapter.predict(model, x, t, c)
+        base_pipe, lora_pipe = _pipe_with(builders.wan_experts()), _pipe_with(builders.wan_experts())
+        base = [call(base_pipe.transformer, 0), call(base_pipe.transformer_2, 1)]
+        # diffusers' own calls: the first file into `transformer`, the second with load_into_transformer_2
+        lora_pipe.load_lora_weights(str(tmp_path), adapter_name="dpo")
+        lora_pipe.load_lora_weights(str(tmp_path), weight_name=SECOND, adapter_name="dpo",
+                                    load_into_transformer_2=True)  # fmt: skip
+        loaded = [call(lora_pipe.transformer, 0), call(lora_pipe.transformer_2, 1)]
+        for i in range(2):
+            torch.testing.assert_close(loaded[i], trained[i : i + 1], atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(loaded[i], base[i], atol=1e-3)
+        lora_pipe.set_adapters(["dpo"], [0.0])
+        for i, expert in enumerate([lora_pipe.transformer, lora_pipe.transformer_2]):
+            torch.testing.assert_close(call(expert, i), base[i], atol=1e-6, rtol=1e-6)
+        # the project's loader (generation with a trained LoRA) finds and loads the second file too
+        ours = _pipe_with(builders.wan_experts())
+        attach_lora(ours, tmp_path, scale=1.0)
+        torch.testing.assert_close(call(ours.transformer_2, 1), loaded[1], atol=1e-6, rtol=1e-6)
+        with pytest.raises(ValueError, match="no transformer_2"):
+            attach_lora(WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
+                                    transformer=builders.wan_ti2v()), tmp_path)  # fmt: skip
