@@ -4,6 +4,10 @@ routing by timestep, a LoRA DPO step each, and the two-expert LoRA export in dif
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from diffusers import WanPipeline
 
 from tests.models import model_builders as builders
 from videogpa.engine import dpo_reference as R
+from videogpa.engine.distributed import child_env
 from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.lora import (
@@ -270,3 +275,22 @@ def test_a14b_lora_export_loads_into_both_experts_of_the_wan_pipeline(tmp_path):
         with pytest.raises(ValueError, match="no transformer_2"):
             attach_lora(WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
                                     transformer=builders.wan_ti2v()), tmp_path)  # fmt: skip
+
+
+def test_a14b_under_zero3_on_two_ranks_every_rank_runs_the_experts_any_rank_needs(tmp_path):
+    """Rank 0 has only a high-noise sample, rank 1 only a low-noise one: under ZeRO-3 both ranks run both
+    experts in the same order (no hang), and each rank's prediction equals the one-process one."""
+    repo = Path(__file__).resolve().parents[2]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(repo))
+    port = str(29500 + os.getpid() % 2000)
+    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", port,
+                           str(repo / "tests" / "models" / "wan_experts_ranks.py"), str(tmp_path)],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["ran"] == ["transformer", "transformer_2"] * 2  # reference pass, then the policy pass
+        torch.testing.assert_close(
+            torch.tensor(result["pred"]), torch.tensor(result["alone"]), atol=1e-5, rtol=1e-5
+        )
