@@ -128,6 +128,8 @@ def boundary_ratio_of(path: str | Path) -> float:
 class TwoExpertMixin:
     """Adapter part for the two-expert Wan 2.2 A14B models (before a Wan 2.1-style adapter in the bases)."""
 
+    lora_components: ClassVar[tuple[str, ...]] = EXPERTS  # one exported LoRA file per expert
+
     @classmethod
     def load_transformer(cls, path: str | Path, dtype: torch.dtype) -> nn.Module:
         """Both experts from the pipeline folder (`path`, or its `transformer` folder), offline."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import WanPipeline
+from diffusers import WanPipeline, WanTransformer3DModel
 
 from tests.models import model_builders as builders
 from videogpa.engine import dpo_reference as R
@@ -29,6 +29,7 @@ from videogpa.engine.models.wan_experts import WanExperts
 from videogpa.engine.types import Conditioning
 
 SECOND = "pytorch_lora_weights_transformer_2.safetensors"
+TOL = dict(rtol=1e-4, atol=1e-5)  # fp32 regroupings of (x·A)·B·s, far below the LoRA's own effect
 
 
 def _long_text(batch: int) -> torch.Tensor:
@@ -294,3 +295,46 @@ def test_a14b_under_zero3_on_two_ranks_every_rank_runs_the_experts_any_rank_need
         torch.testing.assert_close(
             torch.tensor(result["pred"]), torch.tensor(result["alone"]), atol=1e-5, rtol=1e-5
         )
+
+
+def test_a14b_run_exports_every_format_for_both_experts(tmp_path):
+    """export_run on a two-expert run: the diffusers, ComfyUI and merged exports of each expert compute what
+    that trained expert computes (ComfyUI's through diffusers' non-diffusers Wan converter)."""
+    import yaml
+
+    from videogpa.engine.exports import export_run
+
+    adapter = get_adapter("wan2.2-t2v-a14b", shift=12.0)
+    base = builders.wan_experts()
+    for name, expert in base.components():
+        expert.save_pretrained(tmp_path / "model" / name)
+    (tmp_path / "model" / "model_index.json").write_text(json.dumps({"boundary_ratio": 0.875}))
+    trained = builders.perturbed(
+        apply_lora(builders.wan_experts(), 2, 4.0, list(adapter.default_lora_targets))
+    )
+    save_lora_weights(trained, tmp_path / "run")
+    config = {"model": {"name": "wan2.2-t2v-a14b", "path": str(tmp_path / "model")},
+              "lora": {"rank": 2, "alpha": 4.0}, "train": {"precision": "fp32"}, "data": {"train": str(tmp_path)}}  # fmt: skip
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(config))
+    paths = export_run(tmp_path / "run", ["diffusers", "comfyui", "merged"], out=tmp_path / "out")
+    out = tmp_path / "out"
+    assert [p.name for p in paths] == [LORA_WEIGHT_NAME, SECOND, "comfyui_lora.safetensors",
+                                       "comfyui_lora_transformer_2.safetensors", "transformer_merged",
+                                       "transformer_merged_transformer_2"]  # fmt: skip
+    x, c, t = torch.randn(1, 4, 3, 8, 8), builders.cond(1), torch.tensor([500.0])
+    call = lambda m: m(hidden_states=x, timestep=t, encoder_hidden_states=c.text_embeds, return_dict=False)[0]
+    with torch.no_grad():
+        expected = [call(expert) for _, expert in trained.components()]
+        for i, folder in enumerate(paths[4:]):
+            torch.testing.assert_close(
+                call(WanTransformer3DModel.from_pretrained(folder)), expected[i], **TOL
+            )
+        for first, second in (paths[0:2], paths[2:4]):  # the diffusers files, the ComfyUI files
+            pipe = _pipe_with(builders.wan_experts())
+            pipe.load_lora_weights(str(out), weight_name=first.name)
+            pipe.load_lora_weights(str(out), weight_name=second.name, load_into_transformer_2=True)
+            torch.testing.assert_close(call(pipe.transformer), expected[0], **TOL)
+            torch.testing.assert_close(call(pipe.transformer_2), expected[1], **TOL)
+    (tmp_path / "run" / SECOND).unlink()
+    with pytest.raises(ValueError, match="holds no pytorch_lora_weights_transformer_2"):
+        export_run(tmp_path / "run", ["diffusers"], out=tmp_path / "out2")
