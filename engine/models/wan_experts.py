@@ -15,6 +15,7 @@ output is multiplied by 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -156,11 +157,14 @@ class TwoExpertMixin:
         return super().checked_config(experts.transformer, noisy, timesteps, cond)
 
 
-# Wan 2.2 A14B's published sampling (diffusers' Wan docs): 81 frames at 720×1280, 40 steps, guidance 4.0 (high
-# noise) / 3.0 (low noise, the pipeline's guidance_scale_2), 16 fps.
-A14B_SAMPLER = SamplerSettings(
+# Wan 2.2 A14B's published sampling (the Wan 2.2 release's configs): 81 frames at 720×1280, 40 steps, 16 fps;
+# T2V guidance 4.0 for the high-noise expert and 3.0 for the low-noise one, I2V 3.5 for both. SamplerSettings
+# carries one scale: the pipeline applies it to both experts (guidance_scale_2 defaults to guidance_scale), so
+# T2V samples at 4.0 throughout (an assumption, until the generate stage passes guidance_scale_2).
+A14B_T2V_SAMPLER = SamplerSettings(
     num_frames=81, height=720, width=1280, steps=40, guidance_scale=4.0, max_sequence_length=512, fps=16
 )
+A14B_I2V_SAMPLER = dataclasses.replace(A14B_T2V_SAMPLER, guidance_scale=3.5)
 
 
 @register_adapter
@@ -168,7 +172,7 @@ class Wan22T2VA14BAdapter(TwoExpertMixin, Wan21T2VAdapter):
     """Wan 2.2 T2V A14B: two experts, text-to-video."""
 
     name: ClassVar[str] = "wan2.2-t2v-a14b"
-    sampler_defaults: ClassVar[SamplerSettings] = A14B_SAMPLER
+    sampler_defaults: ClassVar[SamplerSettings] = A14B_T2V_SAMPLER
 
 
 @register_adapter
@@ -177,4 +181,4 @@ class Wan22I2VA14BAdapter(TwoExpertMixin, Wan21I2VAdapter):
 
     name: ClassVar[str] = "wan2.2-i2v-a14b"
     pipelines: ClassVar[PipelineClasses] = Wan21I2VAdapter.pipelines
-    sampler_defaults: ClassVar[SamplerSettings] = A14B_SAMPLER
+    sampler_defaults: ClassVar[SamplerSettings] = A14B_I2V_SAMPLER
