@@ -9,8 +9,11 @@ each expert on its samples (a pair shares t, so a pair never spans experts).
 
 Under data parallelism (ZeRO-3 gathers parameters by collectives as modules run; ZeRO-1/2 reduce gradients
 in buckets) every rank must run the same experts in the same order: the ranks agree with an all_reduce which
-experts the step needs, and a rank without a sample for a needed expert runs it on a one-sample slice whose
-output is multiplied by 0.
+experts the call needs, and a rank without a sample for a needed expert runs it on a one-token slice whose
+output is multiplied by 0. With gradients on, an expert with trainable parameters runs in every call (on
+that slice when no rank needs it): ZeRO-3 overwrites a gradient partition in a step's first micro-step and
+adds to it in the later ones, so a parameter without a gradient in micro-step 0 would add a later one to the
+previous step's stale gradient (a resumed run then differs from an uninterrupted one; tested).
 """
 
 from __future__ import annotations
@@ -82,6 +85,13 @@ class WanExperts(ModelMixin, ConfigMixin):
             dist.all_reduce(needed, op=dist.ReduceOp.MAX)
         return [bool(n) for n in needed.tolist()]
 
+    @staticmethod
+    def _token_slice(expert: nn.Module, hidden_states: torch.Tensor, timestep: torch.Tensor, kwargs: dict):
+        """Sample 0 cut to one patch (one token): every parameter takes part, at almost no compute."""
+        p_t, p_h, p_w = expert.config.patch_size
+        sliced = {k: v[:1] if torch.is_tensor(v) else v for k, v in kwargs.items()}
+        return hidden_states[:1, :, :p_t, :p_h, :p_w], timestep[:1], sliced
+
     def forward(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, return_dict: bool = False, **kwargs
     ):
@@ -91,18 +101,19 @@ class WanExperts(ModelMixin, ConfigMixin):
                 f"timestep: the Wan experts take one per sample [B], got {tuple(timestep.shape)}"
             )
         high = timestep >= self.boundary
-        out = None
+        out = hidden_states.new_zeros(hidden_states.shape[0], self.transformer.config.out_channels,
+                                      *hidden_states.shape[2:])  # fmt: skip
         for (_, expert), select, needed in zip(self.components(), (high, ~high), self.experts_needed(high)):
-            if not needed:
-                continue
+            trains = torch.is_grad_enabled() and any(p.requires_grad for p in expert.parameters())
             idx = select.nonzero().flatten()
-            run = idx if idx.numel() else torch.zeros(1, dtype=torch.long, device=idx.device)
-            sliced = {k: v.index_select(0, run) if torch.is_tensor(v) else v for k, v in kwargs.items()}
-            pred = expert(hidden_states=hidden_states.index_select(0, run), timestep=timestep.index_select(0, run),
-                          return_dict=False, **sliced)[0]  # fmt: skip
-            if out is None:
-                out = pred.new_zeros(hidden_states.shape[0], *pred.shape[1:])
-            out = out.index_copy(0, idx, pred) if idx.numel() else out + 0 * pred.sum()
+            if idx.numel():
+                sliced = {k: v.index_select(0, idx) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+                pred = expert(hidden_states=hidden_states.index_select(0, idx), timestep=timestep.index_select(0, idx),
+                              return_dict=False, **sliced)[0]  # fmt: skip
+                out = out.index_copy(0, idx, pred.to(out.dtype))
+            elif needed or trains:  # another rank needs it, or its parameters need a (zero) gradient
+                x, t, sliced = self._token_slice(expert, hidden_states, timestep, kwargs)
+                out = out + 0 * expert(hidden_states=x, timestep=t, return_dict=False, **sliced)[0].sum()
         return (out,)
 
 
