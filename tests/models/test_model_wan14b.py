@@ -284,6 +284,7 @@ def test_a14b_lora_export_loads_into_both_experts_of_the_wan_pipeline(tmp_path):
                                     transformer=builders.wan_ti2v()), tmp_path)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a14b_under_zero3_on_two_ranks_every_rank_runs_the_experts_any_rank_needs(tmp_path):
     """Rank 0 has only a high-noise sample, rank 1 only a low-noise one: under ZeRO-3 both ranks run both
     experts in the same order (no hang), and each rank's prediction equals the one-process one."""
@@ -368,6 +369,7 @@ def _a14b_run_inputs(root: Path) -> tuple[Path, Path]:
     return folder, root / "pairs"
 
 
+@pytest.mark.slow
 def test_a14b_trains_resumes_and_exports_both_experts_under_deepspeed(tmp_path):
     """The trainer (ZeRO-3, one CPU rank) on Wan 2.2 A14B: a killed and resumed run equals the uninterrupted
     one, and both experts' LoRA files are written (the high-noise expert's and the low-noise one's)."""
