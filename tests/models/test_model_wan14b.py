@@ -395,3 +395,53 @@ def test_a14b_trains_resumes_and_exports_both_experts_under_deepspeed(tmp_path):
         a, b = (load_file(str(d / name)) for d in (full, killed))
         assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # trained away from zero
+
+
+def test_shards_carry_image_embeds_to_the_step_and_name_what_is_missing(tmp_path):
+    from videogpa.engine.data.preference import (
+        INDEX_NAME,
+        PreferenceDataset,
+        PreferenceShardWriter,
+        check_preference_set,
+        collate_pairs,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    latents = lambda: torch.randn(4, 3, 8, 8, generator=gen)
+    embeds = [torch.randn(builders.IMAGE_LEN, builders.IMAGE_DIM, generator=gen) for _ in range(3)]
+    with PreferenceShardWriter(tmp_path / "set", shard_size=2) as writer:
+        for i in range(3):
+            writer.add(
+                f"p{i}",
+                latents(),
+                latents(),
+                _long_text(1)[0],
+                1.0,
+                0.0,
+                latents(),
+                embeds[i] if i < 2 else None,
+            )
+    data = PreferenceDataset(tmp_path / "set")
+    assert [r.get("has_image_embeds", False) for r in data.records] == [True, True, False]
+    assert torch.equal(data[1].image_embeds, embeds[1]) and data[2].image_embeds is None
+    batch = collate_pairs([data[0], data[1]])
+    assert torch.equal(batch.cond.image_embeds, torch.stack(embeds[:2]))
+    inputs = build_inputs(get_adapter("wan2.1-i2v", shift=3.0), batch.latents_w, batch.latents_l, batch.cond,
+                          torch.arange(2), torch.zeros(2, dtype=torch.long), 0, torch.device("cpu"), torch.bfloat16)  # fmt: skip
+    assert inputs.cond.image_embeds.shape == (4, builders.IMAGE_LEN, builders.IMAGE_DIM)  # [w; l]
+    assert inputs.cond.image_embeds.dtype == torch.bfloat16
+    assert torch.equal(inputs.cond.image_embeds[2:].float(), inputs.cond.image_embeds[:2].float())
+    with pytest.raises(ValueError, match="some pairs have image_embeds and some do not"):
+        collate_pairs([data[0], data[2]])
+    with pytest.raises(ValueError, match=r"pair_id 'p2'.*'image_embeds' is absent, but in pair 0"):
+        check_preference_set(data)
+    index = tmp_path / "set" / INDEX_NAME
+    rows = [json.loads(line) for line in index.read_text().splitlines()]
+    rows[2]["has_image_embeds"] = True  # the index promises embeddings the shard does not hold
+    index.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"pair_id 'p2'.*missing key 2/image_embeds"):
+        PreferenceDataset(tmp_path / "set")
+    rows[2]["has_image_embeds"] = "yes"
+    index.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="'has_image_embeds' must be a bool"):
+        PreferenceDataset(tmp_path / "set")
