@@ -445,3 +445,41 @@ def test_shards_carry_image_embeds_to_the_step_and_name_what_is_missing(tmp_path
     index.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="'has_image_embeds' must be a bool"):
         PreferenceDataset(tmp_path / "set")
+
+
+def test_wan21_i2v_lora_loads_into_the_i2v_pipeline_and_scale_0_restores_it(tmp_path):
+    from diffusers import WanImageToVideoPipeline
+
+    adapter = get_adapter("wan2.1-i2v", shift=3.0)
+    torch.manual_seed(0)
+    model = builders.perturbed(apply_lora(builders.wan21_i2v(), 2, 4.0, list(adapter.default_lora_targets)))
+    save_lora_weights(model, tmp_path)
+    x, t, c = torch.randn(1, 4, 3, 8, 8), torch.tensor([600.0]), _image_cond(1)
+    torch.manual_seed(0)
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None, image_processor=None,
+                                   image_encoder=None, transformer=builders.wan21_i2v())  # fmt: skip
+    with torch.no_grad():
+        base = adapter.predict(pipe.transformer, x, t, c)
+        attach_lora(pipe, tmp_path, scale=1.0)
+        loaded = adapter.predict(pipe.transformer, x, t, c)
+        torch.testing.assert_close(loaded, adapter.predict(model, x, t, c), **TOL)
+        assert not torch.allclose(loaded, base, atol=1e-3)
+        pipe.set_adapters(["videogpa"], [0.0])
+        torch.testing.assert_close(adapter.predict(pipe.transformer, x, t, c), base, atol=1e-6, rtol=1e-6)
+
+
+def test_trained_weights_of_both_experts_are_exported(tmp_path):
+    """The trainer's final export: one LoRA file per expert, or (full fine-tuning) one diffusers folder each."""
+    from videogpa.engine.models.lora import export_trained_weights
+
+    adapter = get_adapter("wan2.2-i2v-a14b", shift=5.0)
+    full = builders.wan_experts(i2v=True)
+    export_trained_weights(full, tmp_path / "full", lora=False)
+    for name, expert in full.components():
+        reloaded = WanTransformer3DModel.from_pretrained(tmp_path / "full" / name)
+        assert all(torch.equal(p, q) for p, q in zip(reloaded.parameters(), expert.parameters()))
+    lora = builders.perturbed(
+        apply_lora(builders.wan_experts(i2v=True), 2, 4.0, list(adapter.default_lora_targets))
+    )
+    export_trained_weights(lora, tmp_path / "lora", lora=True)
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [LORA_WEIGHT_NAME, SECOND]
