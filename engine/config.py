@@ -114,6 +114,9 @@ class DistributedConfig:
     zero_stage: int = 3
     offload_optimizer: bool = False
     offload_params: bool = False
+    # Ulysses sequence parallelism: each sample's video tokens are split over groups of this many
+    # consecutive ranks (engine/sequence_parallel.py); the data-parallel size is world / sequence_parallel.
+    sequence_parallel: int = 1
     deepspeed_config: str | None = None  # a user's DeepSpeed JSON, merged over the generated one
 
 
@@ -433,6 +436,15 @@ def validate(cfg: Config) -> Config:
         _check_synthetic(cfg.data.synthetic)
     if cfg.distributed.offload_params and cfg.distributed.zero_stage != 3:
         raise ValueError("config key 'distributed.offload_params': parameter offload needs zero_stage 3")
+    _positive(cfg.distributed.sequence_parallel, "distributed.sequence_parallel")
+    backend = cfg.model.attention_backend.removeprefix("diffusers:")
+    if (
+        cfg.distributed.sequence_parallel > 1
+        and backend != cfg.model.attention_backend
+        and "native" not in backend
+    ):
+        raise ValueError(f"config key 'model.attention_backend': sequence parallelism exchanges PyTorch SDPA's "
+                         f"inputs; use an SDPA kernel or a diffusers native backend, not {backend!r}")  # fmt: skip
     _positive(cfg.eval.draws, "eval.draws")
     _positive(cfg.eval.batch_size, "eval.batch_size")
     if cfg.loop is not None:

@@ -100,6 +100,56 @@ def raise_together(error: Exception | None) -> None:
         raise ValueError(message)
 
 
+# Sequence parallelism (engine/sequence_parallel.py): groups of consecutive ranks share each sample's tokens.
+_SEQUENCE_GROUP: tuple[int, object] = (1, None)  # (size, this rank's process group or None)
+
+
+def init_sequence_parallel(size: int) -> None:
+    """Collective: split the world into groups of `size` consecutive ranks (one node's GPUs, so the
+    all-to-alls stay on NVLink); each group is one data-parallel rank. size 1 = plain data parallelism."""
+    global _SEQUENCE_GROUP
+    world = world_size()
+    if world % size:
+        raise ValueError(
+            f"config key 'distributed.sequence_parallel' ({size}) must divide the number of ranks ({world})"
+        )
+    group = None
+    if size > 1:  # every rank creates every group (torch requires it), keeps its own
+        for start in range(0, world, size):
+            created = dist.new_group(list(range(start, start + size)))
+            if start <= rank() < start + size:
+                group = created
+    _SEQUENCE_GROUP = (size, group)
+
+
+def sequence_parallel_size() -> int:
+    return _SEQUENCE_GROUP[0]
+
+
+def sequence_group():
+    """This rank's sequence-parallel process group (None without sequence parallelism)."""
+    return _SEQUENCE_GROUP[1]
+
+
+def data_parallel_rank() -> int:
+    """This rank's data-parallel index: the ranks of one sequence-parallel group share it (and their pairs)."""
+    return rank() // sequence_parallel_size()
+
+
+def data_parallel_size() -> int:
+    return world_size() // sequence_parallel_size()
+
+
+def sum_over_data_parallel(values: torch.Tensor) -> torch.Tensor:
+    """In place: the sum over data-parallel ranks of a tensor that every rank of a sequence-parallel group
+    holds alike (only the group's first rank contributes)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if rank() % sequence_parallel_size():
+            values.zero_()
+        dist.all_reduce(values)
+    return values
+
+
 def device() -> torch.device:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -125,13 +175,14 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
 
 
 def micro_batch_size(cfg: Config, world: int) -> int:
-    """Pairs per rank per forward: the configured value, or (None) the global batch split over the ranks."""
+    """Pairs per data-parallel rank per forward: the configured value, or (None) the global batch split over
+    `world` data-parallel ranks."""
     micro = cfg.train.micro_batch_size
     if micro is None:
         if cfg.train.global_batch_size % world:
             raise ValueError(
                 f"config key 'train.global_batch_size' ({cfg.train.global_batch_size}) must be a multiple of "
-                f"the number of ranks ({world})"
+                f"the number of data-parallel ranks ({world})"
             )
         return cfg.train.global_batch_size // world
     return micro
@@ -143,7 +194,7 @@ def accumulation_steps(cfg: Config, world: int) -> int:
     if cfg.train.global_batch_size % (micro * world):
         raise ValueError(
             f"config key 'train.global_batch_size' ({cfg.train.global_batch_size}) must be a multiple of "
-            f"train.micro_batch_size × ranks = {micro} × {world}"
+            f"train.micro_batch_size × data-parallel ranks = {micro} × {world}"
         )
     return cfg.train.global_batch_size // (micro * world)
 
@@ -161,7 +212,8 @@ def deepspeed_config(cfg: Config, world: int) -> dict:
     ds = {
         "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world),
         "gradient_accumulation_steps": accumulation_steps(cfg, world),
-        "train_batch_size": cfg.train.global_batch_size,
+        # DeepSpeed counts every rank as data-parallel: a sequence-parallel group's ranks share their pairs.
+        "train_batch_size": cfg.train.global_batch_size * dcfg.sequence_parallel,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.train.precision == "bf16"},

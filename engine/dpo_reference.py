@@ -73,8 +73,9 @@ def reference_errors(reference: Callable, s: StepInputs) -> torch.Tensor:
 
 def rank_shard(n: int, chunk: int) -> Iterable[tuple[list[int], int]]:
     """This rank's share of range(n) in chunks; every rank gets the same number of chunks (collective
-    forwards under ZeRO-3 need that), padding with index n-1 and reporting how many entries are real."""
-    world, rank = D.world_size(), D.rank()
+    forwards under ZeRO-3 need that), padding with index n-1 and reporting how many entries are real. The
+    ranks of a sequence-parallel group share one share."""
+    world, rank = D.data_parallel_size(), D.data_parallel_rank()
     per_rank = math.ceil(n / world)
     start = rank * per_rank
     for lo in range(start, start + per_rank, chunk):
@@ -100,9 +101,7 @@ def compute_table(
             p = len(idx)
             table[idx[:real], draw, 0] = err[:p][:real]
             table[idx[:real], draw, 1] = err[p:][:real]
-    if D.world_size() > 1:
-        torch.distributed.all_reduce(table)
-    return table.cpu()
+    return D.sum_over_data_parallel(table).cpu()
 
 
 def save_table(table: torch.Tensor, path: str | Path, meta: dict[str, str]) -> None:

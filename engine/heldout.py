@@ -41,8 +41,7 @@ def heldout_accuracy(
             inputs = inputs_for_pairs(adapter, dataset, idx, [draw] * len(idx), seed, device, dtype)
             out = dpo_forward(adapter, model, reference, inputs, loss)
             logits[idx[:real]] += out.logits[:real].double()
-    if D.world_size() > 1:
-        torch.distributed.all_reduce(logits)
+    D.sum_over_data_parallel(logits)
     return float(((logits > 0).double() + 0.5 * (logits == 0).double()).mean())
 
 

@@ -14,6 +14,7 @@ from videogpa.engine.models import get_adapter
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
 from videogpa.engine.optim import build_optimizer
+from videogpa.engine.sequence_parallel import enable_sequence_parallel
 
 
 def model_adapter(cfg: Config) -> ModelAdapter:
@@ -76,6 +77,11 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
             else blocks[: round(cfg.model.checkpoint_fraction * len(blocks))]
         )
         enable_gradient_checkpointing(model, chosen)
+    if D.sequence_parallel_size() > 1:
+        for module in (model, frozen):
+            if module is not None:
+                enable_sequence_parallel(module, adapter, D.sequence_group(), D.sequence_parallel_size(),
+                                         D.rank() % D.sequence_parallel_size())  # fmt: skip
     backend = cfg.model.attention_backend
     if backend.startswith("diffusers:"):
         set_diffusers_attention(model, adapter, backend.removeprefix("diffusers:"))

@@ -38,7 +38,8 @@ class Trainer:
         is written; one trainer per folder (a lock); a fresh run never mixes with another run's files."""
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         D.init_distributed()
-        self.device, self.world = D.device(), D.world_size()
+        D.init_sequence_parallel(cfg.distributed.sequence_parallel)
+        self.device, self.world = D.device(), D.data_parallel_size()  # world: data-parallel ranks
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
@@ -57,7 +58,7 @@ class Trainer:
         cfg = self.cfg  # synthetic sets are written into the (claimed) output folder
         self.train_set, self.heldout_set = sets or load_training_sets(cfg, self.adapter, self.out)
         self.sampler = PreferenceSampler(
-            len(self.train_set), cfg.train.global_batch_size, D.rank(), self.world, cfg.seed
+            len(self.train_set), cfg.train.global_batch_size, D.data_parallel_rank(), self.world, cfg.seed
         )
         self.engine, self.ref_model = build_policy(cfg, self.adapter, self.dtype, self.world)
         self.start_step, self.nan_skipped, self.skips_in_row = 0, 0, 0
@@ -66,7 +67,7 @@ class Trainer:
         elif overwrite and D.is_main():
             ckpt.clear_run_files(self.out)
         if D.is_main():
-            write_run_records(self.out, cfg, self.world, SOURCE_DIR)
+            write_run_records(self.out, cfg, D.world_size(), SOURCE_DIR)
         D.barrier()
         self.reference = self._reference(train=True)
         self.heldout_reference = self._reference(train=False) if self.heldout_set is not None else None

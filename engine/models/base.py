@@ -77,6 +77,21 @@ class SamplerSettings:
                 )
 
 
+@dataclass(frozen=True)
+class SequenceParallelPlan:
+    """Where a family's transformer blocks take, and give back, their video tokens (for sequence parallelism:
+    engine/sequence_parallel.py splits them before the first block and gathers them after the last)."""
+
+    hidden_states: str  # the blocks' argument holding the video tokens [B, L, D]
+    token_args: tuple[
+        tuple[str, int, int], ...
+    ]  # (argument, token dim, its ndim): per-token tensors split alike
+    output_index: int | None  # the video tokens' place in a block's output tuple (None: the output itself)
+    self_attention: str  # each block's attention over the video tokens (the one made Ulysses)
+    # that attention's argument of replicated tokens it prepends (CogVideoX's text), None if it has none
+    replicated_prefix: str | None = None
+
+
 class ModelAdapter(abc.ABC):
     """How to load, noise, target, call and LoRA-wrap one family of video transformers."""
 
@@ -98,6 +113,7 @@ class ModelAdapter(abc.ABC):
         str
     ]  # the transformer's ModuleList of repeated blocks (checkpointed, compiled)
     dispatches_attention: ClassVar[bool] = False  # its attention goes through diffusers' backend dispatch
+    sequence_parallel_plan: ClassVar[SequenceParallelPlan | None] = None  # None: no sequence parallelism
     # how ComfyUI names this family's LoRA keys (None: no ComfyUI format)
     comfyui_lora: ClassVar[ComfyUILoraFormat | None] = None
 

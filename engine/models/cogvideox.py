@@ -18,7 +18,7 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 from torch import nn
 
-from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings
+from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings, SequenceParallelPlan
 from videogpa.engine.models.common import (
     ATTENTION_PROJECTIONS,
     DiffusersAdapterMixin,
@@ -89,6 +89,14 @@ class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
     transformer_class: ClassVar[type[nn.Module]] = CogVideoXTransformer3DModel
     comfyui_lora: ClassVar[ComfyUILoraFormat] = COMFYUI_LORA
     image_conditioned: ClassVar[bool] = False
+    # Joint attention over [text; video]: the text stream stays whole (replicated) on every rank of a group.
+    sequence_parallel_plan: ClassVar[SequenceParallelPlan] = SequenceParallelPlan(
+        hidden_states="hidden_states",
+        token_args=(("image_rotary_emb", 0, 2),),  # (cos, sin) [L, head_dim]
+        output_index=0,  # a block returns (hidden_states, encoder_hidden_states)
+        self_attention="attn1",
+        replicated_prefix="encoder_hidden_states",
+    )
 
     def __init__(self, path: str | Path | None = None, scheduler_config: dict[str, Any] | None = None):
         """path: the local diffusers folder (its scheduler config defines the schedule); scheduler_config

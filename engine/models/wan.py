@@ -17,7 +17,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
-from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings
+from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings, SequenceParallelPlan
 from videogpa.engine.models.common import (
     ATTENTION_PROJECTIONS,
     DiffusersAdapterMixin,
@@ -88,6 +88,14 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
     image_per_video: ClassVar[bool] = False  # WanImageToVideoPipeline takes one image for the whole batch
     transformer_class: ClassVar[type[nn.Module]] = WanTransformer3DModel
     comfyui_lora: ClassVar[ComfyUILoraFormat] = COMFYUI_LORA
+    # Self-attention over the video tokens; cross-attention reads the whole text on every rank (no exchange).
+    sequence_parallel_plan: ClassVar[SequenceParallelPlan] = SequenceParallelPlan(
+        hidden_states="hidden_states",
+        # per-token timestep projections [B, L, 6, D] (Wan 2.2 TI2V; [B, 6, D] otherwise) and rope (cos, sin)
+        token_args=(("temb", 1, 4), ("rotary_emb", 1, 4)),
+        output_index=None,
+        self_attention="attn1",
+    )
 
     def __init__(self, path: str | Path | None = None, shift: float | None = None):
         """path: the local diffusers folder (its scheduler config's flow_shift); shift overrides it."""

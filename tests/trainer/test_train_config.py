@@ -85,7 +85,7 @@ def test_accumulation_and_deepspeed_json(tmp_path):
         (4, 1),
         (1, 1),
     ]
-    with pytest.raises(ValueError, match="multiple of the number of ranks"):
+    with pytest.raises(ValueError, match="multiple of the number of data-parallel ranks"):
         micro_batch_size(auto, 3)
     ds = deepspeed_config(cfg, world=2)
     assert ds["gradient_accumulation_steps"] == 4 and ds["zero_optimization"]["stage"] == 3
