@@ -9,7 +9,7 @@ each expert on its samples (a pair shares t, so a pair never spans experts).
 
 Under data parallelism (ZeRO-3 gathers parameters by collectives as modules run; ZeRO-1/2 reduce gradients
 in buckets) every rank must run the same experts in the same order: the ranks agree with an all_reduce which
-experts the call needs, and a rank without a sample for a needed expert runs it on a one-token slice whose
+experts the call needs, and a rank without a sample for a needed expert runs it on a one-frame slice whose
 output is multiplied by 0. With gradients on, an expert with trainable parameters runs in every call (on
 that slice when no rank needs it): ZeRO-3 overwrites a gradient partition in a step's first micro-step and
 adds to it in the later ones, so a parameter without a gradient in micro-step 0 would add a later one to the
@@ -86,11 +86,11 @@ class WanExperts(ModelMixin, ConfigMixin):
         return [bool(n) for n in needed.tolist()]
 
     @staticmethod
-    def _token_slice(expert: nn.Module, hidden_states: torch.Tensor, timestep: torch.Tensor, kwargs: dict):
-        """Sample 0 cut to one patch (one token): every parameter takes part, at almost no compute."""
-        p_t, p_h, p_w = expert.config.patch_size
+    def _frame_slice(expert: nn.Module, hidden_states: torch.Tensor, timestep: torch.Tensor, kwargs: dict):
+        """Sample 0 cut to its first latent frame: every parameter takes part, at a frame's compute (one frame,
+        not one token: sequence parallelism splits these tokens over its ranks too)."""
         sliced = {k: v[:1] if torch.is_tensor(v) else v for k, v in kwargs.items()}
-        return hidden_states[:1, :, :p_t, :p_h, :p_w], timestep[:1], sliced
+        return hidden_states[:1, :, : expert.config.patch_size[0]], timestep[:1], sliced
 
     def forward(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, return_dict: bool = False, **kwargs
@@ -112,7 +112,7 @@ class WanExperts(ModelMixin, ConfigMixin):
                               return_dict=False, **sliced)[0]  # fmt: skip
                 out = out.index_copy(0, idx, pred.to(out.dtype))
             elif needed or trains:  # another rank needs it, or its parameters need a (zero) gradient
-                x, t, sliced = self._token_slice(expert, hidden_states, timestep, kwargs)
+                x, t, sliced = self._frame_slice(expert, hidden_states, timestep, kwargs)
                 out = out + 0 * expert(hidden_states=x, timestep=t, return_dict=False, **sliced)[0].sum()
         return (out,)
 
