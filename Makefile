@@ -37,6 +37,7 @@ bench: setup
 	$(PY) benchmarks/bench_reproject.py
 	$(PY) benchmarks/bench_vggt.py
 	$(PY) benchmarks/bench_step.py $$(command -v nvidia-smi >/dev/null || echo --small)
+	$(PY) benchmarks/bench_generate.py $$(command -v nvidia-smi >/dev/null || echo --small)
 
 # Score a generated synthetic set with the oracle geometry.
 score: setup

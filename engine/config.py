@@ -28,6 +28,7 @@ PRECISIONS = ("bf16", "fp32")
 # the final weights' formats (engine.exports): the diffusers LoRA, ComfyUI's key format, the merged transformer
 EXPORT_FORMATS = ("diffusers", "comfyui", "merged")
 NAN_POLICIES = ("skip", "stop")
+STEP_CACHES = ("first_block",)  # diffusers' FirstBlockCacheConfig
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -151,6 +152,17 @@ class GenerationConfig:
     fps: int | None = None
     lora: str | None = None  # a trained LoRA (folder with pytorch_lora_weights.safetensors, or the file)
     lora_scale: float = 1.0
+    # fast sampling (engine.stages.fast_sampling), each off or neutral by default:
+    attention_backend: str = (
+        "auto"  # SDPA kernel (SDPA_KERNELS) or diffusers:<backend> (e.g. diffusers:flash)
+    )
+    compile: str | None = None  # torch.compile backend of the transformer's repeated blocks (e.g. inductor)
+    vae_tiling: bool = False  # decode in tiles (less memory at large sizes)
+    vae_slicing: bool = False  # decode the batch one video at a time
+    cpu_offload: bool = False  # diffusers' model CPU offload (a CUDA device; for small GPUs)
+    # an opt-in step cache (STEP_CACHES; changes the sampled videos, so every manifest row records it)
+    step_cache: str | None = None
+    step_cache_threshold: float = 0.05  # first_block: reuse the rest of the blocks below this change
 
 
 GEOMETRY_BACKENDS = ("auto", "oracle", "vggt")
@@ -263,6 +275,15 @@ class LoopConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     train_overrides: list[str] = field(default_factory=list)  # trainer `key=value` overrides
     train_launcher: list[str] = field(default_factory=list)  # e.g. [deepspeed, --num_gpus, "8"]; [] = python
+    # generate, score, encode and evaluate as this launcher's ranks, each its share (engine.stages.sharding),
+    # e.g. [torchrun, --nproc-per-node, "8"]; [] = in the loop's own process
+    launcher: list[str] = field(default_factory=list)
+    # iterative rounds (engine.stages.rounds): round k generates with round k-1's LoRA and trains on top of it;
+    # 1 = the single loop in the output folder itself
+    rounds: int = 1
+    # prompts per round: round k takes the k-th slice of that many prompts of loop.generation.prompts (their
+    # ids kept; with rounds ≥ 2); None: every round generates from all of them
+    round_prompts: int | None = None
 
 
 @dataclass
@@ -477,6 +498,11 @@ def validate_stage(section: object, where: str) -> None:
             _positive(getattr(section, key), f"{where}.{key}")
         if section.dtype is not None:
             _choice(section.dtype, DTYPE_CHOICES, f"{where}.dtype")
+        if not section.attention_backend.startswith("diffusers:"):
+            _choice(section.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
+        if section.step_cache is not None:
+            _choice(section.step_cache, STEP_CACHES, f"{where}.step_cache")
+            _positive(section.step_cache_threshold, f"{where}.step_cache_threshold")
     elif isinstance(section, ScoreConfig):
         _choice(section.geometry, GEOMETRY_BACKENDS, f"{where}.geometry")
         _choice(section.points, POINT_SOURCES, f"{where}.points")

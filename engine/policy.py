@@ -9,6 +9,11 @@ from pathlib import Path
 import torch
 
 from videogpa.engine import distributed as D
+from videogpa.engine.attention import (  # noqa: F401 (select_sdpa_kernel, set_diffusers_attention: policy's API)
+    apply_attention_backend,
+    select_sdpa_kernel,
+    set_diffusers_attention,
+)
 from videogpa.engine.config import Config
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.base import ModelAdapter
@@ -24,38 +29,6 @@ def model_adapter(cfg: Config) -> ModelAdapter:
         raise ValueError(f"config key 'model.path': checkpoint folder {path!r} does not exist (set it to a local "
                          f"diffusers folder for model {cfg.model.name!r})")  # fmt: skip
     return get_adapter(cfg.model.name, path=path)
-
-
-def select_sdpa_kernel(backend: str, device: torch.device) -> None:
-    """Limit PyTorch SDPA to one kernel for this process (model.attention_backend: cudnn, flash, efficient,
-    math; auto leaves PyTorch's choice). Process-wide, so forward, backward and checkpoint recompute agree."""
-    kernels = {"cudnn": "cudnn", "flash": "flash", "efficient": "mem_efficient", "math": "math"}
-    if backend == "auto":  # every kernel allowed, PyTorch picks (also undoes an earlier choice)
-        for name in kernels.values():
-            getattr(torch.backends.cuda, f"enable_{name}_sdp")(True)
-        return
-    if backend in ("cudnn", "efficient") and device.type != "cuda":
-        raise ValueError(
-            f"config key 'model.attention_backend': SDPA's {backend} kernel needs a CUDA device, not {device}"
-        )
-    for name in kernels.values():
-        getattr(torch.backends.cuda, f"enable_{name}_sdp")(name == kernels[backend])
-
-
-def set_diffusers_attention(model: torch.nn.Module, adapter: ModelAdapter, name: str) -> None:
-    """A diffusers attention backend (flash-attn, sage, ...) on every attention of the model; a ValueError when
-    the family's attention does not dispatch through diffusers or the backend's package is missing."""
-    if not adapter.dispatches_attention:
-        raise ValueError(f"config key 'model.attention_backend': model {adapter.name!r} calls PyTorch SDPA directly; "
-                         "choose one of auto, cudnn, flash, efficient, math")  # fmt: skip
-    from videogpa.engine.models.common import base_module
-
-    try:
-        base_module(model).set_attention_backend(name)
-    except (ImportError, RuntimeError, ValueError) as err:
-        raise ValueError(
-            f"config key 'model.attention_backend': diffusers backend {name!r} is unavailable ({err})"
-        ) from None
 
 
 def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: int):
@@ -82,11 +55,7 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
             if module is not None:
                 enable_sequence_parallel(module, adapter, D.sequence_group(), D.sequence_parallel_size(),
                                          D.rank() % D.sequence_parallel_size())  # fmt: skip
-    backend = cfg.model.attention_backend
-    if backend.startswith("diffusers:"):
-        set_diffusers_attention(model, adapter, backend.removeprefix("diffusers:"))
-    else:
-        select_sdpa_kernel(backend, D.device())
+    apply_attention_backend(model, adapter, cfg.model.attention_backend, D.device())
     optimizer, scheduler = build_optimizer(
         model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
     )

@@ -5,8 +5,10 @@ embeddings from the model's own text encoder, image latents for image-to-video.
         --out-dir RUN/shards [--heldout-fraction 0.25]
 
 Writes OUT/train (and OUT/heldout) in the trainer's preference-shard format; rerunning resumes from the
-per-video cache in OUT/cache and leaves complete shard folders as they are. Every flag but --pairs /
---out-dir is a key of the config's loop.encode section (engine.config.EncodeConfig).
+per-video cache in OUT/cache and leaves complete shard folders as they are. Sharded (`torchrun
+--nproc-per-node 8 recipes/encode.py ...` or `--shard I/N`): each process encodes every N-th pair (by pair_id)
+into the cache; the shard that finds every pair encoded writes OUT/train and OUT/heldout. Every flag but
+--pairs / --out-dir is a key of the config's loop.encode section (engine.config.EncodeConfig).
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from videogpa.engine.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
+from videogpa.engine.cli import (
+    add_config_file_flags,
+    add_config_flags,
+    add_shard_flag,
+    run_recipe,
+    stage_config,
+)
 from videogpa.engine.config import EncodeConfig
 from videogpa.engine.models import adapter_names
 from videogpa.engine.stages import encode
@@ -26,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True)
     add_config_flags(p, EncodeConfig, model=adapter_names())
     add_config_file_flags(p, "encode")
+    add_shard_flag(p)
     args = p.parse_args(argv)
 
     def body() -> int:
-        summary = encode.run(stage_config(EncodeConfig, "encode", args), args.pairs, args.out_dir)
+        summary = encode.run(
+            stage_config(EncodeConfig, "encode", args), args.pairs, args.out_dir, shard=args.shard
+        )
         print(f"encode: {summary}; shards in {summary.out_dir}")
         return 0
 

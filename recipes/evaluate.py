@@ -10,18 +10,22 @@ then MSE, motion) with each difference's bootstrap CI, per-prompt win rates and 
 
 Uses the same config as recipes/pipeline.py (trainer YAML + `loop:` section). Writes OUT/evaluation.json,
 evaluation.md and evaluation.png; generation and scoring resume, a finished evaluation.json is kept.
+Sharded (`torchrun --nproc-per-node 8 recipes/evaluate.py ...` or `--shard I/N`): each process generates and
+scores every N-th batch of the held-out candidates; the one that completes the set writes the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
 
-from videogpa.engine.cli import comma_list, run_recipe
+from videogpa.engine.cli import add_shard_flag, comma_list, run_recipe
 from videogpa.engine.stages.loop import Loop, load_loop_config
+from videogpa.engine.stages.sharding import current_shard
 
 RECIPES = Path(__file__).resolve().parent
 
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--metrics", type=comma_list, metavar="A,B",
                    help="score metrics, comma-separated: reprojection, epipolar (= loop.score.metrics)")  # fmt: skip
+    add_shard_flag(p)
+    p.add_argument(
+        "--in-loop", action="store_true", help=argparse.SUPPRESS
+    )  # launched by the loop: it holds the lock
     args = p.parse_args(argv)
     if args.metrics is not None:
         args.overrides.append(f"loop.score.metrics={json.dumps(args.metrics)}")
@@ -41,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         loop = Loop(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py")
-        with loop.lock():
+        shard = current_shard(args.shard)
+        with contextlib.nullcontext() if args.in_loop else loop.lock(shard):
             loop.prepare_models()
-            loop.evaluate(lora=args.lora)
+            loop.evaluate(lora=args.lora, shard=shard)
         return 0
 
     return run_recipe(body)

@@ -16,6 +16,7 @@ import sys
 from videogpa.engine.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
 from videogpa.engine.config import PairsConfig
 from videogpa.engine.stages import pairs
+from videogpa.engine.stages.sharding import launcher_shard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
+        rank = launcher_shard()
+        if rank.index:  # pair selection is one process's job: under a launcher, rank 0 does it alone
+            print(f"pairs: rank {rank.index} of {rank.count} leaves pair selection to rank 0")
+            return 0
         summary = pairs.run(
             stage_config(PairsConfig, "pairs", args), args.scores, args.out_dir, args.manifest
         )

@@ -8,6 +8,8 @@ engine/stages/loop.py: candidates, synthetic, generation, score, pairs, encode, 
 train_launcher). `--set loop.candidates=synthetic` takes procedural scenes (clean + corrupted clips, exact
 geometry, oracle-scored) as the candidates instead of the model's own videos.
 Stages whose outputs are complete are skipped, the others resume; it ends with OUT/evaluation.json.
+`--rounds K` (loop.rounds): K rounds in OUT/round_<k>/, round k generating with round k-1's LoRA and training
+on top of it; OUT/evaluation.json then holds one before/after row per round (engine/stages/rounds.py).
 With the tiny model the geometry model has random weights: the loop's scores and evaluation mean nothing.
 """
 
@@ -19,7 +21,8 @@ import sys
 from pathlib import Path
 
 from videogpa.engine.cli import run_recipe
-from videogpa.engine.stages.loop import Loop, load_loop_config
+from videogpa.engine.stages.loop import load_loop_config
+from videogpa.engine.stages.rounds import run_rounds
 
 RECIPES = Path(__file__).resolve().parent
 DEFAULT_CONFIG = RECIPES / "configs" / "tiny.yaml"
@@ -29,13 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     p.add_argument("--output-dir", required=True)
+    p.add_argument("--rounds", type=int, metavar="K",
+                   help="iterative rounds: round k generates with round k-1's LoRA (= loop.rounds)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set loop.generation.num_candidates=8 (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.rounds is not None:
+        args.overrides.append(f"loop.rounds={args.rounds}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> int:  # bad input: named in the message; what was produced so far is kept
-        Loop(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py").run()
+        run_rounds(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py")
         return 0
 
     return run_recipe(body)

@@ -19,10 +19,10 @@ from pathlib import Path
 from videogpa.engine.config import EvaluateConfig, GenerationConfig
 from videogpa.engine.eval_stats import RESAMPLES, paired_metric
 from videogpa.engine.io.atomic import write_atomic
-from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.io.sharded import read_sharded, sharded_exists
+from videogpa.engine.stages.sharding import Shard, finishes, one_process_per_shard, sole
 
 # metric -> True: lower is better, False: higher is better, None: neither (reported only)
 # (the paper's main-table columns in its order, then the extra ones)
@@ -197,39 +197,74 @@ class EvaluateSummary:
     table: Path  # the stage's output: evaluation.json (and .md, .png beside it)
     result: dict
     skipped: bool = False  # a finished evaluation was kept
+    waiting: bool = False  # sharded: other shards' candidates are not all scored yet (or one reports)
 
     def __str__(self) -> str:
+        if self.waiting:
+            return (
+                f"this shard's candidates done; {self.table} is written by the shard that completes the set"
+            )
         if self.skipped:
             return f"complete; skipped ({self.table})"
         return f"{self.table}: LoRA wins {100 * self.result['prompt_win_rate']:.1f}% of prompts"
 
 
-@one_process_per_folder
+def _stems(scores: Path) -> set[str]:
+    """The candidates (video stems) with a score row (ok or error) in a scores file or its shard files."""
+    return {Path(row["video"]).stem for row in read_sharded(scores)}
+
+
+@one_process_per_shard
 def run(
-    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: str | os.PathLike, make_scorer
+    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: str | os.PathLike, make_scorer, *, shard: Shard
 ) -> EvaluateSummary:
-    """Generate the held-out prompts without and with the LoRA into out_dir/eval/{base,lora}, score both with
-    the scorer `make_scorer()` gives (engine.stages.score.Scorer; built only when needed), and write
-    out_dir/evaluation.{json,md,png}. A finished evaluation.json is kept."""
+    """Generate this process's shard (engine.stages.sharding) of the held-out prompts × seeds without and with
+    the LoRA into out_dir/eval/{base,lora}, score those videos with the scorer `make_scorer()` gives
+    (engine.stages.score.Scorer; built only when needed), and, once every candidate of both runs is scored
+    (rank 0 after a barrier, or the shard that completes the set), write out_dir/evaluation.{json,md,png}.
+    A finished evaluation.json is kept."""
+    from videogpa.engine.models import get_adapter
     from videogpa.engine.stages import generate, score
-    from videogpa.engine.stages.sharding import WHOLE
 
     out_dir = Path(out_dir)
     path = out_dir / EVALUATION_FILE
     if path.is_file():
         return EvaluateSummary(path, json.loads(path.read_text()), skipped=True)
     lora = Path(inputs.lora)
+    base = dataclasses.replace(inputs.generation, num_candidates=cfg.num_candidates, seed=cfg.seed, lora=None,
+                               lora_scale=cfg.lora_scale)  # fmt: skip
+    items, _ = generate.load_items(base, inputs.prompts)
+    seeds = generate.candidate_seeds(base.num_candidates, base.seed)
+    wanted = {c.stem for c in (generate.CandidateSpec(item, s) for item in items for s in seeds)}
+    batches = generate.shard_batches(get_adapter(base.model), items, seeds, base.batch_size, shard)
+    mine = {c.stem for batch in batches for c in batch}
     scores = {}
     for name, adapter in (("base", None), ("lora", lora)):
         folder = out_dir / "eval" / name
-        gen = dataclasses.replace(inputs.generation, num_candidates=cfg.num_candidates, seed=cfg.seed,
-                                  lora=adapter and str(adapter), lora_scale=cfg.lora_scale)  # fmt: skip
-        generated = generate.run(gen, inputs.prompts, folder, shard=WHOLE)  # the table needs every video
+        gen = dataclasses.replace(base, lora=adapter and str(adapter))
+        # unlocked: this run's lock of out_dir covers eval/, where one shard scores while another generates
+        generated = generate.run.__wrapped__(gen, inputs.prompts, folder, shard=shard)
         print(f"[evaluate] {name}: {generated}", flush=True)
         scorer = make_scorer()
-        scored = score.run(scorer.cfg, generated.manifest, folder, scorer=scorer, shard=WHOLE)
+        scored = score.run.__wrapped__(scorer.cfg, generated.manifest, folder, scorer=scorer, shard=shard,
+                           select=lambda jobs: [j for j in jobs if j.video.stem in mine])  # fmt: skip
         print(f"[evaluate] {name} score: {scored}", flush=True)
         scores[name] = scored.scores
+    if not finishes(shard, lambda: all(wanted <= _stems(s) for s in scores.values())):
+        return EvaluateSummary(path, {}, waiting=True)
+    with sole(out_dir, "evaluate.report") as reporting:
+        if not reporting:
+            return EvaluateSummary(path, {}, waiting=True)
+        if path.is_file():  # another shard reported meanwhile
+            return EvaluateSummary(path, json.loads(path.read_text()), skipped=True)
+        return _report(cfg, inputs, out_dir, scores, lora)
+
+
+def _report(
+    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: Path, scores: dict, lora: Path
+) -> EvaluateSummary:
+    """The table of the two scored runs: evaluation.json, .md and .png in out_dir."""
+    path = out_dir / EVALUATION_FILE
     result = compare_scores(scores["base"], scores["lora"])
     result.update({"lora": str(lora), "lora_scale": cfg.lora_scale, "prompts_file": str(inputs.prompts),
                    "seeds": list(range(cfg.seed, cfg.seed + cfg.num_candidates))})  # fmt: skip

@@ -46,6 +46,7 @@ from videogpa.engine.models import ModelAdapter, adapter_class, get_adapter
 from videogpa.engine.models.base import SamplerSettings
 from videogpa.engine.models.pipeline_encoder import PipelineEncoder
 from videogpa.engine.models.pipelines import attach_lora, load_pipeline
+from videogpa.engine.stages.fast_sampling import apply_sampling_options, step_cache_record
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_process_per_shard, shard_device
 from videogpa.engine.types import DTYPES, default_device
 
@@ -91,12 +92,15 @@ def candidate_seeds(n: int, base_seed: int) -> list[int]:
     return [base_seed + k for k in range(n)]
 
 
-def _row_settings(model: str, sampler: SamplerSettings, lora: str | None, lora_scale: float) -> dict:
+def _row_settings(
+    model: str, sampler: SamplerSettings, lora: str | None, lora_scale: float, step_cache: dict | None
+) -> dict:
     return {
         "model": model,
         "sampler": asdict(sampler),
         "lora": lora,
         "lora_scale": lora_scale if lora else None,
+        "step_cache": step_cache,  # in a row only when used (engine.stages.fast_sampling)
     }
 
 
@@ -205,6 +209,17 @@ def _batches(todo: list[CandidateSpec], batch_size: int, per_prompt: bool) -> li
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
+def shard_batches(
+    adapter: ModelAdapter, items: list[PromptItem], seeds: list[int], batch_size: int, shard: Shard
+) -> list[list[CandidateSpec]]:
+    """`shard`'s batches of the full candidate list (prompt-file order × seeds, in fixed batches of
+    batch_size; image-to-video with one image per call: never two prompts in a batch)."""
+    wanted = {c.stem: c for c in (CandidateSpec(item, s) for item in items for s in seeds)}
+    image_to_video = any(c.item.image is not None for c in wanted.values())
+    per_prompt = image_to_video and not adapter.image_per_video
+    return shard.select(_batches(list(wanted.values()), batch_size, per_prompt))
+
+
 def generate_candidates(
     pipe,
     adapter: ModelAdapter,
@@ -219,10 +234,12 @@ def generate_candidates(
     lora_scale: float = 1.0,
     progress: bool = True,
     shard: Shard = WHOLE,
+    step_cache: dict | None = None,
 ) -> GenerationSummary:
     """Generate every (prompt, seed) candidate of `shard`'s batches not yet in out_dir's manifests with the
     family `adapter`'s pipeline `pipe`, which already carries the LoRA when `lora` is given (path/scale recorded
-    in the rows); the rows go to the shard's manifest file."""
+    in the rows), and with the step cache `step_cache` describes (recorded in the rows) when given; the rows go to
+    the shard's manifest file."""
     if batch_size < 1:
         raise ValueError(f"generation batch size: expected ≥ 1, got {batch_size}")
     start = time.perf_counter()
@@ -230,11 +247,8 @@ def generate_candidates(
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     (out_dir / "latents").mkdir(parents=True, exist_ok=True)
     manifest = shard.path(out_dir / MANIFEST)
-    settings = _row_settings(model, sampler, lora and str(lora), lora_scale)
-    wanted = {c.stem: c for c in (CandidateSpec(item, s) for item in items for s in seeds)}
-    image_to_video = any(c.item.image is not None for c in wanted.values())
-    per_prompt = image_to_video and not adapter.image_per_video
-    batches = shard.select(_batches(list(wanted.values()), batch_size, per_prompt))
+    settings = _row_settings(model, sampler, lora and str(lora), lora_scale, step_cache)
+    batches = shard_batches(adapter, items, seeds, batch_size, shard)
     done = _check_done(out_dir, settings, {c.stem: c for batch in batches for c in batch})
     batches = [b for b in ([c for c in batch if c.stem not in done] for batch in batches) if b]
     todo = [c for batch in batches for c in batch]
@@ -264,7 +278,8 @@ def generate_candidates(
             meta = {"model": model, "prompt_id": item.prompt_id, "seed": str(cand.seed)}
             _save_latents(out_dir / latents_rel, latent, meta)
             row = {"video": video_rel, "latents": latents_rel, "prompt_id": item.prompt_id,
-                   "prompt": item.prompt, "image": _image_field(item), "seed": cand.seed, **settings}  # fmt: skip
+                   "prompt": item.prompt, "image": _image_field(item), "seed": cand.seed,
+                   **{k: v for k, v in settings.items() if v is not None or k != "step_cache"}}  # fmt: skip
             append_jsonl(manifest, row)
             summary.generated += 1
         bar.update(len(batch))
@@ -322,8 +337,9 @@ def run(cfg: GenerationConfig, prompts: str | os.PathLike | None, out_dir: str |
     )
     if cfg.lora is not None:
         attach_lora(pipe, cfg.lora, cfg.lora_scale)
+    apply_sampling_options(pipe, get_adapter(cfg.model), cfg, device)
     return generate_candidates(
         pipe, get_adapter(cfg.model), items, out_dir, seeds=seeds, sampler=sampler, model=cfg.model,
         batch_size=cfg.batch_size, lora=cfg.lora and str(Path(cfg.lora).resolve()), lora_scale=cfg.lora_scale,
-        progress=progress, shard=shard,
+        progress=progress, shard=shard, step_cache=step_cache_record(cfg),
     )  # fmt: skip

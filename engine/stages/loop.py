@@ -25,6 +25,11 @@ A real model's config adds, for example (model.path: /models/CogVideoX-5b/transf
       encode: {heldout_fraction: 0.05}
       evaluate: {prompts: heldout_prompts.txt, num_candidates: 2}
       train_launcher: [deepspeed, --num_gpus, "8"]
+      launcher: [torchrun, --nproc-per-node, "8"]    # generate, score, encode, evaluate on every GPU
+
+With `loop.launcher`, those four stages run as recipes/<stage>.py under the launcher (each rank its share of
+the items, engine.stages.sharding) with the loop's resolved config (DIR/stage_config.yaml); without it, in
+this process. Synthetic candidates are always scored here (the oracle).
 """
 
 from __future__ import annotations
@@ -54,10 +59,11 @@ from videogpa.engine.distributed import child_env
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
+from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
-from videogpa.engine.stages.sharding import WHOLE
+from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
 
 TINY_PROMPTS = (
     "a red barn in a green field", "an old stone bridge over a river", "a quiet library with tall shelves",
@@ -142,6 +148,12 @@ class Loop:
         self.report: dict[str, str] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._scorer: score.Scorer | None = None
+        self.trained_pipeline: str | None = None  # engine.stages.rounds: the pipeline this round trains on
+
+    @property
+    def model_pipeline(self) -> str:
+        """The pipeline whose transformer is trained and evaluated (generation's, unless a round set it)."""
+        return self.trained_pipeline or self.cfg.generation.pipeline
 
     # --------------------------------------------------------------------------------------- helpers
     def _say(self, stage: str, message: str) -> None:
@@ -176,7 +188,14 @@ class Loop:
     # ---------------------------------------------------------------------------------------- stages
     def prepare_models(self) -> None:
         """A built-in model's pipeline, random VGGT and random LightGlue (written once); real models: check the
-        folders."""
+        folders. Shards of a sharded evaluate in one folder take turns: one builds, the others find them."""
+        with one_at_a_time(self.out, "models"):
+            built = self._prepare_models()
+        gen, sc = self.cfg.generation, self.cfg.score
+        self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
+                  + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
+
+    def _prepare_models(self) -> list[str]:
         from videogpa.engine.models.pipelines import pipeline_folder, save_pipeline
 
         gen, sc = self.cfg.generation, self.cfg.score
@@ -208,15 +227,25 @@ class Loop:
                 built.append("tiny random VGGT")
             sc.weights, sc.random_weights = str(weights), True
         built += tiny_matcher(self.builtin, sc, self.out / "models", self.config.seed)
-        self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
-                  + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
+        return built
 
     def generate(self) -> Path:
         if self.cfg.candidates == "synthetic":
             return self.synthetic_candidates()
         prompts = self._prompt_file("prompts", self.cfg.generation.prompts, TINY_PROMPTS)
-        summary = generate.run(self.cfg.generation, prompts, self.generated, shard=WHOLE)
-        self._say("generate", str(summary))
+        if self.cfg.launcher:
+            self.cfg.generation.prompts = prompts
+            self._launch("generate", "--out-dir", self.generated)
+            summary = generate.GenerationSummary(self.manifest)
+            made = {Path(r["video"]).stem for r in read_sharded(self.manifest)}
+            failures = read_sharded(self.generated / generate.FAILURES)
+            summary.failed = sorted({r["candidate"] for r in failures} - made)
+            self._say(
+                "generate", f"{len(read_sharded(self.manifest))} candidates in {self.manifest} (launched)"
+            )
+        else:
+            summary = generate.run(self.cfg.generation, prompts, self.generated, shard=WHOLE)
+            self._say("generate", str(summary))
         if summary.failed:
             print(
                 f"[generate] WARNING: {len(summary.failed)} candidates failed: {summary.failed[:5]}",
@@ -260,6 +289,9 @@ class Loop:
         if self.cfg.candidates == "synthetic":  # exact geometry: the oracle
             oracle = dataclasses.replace(self.cfg.score, geometry="oracle", random_weights=False)
             summary = score.run(oracle, manifest, manifest.parent, shard=WHOLE)
+        elif self.cfg.launcher:
+            self._launch("score", "--videos", manifest, "--out", scores)
+            summary = score.summarize_scores(scores)
         else:
             summary = score.run(self.cfg.score, manifest, manifest.parent, scorer=self.scorer(), shard=WHOLE)
         self._say("score", str(summary))
@@ -273,7 +305,11 @@ class Loop:
         return summary.index
 
     def encode(self, index: Path) -> Path:
-        summary = encode.run(self.cfg.encode, index, self.out / "shards")
+        if self.cfg.launcher:
+            self._launch("encode", "--pairs", index, "--out-dir", self.out / "shards")
+            self._say("encode", f"shards in {self.out / 'shards'} (launched)")
+            return self.out / "shards"
+        summary = encode.run(self.cfg.encode, index, self.out / "shards", shard=WHOLE)
         self._say("encode", str(summary))
         return summary.out_dir
 
@@ -286,7 +322,7 @@ class Loop:
         data["data"] = {"train": str(shards / "train"), "heldout": None, "synthetic": None}
         if (shards / "heldout").is_dir():
             data["data"]["heldout"] = str(shards / "heldout")
-        data["model"]["path"] = str(Path(self.cfg.generation.pipeline).resolve())
+        data["model"]["path"] = str(Path(self.model_pipeline).resolve())
         data["output_dir"] = str(self.out / "train")
         for item in self.cfg.train_overrides:
             apply_override(data, item)
@@ -342,19 +378,46 @@ class Loop:
         self._say("train", f"LoRA {lora} in {time.perf_counter() - start:.0f} s{accuracy}")
         return lora
 
-    def evaluate(self, lora: str | os.PathLike | None = None) -> dict:
-        """Held-out prompts with the same seeds, without and with the LoRA; DIR/evaluation.json."""
+    def evaluate(self, lora: str | os.PathLike | None = None, shard: Shard = WHOLE) -> dict:
+        """Held-out prompts with the same seeds, without and with the LoRA; DIR/evaluation.json (`shard`: this
+        process's share, recipes/evaluate.py --shard)."""
         ev = self.cfg.evaluate
         lora = Path(lora) if lora is not None else self.out / "train" / LORA_WEIGHT_NAME
         prompts = self._prompt_file("eval_prompts", ev.prompts, TINY_EVAL_PROMPTS)
-        inputs = evaluate.EvaluateInputs(prompts, lora, self.cfg.generation)
-        summary = evaluate.run(ev, inputs, self.out, self.scorer)
+        if self.cfg.launcher and not shard.sharded and not (self.out / evaluate.EVALUATION_FILE).is_file():
+            config = copy.deepcopy(self.config)
+            config.loop.evaluate.prompts = prompts
+            config.loop.generation.pipeline, config.loop.generation.lora = self.model_pipeline, None
+            self._launch("evaluate", "--output-dir", self.out, "--lora", lora, "--in-loop", config=config)
+            result = json.loads((self.out / evaluate.EVALUATION_FILE).read_text())
+            self._say("evaluate", f"{self.out / evaluate.EVALUATION_FILE} (launched)")
+            return result
+        generation = dataclasses.replace(self.cfg.generation, pipeline=self.model_pipeline)
+        inputs = evaluate.EvaluateInputs(prompts, lora, generation)
+        summary = evaluate.run(ev, inputs, self.out, self.scorer, shard=shard)
         self._say("evaluate", str(summary))
         return summary.result
 
-    def lock(self):
-        """One loop per folder at a time (engine.io.lock)."""
-        return folder_lock(self.out, LOCK_NAME)
+    def _launch(self, recipe: str, *args, config: Config | None = None) -> None:
+        """recipes/RECIPE.py under loop.launcher with this loop's resolved config (or `config`), written to
+        DIR/stage_config.yaml."""
+        path = self.out / "stage_config.yaml"
+        write_atomic(path, yaml.safe_dump((config or self.config).to_dict(), sort_keys=False))
+        script = self.dpo_script.parent / f"{recipe}.py"
+        command = [*self.cfg.launcher, str(script), "--config", str(path), *map(str, args)]
+        print(f"[{recipe}] {' '.join(command)}", flush=True)
+        done = subprocess.run(command, env=child_env(PYTHONUNBUFFERED="1"))
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{recipe}: {' '.join(command)} failed (exit {done.returncode}); rerun to resume"
+            )
+
+    def lock(self, shard: Shard = WHOLE):
+        """One loop per folder at a time (engine.io.lock); a shard of a sharded stage run (recipes/evaluate.py
+        --shard) holds its own (the stage's shard locks refuse a whole run beside it)."""
+        return folder_lock(
+            self.out, LOCK_NAME if not shard.sharded else f"{LOCK_NAME}.shard-{shard.index}-of-{shard.count}"
+        )
 
     def run(self) -> dict:
         with self.lock():

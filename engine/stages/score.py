@@ -133,19 +133,24 @@ def score_videos(
     row_info: dict | None = None,
     progress: bool = True,
     shard: Shard = WHOLE,
+    select: Callable[[list[VideoJob]], list[VideoJob]] | None = None,
 ) -> list[dict]:
     """Score `shard`'s share of the jobs (every count-th batch of batch_size) without an "ok" row in out_path
-    or its shard files; write a row per video to the shard's file (status "ok" with scores, or "error" with
-    the message; appended, or in place of a retried video's error row in that file) and return the new rows.
-    model None = the oracle (each video's stored geometry); `score(frames, geometry)` gives a video's scores
-    (engine.geometry.scoring.score_reconstruction with its settings)."""
+        or its shard files; write a row per video to the shard's file (status "ok" with scores, or "error" with
+        the message; appended, or in place of a retried video's error row in that file) and return the new rows.
+        model None = the oracle (each video's stored geometry); `score(frames, geometry)` gives a video's scores
+        (engine.geometry.scoring.score_reconstruction with its settings); `select` picks this process's jobs
+    instead of the shard's share."""
     logical = Path(out_path)
     out_path = shard.path(logical)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {row["video"] for row in read_sharded(logical) if row.get("status") == "ok"}  # errors are retried
     retried = {row["video"] for row in read_jsonl(out_path)} - done if out_path.is_file() else set()
-    jobs = [j for batch in shard.select([jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)])
-            for j in batch]  # fmt: skip
+    if select is not None:  # the caller's share (evaluate: the videos this shard generated)
+        jobs = select(jobs)
+    else:
+        jobs = [j for batch in shard.select([jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)])
+                for j in batch]  # fmt: skip
     todo = [j for j in jobs if str(j.video) not in done]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d videos already scored in %s", len(jobs) - len(todo), len(jobs), out_path)
@@ -273,7 +278,7 @@ class Scorer:
         return cls(cfg, model, lpips, epipolar)
 
     def score(self, videos: str | os.PathLike, out: str | os.PathLike, progress: bool = True,
-              shard: Shard = WHOLE) -> list[dict]:  # fmt: skip
+              shard: Shard = WHOLE, select=None) -> list[dict]:  # fmt: skip
         """Score `shard`'s videos (of a folder or manifest) not yet in the scores file `out` (or its shard
         files); returns the new rows."""
         cfg = self.cfg
@@ -293,7 +298,7 @@ class Scorer:
         settings = metric_scores(reprojection, self.epipolar)
         return score_videos(list_videos(videos), out, model=self.model, n_frames=cfg.num_frames, size=size,
                             batch_size=batch, device=cfg.device, score=settings, row_info=info, progress=progress,
-                            shard=shard)  # fmt: skip
+                            shard=shard, select=select)  # fmt: skip
 
 
 def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:
@@ -335,10 +340,10 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
 
 @one_process_per_shard
 def run(cfg: ScoreConfig, videos: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
-        scorer: Scorer | None = None, *, shard: Shard) -> ScoreSummary:  # fmt: skip
+        scorer: Scorer | None = None, *, shard: Shard, select=None) -> ScoreSummary:  # fmt: skip
     """The score stage: score this process's shard (engine.stages.sharding) of the videos of a folder or
     manifest into out_dir/cfg.scores_file (its shard file when sharded; resumed). `scorer` reuses an already
-    built one (the loop scores several folders)."""
+    built one (the loop scores several folders); `select` (score_videos) picks the videos instead."""
     scores = Path(out_dir) / cfg.scores_file
-    new = (scorer or Scorer.build(cfg)).score(videos, scores, progress=progress, shard=shard)
+    new = (scorer or Scorer.build(cfg)).score(videos, scores, progress=progress, shard=shard, select=select)
     return summarize_scores(scores, len(new))

@@ -12,9 +12,12 @@ No process group is started for this; `barrier` uses one only if the caller alre
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -137,3 +140,47 @@ def one_process_per_shard(run):
             return run(cfg, inputs, out_dir, *args, shard=shard, **kwargs)
 
     return locked
+
+
+def _group_rank() -> int | None:
+    """This process's rank in the caller's process group; None when there is none."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
+
+
+def finishes(shard: Shard, complete: Callable[[], bool]) -> bool:
+    """Whether this process does its stage's once-only step (assembling, reporting) now that its own share is
+    done: with a process group, rank 0 after a barrier (every rank's share is done); without one, every
+    item of the whole set must be done (`complete()`, checked after this shard's own share is written, so the
+    last of several independent shards to finish sees it); one process (not sharded): always."""
+    rank = _group_rank()
+    if rank is not None:
+        barrier()
+        return rank == 0
+    return not shard.sharded or complete()
+
+
+@contextlib.contextmanager
+def sole(folder: str | os.PathLike, step: str) -> Iterator[bool]:
+    """Hold the folder's lock of a once-only step (`.STEP.lock`, beside the shards' own locks) while the block
+    runs; yields False, holding nothing, when another live process holds it (that process does the step)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(folder, f".{step}.lock"))
+            held = True
+        except ValueError:
+            held = False
+        yield held
+
+
+@contextlib.contextmanager
+def one_at_a_time(folder: str | os.PathLike, step: str, poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the folder's `.STEP.lock` while the block runs, waiting while another live process holds it (the
+    shards of a run building one shared thing: the first builds it, the others then find it built)."""
+    while True:
+        with sole(folder, step) as held:
+            if held:
+                yield
+                return
+        time.sleep(poll_s)

@@ -44,3 +44,17 @@ def test_trainer_config_points_at_the_loop_and_fits_a_small_set(tmp_path, micro,
     assert cfg["train"]["global_batch_size"] == 3 and cfg["train"]["micro_batch_size"] == expected_micro
     assert f"train.max_steps={cfg['train']['max_steps']}" in BUILTIN_LOOP["train_overrides"]
     assert cfg["loop"] is None  # the trainer's config carries no loop section
+
+
+def test_round_k_takes_the_kth_slice_of_the_prompts_with_their_ids(tmp_path):
+    from videogpa.engine.data.prompts import load_prompts
+    from videogpa.engine.stages.rounds import prompt_slice
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(5)))
+    second = load_prompts(prompt_slice(prompts, 2, 2, tmp_path / "round_2"))
+    assert [(it.prompt_id, it.prompt) for it in second] == [("p00002", "prompt 2"), ("p00003", "prompt 3")]
+    with pytest.raises(
+        ValueError, match=r"loop.round_prompts 2: round 3 needs prompts 5..6 of .*, which has 5"
+    ):
+        prompt_slice(prompts, 3, 2, tmp_path / "round_3")

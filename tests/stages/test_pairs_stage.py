@@ -149,3 +149,17 @@ def test_an_empty_index_is_replaced_without_overwrite(tmp_path):
     assert len(build_pairs(scores, tmp_path / "p", manifest=manifest).pairs) == 1
     with pytest.raises(ValueError, match="differs"):  # a non-empty one is kept
         build_pairs(scores, tmp_path / "p", manifest=manifest, min_gap=1.0)
+
+
+def test_under_a_launcher_rank_zero_alone_selects_pairs(tmp_path):
+    from tests.stages.stage_helpers import TORCHRUN, finish, start
+
+    manifest, scores = _generation(tmp_path, {"a0": ("A", 0.30, 0.1), "a1": ("A", 0.10, 0.1)})
+    out = tmp_path / "pairs"
+    (log,) = finish(
+        start("pairs", "--scores", scores, "--manifest", manifest, "--out-dir", out, launcher=TORCHRUN)
+    )
+    assert "rank 1 of 2 leaves pair selection to rank 0" in log and log.count("pairs: 1 pairs") == 1, log[
+        -2000:
+    ]
+    assert len(read_jsonl(out / PAIRS_FILE)) == 1

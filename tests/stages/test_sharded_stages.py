@@ -4,15 +4,14 @@ process runs with one thread (OMP_NUM_THREADS=1), so the comparisons are between
 same machine with the same thread count; generation uses batch_size 2 and shards take whole batches of the
 full candidate list, so every candidate is computed in the same batch in every run."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.stages.stage_helpers import TORCHRUN, files, finish, start
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.models.tiny import write_tiny_pipeline
@@ -20,27 +19,7 @@ from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages import score
 from videogpa.engine.stages.generate import MANIFEST
 
-REPO = Path(__file__).resolve().parents[2]
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 STEMS = ["barn_s0", "barn_s1", "bridge_s0", "bridge_s1"]  # 2 prompts x 2 seeds, in 2 batches of 2
-
-
-def env() -> dict:
-    out = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**out, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-def start(recipe: str, *args, launcher: tuple = ()) -> subprocess.Popen:
-    command = [*(launcher or (sys.executable,)), str(REPO / "recipes" / f"{recipe}.py"), *map(str, args)]
-    return subprocess.Popen(
-        command, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def finish(*procs: subprocess.Popen) -> None:
-    for proc in procs:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +45,6 @@ def one_process(inputs):
     out = inputs[0] / "one"
     finish(generate(inputs, out))
     return out
-
-
-def files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
 def outputs(folder: Path) -> set[str]:
@@ -118,7 +93,7 @@ def test_two_concurrent_shards_write_disjoint_files_equal_to_one_process(inputs,
 
 def test_torchrun_ranks_shard_the_candidates_like_separate_processes(inputs, one_process):
     out = inputs[0] / "torchrun"
-    finish(generate(inputs, out, launcher=(str(TORCHRUN), "--standalone", "--nproc-per-node", "2")))
+    finish(generate(inputs, out, launcher=TORCHRUN))
     assert {p.name for p in out.glob("manifest*")} == {
         "manifest.shard-0-of-2.jsonl",
         "manifest.shard-1-of-2.jsonl",

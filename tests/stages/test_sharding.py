@@ -12,7 +12,14 @@ from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.sharded import read_sharded, shard_files, shard_path
 from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages import generate, score
-from videogpa.engine.stages.sharding import Shard, current_shard, launcher_shard, shard_device
+from videogpa.engine.stages.sharding import (
+    Shard,
+    current_shard,
+    finishes,
+    launcher_shard,
+    shard_device,
+    sole,
+)
 
 
 @pytest.fixture
@@ -169,3 +176,35 @@ def test_a_score_rerun_with_another_n_scores_each_video_once_and_outranks_old_er
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "scores.jsonl"} == before
     assert score.unscored(manifest, out / "scores.jsonl") == []
     assert score.run(cfg, manifest, out, progress=False, shard="1/3").new_rows == 0
+
+
+def test_the_once_only_step_is_done_by_one_process_once_the_set_is_complete(tmp_path):
+    assert finishes(Shard(), lambda: False)  # one process: the whole set is its own
+    assert not finishes(Shard(0, 2), lambda: False) and finishes(Shard(1, 2), lambda: True)
+    with sole(tmp_path, "encode.assemble") as first:
+        with sole(tmp_path, "encode.assemble") as second:  # held by a live process (this one)
+            assert first and not second
+    assert not list(tmp_path.iterdir())  # released
+
+
+def test_one_at_a_time_waits_for_the_holder(tmp_path):
+    import threading
+    import time
+
+    from videogpa.engine.stages.sharding import one_at_a_time
+
+    entered, order = threading.Event(), []
+
+    def first():
+        with one_at_a_time(tmp_path, "models"):
+            entered.set()
+            time.sleep(0.5)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait(5)
+    with one_at_a_time(tmp_path, "models", poll_s=0.05):
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"] and not list(tmp_path.iterdir())
