@@ -41,6 +41,8 @@ class ModelConfig:
     # PyTorch SDPA's kernel (auto: PyTorch's choice; cudnn, flash, efficient, math), or a diffusers attention
     # backend "diffusers:<name>" (e.g. diffusers:flash for flash-attn) for families that dispatch through it
     attention_backend: str = "auto"
+    # regional torch.compile of the transformer's repeated blocks with this backend (e.g. inductor); None: eager
+    compile: str | None = None
 
 
 @dataclass
@@ -126,6 +128,27 @@ class EvalConfig:
     draws: int = 4  # fixed (noise, t) draws per held-out pair
     batch_size: int = 8
     plot: bool = True
+    every: int = 0  # also evaluate (held-out accuracy, validation videos) every N steps; 0: before/after only
+    validation: ValidationConfig | None = None  # videos sampled with the current weights (None: off)
+
+
+WANDB_MODES = ("offline", "online")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases beside TensorBoard (engine.logging_utils): the same scalars, figures, videos, config."""
+
+    project: str = "videogpa"
+    mode: str = "offline"  # offline: files under <output_dir>/wandb (`wandb sync` them later); online
+    name: str | None = None  # the run's name (None: the output folder's name)
+    entity: str | None = None
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: WandbConfig | None = None  # None: off (the wandb package is needed only when it is on)
 
 
 @dataclass
@@ -212,6 +235,30 @@ class ScoreConfig:
     scores_file: str = "scores.jsonl"  # the stage's output, in its output folder
     metrics: list[str] = field(default_factory=lambda: ["reprojection"])  # and/or "epipolar" (SCORE_METRICS)
     epipolar: EpipolarConfig = field(default_factory=EpipolarConfig)
+    # pictures of 3D consistency (engine.figures) into <output folder>/figures/<video>.png: frames, renders,
+    # error maps, hit masks; for the first `figures` videos (sorted) and the videos named in figure_videos
+    figures: int = 0
+    figure_videos: list[str] = field(default_factory=list)  # file names or stems
+
+
+@dataclass
+class ValidationConfig:
+    """eval.validation (engine.validation): fixed prompts × seeds sampled with the current weights at step 0, every
+    eval.every steps and at the end, saved as mp4 under <output_dir>/validation/step_<n>/ and scored."""
+
+    prompts: list[str] = field(default_factory=list)
+    images: list[str] | None = None  # image-to-video: one first frame per prompt
+    seeds: list[int] = field(default_factory=lambda: [0])
+    pipeline: str | None = None  # local pipeline folder (None: the built-in one, else model.path's folder)
+    num_frames: int | None = None  # sampler fields left None take the model family's defaults
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    batch_size: int = 1
+    grid_frames: int = 6  # frames per video in the logged frame grid
+    offload: bool = True  # between validations: the sampling pipeline on the CPU, the scorer not kept
+    score: ScoreConfig | None = None  # the geometry scorer of the videos (None: not scored)
 
 
 @dataclass
@@ -298,6 +345,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     loop: LoopConfig | None = None  # the loop's stages (recipes/pipeline.py); the trainer ignores it
 
     def to_dict(self) -> dict:
@@ -405,6 +453,24 @@ def _check_export_formats(formats: list[str], lora: bool) -> None:
         )
 
 
+def _check_validation(val: ValidationConfig) -> None:
+    where = "eval.validation"
+    if not val.prompts:
+        raise ValueError(f"config key '{where}.prompts': expected at least one prompt")
+    if val.images is not None and len(val.images) != len(val.prompts):
+        raise ValueError(f"config key '{where}.images': expected one image per prompt ({len(val.prompts)}), "
+                         f"got {len(val.images)}")  # fmt: skip
+    if not val.seeds or len(set(val.seeds)) != len(val.seeds):
+        raise ValueError(f"config key '{where}.seeds': expected distinct seeds, got {val.seeds}")
+    for key in ("num_frames", "height", "width", "steps"):
+        if getattr(val, key) is not None:
+            _positive(getattr(val, key), f"{where}.{key}")
+    _positive(val.batch_size, f"{where}.batch_size")
+    _positive(val.grid_frames, f"{where}.grid_frames")
+    if val.score is not None:
+        validate_stage(val.score, f"{where}.score")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that the types alone cannot express."""
     from videogpa.engine.models import adapter_names
@@ -468,6 +534,17 @@ def validate(cfg: Config) -> Config:
                          f"inputs; use an SDPA kernel or a diffusers native backend, not {backend!r}")  # fmt: skip
     _positive(cfg.eval.draws, "eval.draws")
     _positive(cfg.eval.batch_size, "eval.batch_size")
+    _positive(cfg.eval.every, "eval.every", allow_zero=True)
+    if cfg.eval.validation is not None:
+        _check_validation(cfg.eval.validation)
+    if cfg.logging.wandb is not None:
+        _choice(cfg.logging.wandb.mode, WANDB_MODES, "logging.wandb.mode")
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ValueError(
+                "config key 'logging.wandb': needs the wandb package (pip install wandb), not installed"
+            )
     if cfg.loop is not None:
         validate_loop(cfg.loop, cfg.model.name)
     return cfg
@@ -527,6 +604,9 @@ def validate_stage(section: object, where: str) -> None:
                 f"got {section.metrics}"
             )
         _check_epipolar(section.epipolar, f"{where}.epipolar")
+        _positive(section.figures, f"{where}.figures", allow_zero=True)
+        if (section.figures or section.figure_videos) and "reprojection" not in section.metrics:
+            raise ValueError(f"config key '{where}.figures': the pictures need the 'reprojection' metric")
     elif isinstance(section, PairsConfig):
         _positive(section.min_gap, f"{where}.min_gap", allow_zero=True)
         _positive(section.min_motion, f"{where}.min_motion", allow_zero=True)
@@ -620,8 +700,9 @@ def apply_override(data: dict, item: str) -> None:
 
 
 # Keys a resumed run may change freely: where and how often it reports, not what it computes.
-BOOKKEEPING_KEYS = ("output_dir", "loop", "train.log_every", "train.progress_bar", "train.checkpoint_every",
-                    "train.keep_checkpoints", "train.export_formats", "eval.plot")  # fmt: skip
+BOOKKEEPING_KEYS = ("output_dir", "loop", "logging", "train.log_every", "train.progress_bar", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.export_formats", "eval.plot", "eval.every",
+                    "eval.validation")  # fmt: skip
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import subprocess
+import uuid
 from pathlib import Path
 
 from videogpa.engine.io.plots import pyplot, save_figure
@@ -28,39 +29,96 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
 
 
 class MetricsLogger:
-    """Appends one JSON line per optimizer step and mirrors scalars to TensorBoard (rank 0 only)."""
+    """Appends one JSON line per optimizer step and mirrors scalars, figures, tables and videos to TensorBoard
+    and, when cfg.logging.wandb is set, to Weights & Biases (rank 0 only)."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int = 0, tensorboard: bool = True):
+    def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int = 0, tensorboard: bool = True,
+                 cfg=None):  # fmt: skip
         self.enabled = enabled
         self.path = Path(output_dir) / METRICS_FILE
-        self.writer = None
+        self.writer = self.wandb = None
         if not enabled:
             return
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(output_dir) if r["step"] <= resume_step]
         write_jsonl_atomic(self.path, kept)  # a resumed run redoes the steps after its checkpoint
-        if tensorboard:
+        if tensorboard and (cfg is None or cfg.logging.tensorboard):
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step + 1)
+        if cfg is not None and cfg.logging.wandb is not None:
+            self.wandb = wandb_run(cfg, Path(output_dir), resume_step)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
         record = {k: _jsonable(v) for k, v in record.items()}
         append_jsonl(self.path, record)
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.scalar(f"train/{key}", value, record["step"])
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log({tag: value}, step=step)
+
+    def figure(self, tag: str, fig, step: int) -> None:
+        """A matplotlib figure as an image (the caller still owns and closes it)."""
+        if self.writer is not None:
+            self.writer.add_figure(tag, fig, step, close=False)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(fig)}, step=step)
+
+    def table(self, tag: str, columns: list[str], rows: list[list], step: int) -> None:
+        """A small table: Markdown text in TensorBoard, a wandb.Table in W&B."""
+        if self.writer is not None:
+            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+            self.writer.add_text(tag, "\n".join(lines), step)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def videos(self, tag: str, paths: list[Path], captions: list[str], step: int) -> None:
+        """mp4 files as videos in W&B (TensorBoard gets the frame grid instead: its video needs moviepy)."""
+        if self.wandb is not None and paths:
+            import wandb
+
+            items = [wandb.Video(str(p), caption=c, format="mp4") for p, c in zip(paths, captions)]
+            self.wandb.log({tag: items}, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run(cfg, out_dir: Path, resume_step: int):
+    """A W&B run for the output folder (offline files under out_dir/wandb; one run id per folder, so a resumed
+    run continues it), carrying the resolved config."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError(
+            "logging.wandb: needs the wandb package (pip install wandb), not installed"
+        ) from None
+    from videogpa.engine.io.atomic import write_atomic
+
+    settings, id_file = cfg.logging.wandb, out_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if resume_step > 0 and id_file.is_file() else uuid.uuid4().hex[:12]
+    write_atomic(id_file, run_id + "\n")
+    (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=settings.project, entity=settings.entity, name=settings.name or out_dir.name,
+                      id=run_id, resume="allow", mode=settings.mode, dir=str(out_dir), config=cfg.to_dict())  # fmt: skip
 
 
 def format_line(record: dict) -> str:
@@ -129,6 +187,22 @@ def plot_heldout_accuracy(before: float, after: float, pairs: int, path: str | P
     save_figure(fig, path, dpi=120)
 
 
+def plot_heldout_curve(history: list[dict], pairs: int, path: str | Path) -> None:
+    """Held-out preference accuracy over the training steps (eval.every), step 0 being the initial model (PNG)."""
+    plt = pyplot()
+
+    rows = sorted(history, key=lambda h: h["step"])
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot([h["step"] for h in rows], [100 * h["accuracy"] for h in rows], marker="o", color="#2a7ab9")
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out preference accuracy (%)")
+    ax.set_title(f"Diffusion-DPO, {pairs} held-out pairs")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+
+
 def moving_average(values: list[float], window: int) -> list[float]:
     """Mean of each value and up to window − 1 values before it (same length as values)."""
     out, total = [], 0.0
@@ -172,7 +246,10 @@ def write_final_report(out_dir: Path, result: dict, plots: bool) -> None:
     )
     if plots:
         before, after = result["heldout_accuracy_before"], result["heldout_accuracy_after"]
-        plot_heldout_accuracy(before, after, result["pairs"], out_dir / "heldout_accuracy.png")
+        if len(result.get("heldout_history", [])) > 2:  # evaluated during training too (eval.every)
+            plot_heldout_curve(result["heldout_history"], result["pairs"], out_dir / "heldout_accuracy.png")
+        else:
+            plot_heldout_accuracy(before, after, result["pairs"], out_dir / "heldout_accuracy.png")
         plot_training_curves(read_metrics(out_dir), out_dir / "training_curves.png")
     print(f"outputs in {out_dir}/: eval.json, metrics.jsonl, plots, checkpoints, final weights", flush=True)
 

@@ -14,6 +14,7 @@ from videogpa.engine.attention import (  # noqa: F401 (select_sdpa_kernel, set_d
     select_sdpa_kernel,
     set_diffusers_attention,
 )
+from videogpa.engine.compiling import compile_blocks
 from videogpa.engine.config import Config
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.base import ModelAdapter
@@ -56,6 +57,10 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
                 enable_sequence_parallel(module, adapter, D.sequence_group(), D.sequence_parallel_size(),
                                          D.rank() % D.sequence_parallel_size())  # fmt: skip
     apply_attention_backend(model, adapter, cfg.model.attention_backend, D.device())
+    if cfg.model.compile is not None:  # after the hooks above, so the compiled blocks include them
+        for module in (model, frozen):
+            if module is not None:
+                compile_blocks(module, adapter, cfg.model.compile, "model.compile")
     optimizer, scheduler = build_optimizer(
         model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
     )

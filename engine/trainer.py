@@ -16,12 +16,14 @@ from videogpa.engine.config import Config
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
 from videogpa.engine.exports import export_after_training
-from videogpa.engine.heldout import accuracy_before, heldout_accuracy
+from videogpa.engine.heldout import Evaluations, heldout_accuracy
 from videogpa.engine.logging_utils import MetricsLogger, StepReporter, write_final_report, write_run_records
 from videogpa.engine.models.lora import export_trained_weights
 from videogpa.engine.policy import build_policy, model_adapter
+from videogpa.engine.report import write_report
 from videogpa.engine.run_folder import claim_output_dir, record_resume, resume_point
 from videogpa.engine.training_data import load_training_sets
+from videogpa.engine.validation import ValidationVideos
 
 METRIC_NAMES = ("loss", "accuracy", "reward_margin", "logits_mean", "policy_err_w", "policy_err_l", "ref_err_w",
                 "ref_err_l")  # fmt: skip
@@ -44,7 +46,10 @@ class Trainer:
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
         D.seed_everything(cfg.seed)
-        self.adapter = model_adapter(cfg)  # read-only checks first: the model folder, shard data
+        self.adapter = model_adapter(
+            cfg
+        )  # read-only checks first: the model folder, shard data, validation inputs
+        self.videos = cfg.eval.validation and ValidationVideos(cfg, self.adapter, self.out, self.device, self.dtype)  # fmt: skip
         sets = None if cfg.data.synthetic is not None else load_training_sets(cfg, self.adapter, self.out)
         self._lock = contextlib.ExitStack()
         try:
@@ -71,7 +76,9 @@ class Trainer:
         D.barrier()
         self.reference = self._reference(train=True)
         self.heldout_reference = self._reference(train=False) if self.heldout_set is not None else None
-        self.logger = MetricsLogger(self.out, D.is_main(), resume_step=self.start_step)
+        self.logger = MetricsLogger(self.out, D.is_main(), resume_step=self.start_step, cfg=cfg)
+        measure = self.heldout_accuracy if self.heldout_set is not None else None
+        self.evals = Evaluations(cfg, self.out, self.start_step, self.logger, measure, self.videos, self.engine.module)  # fmt: skip
 
     def close(self) -> None:
         """Release the output folder's lock (run() does at its end)."""
@@ -151,13 +158,14 @@ class Trainer:
 
     def _run(self, stop_after: int | None) -> dict | None:
         cfg = self.cfg
-        before = self._accuracy_before()
+        before = self.evals.before()
         report, stopped = StepReporter(cfg.train.max_steps, self.start_step, cfg.train.log_every, D.is_main(),
                               cfg.train.progress_bar), False  # fmt: skip
         for step in range(self.start_step, cfg.train.max_steps):
             record = self.train_step(step)
             self.logger.log(record)
             report.step(record)
+            self.evals.after_step(record["step"])
             every = cfg.train.checkpoint_every
             if every and record["step"] % every == 0 and record["step"] < cfg.train.max_steps:
                 self._save(record["step"])
@@ -178,24 +186,16 @@ class Trainer:
         state = {"nan_skipped": self.nan_skipped, "skips_in_row": self.skips_in_row}
         ckpt.save_checkpoint(self.engine, self.out, step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints)  # fmt: skip
 
-    def _accuracy_before(self) -> float | None:
-        """Held-out accuracy of the initial model, computed once (eval_before.json keeps it across resumes)."""
-        if self.heldout_set is None:
-            return None
-        return accuracy_before(
-            self.out / "eval_before.json", self.start_step > 0, self.heldout_accuracy, self.logger
-        )
-
     def _finish(self, before: float | None) -> dict | None:
-        result = None
+        result, after = None, self.evals.final()
         if self.heldout_set is not None:
-            after = self.heldout_accuracy()
-            self.logger.scalar("eval/heldout_accuracy", after, self.cfg.train.max_steps)
             result = {"heldout_accuracy_before": before, "heldout_accuracy_after": after,
-                      "pairs": len(self.heldout_set), "draws": self.cfg.eval.draws,
-                      "steps": self.cfg.train.max_steps, "nan_skipped": self.nan_skipped}  # fmt: skip
+                      "pairs": len(self.heldout_set), "draws": self.cfg.eval.draws, "steps": self.cfg.train.max_steps,
+                      "nan_skipped": self.nan_skipped, "heldout_history": self.evals.history}  # fmt: skip
             if D.is_main():
                 write_final_report(self.out, result, self.cfg.eval.plot)
+        if D.is_main():
+            write_report(self.out)
         self.logger.close()
         D.barrier()
         return result

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from videogpa.engine.config import EvaluateConfig, GenerationConfig
 from videogpa.engine.eval_stats import RESAMPLES, paired_metric
+from videogpa.engine.figures import save_before_after_grid
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import write_json_atomic
@@ -181,6 +182,7 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> None:
 
 
 EVALUATION_FILE = "evaluation.json"
+FRAMES_PNG = "evaluation_frames.png"  # the same prompts and seeds before and after (engine.figures)
 
 
 @dataclass
@@ -274,6 +276,7 @@ def _report(
     table = format_table(result)
     write_atomic(out_dir / "evaluation.md", table + "\n")
     plot_comparison(result, out_dir / "evaluation.png")
+    save_before_after_grid(out_dir / "eval" / "base", out_dir / "eval" / "lora", out_dir / FRAMES_PNG)
     write_json_atomic(path, result)
     print(table, flush=True)
     return EvaluateSummary(path, result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from videogpa.engine.attention import apply_attention_backend
+from videogpa.engine.compiling import compile_blocks
 from videogpa.engine.config import GenerationConfig
 from videogpa.engine.models import ModelAdapter
 from videogpa.engine.models.common import base_module
@@ -19,19 +20,6 @@ KEY = "loop.generation"  # the config section named in errors
 def step_cache_record(cfg: GenerationConfig) -> dict | None:
     """What a manifest row records of the step cache (None: no cache, the plain sampler)."""
     return None if cfg.step_cache is None else {"kind": cfg.step_cache, "threshold": cfg.step_cache_threshold}
-
-
-def compile_blocks(transformer: torch.nn.Module, adapter: ModelAdapter, backend: str) -> int:
-    """torch.compile (in place, `backend`) each of the transformer's repeated blocks; returns how many."""
-    known = torch.compiler.list_backends(exclude_tags=())
-    if backend not in known:
-        raise ValueError(
-            f"config key '{KEY}.compile': unknown torch.compile backend {backend!r}; one of {known}"
-        )
-    blocks = getattr(base_module(transformer), adapter.blocks_attribute)
-    for block in blocks:
-        block.compile(backend=backend)
-    return len(blocks)
 
 
 def enable_step_cache(transformer: torch.nn.Module, cfg: GenerationConfig) -> None:
@@ -68,7 +56,7 @@ def apply_sampling_options(pipe, adapter: ModelAdapter, cfg: GenerationConfig, d
     if cfg.step_cache is not None:
         enable_step_cache(pipe.transformer, cfg)
     if cfg.compile is not None:
-        compile_blocks(pipe.transformer, adapter, cfg.compile)
+        compile_blocks(pipe.transformer, adapter, cfg.compile, f"{KEY}.compile")
     if cfg.cpu_offload:
         if not str(device).startswith("cuda"):
             raise ValueError(

@@ -62,6 +62,7 @@ from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_json
 from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.report import write_report
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
 
@@ -431,6 +432,7 @@ class Loop:
             result = self.evaluate(lora)
             self.report["seconds"] = f"{time.perf_counter() - start:.0f}"
             write_json_atomic(self.out / "loop_summary.json", self.report)
+            print(f"report: {write_report(self.out)}", flush=True)
             print(
                 f"\nloop done in {self.report['seconds']} s; before/after table: {self.out / evaluate.EVALUATION_FILE}",
                 flush=True,

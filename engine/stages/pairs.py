@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from videogpa.engine.config import PairsConfig
+from videogpa.engine.figures import save_pairs_figure
 from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -29,6 +30,8 @@ PAIRS_FILE = "pairs.jsonl"
 REPORT_FILE = "pairs_report.json"
 SCORES_PNG = "pairs_scores.png"
 GAPS_PNG = "pairs_gaps.png"
+EXAMPLES_PNG = "pairs_examples.png"  # a few pairs' winner and loser frames and error maps
+FIGURES = "figures"  # the score stage's pictures, beside its scores file (engine.stages.score.FIGURES)
 _PATH_FIELDS = ("latents", "image")
 DROP_REASONS = ("failed", "static", "too_few_candidates", "small_gap")
 
@@ -247,6 +250,7 @@ def run(
     write_json_atomic(out_dir / REPORT_FILE, summary)
     if cfg.plots:
         _plot(candidates, report, min_gap, out_dir)
+        save_pairs_figure(pairs, Path(scores).parent / FIGURES, out_dir / EXAMPLES_PNG)
     return PairsSummary(index, pairs, report, changed=old != fresh)
 
 

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from videogpa.engine.config import ScoreConfig
+from videogpa.engine.figures import consistency_arrays, save_consistency_figure, score_label
 from videogpa.engine.geometry.base import Geometry, GeometryModel
 from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, select_frames, sidecar_path
 from videogpa.engine.geometry.oracle import OracleGeometryModel
@@ -43,6 +44,7 @@ from videogpa.engine.types import default_device
 
 log = logging.getLogger(__name__)
 
+FIGURES = "figures"  # the consistency pictures (ScoreConfig.figures), beside the scores file
 RANDOM_WEIGHTS_NOTE = "geometry model with random weights: these scores are NOT meaningful (mechanics only)"
 
 
@@ -134,13 +136,15 @@ def score_videos(
     progress: bool = True,
     shard: Shard = WHOLE,
     select: Callable[[list[VideoJob]], list[VideoJob]] | None = None,
+    figure: Callable[[VideoJob, torch.Tensor, Geometry, dict], None] | None = None,
 ) -> list[dict]:
     """Score `shard`'s share of the jobs (every count-th batch of batch_size) without an "ok" row in out_path
-        or its shard files; write a row per video to the shard's file (status "ok" with scores, or "error" with
-        the message; appended, or in place of a retried video's error row in that file) and return the new rows.
-        model None = the oracle (each video's stored geometry); `score(frames, geometry)` gives a video's scores
-        (engine.geometry.scoring.score_reconstruction with its settings); `select` picks this process's jobs
-    instead of the shard's share."""
+    or its shard files; write a row per video to the shard's file (status "ok" with scores, or "error" with
+    the message; appended, or in place of a retried video's error row in that file) and return the new rows.
+    model None = the oracle (each video's stored geometry); `score(frames, geometry)` gives a video's scores
+    (engine.geometry.scoring.score_reconstruction with its settings); `select` picks this process's jobs
+    instead of the shard's share; `figure(job, frames, geometry, row)` draws an ok video's picture before its
+    row is written (a video with a row has its picture)."""
     logical = Path(out_path)
     out_path = shard.path(logical)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,18 +203,19 @@ def score_videos(
             except Exception as err:
                 write(error_row(job, err))
                 continue
-            write(
-                {
-                    "video": str(job.video),
-                    **dict(job.extra),
-                    "status": "ok",
-                    **scores.as_dict(),
-                    "frames_used": video.indices,
-                    "size": list(video.frames.shape[-2:]),
-                    "seconds": round((time.perf_counter() - start) / len(batch), 4),
-                    **(row_info or {}),
-                }
-            )
+            row = {
+                "video": str(job.video),
+                **dict(job.extra),
+                "status": "ok",
+                **scores.as_dict(),
+                "frames_used": video.indices,
+                "size": list(video.frames.shape[-2:]),
+                "seconds": round((time.perf_counter() - start) / len(batch), 4),
+                **(row_info or {}),
+            }
+            if figure is not None:
+                figure(job, video.frames.to(device), geometry, row)
+            write(row)
         batch.clear()
 
     for job, loaded in _prefetch(todo, lambda j: load_video(j.video, n_frames, size), depth=2 * batch_size):
@@ -296,9 +301,33 @@ class Scorer:
             lpips_weight=cfg.lpips_weight, image_metrics=not cfg.mse_only, backend=cfg.kernel_backend,
         ) if "reprojection" in cfg.metrics else None  # fmt: skip
         settings = metric_scores(reprojection, self.epipolar)
-        return score_videos(list_videos(videos), out, model=self.model, n_frames=cfg.num_frames, size=size,
+        jobs = list_videos(videos)
+        return score_videos(jobs, out, model=self.model, n_frames=cfg.num_frames, size=size,
                             batch_size=batch, device=cfg.device, score=settings, row_info=info, progress=progress,
-                            shard=shard, select=select)  # fmt: skip
+                            shard=shard, select=select, figure=self._figure(jobs, Path(out).parent / FIGURES))  # fmt: skip
+
+    def _figure(self, jobs: list[VideoJob], folder: Path):
+        """score_videos' `figure` for cfg.figures / cfg.figure_videos (None when no picture is asked for)."""
+        cfg = self.cfg
+        named = set(cfg.figure_videos)
+        chosen = {str(j.video) for i, j in enumerate(jobs)
+                  if i < cfg.figures or j.video.name in named or j.video.stem in named}  # fmt: skip
+        if not chosen:
+            return None
+
+        def draw(job: VideoJob, frames: torch.Tensor, geometry: Geometry, row: dict) -> None:
+            if str(job.video) not in chosen:
+                return
+            try:
+                arrays = consistency_arrays(frames, geometry, conf_thres=cfg.conf_thres, points=cfg.points,
+                                            backend=cfg.kernel_backend)  # fmt: skip
+                save_consistency_figure(
+                    arrays, f"{job.video.name}: {score_label(row)}", folder / f"{job.video.stem}.png"
+                )
+            except Exception as err:  # a picture never costs a score
+                log.warning("%s: no consistency figure (%s: %s)", job.video, type(err).__name__, err)
+
+        return draw
 
 
 def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:

@@ -2,7 +2,7 @@
 all ranks equals the unsplit one computed in the same process (loss, DPO logits, LoRA gradients).
 
 Usage (from the repository root): torchrun --nproc-per-node S -m tests.trainer.sequence_parallel_worker DTYPE FAMILY...
-Each rank prints `ok FAMILY` per family that matched; any mismatch raises (exit code != 0).
+Each rank prints `<rank R ok FAMILY>` per family that matched; any mismatch raises (exit code != 0).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from tests.models import model_builders as B
+from videogpa.engine.compiling import compile_blocks
 from videogpa.engine.dpo_reference import online_reference
 from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.models import get_adapter
@@ -67,6 +68,8 @@ def check(family: str, dtype: torch.dtype, size: int, rank: int) -> None:
     model = B.perturbed(apply_lora(build().to(dtype), 4, 8, list(ATTENTION_PROJECTIONS), 0.0))
     enable_gradient_checkpointing(model)
     split = enable_sequence_parallel(copy.deepcopy(model), adapter, dist.group.WORLD, size, rank)
+    if os.environ.get("SP_WORKER_COMPILE"):  # regional torch.compile over the split blocks (hooks included)
+        compile_blocks(split, adapter, os.environ["SP_WORKER_COMPILE"], "model.compile")
     gen = torch.Generator().manual_seed(1)
     pairs = 2
     latents_w, latents_l = (torch.randn(pairs, *shape, generator=gen) for _ in range(2))
@@ -87,7 +90,7 @@ def check(family: str, dtype: torch.dtype, size: int, rank: int) -> None:
         expected = whole[2][key].float()
         assert expected.abs().max() > 0, (family, key, "no gradient reaches this LoRA weight")
         assert_relative(mean, expected, tol, f"{family}: gradient of {key}")
-    print(f"ok {family}", flush=True)
+    print(f"<rank {rank} ok {family}>", flush=True)
 
 
 def main() -> None:
