@@ -82,8 +82,7 @@ def check_pair_shapes(latents_w: torch.Tensor, latents_l: torch.Tensor, cond: Co
 
 
 def _cast_cond(cond: Conditioning, device: torch.device, dtype: torch.dtype) -> Conditioning:
-    move = lambda t: None if t is None else t.to(device=device, dtype=dtype)
-    return Conditioning(move(cond.text_embeds), move(cond.image_latents))
+    return cond.map(lambda t: t.to(device=device, dtype=dtype))
 
 
 def build_inputs(

@@ -1,5 +1,8 @@
 """Exports of a finished training run, read from its folder: the LoRA in diffusers format, in the key format
 ComfyUI loads for the run's model family, and the merged transformer (LoRA folded in) as a diffusers folder.
+A two-expert model (Wan 2.2 A14B) has one LoRA per expert: each export is written per expert, the second
+expert's with the component in its name (pytorch_lora_weights_transformer_2.safetensors,
+comfyui_lora_transformer_2.safetensors, transformer_merged_transformer_2/).
 
 Every export carries what made it (`export_info`): the base model (name, path), rank, alpha, targets, steps,
 β and the held-out accuracy before/after from the run's eval.json (when present) — as the `videogpa` key of
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +24,7 @@ from safetensors.torch import save_file
 from videogpa.engine import checkpoint as ckpt
 from videogpa.engine.config import EXPORT_FORMATS, Config, apply_override, config_from_dict, read_config_dict
 from videogpa.engine.io.atomic import atomic_path, write_atomic
-from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.models.lora import LORA_PREFIX, LORA_WEIGHT_NAME, lora_weight_name, model_components
 from videogpa.engine.models.lora_formats import LoraFile, merge_lora, read_lora
 from videogpa.engine.models.registry import adapter_class
 
@@ -32,12 +35,31 @@ MERGED_NAME = "transformer_merged"
 
 @dataclass(frozen=True)
 class FinishedRun:
-    """What an export needs of a run folder: its config, its diffusers-format LoRA and its eval.json."""
+    """What an export needs of a run folder: its config, its diffusers-format LoRA and its eval.json;
+    `experts`: the LoRA of each further expert of a two-expert model, by pipeline component."""
 
     folder: Path
     cfg: Config
     lora: LoraFile
     evaluation: dict | None
+    experts: dict[str, LoraFile] = field(default_factory=dict)
+
+    def loras(self) -> list[tuple[str, LoraFile]]:
+        """(pipeline component, its LoRA), `transformer` first."""
+        return [(LORA_PREFIX, self.lora), *self.experts.items()]
+
+
+def with_component(path: Path, component: str) -> Path:
+    """Where a further expert's export goes beside `path`: the component added to its name."""
+    return path if component == LORA_PREFIX else path.with_name(f"{path.stem}_{component}{path.suffix}")
+
+
+def _read_checked_lora(path: Path, cfg: Config) -> LoraFile:
+    lora = read_lora(path)
+    if (lora.rank, lora.alpha) != (cfg.lora.rank, float(cfg.lora.alpha)):
+        raise ValueError(f"{path}: rank {lora.rank}, alpha {lora.alpha} differ from the run's config "
+                         f"(lora.rank {cfg.lora.rank}, lora.alpha {cfg.lora.alpha})")  # fmt: skip
+    return lora
 
 
 def _run_config(folder: Path, config: str | Path | None, overrides: Sequence[str]) -> Config:
@@ -73,17 +95,21 @@ def read_run(
                          f"its export is {folder / 'transformer'} already")  # fmt: skip
     if not (folder / LORA_WEIGHT_NAME).is_file():
         raise ValueError(f"{folder} holds no {LORA_WEIGHT_NAME}: the run has not finished")
-    lora = read_lora(folder / LORA_WEIGHT_NAME)
-    if (lora.rank, lora.alpha) != (cfg.lora.rank, float(cfg.lora.alpha)):
-        raise ValueError(f"{folder / LORA_WEIGHT_NAME}: rank {lora.rank}, alpha {lora.alpha} differ from the "
-                         f"run's config (lora.rank {cfg.lora.rank}, lora.alpha {cfg.lora.alpha})")  # fmt: skip
+    lora = _read_checked_lora(folder / LORA_WEIGHT_NAME, cfg)
+    experts = {}
+    for component in getattr(adapter_class(cfg.model.name), "lora_components", (LORA_PREFIX,))[1:]:
+        path = folder / lora_weight_name(component)
+        if not path.is_file():
+            raise ValueError(f"{folder} holds no {path.name}: model {cfg.model.name!r} trains a LoRA for its "
+                             f"{component} too")  # fmt: skip
+        experts[component] = _read_checked_lora(path, cfg)
     evaluation = None
     if (folder / "eval.json").is_file():
         try:
             evaluation = json.loads((folder / "eval.json").read_text())
         except ValueError as err:
             raise ValueError(f"{folder / 'eval.json'}: not JSON ({err})") from None
-    return FinishedRun(folder, cfg, lora, evaluation)
+    return FinishedRun(folder, cfg, lora, evaluation, experts)
 
 
 def export_info(run: FinishedRun) -> dict:
@@ -109,30 +135,39 @@ def _save_lora(state: dict[str, torch.Tensor], metadata: dict[str, str], info: d
 
 
 def write_diffusers(run: FinishedRun, info: dict, out: Path) -> Path:
-    """OUT/pytorch_lora_weights.safetensors: the run's LoRA, its diffusers metadata kept, export_info added."""
-    return _save_lora(run.lora.state, run.lora.metadata, info, out / LORA_WEIGHT_NAME)
+    """OUT/pytorch_lora_weights.safetensors: the run's LoRA, its diffusers metadata kept, export_info added
+    (and each further expert's file); returns the first."""
+    paths = [_save_lora(lora.state, lora.metadata, info, with_component(out / LORA_WEIGHT_NAME, component))
+             for component, lora in run.loras()]  # fmt: skip
+    return paths[0]
 
 
 def write_comfyui(run: FinishedRun, info: dict, out: Path) -> Path:
     """OUT/comfyui_lora.safetensors: the LoRA in the key format ComfyUI loads for the run's model family."""
     family = adapter_class(run.cfg.model.name)
-    state = family.comfyui_lora_keys(run.lora)
-    return _save_lora(state, family.comfyui_lora.metadata(run.lora), info, out / COMFYUI_NAME)
+    paths = [_save_lora(family.comfyui_lora_keys(lora), family.comfyui_lora.metadata(lora), info,
+                        with_component(out / COMFYUI_NAME, component)) for component, lora in run.loras()]  # fmt: skip
+    return paths[0]
 
 
 def write_merged(run: FinishedRun, info: dict, out: Path) -> Path:
     """OUT/transformer_merged/ (a diffusers folder: from_pretrained loads it) with the LoRA folded in, in the
-    run's precision, and OUT/transformer_merged.json. A previous merged export there is replaced."""
+    run's precision, and OUT/transformer_merged.json (a further expert: transformer_merged_<component>/ and
+    its .json). A previous merged export there is replaced. Returns the first folder."""
     cfg = run.cfg
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-    model = merge_lora(adapter_class(cfg.model.name).load_transformer(cfg.model.path, dtype), run.lora)
-    folder = out / MERGED_NAME
-    with atomic_path(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-    write_atomic(out / f"{MERGED_NAME}.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return folder
+    parts = dict(model_components(adapter_class(cfg.model.name).load_transformer(cfg.model.path, dtype)))
+    folders = []
+    for component, lora in run.loras():
+        model = merge_lora(parts[component], lora)
+        folder = with_component(out / MERGED_NAME, component)
+        with atomic_path(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if folder.exists():
+                shutil.rmtree(folder)
+        write_atomic(out / f"{folder.name}.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+        folders.append(folder)
+    return folders[0]
 
 
 WRITERS = {"diffusers": write_diffusers, "comfyui": write_comfyui, "merged": write_merged}
@@ -146,8 +181,8 @@ def export_run(
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
 ) -> list[Path]:
-    """Write the formats of a finished run's weights to `out` (default: the run folder); returns the paths.
-    config / overrides: see _run_config."""
+    """Write the formats of a finished run's weights to `out` (default: the run folder); returns the paths
+    (a further expert's beside each, see with_component). config / overrides: see _run_config."""
     unknown = [f for f in formats if f not in WRITERS]
     if unknown or not formats:
         raise ValueError(f"export formats {list(formats)}: expected some of {list(EXPORT_FORMATS)}")
@@ -155,7 +190,8 @@ def export_run(
     info = export_info(run)
     out = Path(folder if out is None else out)
     out.mkdir(parents=True, exist_ok=True)
-    return [WRITERS[f](run, info, out) for f in dict.fromkeys(formats)]
+    firsts = [WRITERS[f](run, info, out) for f in dict.fromkeys(formats)]
+    return [with_component(path, component) for path in firsts for component, _ in run.loras()]
 
 
 def export_after_training(folder: Path, formats: Sequence[str]) -> None:

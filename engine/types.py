@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,12 +24,19 @@ class Conditioning:
     """What the transformer is conditioned on, batched along dim 0 like the latents."""
 
     text_embeds: torch.Tensor  # [B, L, D]
-    image_latents: torch.Tensor | None = None  # image-to-video: the clean first-frame latent, native layout
+    # image-to-video: the family's image latents in the native layout (the clean first-frame latent, or for
+    # Wan's latent-concat I2V the VAE encoding of the first frame followed by zero frames, every latent frame)
+    image_latents: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None  # Wan 2.1 I2V: CLIP image-encoder hidden states [B, N, D]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditioning:
+        """The conditioning with `fn` applied to every tensor it holds (absent ones stay None)."""
+        apply = lambda t: None if t is None else fn(t)
+        return Conditioning(apply(self.text_embeds), apply(self.image_latents), apply(self.image_embeds))
 
     def repeat(self, times: int) -> Conditioning:
         """The same conditioning for `times` stacked copies of the batch ([w; l] -> repeat(2))."""
-        rep = lambda t: None if t is None else t.repeat(times, *([1] * (t.ndim - 1)))
-        return Conditioning(rep(self.text_embeds), rep(self.image_latents))
+        return self.map(lambda t: t.repeat(times, *([1] * (t.ndim - 1))))
 
 
 def default_device() -> str:

@@ -20,6 +20,9 @@ each published transformer config (no weights). The rest is a model, with these 
   block is recomputed at a time with ACT_FACTOR × 2 × tokens/S × d bytes of live intermediates (q, k, v,
   attention output, the MLP's hidden state and its input, norms, residuals; a fused attention kernel keeps
   no tokens × tokens matrix).
+- Wan 2.2 A14B: its two 14B experts are one trainable module (engine.models.wan_experts): ZeRO-3 partitions
+  both, LoRA trains both (full fine-tuning: both, and both in the reference); each sample runs one expert,
+  so activations are one expert's.
 - Fixed overhead: CUDA context, NCCL buffers and the allocator's fragmentation: OVERHEAD_GB + 10%.
 Calibration: for the one step measured on a GPU (DESIGN's anchor: CogVideoX-2B config, 17,776 tokens, one
 pair, LoRA r64, full checkpointing, one H100: 11.1 GB peak allocated) the model's allocated memory (the
@@ -70,18 +73,26 @@ MODELS = {
                     out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40),
         video="81 × 720×1280", latent_grid=(21, 90, 160), patch=(1, 2, 2), text_tokens=512,
     ),
+    "Wan 2.2 A14B (both experts)": dict(
+        cls="WanTransformer3DModel", experts=2,
+        config=dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40),
+        video="81 × 720×1280", latent_grid=(21, 90, 160), patch=(1, 2, 2), text_tokens=512,
+    ),
 }  # fmt: skip
 
 
 def count(name: str) -> dict:
-    """Exact parameter counts of a model built on the meta device: total, LoRA r64, the largest block, d, L."""
+    """Exact parameter counts of a model built on the meta device: total, LoRA r64 (both over every expert),
+    the largest block, d, L."""
     import diffusers
 
     spec = MODELS[name]
     with torch.device("meta"):
         model = getattr(diffusers, spec["cls"])(**spec["config"])
-    total = sum(p.numel() for p in model.parameters())
-    lora = sum(
+    experts = spec.get("experts", 1)
+    total = experts * sum(p.numel() for p in model.parameters())
+    lora = experts * sum(
         LORA_RANK * (m.in_features + m.out_features)
         for n, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and any(n.endswith(t) for t in LORA_TARGETS)
@@ -117,7 +128,12 @@ def per_gpu_gb(sizes: dict, n_tokens: int, text_tokens: int, s: int, lora: bool,
     return terms
 
 
-TABLE = ("CogVideoX-5B", "Wan 2.2 TI2V-5B", "Wan 14B (2.1 T2V / one A14B expert)")
+TABLE = (
+    "CogVideoX-5B",
+    "Wan 2.2 TI2V-5B",
+    "Wan 14B (2.1 T2V / one A14B expert)",
+    "Wan 2.2 A14B (both experts)",
+)
 
 
 def plan() -> list[dict]:

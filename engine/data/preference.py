@@ -5,7 +5,9 @@ On disk, a folder holds:
                              {"index", "pair_id", "shard", "score_w", "score_l", "has_image"}
   shard-00000.safetensors    the tensors of up to `shard_size` pairs, keys "<index>/<name>" with name in
   shard-00001.safetensors    latents_w, latents_l ([F, C, H, W] or [C, F, H, W]: the model's native layout,
-  ...                        same shape), text_embeds [L, D], and optionally image_latents (4-D, native).
+  ...                        same shape), text_embeds [L, D], and optionally image_latents (4-D, native)
+                             and image_embeds [N, D] (CLIP image-encoder states, Wan 2.1 I2V; index rows
+                             with them say "has_image_embeds": true).
 Every file is written to a temporary name and renamed, and the index is written last (on close), so a
 folder with an index is always complete. Each index row also carries "shard_sha256", the SHA-256 of its
 shard as written; opening a set re-hashes every shard and names one that changed since (bit rot, a partial
@@ -38,7 +40,7 @@ from videogpa.engine.types import Conditioning
 
 INDEX_NAME = "index.jsonl"
 SHARD_NAME = "shard-{:05d}.safetensors"
-TENSOR_NAMES = ("latents_w", "latents_l", "text_embeds", "image_latents")
+TENSOR_NAMES = ("latents_w", "latents_l", "text_embeds", "image_latents", "image_embeds")
 RECORD_FIELDS = {
     "index": int,
     "pair_id": str,
@@ -48,6 +50,8 @@ RECORD_FIELDS = {
     "has_image": bool,
 }
 CHECKSUM_FIELD = "shard_sha256"  # optional (indexes written before it existed have none)
+IMAGE_EMBEDS_FIELD = "has_image_embeds"  # optional, true where the pair stores image_embeds
+OPTIONAL_FIELDS = {CHECKSUM_FIELD, IMAGE_EMBEDS_FIELD}
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors header dtype names of floating-point tensors
 
 
@@ -63,6 +67,7 @@ class PreferencePair:
     image_latents: torch.Tensor | None
     score_w: float
     score_l: float
+    image_embeds: torch.Tensor | None = None
 
 
 @dataclass
@@ -101,6 +106,8 @@ def check_pair_tensors(where: str, tensors: dict[str, torch.Tensor | None]) -> N
     _check_tensor(where, "text_embeds", tensors["text_embeds"], 2)
     if tensors.get("image_latents") is not None:
         _check_tensor(where, "image_latents", tensors["image_latents"], 4)
+    if tensors.get("image_embeds") is not None:
+        _check_tensor(where, "image_embeds", tensors["image_embeds"], 2)
 
 
 def _check_score(name: str, value: float) -> float:
@@ -154,6 +161,7 @@ class PreferenceShardWriter:
         score_w: float,
         score_l: float,
         image_latents: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
     ) -> int:
         """Append one pair (single sample, no batch dim); returns its integer index."""
         if self._closed:
@@ -163,7 +171,7 @@ class PreferenceShardWriter:
         if pair_id in self._ids:
             raise ValueError(f"pair_id {pair_id!r} was already added")
         tensors = {"latents_w": latents_w, "latents_l": latents_l, "text_embeds": text_embeds}
-        tensors["image_latents"] = image_latents
+        tensors["image_latents"], tensors["image_embeds"] = image_latents, image_embeds
         check_pair_tensors(f"pair {pair_id!r}", tensors)
         index = len(self.records)
         record = {
@@ -174,6 +182,8 @@ class PreferenceShardWriter:
             "score_l": _check_score("score_l", score_l),
             "has_image": image_latents is not None,
         }
+        if image_embeds is not None:
+            record[IMAGE_EMBEDS_FIELD] = True
         for name, value in tensors.items():
             if value is not None:
                 self._pending[f"{index}/{name}"] = (
@@ -210,10 +220,14 @@ class PreferenceShardWriter:
 
 
 def _check_record(record: dict, where: str, expected_index: int) -> dict:
-    unknown = sorted(set(record) - set(RECORD_FIELDS) - {CHECKSUM_FIELD})
+    unknown = sorted(set(record) - set(RECORD_FIELDS) - OPTIONAL_FIELDS)
     if unknown:
         raise ValueError(
-            f"{where}: unknown keys {unknown} (expected {sorted(RECORD_FIELDS)} and optionally {CHECKSUM_FIELD!r})"
+            f"{where}: unknown keys {unknown} (expected {sorted(RECORD_FIELDS)} and optionally {sorted(OPTIONAL_FIELDS)})"
+        )
+    if not isinstance(record.get(IMAGE_EMBEDS_FIELD, False), bool):
+        raise ValueError(
+            f"{where}: field {IMAGE_EMBEDS_FIELD!r} must be a bool, got {record[IMAGE_EMBEDS_FIELD]!r}"
         )
     digest = record.get(CHECKSUM_FIELD)
     if digest is not None and not (
@@ -266,7 +280,8 @@ def _pair_where(path: Path, record: dict) -> str:
 
 
 def _tensor_names(record: dict) -> tuple[str, ...]:
-    return TENSOR_NAMES if record["has_image"] else TENSOR_NAMES[:3]
+    optional = {"image_latents": record["has_image"], "image_embeds": record.get(IMAGE_EMBEDS_FIELD, False)}
+    return tuple(name for name in TENSOR_NAMES if optional.get(name, True))
 
 
 def _verify_checksum(path: Path, records: list[dict]) -> None:
@@ -338,7 +353,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
                     )
 
     def tensor_info(self, i: int) -> dict[str, TensorInfo]:
-        """Pair i's stored tensors (by name: latents_w, latents_l, text_embeds[, image_latents]), from the
+        """Pair i's stored tensors (latents_w, latents_l, text_embeds[, image_latents][, image_embeds]), from the
         header read on open."""
         record = self.records[i]
         header = self.headers[record["shard"]]
@@ -360,6 +375,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         except Exception as err:
             raise ValueError(f"{_pair_where(path, record)}: could not read it: {err}") from err
         tensors.setdefault("image_latents", None)
+        tensors.setdefault("image_embeds", None)
         check_pair_tensors(f"{_pair_where(path, record)}, keys '{i}/...'", tensors)
         return PreferencePair(
             index=i,
@@ -381,9 +397,10 @@ class PreferenceLayout:
     text_dtype: str
     image_shape: tuple[int, ...] | None  # None: no pair has image latents
     num_pairs: int
+    image_embeds_shape: tuple[int, int] | None = None  # None: no pair has image embeddings
 
 
-_NDIM = {"latents_w": 4, "latents_l": 4, "text_embeds": 2, "image_latents": 4}
+_NDIM = {"latents_w": 4, "latents_l": 4, "text_embeds": 2, "image_latents": 4, "image_embeds": 2}
 
 
 def _check_pair_layout(where: str, info: dict[str, TensorInfo]) -> None:
@@ -456,6 +473,7 @@ def check_preference_set(
         text_shape=first_info["text_embeds"].shape,
         text_dtype=first_info["text_embeds"].dtype,
         image_shape=image.shape if image is not None else None,
+        image_embeds_shape=embeds.shape if (embeds := first_info.get("image_embeds")) is not None else None,
         num_pairs=len(dataset),
     )
 
@@ -472,14 +490,16 @@ def collate_pairs(pairs: Sequence[PreferencePair]) -> PreferenceBatch:
     """Stack pairs into a PreferenceBatch (all pairs need equal shapes; image latents on all or none)."""
     if not pairs:
         raise ValueError("collate_pairs: expected at least one pair")
-    with_image = {p.image_latents is not None for p in pairs}
-    if len(with_image) != 1:
-        raise ValueError("collate_pairs: some pairs have image_latents and some do not")
-    image = _stack(pairs, "image_latents") if with_image == {True} else None
+    optional = {}
+    for name in ("image_latents", "image_embeds"):
+        present = {getattr(p, name) is not None for p in pairs}
+        if len(present) != 1:
+            raise ValueError(f"collate_pairs: some pairs have {name} and some do not")
+        optional[name] = _stack(pairs, name) if present == {True} else None
     return PreferenceBatch(
         latents_w=_stack(pairs, "latents_w"),
         latents_l=_stack(pairs, "latents_l"),
-        cond=Conditioning(_stack(pairs, "text_embeds"), image),
+        cond=Conditioning(_stack(pairs, "text_embeds"), **optional),
         pair_index=torch.tensor([p.index for p in pairs], dtype=torch.long),
         score_w=torch.tensor([p.score_w for p in pairs], dtype=torch.float32),
         score_l=torch.tensor([p.score_l for p in pairs], dtype=torch.float32),

@@ -1,10 +1,10 @@
-"""Model families, one adapter object each (CogVideoX T2V/I2V, Wan 2.2 TI2V, the built-in tiny model), LoRA,
-pipelines and the registry.
+"""Model families, one adapter object each (CogVideoX T2V/I2V, Wan 2.2 TI2V, Wan 2.1 T2V/I2V, Wan 2.2 A14B
+T2V/I2V, the built-in tiny model), LoRA, pipelines and the registry.
 
 Importing this package registers every adapter; `get_adapter(name)` returns one.
 """
 
-from videogpa.engine.models import cogvideox, tiny, wan  # noqa: F401  (registers the adapters)
+from videogpa.engine.models import cogvideox, tiny, wan, wan21, wan_experts  # noqa: F401  (registers adapters)
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.registry import adapter_class, adapter_names, get_adapter, register_adapter
 from videogpa.engine.models.tiny import TINY, TinySpec

@@ -18,6 +18,15 @@ class LatentConvention:
     layout: str  # "BFCHW" (CogVideoX) or "BCFHW" (Wan)
     temporal_compression: Callable[[Any], int]  # vae.config -> frames per latent frame
     spatial_compression: Callable[[Any], int]  # vae.config -> pixels per latent pixel
+    # image-to-video's image latents: "first_frame" (the first frame's latent, one latent frame) or "video"
+    # (the VAE encoding of the first frame followed by zero frames, every latent frame: Wan's latent-concat I2V)
+    image_condition: str = "first_frame"
+
+    def __post_init__(self):
+        if self.image_condition not in ("first_frame", "video"):
+            raise ValueError(
+                f"image_condition: expected 'first_frame' or 'video', got {self.image_condition!r}"
+            )
 
     def normalize(self, vae, z: torch.Tensor, image: bool = False) -> torch.Tensor:
         """Raw VAE latents [B, C, F, H, W] → the diffusion model's latent space (still BCFHW): (z − mean) / std

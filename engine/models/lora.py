@@ -9,6 +9,13 @@ exactly (scale alpha/r; checked with diffusers 0.42.1 in tests/reliability/test_
     pipe.load_lora_weights(folder)  or  pipe.load_lora_weights(file)
     transformer.load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors", prefix="transformer")
 
+Two-expert models (Wan 2.2 A14B, engine.models.wan_experts) export one file per expert, both with keys
+`transformer.<module path>...`: pytorch_lora_weights.safetensors for `transformer` and
+pytorch_lora_weights_transformer_2.safetensors for `transformer_2`, loaded with
+
+    pipe.load_lora_weights(folder, weight_name="pytorch_lora_weights_transformer_2.safetensors",
+                           load_into_transformer_2=True)
+
 Not `transformer.load_lora_adapter(file, ...)`: with a file path diffusers 0.42.1 skips the metadata and
 loads alpha = r without a warning (half strength for r=64, alpha=128); and without weight_name it looks for
 a pickled .bin. In this project engine.models.pipelines.attach_lora is the loader (safetensors only).
@@ -36,6 +43,20 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_PREFIX = "transformer"  # the pipeline component the LoRA belongs to
 ADAPTER_NAME = "default"
 METADATA_KEY = "lora_adapter_metadata"
+
+
+def lora_weight_name(component: str) -> str:
+    """The LoRA file of a pipeline component: pytorch_lora_weights[_<component>].safetensors."""
+    return (
+        LORA_WEIGHT_NAME if component == LORA_PREFIX else LORA_WEIGHT_NAME.replace(".", f"_{component}.", 1)
+    )
+
+
+def model_components(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(pipeline component name, diffusers model) of a trained model: [("transformer", it)], or each expert
+    of a two-expert container (one that defines `components()`)."""
+    base = base_module(model)
+    return base.components() if hasattr(base, "components") else [(LORA_PREFIX, base)]
 
 
 def _lora_layers(model: nn.Module) -> list[BaseTunerLayer]:
@@ -146,21 +167,25 @@ def lora_metadata(model: nn.Module) -> dict[str, str]:
 
 
 def save_lora_weights(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write out_dir/pytorch_lora_weights.safetensors atomically; returns it."""
+    """Write out_dir/pytorch_lora_weights.safetensors atomically (and, for a two-expert model, each further
+    expert's file: lora_weight_name); returns the first."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = lora_state_dict(model)
-    if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
-    path = out / LORA_WEIGHT_NAME
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=lora_metadata(model))
-    return path
+    paths = []
+    for component, part in model_components(model):
+        state = lora_state_dict(part)
+        if dtype is not None:
+            state = {k: v.to(dtype) for k, v in state.items()}
+        paths.append(out / lora_weight_name(component))
+        with atomic_path(paths[-1]) as tmp:
+            save_file(state, str(tmp), metadata=lora_metadata(part))
+    return paths[0]
 
 
 def export_trained_weights(module: nn.Module, out_dir: str | Path, lora: bool) -> None:
     """Collective: the final weights, gathered from ZeRO-3 — the LoRA in diffusers format, or (full
-    fine-tuning) the whole transformer as a diffusers folder out_dir/transformer; rank 0 writes."""
+    fine-tuning) the whole transformer as a diffusers folder out_dir/transformer (and out_dir/transformer_2
+    for a two-expert model); rank 0 writes."""
     import deepspeed
     import torch.distributed as dist
 
@@ -178,6 +203,7 @@ def export_trained_weights(module: nn.Module, out_dir: str | Path, lora: bool) -
             if lora:
                 save_lora_weights(module, out_dir)
             else:
-                module.save_pretrained(Path(out_dir) / "transformer")
+                for component, part in model_components(module):
+                    part.save_pretrained(Path(out_dir) / component)
     if dist.is_initialized():
         dist.barrier()

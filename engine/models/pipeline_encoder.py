@@ -2,7 +2,9 @@
 
 Videos: frames mapped from [0, 1] to [-1, 1], the posterior's mode, then the family's latent normalisation
 (engine.models.latents.LatentConvention), in the model's native layout. Prompts: the pipeline's
-`encode_prompt` without classifier-free guidance, at a given max_sequence_length.
+`encode_prompt` without classifier-free guidance, at a given max_sequence_length. First frames: the family's
+image condition (LatentConvention.image_condition) and, for pipelines with a CLIP image encoder (Wan 2.1
+I2V), its image embeddings as the pipeline's `encode_image` computes them.
 """
 
 from __future__ import annotations
@@ -42,9 +44,35 @@ class PipelineEncoder:
         z = self.vae.encode(x).latent_dist.mode()
         return self.convention.to_native(self.convention.normalize(self.vae, z.float(), image)).cpu()
 
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """First frame [3, H, W] in [0, 1] → its image latent, one latent frame in the native layout (4-D)."""
-        return self.encode_video(image[None], image=True)
+    def encode_image(self, image: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """First frame [3, H, W] in [0, 1] → its image latents in the native layout (4-D): one latent frame, or
+        for an image_condition "video" family the encoding of the frame followed by num_frames − 1 zero frames
+        (0 in [-1, 1]), as WanImageToVideoPipeline.prepare_latents builds its condition."""
+        if self.convention.image_condition == "first_frame":
+            return self.encode_video(image[None], image=True)
+        if not (isinstance(num_frames, int) and num_frames > 1):
+            raise ValueError(f"encode_image: this family's image condition spans the video; expected its "
+                             f"num_frames (> 1), got {num_frames!r}")  # fmt: skip
+        gray = image.new_full((num_frames - 1, *image.shape), 0.5)  # 0 once mapped to [-1, 1]
+        return self.encode_video(torch.cat([image[None], gray]), image=True)
+
+    @property
+    def has_image_encoder(self) -> bool:
+        """The pipeline conditions on CLIP image embeddings (its image_encoder is set)."""
+        return getattr(self.pipe, "image_encoder", None) is not None
+
+    @torch.no_grad()
+    def encode_image_embeds(self, image: torch.Tensor) -> torch.Tensor:
+        """First frame [3, H, W] in [0, 1] → [N, D] image-encoder states (the pipeline's `encode_image`: its
+        CLIP image processor on the 8-bit image, the penultimate hidden states)."""
+        if not self.has_image_encoder:
+            raise ValueError(
+                f"{type(self.pipe).__name__} has no image encoder: no image embeddings to compute"
+            )
+        from PIL import Image
+
+        pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return self.pipe.encode_image(Image.fromarray(pixels), self.device)[0].float().cpu()
 
     @torch.no_grad()
     def encode_text(self, prompt: str) -> torch.Tensor:

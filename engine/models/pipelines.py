@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from videogpa.engine.io.atomic import atomic_path
-from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.models.lora import LORA_WEIGHT_NAME, lora_weight_name
 from videogpa.engine.models.registry import adapter_class
 
 LORA_ADAPTER = "videogpa"
@@ -85,11 +85,21 @@ def lora_file(lora: str | os.PathLike) -> Path:
 
 def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:
     """Load a diffusers-format LoRA (a folder with pytorch_lora_weights.safetensors, or a .safetensors file)
-    into the pipeline's transformer at `scale` (0 = the base model); never unpickles (see lora_file)."""
+    into the pipeline's transformer at `scale` (0 = the base model); never unpickles (see lora_file). A
+    two-expert export's second file beside it (pytorch_lora_weights_transformer_2.safetensors) goes into the
+    pipeline's transformer_2."""
     path = lora_file(lora)
-    try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER,
-                               local_files_only=True, use_safetensors=True)  # fmt: skip
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ValueError(f"could not load the LoRA {path} into {type(pipe).__name__}: {err}") from err
+    second = path.parent / lora_weight_name("transformer_2")
+    files = [(path, {})]
+    if path.name == LORA_WEIGHT_NAME and second.is_file():
+        if getattr(pipe, "transformer_2", None) is None:
+            raise ValueError(f"LoRA {path.parent} holds a second expert's LoRA ({second.name}), but "
+                             f"{type(pipe).__name__} has no transformer_2 (expected a Wan 2.2 A14B pipeline)")  # fmt: skip
+        files.append((second, {"load_into_transformer_2": True}))
+    for file, extra in files:
+        try:
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=LORA_ADAPTER,
+                                   local_files_only=True, use_safetensors=True, **extra)  # fmt: skip
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"could not load the LoRA {file} into {type(pipe).__name__}: {err}") from err
     pipe.set_adapters([LORA_ADAPTER], [scale])

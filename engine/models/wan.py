@@ -156,15 +156,13 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
             grid = torch.cat([torch.zeros_like(grid[:, :1]), grid[:, 1:]], dim=1)
         return grid.reshape(b, -1)
 
-    def predict(
-        self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
-    ) -> torch.Tensor:
+    def checked_config(self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                       cond: Conditioning):  # fmt: skip
+        """The transformer's config once noisy, text and timesteps fit it (latent channels: transformer_inputs)."""
         check_latents(noisy, "noisy", self.latent_layout)
         config = base_module(transformer).config
-        b, c, f, h, w = noisy.shape
+        b, _, f, h, w = noisy.shape
         p_t, p_h, p_w = config.patch_size
-        if c != config.in_channels:
-            raise ValueError(f"noisy: expected {config.in_channels} latent channels (dim 1), got {c}")
         if f % p_t or h % p_h or w % p_w:
             raise ValueError(
                 f"noisy: latent grid F×H×W = {f}×{h}×{w} is not divisible by the patch {config.patch_size}"
@@ -174,19 +172,32 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
             raise ValueError(
                 f"cond.text_embeds: expected [B={b}, L, D={config.text_dim}], got {tuple(text.shape)}"
             )
+        check_timesteps(timesteps, b, 0, NUM_TRAIN_TIMESTEPS)
+        return config
+
+    def transformer_inputs(self, config, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning):
+        """The transformer's keyword arguments: Wan 2.2 TI2V's per-token timesteps, the image in frame 0."""
+        c = noisy.shape[1]
+        if c != config.in_channels:
+            raise ValueError(f"noisy: expected {config.in_channels} latent channels (dim 1), got {c}")
         image = cond.image_latents
         if image is not None:
             self._check_image(image, noisy)
-            if p_t != 1:
+            if config.patch_size[0] != 1:
                 raise ValueError(f"image-to-video needs a temporal patch size of 1, got {config.patch_size}")
             noisy = torch.cat([image.to(noisy.dtype), noisy[:, :, 1:]], dim=2)
-        check_timesteps(timesteps, b, 0, NUM_TRAIN_TIMESTEPS)
-        return transformer(
+        return dict(
             hidden_states=noisy,
-            timestep=self.token_timesteps(timesteps, noisy, (p_t, p_h, p_w), image is not None),
-            encoder_hidden_states=text.to(noisy.dtype),
-            return_dict=False,
-        )[0]
+            timestep=self.token_timesteps(timesteps, noisy, config.patch_size, image is not None),
+            encoder_hidden_states=cond.text_embeds.to(noisy.dtype),
+        )
+
+    def predict(
+        self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        config = self.checked_config(transformer, noisy, timesteps, cond)
+        inputs = self.transformer_inputs(config, noisy, timesteps, cond)
+        return transformer(**inputs, return_dict=False)[0]
 
     def loss_mask(self, latents: torch.Tensor, cond: Conditioning) -> torch.Tensor | None:
         """Image-to-video: [1, 1, F, 1, 1] weights, 0 on the clean first frame; text-to-video: None."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -151,11 +151,33 @@ class PairEncoder:
 
         return self.cache.get(self._video_key(video), encode)
 
-    @staticmethod
-    def _image_key(image_path: Path, size: tuple[int, int]) -> str:
-        return _key("image", str(image_path.resolve()), *map(str, size))
+    def _image_frames(self, row: dict) -> int | None:
+        """The video's frame count, for a family whose image condition spans the video (Wan's latent-concat
+        I2V; None for a first-frame one): from the winner's latents (their header) or its video."""
+        if self.encoder.convention.image_condition == "first_frame":
+            return None
+        stored = self._stored(row["winner"])
+        if stored is None:
+            return read_frames(Path(row["winner"]["video"])).shape[0]
+        with safe_open(str(stored), "pt") as f:
+            shape = tuple(f.get_slice("latents").get_shape())
+        return self.encoder.convention.clip_size(self.encoder.vae, shape)[0]
 
-    def image(self, path: str, size: tuple[int, int], where: str) -> torch.Tensor:
+    def _image_kinds(self) -> tuple[str, ...]:
+        """The image tensors of a pair: its image latents, and image embeddings if the pipeline has an encoder."""
+        return ("latents", "embeds") if self.encoder.has_image_encoder else ("latents",)
+
+    @staticmethod
+    def _image_key(image_path: Path, size: tuple[int, int], frames: int | None, kind: str) -> str:
+        extra = (
+            [] if (kind, frames) == ("latents", None) else [kind, str(frames)]
+        )  # first-frame keys as before
+        return _key("image", str(image_path.resolve()), *map(str, size), *extra)
+
+    def image(self, path: str, size: tuple[int, int], where: str, frames: int | None = None,
+              kind: str = "latents") -> torch.Tensor:  # fmt: skip
+        """The first frame's image latents (for `frames` video frames when the condition spans the video), or
+        with kind="embeds" the pipeline's image-encoder embeddings."""
         image_path = Path(path)
         if not image_path.is_file():
             raise ValueError(f"{where}: image {image_path} does not exist")
@@ -165,9 +187,12 @@ class PairEncoder:
 
             with Image.open(image_path) as im:  # resized as the generation pipeline did
                 pixels = np.asarray(im.convert("RGB").resize((size[1], size[0])), dtype=np.float32)
-            return self.encoder.encode_image(torch.from_numpy(pixels).permute(2, 0, 1) / 255)
+            image = torch.from_numpy(pixels).permute(2, 0, 1) / 255
+            if kind == "embeds":
+                return self.encoder.encode_image_embeds(image)
+            return self.encoder.encode_image(image, frames)
 
-        return self.cache.get(self._image_key(image_path, size), encode)
+        return self.cache.get(self._image_key(image_path, size, frames, kind), encode)
 
     def _text_key(self, prompt: str) -> str:
         return _key("text", prompt, str(self.encoder.max_sequence_length))
@@ -176,12 +201,16 @@ class PairEncoder:
         return self.cache.get(self._text_key(prompt), lambda: self.encoder.encode_text(prompt))
 
     def tensors(self, row: dict) -> tuple:
-        """(winner latents, loser latents, text embedding, image latent or None) of a pair row."""
+        """(winner latents, loser latents, text embedding, image latents or None, image embeddings or None)."""
         where = f"pair {row['pair_id']}"
         w = self.latents(row["winner"], where)
         lo = self.latents(row["loser"], where)
-        image = self.image(row.get("image"), self._pixel_size(row), where) if row.get("image") else None
-        return w, lo, self.text(row["prompt"]), image
+        image = [None, None]
+        if row.get("image"):
+            size, frames = self._pixel_size(row), self._image_frames(row)
+            for i, kind in enumerate(self._image_kinds()):
+                image[i] = self.image(row["image"], size, where, frames, kind)
+        return w, lo, self.text(row["prompt"]), *image
 
     def cached(self, row: dict) -> bool:
         """Whether every tensor of the pair is stored (generation latents or cache files): encoded by some
@@ -196,12 +225,13 @@ class PairEncoder:
         if row.get("image"):
             if not Path(row["image"]).is_file():
                 return False
-            keys.append(self._image_key(Path(row["image"]), self._pixel_size(row)))
+            size, frames = self._pixel_size(row), self._image_frames(row)
+            keys += [self._image_key(Path(row["image"]), size, frames, kind) for kind in self._image_kinds()]
         return all(self.cache.has(key) for key in keys)
 
     def add(self, writer: PreferenceShardWriter, row: dict) -> None:
-        w, lo, text, image = self.tensors(row)
-        writer.add(row["pair_id"], w, lo, text, row["winner"]["score"], row["loser"]["score"], image)
+        w, lo, text, image, embeds = self.tensors(row)
+        writer.add(row["pair_id"], w, lo, text, row["winner"]["score"], row["loser"]["score"], image, embeds)
 
     @staticmethod
     def _pixel_size(row: dict) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
 from videogpa.engine.types import Conditioning
 
 TEXT_LEN, TEXT_DIM = 6, 24
+IMAGE_LEN, IMAGE_DIM = 5, 16  # CLIP image embeddings of the Wan 2.1 I2V builder (257 × 1280 at full size)
 
 
 def cogvideox_t2v(**overrides) -> CogVideoXTransformer3DModel:
@@ -61,6 +62,28 @@ def wan_ti2v(**overrides) -> WanTransformer3DModel:
     )
     config.update(overrides)
     return WanTransformer3DModel(**config)
+
+
+def wan21_i2v(**overrides) -> WanTransformer3DModel:
+    """Wan-2.1-I2V-like: x_t, a 4-channel first-frame mask and the image latents in (4 + 4 + 4 channels), CLIP
+    image embeddings of width IMAGE_DIM through the image embedder and add_k/v_proj."""
+    return wan_ti2v(**{"in_channels": 12, "image_dim": IMAGE_DIM, "added_kv_proj_dim": 24, **overrides})
+
+
+def wan22_i2v_expert(**overrides) -> WanTransformer3DModel:
+    """Wan-2.2-A14B-I2V-like expert: latent-concat input (12 channels), no CLIP image embeddings."""
+    return wan_ti2v(**{"in_channels": 12, **overrides})
+
+
+def wan_experts(i2v: bool = False, boundary_ratio: float = 0.875, seed: int = 0):
+    """Two differently initialised experts as Wan 2.2 A14B's WanExperts."""
+    from videogpa.engine.models.wan_experts import WanExperts
+
+    build = wan22_i2v_expert if i2v else wan_ti2v
+    torch.manual_seed(seed)
+    first = build()
+    torch.manual_seed(seed + 1)
+    return WanExperts.of(first, build(), boundary_ratio)
 
 
 def text(batch: int, seed: int = 1) -> torch.Tensor:
