@@ -7,6 +7,7 @@ below 3, and the built-in tiny model (no files), load whole as before."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -15,7 +16,6 @@ from torch import nn
 from videogpa.engine.io.safetensors_ranges import TensorEntry, read_header, read_range
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.common import (
-    DiffusersAdapterMixin,
     checked_transformer_folder,
     safetensors_weight_files,
 )
@@ -31,9 +31,12 @@ def load_transformer(
 ) -> nn.Module:
     """The adapter's transformer for a DeepSpeed engine made with `ds_config`: under ZeRO-3 from a checkpoint
     folder, built partitioned and filled rank by rank; otherwise whole (adapter.load_transformer)."""
-    if path is None or not partitions_parameters(ds_config) or not isinstance(adapter, DiffusersAdapterMixin):
+    if path is None or not partitions_parameters(ds_config):
         return adapter.load_transformer(path, dtype)
-    return load_partitioned(adapter.transformer_class, path, dtype, ds_config)
+    # each diffusers model the adapter's transformer is made of (one, or Wan 2.2 A14B's two experts)
+    return adapter.load_transformer(
+        path, dtype, loader=functools.partial(load_partitioned, ds_config=ds_config)
+    )
 
 
 # torch.nn.init's in-place initialisers, which modules' constructors call to draw their weights

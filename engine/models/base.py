@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -26,6 +27,10 @@ from videogpa.engine.types import Conditioning
 
 if TYPE_CHECKING:
     from videogpa.engine.models.lora_formats import ComfyUILoraFormat, LoraFile
+
+
+# loads one diffusers model class from a local folder in a dtype (engine.models.common.load_diffusers_model)
+ModelLoader = Callable[[type[nn.Module], str | Path, torch.dtype], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,12 @@ class ModelAdapter(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load_transformer(cls, path: str | Path, dtype: torch.dtype) -> nn.Module:
-        """Load the transformer from a local diffusers folder (offline; clear error if missing)."""
+    def load_transformer(
+        cls, path: str | Path, dtype: torch.dtype, loader: ModelLoader | None = None
+    ) -> nn.Module:
+        """Load the transformer from a local diffusers folder (offline; clear error if missing). `loader(cls,
+        folder, dtype)` loads each diffusers model it is made of (default: whole, from_pretrained; under
+        ZeRO-3 the trainer passes one that builds it partitioned)."""
 
     @abc.abstractmethod
     def sample_timesteps(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -136,8 +136,9 @@ class DiffusersAdapterMixin:
     transformer_class: ClassVar[type[nn.Module]]
 
     @classmethod
-    def load_transformer(cls, path: str | Path, dtype: torch.dtype) -> nn.Module:
-        """Load `transformer_class` from a local diffusers folder (`path/transformer` or `path`), offline."""
+    def load_transformer(cls, path: str | Path, dtype: torch.dtype, loader=None) -> nn.Module:
+        """Load `transformer_class` from a local diffusers folder (`path/transformer` or `path`), offline, with
+        `loader` (ModelAdapter.load_transformer; default load_diffusers_model)."""
         if path is None:
             raise ValueError(f"model {cls.name!r}: a local diffusers folder path is required")
-        return load_diffusers_model(cls.transformer_class, path, dtype)
+        return (loader or load_diffusers_model)(cls.transformer_class, path, dtype)

@@ -97,11 +97,11 @@ class TinyAdapter(CogVideoXAdapter):
         return build_tiny_pipeline(image_to_video=image_to_video)
 
     @classmethod
-    def load_transformer(cls, path: str | Path | None, dtype: torch.dtype) -> nn.Module:
+    def load_transformer(cls, path: str | Path | None, dtype: torch.dtype, loader=None) -> nn.Module:
         """path None: the built-in tiny model; otherwise a saved one from a local diffusers folder."""
         if path is None:
             return build_tiny_transformer(dtype)
-        return super().load_transformer(path, dtype)
+        return super().load_transformer(path, dtype, loader)
 
 
 # Whole-word pieces of the tiny tokenizer: the camera-motion builder's words and common scene words; other

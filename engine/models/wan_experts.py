@@ -143,13 +143,16 @@ class TwoExpertMixin:
     lora_components: ClassVar[tuple[str, ...]] = EXPERTS  # one exported LoRA file per expert
 
     @classmethod
-    def load_transformer(cls, path: str | Path, dtype: torch.dtype) -> nn.Module:
-        """Both experts from the pipeline folder (`path`, or its `transformer` folder), offline."""
+    def load_transformer(cls, path: str | Path, dtype: torch.dtype, loader=None) -> nn.Module:
+        """Both experts from the pipeline folder (`path`, or its `transformer` folder), offline, each with
+        `loader` (ModelAdapter.load_transformer)."""
         if path is None:
             raise ValueError(f"model {cls.name!r}: a local diffusers pipeline folder path is required")
         ratio = boundary_ratio_of(path)
         root = Path(path) if (Path(path) / "model_index.json").is_file() else Path(path).parent
-        experts = [load_diffusers_model(WanTransformer3DModel, root / name, dtype) for name in EXPERTS]
+        experts = [
+            (loader or load_diffusers_model)(WanTransformer3DModel, root / name, dtype) for name in EXPERTS
+        ]
         return WanExperts.of(*experts, ratio)
 
     def transformer_blocks(self, transformer: nn.Module) -> nn.ModuleList:

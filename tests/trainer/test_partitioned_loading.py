@@ -157,3 +157,36 @@ def test_full_finetuning_against_the_separate_reference_keeps_it_frozen(tmp_path
     first, second = read_metrics(tmp_path)
     assert first["policy_err_w"] == pytest.approx(first["ref_err_w"], rel=1e-6)  # both the loaded weights
     assert abs(second["policy_err_w"] - second["ref_err_w"]) > 1e-6 * second["ref_err_w"]  # only one moved
+
+
+def test_both_a14b_experts_load_partitioned_under_zero3(tmp_path):
+    """A two-expert adapter's own load_transformer, with the partitioned loader for each expert."""
+    import json
+
+    import deepspeed
+
+    from tests.models import model_builders as builders
+    from videogpa.engine.distributed import init_distributed
+    from videogpa.engine.models import get_adapter
+    from videogpa.engine.models.wan_experts import WanExperts
+    from videogpa.engine.partitioned_loading import load_transformer
+
+    torch.manual_seed(0)
+    experts = builders.wan_experts()
+    for name, expert in experts.components():
+        expert.save_pretrained(tmp_path / name)
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "WanPipeline", "boundary_ratio": 0.9})
+    )
+    expected = experts.state_dict()
+    init_distributed()
+    adapter = get_adapter("wan2.2-t2v-a14b", path=tmp_path)
+    model = load_transformer(adapter, tmp_path, torch.float32, _zero3_config())
+    assert isinstance(model, WanExperts) and model.boundary == 900.0
+    params = dict(model.named_parameters())
+    assert params and all(p.numel() == 0 for p in params.values())  # both experts partitioned
+    with deepspeed.zero.GatheredParameters(list(params.values())):
+        state = model.state_dict()
+        assert state.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(state[name], tensor), name
