@@ -52,6 +52,8 @@ class LoraConfig:
     alpha: float = 128.0
     dropout: float = 0.0
     targets: list[str] | None = None  # module-name suffixes; None: the adapter's defaults
+    # the pipeline components that get LoRA (Wan 2.2 A14B: transformer, transformer_2); None: every one
+    experts: list[str] | None = None
 
 
 @dataclass
@@ -427,6 +429,17 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         )
 
 
+def _check_lora_experts(experts: list[str] | None, model: str) -> None:
+    from videogpa.engine.models import adapter_class
+
+    components = adapter_class(model).lora_components
+    if experts is not None and (
+        not experts or len(set(experts)) != len(experts) or set(experts) - set(components)
+    ):
+        raise ValueError(f"config key 'lora.experts': expected distinct names among {list(components)} (the "
+                         f"components of model {model!r} that can take LoRA), got {experts!r}")  # fmt: skip
+
+
 def _check_synthetic(syn: SyntheticDataConfig) -> None:
 
     _positive(syn.train_pairs, "data.synthetic.train_pairs")
@@ -505,6 +518,7 @@ def validate(cfg: Config) -> Config:
         _positive(cfg.lora.alpha, "lora.alpha")
         if not 0.0 <= cfg.lora.dropout < 1.0:
             raise ValueError("config key 'lora.dropout': expected a value in [0, 1)")
+        _check_lora_experts(cfg.lora.experts, cfg.model.name)
     for key in ("max_steps", "global_batch_size", "log_every"):
         _positive(getattr(cfg.train, key), f"train.{key}")
     if cfg.train.micro_batch_size is not None:

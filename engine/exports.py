@@ -35,18 +35,20 @@ MERGED_NAME = "transformer_merged"
 
 @dataclass(frozen=True)
 class FinishedRun:
-    """What an export needs of a run folder: its config, its diffusers-format LoRA and its eval.json;
-    `experts`: the LoRA of each further expert of a two-expert model, by pipeline component."""
+    """What an export needs of a run folder: its config, its diffusers-format LoRA (of pipeline component
+    `component`) and its eval.json; `experts`: the LoRA of each further trained expert of a two-expert model,
+    by pipeline component."""
 
     folder: Path
     cfg: Config
     lora: LoraFile
     evaluation: dict | None
     experts: dict[str, LoraFile] = field(default_factory=dict)
+    component: str = LORA_PREFIX
 
     def loras(self) -> list[tuple[str, LoraFile]]:
-        """(pipeline component, its LoRA), `transformer` first."""
-        return [(LORA_PREFIX, self.lora), *self.experts.items()]
+        """(pipeline component, its LoRA), the first trained one (`transformer` unless lora.experts) first."""
+        return [(self.component, self.lora), *self.experts.items()]
 
 
 def with_component(path: Path, component: str) -> Path:
@@ -93,23 +95,24 @@ def read_run(
     if not cfg.lora.enabled:
         raise ValueError(f"{folder}: the run fine-tuned the whole transformer (lora.enabled: false); "
                          f"its export is {folder / 'transformer'} already")  # fmt: skip
-    if not (folder / LORA_WEIGHT_NAME).is_file():
-        raise ValueError(f"{folder} holds no {LORA_WEIGHT_NAME}: the run has not finished")
-    lora = _read_checked_lora(folder / LORA_WEIGHT_NAME, cfg)
-    experts = {}
-    for component in getattr(adapter_class(cfg.model.name), "lora_components", (LORA_PREFIX,))[1:]:
+    trained = cfg.lora.experts or adapter_class(cfg.model.name).lora_components  # (lora.experts: some)
+    loras = {}
+    for component in trained:
         path = folder / lora_weight_name(component)
+        if not path.is_file() and not loras:
+            raise ValueError(f"{folder} holds no {path.name}: the run has not finished")
         if not path.is_file():
             raise ValueError(f"{folder} holds no {path.name}: model {cfg.model.name!r} trains a LoRA for its "
                              f"{component} too")  # fmt: skip
-        experts[component] = _read_checked_lora(path, cfg)
+        loras[component] = _read_checked_lora(path, cfg)
+    (first, lora), *experts = loras.items()
     evaluation = None
     if (folder / "eval.json").is_file():
         try:
             evaluation = json.loads((folder / "eval.json").read_text())
         except ValueError as err:
             raise ValueError(f"{folder / 'eval.json'}: not JSON ({err})") from None
-    return FinishedRun(folder, cfg, lora, evaluation, experts)
+    return FinishedRun(folder, cfg, lora, evaluation, dict(experts), first)
 
 
 def export_info(run: FinishedRun) -> dict:
@@ -134,26 +137,24 @@ def _save_lora(state: dict[str, torch.Tensor], metadata: dict[str, str], info: d
     return path
 
 
-def write_diffusers(run: FinishedRun, info: dict, out: Path) -> Path:
+def write_diffusers(run: FinishedRun, info: dict, out: Path) -> list[Path]:
     """OUT/pytorch_lora_weights.safetensors: the run's LoRA, its diffusers metadata kept, export_info added
-    (and each further expert's file); returns the first."""
-    paths = [_save_lora(lora.state, lora.metadata, info, with_component(out / LORA_WEIGHT_NAME, component))
-             for component, lora in run.loras()]  # fmt: skip
-    return paths[0]
+    (and each further expert's file); returns the paths."""
+    return [_save_lora(lora.state, lora.metadata, info, with_component(out / LORA_WEIGHT_NAME, component))
+            for component, lora in run.loras()]  # fmt: skip
 
 
-def write_comfyui(run: FinishedRun, info: dict, out: Path) -> Path:
+def write_comfyui(run: FinishedRun, info: dict, out: Path) -> list[Path]:
     """OUT/comfyui_lora.safetensors: the LoRA in the key format ComfyUI loads for the run's model family."""
     family = adapter_class(run.cfg.model.name)
-    paths = [_save_lora(family.comfyui_lora_keys(lora), family.comfyui_lora.metadata(lora), info,
-                        with_component(out / COMFYUI_NAME, component)) for component, lora in run.loras()]  # fmt: skip
-    return paths[0]
+    return [_save_lora(family.comfyui_lora_keys(lora), family.comfyui_lora.metadata(lora), info,
+                       with_component(out / COMFYUI_NAME, component)) for component, lora in run.loras()]  # fmt: skip
 
 
-def write_merged(run: FinishedRun, info: dict, out: Path) -> Path:
+def write_merged(run: FinishedRun, info: dict, out: Path) -> list[Path]:
     """OUT/transformer_merged/ (a diffusers folder: from_pretrained loads it) with the LoRA folded in, in the
     run's precision, and OUT/transformer_merged.json (a further expert: transformer_merged_<component>/ and
-    its .json). A previous merged export there is replaced. Returns the first folder."""
+    its .json). A previous merged export there is replaced. Returns the folders."""
     cfg = run.cfg
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     parts = dict(model_components(adapter_class(cfg.model.name).load_transformer(cfg.model.path, dtype)))
@@ -167,7 +168,7 @@ def write_merged(run: FinishedRun, info: dict, out: Path) -> Path:
                 shutil.rmtree(folder)
         write_atomic(out / f"{folder.name}.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
         folders.append(folder)
-    return folders[0]
+    return folders
 
 
 WRITERS = {"diffusers": write_diffusers, "comfyui": write_comfyui, "merged": write_merged}
@@ -190,8 +191,7 @@ def export_run(
     info = export_info(run)
     out = Path(folder if out is None else out)
     out.mkdir(parents=True, exist_ok=True)
-    firsts = [WRITERS[f](run, info, out) for f in dict.fromkeys(formats)]
-    return [with_component(path, component) for path in firsts for component, _ in run.loras()]
+    return [path for f in dict.fromkeys(formats) for path in WRITERS[f](run, info, out)]
 
 
 def export_after_training(folder: Path, formats: Sequence[str]) -> None:

@@ -41,7 +41,7 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
     frozen = frozen_reference(cfg, adapter, dtype, world)
     if cfg.lora.enabled:
         targets = cfg.lora.targets or list(adapter.default_lora_targets)
-        model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, targets, cfg.lora.dropout)
+        model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, targets, cfg.lora.dropout, cfg.lora.experts)
     else:
         model = enable_full_finetuning(model)
     if cfg.model.gradient_checkpointing:

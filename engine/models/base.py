@@ -119,6 +119,8 @@ class ModelAdapter(abc.ABC):
     ]  # the transformer's ModuleList of repeated blocks (checkpointed, compiled)
     dispatches_attention: ClassVar[bool] = False  # its attention goes through diffusers' backend dispatch
     sequence_parallel_plan: ClassVar[SequenceParallelPlan | None] = None  # None: no sequence parallelism
+    # the pipeline components a trained LoRA is exported for, one file each (two-expert models: two)
+    lora_components: ClassVar[tuple[str, ...]] = ("transformer",)
     # how ComfyUI names this family's LoRA keys (None: no ComfyUI format)
     comfyui_lora: ClassVar[ComfyUILoraFormat | None] = None
 

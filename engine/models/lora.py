@@ -52,6 +52,13 @@ def lora_weight_name(component: str) -> str:
     )
 
 
+def trained_lora_file(folder: str | Path) -> Path:
+    """A run folder's LoRA file: the first component's that exists (transformer, else transformer_2 of a
+    two-expert run trained with lora.experts: [transformer_2]); the transformer's path when none exists yet."""
+    files = [Path(folder) / lora_weight_name(c) for c in (LORA_PREFIX, "transformer_2")]
+    return next((f for f in files if f.is_file()), files[0])
+
+
 def model_components(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(pipeline component name, diffusers model) of a trained model: [("transformer", it)], or each expert
     of a two-expert container (one that defines `components()`)."""
@@ -70,10 +77,16 @@ def lora_scalings(model: nn.Module) -> set[float]:
 
 
 def apply_lora(
-    model: nn.Module, rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    targets: Sequence[str],
+    dropout: float = 0.0,
+    components: Sequence[str] | None = None,
 ) -> nn.Module:
-    """Add a LoRA adapter (rank r, scale alpha/r) to every module whose name ends with one of `targets`;
-    freezes everything else. Returns the same model (modified in place); only LoRA weights require grad."""
+    """Add a LoRA adapter (rank r, scale alpha/r) to every module whose name ends with one of `targets`
+    (only inside the given pipeline components of a two-expert model, if `components`); freezes everything
+    else. Returns the same model (modified in place); only LoRA weights require grad."""
     if not (isinstance(rank, int) and rank > 0):
         raise ValueError(f"lora rank: expected a positive integer, got {rank!r}")
     if not alpha > 0:
@@ -89,9 +102,14 @@ def apply_lora(
         raise ValueError(f"lora targets {missing} match no module of {type(base).__name__}")
     if _lora_layers(base):
         raise ValueError(f"{type(base).__name__} already has LoRA adapters")
+    parts = dict(model_components(base))  # one transformer, or each expert (each gets its own peft config)
+    if components is not None and (not components or set(components) - set(parts)):
+        raise ValueError(f"lora components {list(components)}: expected some of {list(parts)}")
     base.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout)
-    base.add_adapter(config, adapter_name=ADAPTER_NAME)
+    for component, part in parts.items():
+        if components is None or component in components:
+            part.add_adapter(config, adapter_name=ADAPTER_NAME)
     for name, param in base.named_parameters():
         param.requires_grad_("lora_" in name)
     return model
@@ -173,6 +191,8 @@ def save_lora_weights(model: nn.Module, out_dir: str | Path, dtype: torch.dtype 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for component, part in model_components(model):
+        if not _lora_layers(part):  # an expert trained without LoRA (lora.experts)
+            continue
         state = lora_state_dict(part)
         if dtype is not None:
             state = {k: v.to(dtype) for k, v in state.items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from videogpa.engine.io.atomic import atomic_path
-from videogpa.engine.models.lora import LORA_WEIGHT_NAME, lora_weight_name
+from videogpa.engine.models.lora import LORA_WEIGHT_NAME, lora_weight_name, trained_lora_file
 from videogpa.engine.models.registry import adapter_class
 
 LORA_ADAPTER = "videogpa"
@@ -72,7 +72,7 @@ def lora_file(lora: str | os.PathLike) -> Path:
     lora = Path(lora)
     if not lora.exists():
         raise ValueError(f"LoRA {lora} does not exist (expected {LORA_WEIGHT_NAME} or its folder)")
-    path = lora / LORA_WEIGHT_NAME if lora.is_dir() else lora
+    path = trained_lora_file(lora) if lora.is_dir() else lora
     if lora.is_dir() and not path.is_file():
         raise ValueError(f"LoRA folder {lora} holds no {LORA_WEIGHT_NAME} (the trainer's LoRA export)")
     if path.suffix != ".safetensors":
@@ -90,13 +90,12 @@ def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:
     pipeline's transformer_2."""
     path = lora_file(lora)
     second = path.parent / lora_weight_name("transformer_2")
-    files = [(path, {})]
-    if path.name == LORA_WEIGHT_NAME and second.is_file():
-        if getattr(pipe, "transformer_2", None) is None:
+    files = [path, second] if path.name == LORA_WEIGHT_NAME and second.is_file() else [path]
+    for file in files:
+        extra = {"load_into_transformer_2": True} if file.name == second.name else {}
+        if extra and getattr(pipe, "transformer_2", None) is None:
             raise ValueError(f"LoRA {path.parent} holds a second expert's LoRA ({second.name}), but "
                              f"{type(pipe).__name__} has no transformer_2 (expected a Wan 2.2 A14B pipeline)")  # fmt: skip
-        files.append((second, {"load_into_transformer_2": True}))
-    for file, extra in files:
         try:
             pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=LORA_ADAPTER,
                                    local_files_only=True, use_safetensors=True, **extra)  # fmt: skip

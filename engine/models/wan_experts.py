@@ -69,15 +69,6 @@ class WanExperts(ModelMixin, ConfigMixin):
         """(pipeline component name, expert), high-noise expert first."""
         return [(name, getattr(self, name)) for name in EXPERTS]
 
-    def add_adapter(self, adapter_config, adapter_name: str = "default") -> None:
-        """LoRA on both experts, each with its own peft config (each is exported as its own file)."""
-        for _, expert in self.components():
-            expert.add_adapter(adapter_config, adapter_name=adapter_name)
-
-    @property
-    def peft_config(self) -> dict:
-        return self.transformer.peft_config
-
     def experts_needed(self, high: torch.Tensor) -> list[bool]:
         """Which experts any rank needs this call (an all_reduce when several ranks run)."""
         needed = torch.stack([high.any(), (~high).any()]).to(torch.int32)

@@ -61,7 +61,7 @@ from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.models import adapter_class
-from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.report import write_report
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
@@ -347,7 +347,7 @@ class Loop:
         from videogpa.engine.checkpoint import latest_checkpoint
 
         run = self.out / "train"
-        lora = run / LORA_WEIGHT_NAME
+        lora = trained_lora_file(run)
         if lora.is_file():
             self._say("train", f"complete; skipped ({lora})")
             return lora
@@ -369,6 +369,7 @@ class Loop:
         print(f"[train] {' '.join(command)}", flush=True)
         start = time.perf_counter()
         done = subprocess.run(command, env=child_env(PYTHONUNBUFFERED="1"))
+        lora = trained_lora_file(run)
         if done.returncode != 0 or not lora.is_file():
             raise RuntimeError(f"train: {' '.join(command)} failed (exit {done.returncode}); rerun to resume")
         accuracy = ""
@@ -383,7 +384,7 @@ class Loop:
         """Held-out prompts with the same seeds, without and with the LoRA; DIR/evaluation.json (`shard`: this
         process's share, recipes/evaluate.py --shard)."""
         ev = self.cfg.evaluate
-        lora = Path(lora) if lora is not None else self.out / "train" / LORA_WEIGHT_NAME
+        lora = Path(lora) if lora is not None else trained_lora_file(self.out / "train")
         prompts = self._prompt_file("eval_prompts", ev.prompts, TINY_EVAL_PROMPTS)
         if self.cfg.launcher and not shard.sharded and not (self.out / evaluate.EVALUATION_FILE).is_file():
             config = copy.deepcopy(self.config)

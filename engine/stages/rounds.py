@@ -26,7 +26,7 @@ from videogpa.engine.exports import MERGED_NAME
 from videogpa.engine.io.atomic import atomic_path, write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import write_json_atomic
-from videogpa.engine.models.lora import LORA_WEIGHT_NAME
+from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.stages import evaluate
 from videogpa.engine.stages.loop import LOCK_NAME, Loop
 
@@ -109,7 +109,7 @@ def run_rounds(cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.Pat
 def continue_from(loop: Loop, previous: Loop) -> str:
     """Set up round `loop` after `previous`: generate with the previous pipeline and LoRA, reuse its geometry
     model, train and evaluate on its merged transformer. Returns the previous LoRA's path."""
-    lora = str((previous.out / "train" / LORA_WEIGHT_NAME).resolve())
+    lora = str(trained_lora_file(previous.out / "train").resolve())
     merged = previous.out / "train" / MERGED_NAME
     if not (merged / "config.json").is_file():
         raise ValueError(f"round {previous.out.name}: no merged transformer {merged} (train.export_formats)")

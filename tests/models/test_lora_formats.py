@@ -77,7 +77,7 @@ def _through_pipeline(model: str, root, file, inputs):
 def test_comfyui_file_loads_through_diffusers_converter_at_the_trained_strength(run, tmp_path):
     model, finished, inputs, out, root = run
     info = {"marker": model}
-    path = write_comfyui(finished, info, tmp_path)
+    (path,) = write_comfyui(finished, info, tmp_path)
     with safe_open(str(path), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
     assert json.loads(metadata[INFO_KEY]) == info
@@ -94,7 +94,7 @@ def test_comfyui_file_loads_through_diffusers_converter_at_the_trained_strength(
 
 def test_diffusers_file_keeps_its_lora_config_and_loads_at_the_trained_strength(run, tmp_path):
     model, finished, inputs, out, root = run
-    path = write_diffusers(finished, {"marker": 1}, tmp_path)
+    (path,) = write_diffusers(finished, {"marker": 1}, tmp_path)
     lora = read_lora(path)
     assert (lora.rank, lora.alpha) == (RANK, ALPHA) and json.loads(lora.metadata[INFO_KEY]) == {"marker": 1}
     torch.testing.assert_close(_through_pipeline(model, root, path, inputs), out, **TOL)
@@ -103,7 +103,7 @@ def test_diffusers_file_keeps_its_lora_config_and_loads_at_the_trained_strength(
 def test_merged_transformer_reloads_with_from_pretrained_as_base_plus_lora(run, tmp_path):
     model, finished, inputs, out, _ = run
     _, _, transformer_class, kwargs, _ = FAMILIES[model]
-    folder = write_merged(finished, {"marker": 2}, tmp_path)
+    (folder,) = write_merged(finished, {"marker": 2}, tmp_path)
     assert json.loads((tmp_path / f"{folder.name}.json").read_text()) == {"marker": 2}
     merged = transformer_class.from_pretrained(folder)
     assert not any("lora" in name for name, _ in merged.named_parameters())

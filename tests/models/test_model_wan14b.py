@@ -498,3 +498,52 @@ def test_sequence_parallel_split_equals_unsplit_for_the_new_wan_families():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for family in families:  # (the two ranks' lines may interleave)
         assert all(f"ok {family} @{r}" in done.stdout for r in range(2)), (family, done.stdout[-2000:])
+
+
+def test_lora_on_one_expert_trains_exports_and_loads_only_that_expert(tmp_path):
+    """lora.experts: [transformer_2]: LoRA layers and gradients in the low-noise expert only, one exported file
+    (the second expert's), which the project's loader puts into the pipeline's transformer_2; scale 0 restores."""
+    from videogpa.engine.models.lora import trained_lora_file
+
+    adapter = get_adapter("wan2.2-t2v-a14b", shift=12.0)
+    model = apply_lora(
+        builders.wan_experts(), 2, 4.0, list(adapter.default_lora_targets), components=["transformer_2"]
+    )
+    builders.perturbed(model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("transformer_2.") and "lora_" in n for n in trainable)
+    x, c, t = torch.randn(2, 4, 3, 8, 8), builders.cond(2), torch.tensor([950.0, 100.0])
+    adapter.predict(model, x, t, c).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    assert save_lora_weights(model, tmp_path) == tmp_path / SECOND
+    assert not (tmp_path / LORA_WEIGHT_NAME).exists() and trained_lora_file(tmp_path) == tmp_path / SECOND
+    call = lambda m, i: m(hidden_states=x[i : i + 1], timestep=t[i : i + 1],
+                          encoder_hidden_states=c.text_embeds[i : i + 1], return_dict=False)[0]  # fmt: skip
+    with torch.no_grad():
+        trained = adapter.predict(model, x, t, c)
+        pipe, base = _pipe_with(builders.wan_experts()), _pipe_with(builders.wan_experts())
+        attach_lora(pipe, tmp_path, scale=1.0)
+        torch.testing.assert_close(call(pipe.transformer_2, 1), trained[1:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(call(pipe.transformer, 0), call(base.transformer, 0))  # untouched expert
+        assert not torch.allclose(call(pipe.transformer_2, 1), call(base.transformer_2, 1), atol=1e-3)
+        zero = _pipe_with(builders.wan_experts())
+        attach_lora(zero, tmp_path, scale=0.0)
+        torch.testing.assert_close(
+            call(zero.transformer_2, 1), call(base.transformer_2, 1), atol=1e-6, rtol=1e-6
+        )
+    with pytest.raises(ValueError, match="lora components"):
+        apply_lora(builders.wan_experts(), 2, 4.0, ["to_q"], components=["transformer_3"])
+
+
+def test_lora_experts_config_names_the_components_it_allows(tmp_path):
+    from videogpa.engine.config import config_from_dict
+
+    base = {"output_dir": str(tmp_path), "data": {"train": str(tmp_path)}}
+    config_from_dict({**base, "model": {"name": "wan2.2-t2v-a14b"}, "lora": {"experts": ["transformer_2"]}})
+    for name, experts in (
+        ("wan2.2-t2v-a14b", ["transformer_3"]),
+        ("wan2.2-t2v-a14b", []),
+        ("cogvideox-t2v", ["transformer_2"]),
+    ):
+        with pytest.raises(ValueError, match="lora.experts"):
+            config_from_dict({**base, "model": {"name": name}, "lora": {"experts": experts}})
