@@ -20,6 +20,8 @@ Candidates are made in fixed batches of the full candidate list (prompt-file ord
 every count-th batch, so a batch holds the same candidates whatever the number of shards: N processes write
 bit-identical latents to one process's. A resumed batch runs with the candidates it still lacks: a smaller
 batch, which on a CPU can change the last bits of a batched computation, as any other batch size does.
+The prompt file is streamed (engine.data.prompts.PromptFile) and the batches formed as it goes by, so a process
+holds a batch of prompts at a time, never the list.
 """
 
 from __future__ import annotations
