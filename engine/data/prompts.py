@@ -7,7 +7,8 @@ Two file formats:
 - JSONL (`.jsonl`): one object per line with a string `prompt`, optionally a string `id` (default: the
   prompt's position, `p00000`, ...) and `image` (the first frame for image-to-video, relative to the file).
 
-Every problem is a ValueError that names the file, the line and the field.
+Every problem is a ValueError that names the file, the line and the field. A file is read lazily, line by
+line (iter_prompts, PromptFile), so a long prompt list is never held in memory.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from videogpa.engine.io.records import numbered_jsonl
+from videogpa.engine.io.records import iter_numbered_jsonl, text_lines
 
 # The paper's builder: a fixed prefix that asks for a static scene, then 2-3 random camera motions.
 CAMERA_PREFIX = "A completely static scene where nothing moves; only the camera moves."
@@ -67,25 +69,33 @@ def _jsonl_item(path: Path, number: int, row: dict, index: int) -> PromptItem:
     return PromptItem(prompt_id, prompt.strip(), None if image is None else path.parent / image)
 
 
-def load_prompts(path: str | os.PathLike, require_images: bool = False) -> list[PromptItem]:
-    """Read a prompt file. require_images (image-to-video): every prompt needs an existing `image` file."""
+def _entries(path: Path) -> Iterator[tuple[int, PromptItem]]:
+    """(line number, item) of every prompt of the file, parsed line by line as the reader reaches it."""
+    if path.suffix.lower() == ".jsonl":
+        rows = iter_numbered_jsonl(path, allow_truncated_tail=False)
+        for k, (number, row) in enumerate(rows):
+            yield number, _jsonl_item(path, number, row, k)
+        return
+    try:
+        k = 0
+        for number, line, _ in text_lines(path):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield number, PromptItem(f"p{k:05d}", line)
+                k += 1
+    except UnicodeDecodeError as err:
+        raise ValueError(f"prompt file {path} is not UTF-8 text: {err}") from None
+
+
+def iter_prompts(path: str | os.PathLike, require_images: bool = False) -> Iterator[PromptItem]:
+    """Read a prompt file lazily, validating each line as it comes (a bad line is a ValueError when the reader
+    reaches it). require_images (image-to-video): every prompt needs an existing `image` file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt file {path} does not exist")
-    if path.suffix.lower() == ".jsonl":
-        rows = numbered_jsonl(path, allow_truncated_tail=False)
-        entries = [(number, _jsonl_item(path, number, row, k)) for k, (number, row) in enumerate(rows)]
-    else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"prompt file {path} is not UTF-8 text: {err}") from None
-        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
-        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
-        entries = [(n, PromptItem(f"p{k:05d}", line)) for k, (n, line) in enumerate(lines)]
-    items: list[PromptItem] = []
+    # every id seen (for the duplicate check) with its line: ids are small; the prompts are not kept
     first_line: dict[str, int] = {}
-    for number, item in entries:
+    for number, item in _entries(path):
         if item.prompt_id in first_line:
             raise ValueError(
                 f"{path}:{number}: duplicate id {item.prompt_id!r} (first used on line {first_line[item.prompt_id]})"
@@ -98,10 +108,29 @@ def load_prompts(path: str | os.PathLike, require_images: bool = False) -> list[
                 )
             if not item.image.is_file():
                 raise ValueError(f"{path}:{number}: field 'image': file {item.image} does not exist")
-        items.append(item)
-    if not items:
+        yield item
+    if not first_line:
         raise ValueError(f"prompt file {path} holds no prompts")
-    return items
+
+
+def load_prompts(path: str | os.PathLike, require_images: bool = False) -> list[PromptItem]:
+    """Every prompt of a file (iter_prompts), as a list."""
+    return list(iter_prompts(path, require_images))
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """A prompt file that every iteration streams anew (iter_prompts), camera-motion rewritten with
+    camera_motion_seed when given: a reader that passes over the prompts more than once never holds them."""
+
+    path: Path
+    require_images: bool = False
+    camera_motion_seed: int | None = None
+
+    def __iter__(self) -> Iterator[PromptItem]:
+        items = iter_prompts(self.path, self.require_images)
+        seed = self.camera_motion_seed
+        return items if seed is None else (camera_motion_item(it, seed) for it in items)
 
 
 def camera_motion_prompt(scene: str, rng: random.Random, min_motions: int = 2, max_motions: int = 3) -> str:
@@ -114,9 +143,11 @@ def camera_motion_prompt(scene: str, rng: random.Random, min_motions: int = 2, m
     return f"{CAMERA_PREFIX} {scene.strip().rstrip('.')}. {', then '.join(motions).capitalize()}."
 
 
+def camera_motion_item(item: PromptItem, seed: int) -> PromptItem:
+    """The item's prompt rewritten by camera_motion_prompt; the draw depends only on (seed, its id)."""
+    return replace(item, prompt=camera_motion_prompt(item.prompt, random.Random(f"{seed}:{item.prompt_id}")))
+
+
 def with_camera_motion(items: list[PromptItem], seed: int) -> list[PromptItem]:
-    """Each prompt rewritten by camera_motion_prompt; a prompt's draw depends only on (seed, its id)."""
-    return [
-        replace(it, prompt=camera_motion_prompt(it.prompt, random.Random(f"{seed}:{it.prompt_id}")))
-        for it in items
-    ]
+    """Each prompt rewritten by camera_motion_item (so a list and a stream of the same prompts agree)."""
+    return [camera_motion_item(it, seed) for it in items]

@@ -20,14 +20,21 @@ Candidates are made in fixed batches of the full candidate list (prompt-file ord
 every count-th batch, so a batch holds the same candidates whatever the number of shards: N processes write
 bit-identical latents to one process's. A resumed batch runs with the candidates it still lacks: a smaller
 batch, which on a CPU can change the last bits of a batched computation, as any other batch size does.
+The prompt file is streamed (engine.data.prompts.PromptFile) and the batches formed as it goes by, so a process
+holds a batch of prompts at a time, never the list.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
+import itertools
+import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +44,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from videogpa.engine.config import GenerationConfig
-from videogpa.engine.data.prompts import PromptItem, load_prompts, with_camera_motion
+from videogpa.engine.data.prompts import PromptFile, PromptItem
 from videogpa.engine.io.atomic import atomic_path
 from videogpa.engine.io.records import append_jsonl
 from videogpa.engine.io.sharded import sharded_rows
@@ -109,28 +116,43 @@ def _image_field(item: PromptItem) -> str | None:
     return None if item.image is None else str(item.image.resolve())
 
 
-def _check_done(out_dir: Path, settings: dict, wanted: dict[str, CandidateSpec]) -> set[str]:
-    """Stems already generated (in any shard's manifest); ValueError when a row was made with other settings or
-    lost its files."""
-    done = set()
-    for manifest, _, row in sharded_rows(out_dir / MANIFEST):
-        stem = Path(row.get("video", "")).stem
-        if stem not in wanted:
-            continue
-        item = wanted[stem].item
-        mine = {"prompt": item.prompt, "image": _image_field(item), **settings}
-        theirs = {k: row.get(k) for k in mine}
-        if theirs != mine:
-            diff = sorted(k for k in mine if theirs[k] != mine[k])
-            raise ValueError(
-                f"{manifest}: {stem} was generated with other {diff} than this run's; "
-                "use a new output folder (nothing is overwritten)"
+def _digest(value) -> bytes:
+    return hashlib.blake2b(json.dumps(value).encode(), digest_size=16).digest()
+
+
+class DoneCandidates:
+    """The candidates already in out_dir's manifests (any shard's), held as what checking a candidate of this
+    run needs: per video stem its manifest, digests of its row's prompt and image, the settings keys that differ
+    from this run's, and its file names (never the rows' prompts: a resume holds little beside the stems)."""
+
+    def __init__(self, out_dir: Path, settings: dict):
+        self.out_dir = out_dir
+        self.rows: dict[str, list[tuple]] = {}
+        for manifest, _, row in sharded_rows(out_dir / MANIFEST):
+            other = tuple(k for k in settings if row.get(k) != settings[k])
+            record = (manifest, _digest(row.get("prompt")), _digest(row.get("image")), other,
+                      {key: row.get(key) for key in ("video", "latents")})  # fmt: skip
+            self.rows.setdefault(Path(row.get("video", "")).stem, []).append(record)
+
+    def check(self, cand: CandidateSpec) -> bool:
+        """Whether `cand` is done; ValueError when its row was made with other settings or lost its files."""
+        records = self.rows.get(cand.stem, ())
+        mine = {"prompt": _digest(cand.item.prompt), "image": _digest(_image_field(cand.item))}
+        for manifest, prompt, image, other, files in records:
+            diff = sorted(
+                [k for k, theirs in (("prompt", prompt), ("image", image)) if theirs != mine[k]] + list(other)
             )
-        for key in ("video", "latents"):
-            if not (out_dir / row[key]).is_file():
-                raise ValueError(f"{manifest}: {stem}'s {key} file {out_dir / row[key]} is missing")
-        done.add(stem)
-    return done
+            if diff:
+                raise ValueError(
+                    f"{manifest}: {cand.stem} was generated with other {diff} than this run's; "
+                    "use a new output folder (nothing is overwritten)"
+                )
+            for key, rel in files.items():
+                if rel is None or not (self.out_dir / rel).is_file():
+                    raise ValueError(
+                        f"{manifest}: {cand.stem}'s {key} file {self.out_dir / str(rel)} is missing"
+                    )
+        return bool(records)
 
 
 def _load_image(path: Path, width: int, height: int):
@@ -199,31 +221,66 @@ def _clean_image_latent(pipe, adapter: ModelAdapter, max_sequence_length: int):
     return encode
 
 
-def _batches(todo: list[CandidateSpec], batch_size: int, per_prompt: bool) -> list[list[CandidateSpec]]:
-    """Consecutive candidates in batches of batch_size; per_prompt: never two prompts in one batch."""
-    if not per_prompt:
-        return [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    groups: dict[str, list[CandidateSpec]] = {}
-    for c in todo:
-        groups.setdefault(c.item.prompt_id, []).append(c)
-    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+def _batches(
+    candidates: Iterable[CandidateSpec], batch_size: int, per_prompt: bool
+) -> Iterator[list[CandidateSpec]]:
+    """Consecutive candidates in batches of batch_size, formed lazily; per_prompt: never two prompts in one batch
+    (a prompt's candidates are consecutive)."""
+    batch: list[CandidateSpec] = []
+    for c in candidates:
+        if len(batch) == batch_size or (
+            per_prompt and batch and c.item.prompt_id != batch[-1].item.prompt_id
+        ):
+            yield batch
+            batch = []
+        batch.append(c)
+    if batch:
+        yield batch
 
 
 def shard_batches(
-    adapter: ModelAdapter, items: list[PromptItem], seeds: list[int], batch_size: int, shard: Shard
-) -> list[list[CandidateSpec]]:
-    """`shard`'s batches of the full candidate list (prompt-file order × seeds, in fixed batches of
-    batch_size; image-to-video with one image per call: never two prompts in a batch)."""
-    wanted = {c.stem: c for c in (CandidateSpec(item, s) for item in items for s in seeds)}
-    image_to_video = any(c.item.image is not None for c in wanted.values())
-    per_prompt = image_to_video and not adapter.image_per_video
-    return shard.select(_batches(list(wanted.values()), batch_size, per_prompt))
+    adapter: ModelAdapter, items: Iterable[PromptItem], seeds: list[int], batch_size: int, shard: Shard
+) -> Iterator[list[CandidateSpec]]:
+    """`shard`'s batches of the full candidate list (prompt order × seeds, in fixed batches of batch_size;
+    image-to-video with one image per call: never two prompts in a batch), formed as `items` streams by, so
+    one batch is held at a time. The prompts have an image each or none (load_items checks): the first tells."""
+    candidates = (CandidateSpec(item, s) for item in items for s in seeds)
+    first = next(candidates, None)
+    if first is None:
+        return iter(())
+    per_prompt = first.item.image is not None and not adapter.image_per_video
+    return shard.stream(_batches(itertools.chain([first], candidates), batch_size, per_prompt))
+
+
+def _todo_batches(
+    adapter: ModelAdapter,
+    items: Iterable[PromptItem],
+    seeds: list[int],
+    batch_size: int,
+    shard: Shard,
+    done: DoneCandidates,
+    summary: GenerationSummary,
+) -> Iterator[list[CandidateSpec]]:
+    """`shard`'s batches less their done candidates (each checked against this run; empty batches dropped),
+    streamed; the prompts, the shard's candidates and its done ones are counted into `summary`."""
+
+    def counted():
+        for item in items:
+            summary.prompts += 1
+            yield item
+
+    for batch in shard_batches(adapter, counted(), seeds, batch_size, shard):
+        todo = [c for c in batch if not done.check(c)]
+        summary.candidates += len(batch)
+        summary.skipped += len(batch) - len(todo)
+        if todo:
+            yield todo
 
 
 def generate_candidates(
     pipe,
     adapter: ModelAdapter,
-    items: list[PromptItem],
+    items: Iterable[PromptItem],
     out_dir: str | os.PathLike,
     *,
     seeds: list[int],
@@ -239,25 +296,30 @@ def generate_candidates(
     """Generate every (prompt, seed) candidate of `shard`'s batches not yet in out_dir's manifests with the
     family `adapter`'s pipeline `pipe`, which already carries the LoRA when `lora` is given (path/scale recorded
     in the rows), and with the step cache `step_cache` describes (recorded in the rows) when given; the rows go to
-    the shard's manifest file."""
+    the shard's manifest file. `items` (a list, or a PromptFile that streams the prompt file) is read twice and
+    never held: the process holds one batch of prompts and the stems already done."""
     if batch_size < 1:
         raise ValueError(f"generation batch size: expected ≥ 1, got {batch_size}")
+    if iter(items) is items:
+        raise TypeError(
+            "generate_candidates: items must be re-iterable (a list or a PromptFile), not an iterator"
+        )
     start = time.perf_counter()
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     (out_dir / "latents").mkdir(parents=True, exist_ok=True)
     manifest = shard.path(out_dir / MANIFEST)
     settings = _row_settings(model, sampler, lora and str(lora), lora_scale, step_cache)
-    batches = shard_batches(adapter, items, seeds, batch_size, shard)
-    done = _check_done(out_dir, settings, {c.stem: c for batch in batches for c in batch})
-    batches = [b for b in ([c for c in batch if c.stem not in done] for batch in batches) if b]
-    todo = [c for batch in batches for c in batch]
-    summary = GenerationSummary(out_dir / MANIFEST, prompts=len(items), candidates=len(todo) + len(done),
-                                skipped=len(done))  # fmt: skip
-    bar = tqdm(total=len(todo), desc=f"generating{f' (shard {shard})' if shard.sharded else ''}", unit="video",
+    done = DoneCandidates(out_dir, settings)
+    work = (adapter, items, seeds, batch_size, shard, done)
+    # two passes over the prompts (streamed when items is a PromptFile): one to count and check the done
+    # candidates before anything is generated, one to generate
+    summary = GenerationSummary(out_dir / MANIFEST)
+    todo = sum(len(batch) for batch in _todo_batches(*work, summary))
+    bar = tqdm(total=todo, desc=f"generating{f' (shard {shard})' if shard.sharded else ''}", unit="video",
                disable=not progress)  # fmt: skip
     encode_image = _clean_image_latent(pipe, adapter, sampler.max_sequence_length)
-    for batch in batches:
+    for batch in _todo_batches(*work, GenerationSummary(summary.manifest)):
         images = {c.item.prompt_id: _load_image(c.item.image, sampler.width, sampler.height)
                   for c in batch if c.item.image is not None}  # fmt: skip
         frames, latents = _run_pipeline(pipe, adapter, batch, sampler, images)
@@ -296,26 +358,28 @@ def sampler_settings(cfg: GenerationConfig) -> SamplerSettings:
     return dataclasses.replace(defaults, **given)
 
 
-def load_items(
-    cfg: GenerationConfig, prompts: str | os.PathLike | None = None
-) -> tuple[list[PromptItem], bool]:
-    """The prompts to generate from (camera-motion rewritten if asked) and whether this is image-to-video."""
+def load_items(cfg: GenerationConfig, prompts: str | os.PathLike | None = None) -> tuple[PromptFile, bool]:
+    """The prompts to generate from (camera-motion rewritten if asked), streamed from their file on every
+    iteration, and whether this is image-to-video. The whole file is checked here, one line at a time, so a bad
+    line is an error before any pipeline is loaded."""
     path = prompts or cfg.prompts
     if path is None:
         raise ValueError("generation: no prompt file given (prompts)")
     spec = adapter_class(cfg.model).pipelines
-    items = load_prompts(path, require_images=spec.requires_image)
-    with_image = [it.image is not None for it in items]
-    image_to_video = spec.requires_image or (spec.image_to_video is not None and any(with_image))
-    if image_to_video and not all(with_image):
-        raise ValueError(
-            f"{path}: some prompts have an 'image' and some do not; image-to-video needs one per prompt"
-        )
-    if image_to_video:
-        items = load_prompts(path, require_images=True)  # every image must exist
-    if cfg.camera_motion:
-        items = with_camera_motion(items, cfg.seed)
-    return items, image_to_video
+    image_to_video = spec.requires_image
+    kind = None  # whether the first prompt has an image: every other must be of its kind (image-to-video)
+    for item in PromptFile(Path(path), require_images=spec.requires_image):
+        if kind is None:
+            kind = item.image is not None
+            image_to_video = spec.requires_image or (spec.image_to_video is not None and kind)
+        elif spec.image_to_video is not None and (item.image is not None) != kind:
+            raise ValueError(
+                f"{path}: some prompts have an 'image' and some do not; image-to-video needs one per prompt"
+            )
+    if image_to_video and not spec.requires_image:
+        collections.deque(PromptFile(Path(path), require_images=True), maxlen=0)  # every image must exist
+    seed = cfg.seed if cfg.camera_motion else None
+    return PromptFile(Path(path), require_images=image_to_video, camera_motion_seed=seed), image_to_video
 
 
 @one_process_per_shard

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -60,6 +61,10 @@ class Shard:
     def select(self, items: list[T]) -> list[T]:
         """This shard's share: items[index], items[index + count], ... (the items in a deterministic order)."""
         return items[self.index :: self.count]
+
+    def stream(self, items: Iterable[T]) -> Iterator[T]:
+        """select's share of an iterable, taken lazily as it streams by (nothing else of it is kept)."""
+        return itertools.islice(items, self.index, None, self.count)
 
     def path(self, path: str | os.PathLike) -> Path:
         """The file of a record set (logical name `path`) that this shard writes."""
