@@ -156,13 +156,18 @@ def _group_rank() -> int | None:
 
 def finishes(shard: Shard, complete: Callable[[], bool]) -> bool:
     """Whether this process does its stage's once-only step (assembling, reporting) now that its own share is
-    done: with a process group, rank 0 after a barrier (every rank's share is done); without one, every
+    done: with a launcher's process group, rank 0 after a barrier (every rank's share is done; with
+    `--shard I/N` on top, only if the whole set is done, as for independent shards); without one, every
     item of the whole set must be done (`complete()`, checked after this shard's own share is written, so the
     last of several independent shards to finish sees it); one process (not sharded): always."""
+    import torch.distributed as dist
+
     rank = _group_rank()
-    if rank is not None:
+    if rank is not None and dist.get_world_size() > 1:  # (a group of one, e.g. a test's, is no launcher)
         barrier()
-        return rank == 0
+        if rank or shard.count == dist.get_world_size():
+            return rank == 0  # the group is the whole set
+        # rank 0 of one of several independent --shard groups: like an independent shard below
     return not shard.sharded or complete()
 
 
