@@ -199,6 +199,8 @@ def save_lora_weights(model: nn.Module, out_dir: str | Path, dtype: torch.dtype 
         paths.append(out / lora_weight_name(component))
         with atomic_path(paths[-1]) as tmp:
             save_file(state, str(tmp), metadata=lora_metadata(part))
+    if not paths:
+        raise ValueError(f"{type(base_module(model)).__name__} has no LoRA adapters to export")
     return paths[0]
 
 
