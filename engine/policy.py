@@ -8,11 +8,7 @@ from pathlib import Path
 import torch
 
 from videogpa.engine import distributed as D
-from videogpa.engine.attention import (  # noqa: F401 (select_sdpa_kernel, set_diffusers_attention: policy's API)
-    apply_attention_backend,
-    select_sdpa_kernel,
-    set_diffusers_attention,
-)
+from videogpa.engine.attention import apply_attention_backend
 from videogpa.engine.compiling import compile_blocks
 from videogpa.engine.config import Config
 from videogpa.engine.models import get_adapter
@@ -52,11 +48,12 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
             else blocks[: round(cfg.model.checkpoint_fraction * len(blocks))]
         )
         enable_gradient_checkpointing(model, chosen)
+    modules = [m for m in (model, frozen) if m is not None]  # the reference runs like the policy
     if D.sequence_parallel_size() > 1:
-        for module in (model, frozen) if frozen is not None else (model,):
+        for module in modules:
             enable_sequence_parallel(module, adapter, D.sequence_group(), D.sequence_parallel_size(),
                                      D.rank() % D.sequence_parallel_size())  # fmt: skip
-    for module in (model, frozen) if frozen is not None else (model,):  # the reference runs like the policy
+    for module in modules:
         apply_attention_backend(module, adapter, cfg.model.attention_backend, D.device())
         if cfg.model.compile is not None:  # after the hooks above, so the compiled blocks include them
             compile_blocks(module, adapter, cfg.model.compile, "model.compile")

@@ -6,10 +6,10 @@ import torch
 
 from tests.models.model_builders import cogvideox_t2v, cond, wan_ti2v
 from tests.trainer.trainer_helpers import tiny_config
+from videogpa.engine.attention import select_sdpa_kernel, set_diffusers_attention
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models import lora as lora_module
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing
-from videogpa.engine.policy import select_sdpa_kernel, set_diffusers_attention
 
 
 def _grads(checkpointed_fraction, monkeypatch):
