@@ -2,7 +2,11 @@
 
 engine/  -> videogpa.engine
 kernels/ -> videogpa.kernels
-Nothing is installed as a bare top-level `engine` or `kernels` (another distribution owns `kernels`).
+Both folders are namespace packages (no __init__.py): when the repository root is on sys.path (pytest,
+`python -m`, a notebook started in the checkout), a bare `import kernels` or `import engine` passes over
+them to an installed package of that name (Hugging Face's `kernels`, which transformers imports), because
+a regular package anywhere on sys.path wins over a namespace portion. Nothing of ours is importable as a
+bare top-level `engine` or `kernels`; the import names are `videogpa.engine` and `videogpa.kernels`.
 """
 
 from setuptools import find_packages, setup

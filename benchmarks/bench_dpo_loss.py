@@ -27,7 +27,7 @@ if not torch.cuda.is_available():  # the kernel can only run through the interpr
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import append_results, copy_bandwidth, environment, measure, print_table  # noqa: E402
 
-from videogpa.kernels import diffusion_dpo_loss  # noqa: E402
+from videogpa.kernels.dpo_loss import diffusion_dpo_loss  # noqa: E402
 
 SHAPES = {  # name -> (shape, mask over it or None)
     "small": ((8, 3, 4, 8, 12), None),

@@ -31,7 +31,7 @@ from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward  # 
 from videogpa.engine.models import get_adapter  # noqa: E402
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing  # noqa: E402
 from videogpa.engine.types import Conditioning  # noqa: E402
-from videogpa.kernels import diffusion_dpo_loss  # noqa: E402
+from videogpa.kernels.dpo_loss import diffusion_dpo_loss  # noqa: E402
 
 # CogVideoX-2B's transformer config (THUDM/CogVideoX-2b, transformer/config.json).
 COGVIDEOX_2B = dict(

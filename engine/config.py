@@ -20,7 +20,7 @@ import yaml
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.scenes.procedural import CORRUPTIONS
 from videogpa.engine.types import DTYPE_CHOICES
-from videogpa.kernels import LOSS_TYPES
+from videogpa.kernels.dpo_loss import LOSS_TYPES
 
 REFERENCE_STRATEGIES = ("adapters_off", "separate", "precomputed")
 SDPA_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")

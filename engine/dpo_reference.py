@@ -18,7 +18,7 @@ from videogpa.engine.dpo_step import EVAL_SEED_OFFSET, StepInputs
 from videogpa.engine.io.atomic import atomic_path
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.lora import adapters_disabled
-from videogpa.kernels import per_sample_mse
+from videogpa.kernels.dpo_loss import per_sample_mse
 
 
 class AdaptersOff:

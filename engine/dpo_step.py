@@ -16,7 +16,7 @@ from torch import nn
 from videogpa.engine.data.preference import PreferenceDataset, collate_pairs
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.types import Conditioning
-from videogpa.kernels import DPOOutput, diffusion_dpo_loss
+from videogpa.kernels.dpo_loss import DPOOutput, diffusion_dpo_loss
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out evaluation draws at seed + this: never the training draws
 

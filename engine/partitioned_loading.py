@@ -32,11 +32,13 @@ def load_transformer(
     """The adapter's transformer for a DeepSpeed engine made with `ds_config`: under ZeRO-3 from a checkpoint
     folder, built partitioned and filled rank by rank; otherwise whole (adapter.load_transformer)."""
     if path is None or not partitions_parameters(ds_config):
-        return adapter.load_transformer(path, dtype)
-    # each diffusers model the adapter's transformer is made of (one, or Wan 2.2 A14B's two experts)
-    return adapter.load_transformer(
-        path, dtype, loader=functools.partial(load_partitioned, ds_config=ds_config)
-    )
+        model = adapter.load_transformer(path, dtype)
+    else:  # each diffusers model the adapter's transformer is made of (one, or Wan 2.2 A14B's two experts)
+        model = adapter.load_transformer(
+            path, dtype, loader=functools.partial(load_partitioned, ds_config=ds_config)
+        )
+    check_weight_dtypes(model, dtype, path or "the built-in model")
+    return model
 
 
 # torch.nn.init's in-place initialisers, which modules' constructors call to draw their weights
@@ -71,11 +73,43 @@ def load_partitioned(
 
     folder = checked_transformer_folder(cls, path)
     files = safetensors_weight_files(folder)
-    with _weights_left_undrawn(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    with _weights_left_undrawn(), deepspeed.zero.Init(config_dict_or_path=_config_building(ds_config, dtype)):
         model = cls.from_config(cls.load_config(folder))
+    check_weight_dtypes(model, dtype, folder)
     fill_from_safetensors(model, files, folder)
     model.register_to_config(_name_or_path=str(folder))  # as from_pretrained records it
     return model.eval()
+
+
+def _config_building(ds_config: dict, dtype: torch.dtype) -> dict:
+    """`ds_config` with its bf16/fp16 switches saying `dtype`, the one way to choose zero.Init's dtype that
+    holds on every CPU: DeepSpeed 0.19's Init ignores an explicit `dtype=` when the accelerator reports no fp16
+    support (`dtype or fp16 if fp16_supported else bf16 ...` in Init._set_dtype), so fp32 came out as bf16 on
+    CPUs without mkldnn fp16; with dtype=None it follows the config's switches."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"partitioned loading builds fp32, bf16 or fp16 weights, not {dtype}")
+    return {
+        **ds_config,
+        "bf16": {**ds_config.get("bf16", {}), "enabled": dtype == torch.bfloat16},
+        "fp16": {**ds_config.get("fp16", {}), "enabled": dtype == torch.float16},
+    }
+
+
+def check_weight_dtypes(model: nn.Module, dtype: torch.dtype, origin: str | Path) -> None:
+    """A ValueError naming the first weight of `model` (loaded from `origin`) whose dtype is not `dtype`;
+    fp32 is also accepted in the modules the model's class keeps in fp32 (diffusers' _keep_in_fp32_modules).
+    For a ZeRO-3 parameter, the dtype of this rank's partition is checked."""
+    kept = {
+        name for module in model.modules() for name in getattr(module, "_keep_in_fp32_modules", None) or ()
+    }
+    for name, param in model.named_parameters():
+        actual = getattr(param, "ds_tensor", param).dtype
+        if actual == dtype or (actual == torch.float32 and kept.intersection(name.split("."))):
+            continue
+        raise ValueError(
+            f"weight {name!r} of the transformer from {str(origin)!r} is {actual}, expected {dtype} "
+            "(train.precision): the loader built it in another dtype"
+        )
 
 
 def fill_from_safetensors(model: nn.Module, files: dict[str, Path], folder: Path) -> None:

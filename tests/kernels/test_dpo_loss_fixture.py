@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from videogpa.kernels import diffusion_dpo_loss
+from videogpa.kernels.dpo_loss import diffusion_dpo_loss
 
 
 def _cases(fixtures_dir):

@@ -4,7 +4,7 @@ in the held-out accuracy, for the Triton kernel and the PyTorch reference alike.
 import pytest
 import torch
 
-from videogpa.kernels import diffusion_dpo_loss
+from videogpa.kernels.dpo_loss import diffusion_dpo_loss
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

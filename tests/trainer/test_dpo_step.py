@@ -11,7 +11,7 @@ from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward, pa
 from videogpa.engine.models import TINY, get_adapter
 from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
 from videogpa.engine.types import Conditioning
-from videogpa.kernels import per_sample_mse
+from videogpa.kernels.dpo_loss import per_sample_mse
 
 LOSS = LossSettings(beta=500.0)
 CPU = torch.device("cpu")

@@ -1,1 +1,0 @@
-"""videogpa.engine: models, objectives, DPO step, distributed training, data, geometry scoring."""
