@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from videogpa.kernels.dpo_loss import DiffusionDPOLoss, diffusion_dpo_loss, per_sample_mse
 from videogpa.kernels._backend import resolve_backend
-from videogpa.kernels.dpo_loss import launch
+from videogpa.kernels.dpo_loss import DiffusionDPOLoss, diffusion_dpo_loss, launch, per_sample_mse
 from videogpa.kernels.dpo_loss.reference import STAT_NAMES, reference_dpo_loss
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
