@@ -7,18 +7,42 @@ export DS_ACCELERATOR ?= cpu
 endif
 export DS_BUILD_OPS ?= 0
 
-.PHONY: setup run test lint bench score aot gpu-check gpu-wheels
+# The exact versions make setup and CI install (every package, pip and setuptools included), written by
+# `make lock`. The package's own ranges (pyproject.toml) stay open for users' machines.
+LOCK ?= requirements-cpu.lock
+CONSTRAINTS = $(if $(LOCK),-c $(LOCK))
+
+.PHONY: setup run test lint bench score aot gpu-check gpu-wheels lock test-latest
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py requirements-cpu.txt
+# The install steps, from the lock unless LOCK is empty (make lock and make test-latest: the newest releases).
+$(VENV)/.installed: pyproject.toml setup.py requirements-cpu.txt $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel
+	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel $(CONSTRAINTS)
 	# torch first: DeepSpeed ships only an sdist whose build imports torch.
-	$(PY) -m pip install -q $$(grep -E '^(torch|triton)==' requirements-cpu.txt)
-	$(PY) -m pip install -q --no-build-isolation -r requirements-cpu.txt
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q $$(grep -E '^(torch|triton)==' requirements-cpu.txt) $(CONSTRAINTS)
+	$(PY) -m pip install -q --no-build-isolation -r requirements-cpu.txt $(CONSTRAINTS)
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]" $(CONSTRAINTS)
 	touch $@
+
+# Re-resolve every dependency to its newest release in a fresh venv and freeze it into the lock.
+lock:
+	rm -rf .venv-lock
+	$(MAKE) setup VENV=.venv-lock LOCK=
+	.venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^-e ' | LC_ALL=C sort -f > $(LOCK)
+	rm -rf .venv-lock
+
+# The newest releases, without the lock (a fresh venv each time): imports, every model family's load, train
+# step and export, the kernels, ZeRO-3 loading, and the tiny loop end to end.
+LATEST_TESTS = tests/test_import_names.py tests/models tests/kernels/test_dpo_loss.py \
+	tests/trainer/test_zero_init_dtype.py tests/trainer/test_exports.py tests/trainer/test_dpo_recipe.py \
+	tests/stages/test_loop_end_to_end.py
+test-latest:
+	rm -rf .venv-latest
+	$(MAKE) setup VENV=.venv-latest LOCK=
+	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|triton|transformers|diffusers|peft|deepspeed|kernels|numpy|safetensors|huggingface.hub|kornia)=='
+	.venv-latest/bin/python -m pytest -q $(LATEST_TESTS)
 
 # Main job on the embedded default: Diffusion-DPO on the tiny built-in model and a synthetic
 # preference set (recipes/configs/tiny.yaml); prints and plots held-out preference accuracy.

@@ -10,7 +10,11 @@ from tests.models.model_builders import cogvideox_t2v
 from videogpa.engine.distributed import init_distributed
 from videogpa.engine.partitioned_loading import check_weight_dtypes, load_partitioned
 
-DS_CONFIG = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": False}}
+DS_CONFIG = {
+    "train_micro_batch_size_per_gpu": 1,
+    "zero_optimization": {"stage": 3},
+    "bf16": {"enabled": False},
+}
 
 
 @pytest.fixture(scope="module")
