@@ -219,9 +219,17 @@ def _nvidia_smi(device: torch.device) -> dict:
     index = device.index if device.index is not None else torch.cuda.current_device()
     try:
         out = subprocess.run(
-            ["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.strip()  # fmt: skip
+            [
+                "nvidia-smi",
+                f"--id={index}",
+                f"--query-gpu={','.join(fields)}",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"driver": None}
     values = [v.strip() for v in out.split(",")]

@@ -78,9 +78,14 @@ def bench_shape(name: str, device, dtype, compile_baseline: bool, bandwidth: flo
         try:
             step = make_step(backend, policy, ref, target, mask, compiled)
             fields, seconds = measure(
-                step, device, iters=iters, warmup=3 if compiled else 2, flush=True,
-                reset=lambda: setattr(policy, "grad", None), capturable=not compiled,
-            )  # fmt: skip
+                step,
+                device,
+                iters=iters,
+                warmup=3 if compiled else 2,
+                flush=True,
+                reset=lambda: setattr(policy, "grad", None),
+                capturable=not compiled,
+            )
         except Exception as err:  # a missing compiler must not hide the other rows
             print(f"[{label}] failed: {type(err).__name__}: {err}", file=sys.stderr)
             continue

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, append_results, print_table, synchronize  # noqa: E402
 
-from videogpa.engine.config import GenerationConfig  # noqa: E402
+from videogpa.engine.core.config import GenerationConfig  # noqa: E402
 from videogpa.engine.models import get_adapter  # noqa: E402
 from videogpa.engine.stages.fast_sampling import apply_sampling_options  # noqa: E402
 
@@ -56,7 +56,7 @@ MODELS = {
             sample_width=90,
             patch_size=2,
             use_rotary_positional_embeddings=True,
-        ),  # fmt: skip
+        ),
         "vae": dict(scaling_factor=0.7),  # the class defaults are CogVideoX's VAE
         "scheduler": dict(
             prediction_type="v_prediction",
@@ -65,7 +65,7 @@ MODELS = {
             beta_schedule="scaled_linear",
             clip_sample=False,
             snr_shift_scale=1.0,
-        ),  # fmt: skip
+        ),
         "text": (226, 4096),
         "call": dict(num_frames=49, height=480, width=720, guidance_scale=6.0),
     },
@@ -85,7 +85,7 @@ MODELS = {
             qk_norm="rms_norm_across_heads",
             eps=1e-6,
             rope_max_seq_len=1024,
-        ),  # fmt: skip
+        ),
         "vae": dict(
             base_dim=160,
             decoder_base_dim=256,
@@ -98,16 +98,21 @@ MODELS = {
             scale_factor_spatial=16,
             latents_mean=[0.0] * 48,
             latents_std=[1.0] * 48,
-        ),  # fmt: skip
+        ),
         "scheduler": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
         "text": (512, 4096),
         "call": dict(num_frames=121, height=704, width=1280, guidance_scale=5.0),
     },
 }
 FAMILIES = {  # model name prefix -> (pipeline, transformer, VAE, scheduler) classes of diffusers
-    "cogvideox": ("CogVideoXPipeline", "CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX", "CogVideoXDPMScheduler"),
+    "cogvideox": (
+        "CogVideoXPipeline",
+        "CogVideoXTransformer3DModel",
+        "AutoencoderKLCogVideoX",
+        "CogVideoXDPMScheduler",
+    ),
     "wan": ("WanPipeline", "WanTransformer3DModel", "AutoencoderKLWan", "UniPCMultistepScheduler"),
-}  # fmt: skip
+}
 
 # our options, one at a time and together (GenerationConfig keys)
 OPTIONS = {
@@ -155,8 +160,14 @@ def time_calls(
     def call(n: int) -> float:
         synchronize(device)
         start = time.perf_counter()
-        pipe(prompt_embeds=text, negative_prompt_embeds=negative, num_inference_steps=n, output_type="pt",
-             generator=torch.Generator(device).manual_seed(1), **spec["call"])  # fmt: skip
+        pipe(
+            prompt_embeds=text,
+            negative_prompt_embeds=negative,
+            num_inference_steps=n,
+            output_type="pt",
+            generator=torch.Generator(device).manual_seed(1),
+            **spec["call"],
+        )
         synchronize(device)
         return time.perf_counter() - start
 
@@ -178,11 +189,23 @@ def option_rows(models: list[str], steps: list[int], device: torch.device) -> li
                 apply_sampling_options(pipe, adapter, GenerationConfig(**options), str(device))
             times = time_calls(pipe, spec, steps, device, dtype)
             per_step, fixed, total = extrapolate(times)
-            rows.append({"bench": "generate", "model": name, "variant": label, "options": options or {},
-                         **{k: v for k, v in spec["call"].items()}, "steps_timed": steps,
-                         "per_step_s": per_step, "fixed_s": fixed, f"video_s_{STEPS_EXTRAPOLATED}": total,
-                         "videos_per_gpu_hour": 3600 / total,
-                         "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None})  # fmt: skip
+            rows.append(
+                {
+                    "bench": "generate",
+                    "model": name,
+                    "variant": label,
+                    "options": options or {},
+                    **{k: v for k, v in spec["call"].items()},
+                    "steps_timed": steps,
+                    "per_step_s": per_step,
+                    "fixed_s": fixed,
+                    f"video_s_{STEPS_EXTRAPOLATED}": total,
+                    "videos_per_gpu_hour": 3600 / total,
+                    "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9
+                    if device.type == "cuda"
+                    else None,
+                }
+            )
             del pipe
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -209,21 +232,55 @@ def cpu_rows(prompts: int, steps: int) -> list[dict]:
         (tmp / "prompts.txt").write_text("".join(f"a red barn number {i}\n" for i in range(prompts)))
         for n in (1, 2):
             out = tmp / f"out_{n}"
-            command = [sys.executable, str(REPO_ROOT / "recipes" / "generate.py"), "--model", "tiny", "--pipeline",
-                       str(pipeline), "--prompts", str(tmp / "prompts.txt"), "--out-dir", str(out),
-                       "--num-candidates", "1", "--batch-size", "1", "--steps", str(steps), "--device", "cpu"]  # fmt: skip
+            command = [
+                sys.executable,
+                str(REPO_ROOT / "recipes" / "generate.py"),
+                "--model",
+                "tiny",
+                "--pipeline",
+                str(pipeline),
+                "--prompts",
+                str(tmp / "prompts.txt"),
+                "--out-dir",
+                str(out),
+                "--num-candidates",
+                "1",
+                "--batch-size",
+                "1",
+                "--steps",
+                str(steps),
+                "--device",
+                "cpu",
+            ]
             start = time.perf_counter()
-            procs = [subprocess.Popen(command + (["--shard", f"{i}/{n}"] if n > 1 else []), env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(n)]  # fmt: skip
+            procs = [
+                subprocess.Popen(
+                    command + (["--shard", f"{i}/{n}"] if n > 1 else []),
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for i in range(n)
+            ]
             for proc in procs:
                 _, err = proc.communicate()
                 if proc.returncode:
                     raise RuntimeError(f"generate failed: {err[-2000:]}")
             wall = time.perf_counter() - start
             videos = len(list((out / "videos").glob("*.mp4")))
-            rows.append({"bench": "generate", "model": "tiny", "variant": f"{n} process{'es' * (n > 1)}",
-                         "processes": n, "videos": videos, "steps": steps, "wall_s": wall,
-                         "videos_per_hour": 3600 * videos / wall})  # fmt: skip
+            rows.append(
+                {
+                    "bench": "generate",
+                    "model": "tiny",
+                    "variant": f"{n} process{'es' * (n > 1)}",
+                    "processes": n,
+                    "videos": videos,
+                    "steps": steps,
+                    "wall_s": wall,
+                    "videos_per_hour": 3600 * videos / wall,
+                }
+            )
     for row in rows:
         row["speedup_vs_1_process"] = rows[0]["wall_s"] / row["wall_s"]
     return rows
@@ -254,8 +311,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"--models: expected some of {list(MODELS)} (got {unknown}); --steps: two different counts"
             )
         rows = option_rows(models, steps, device)
-        print_table(rows, ["model", "variant", "per_step_s", "fixed_s", f"video_s_{STEPS_EXTRAPOLATED}",
-                           "videos_per_gpu_hour", "peak_gb", "speedup_vs_plain"])  # fmt: skip
+        print_table(
+            rows,
+            [
+                "model",
+                "variant",
+                "per_step_s",
+                "fixed_s",
+                f"video_s_{STEPS_EXTRAPOLATED}",
+                "videos_per_gpu_hour",
+                "peak_gb",
+                "speedup_vs_plain",
+            ],
+        )
     if not args.no_save:
         print(f"appended to {append_results('bench_generate', rows, device)}")
     return rows

@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_results, peak_bf16_tflops, print_table, time_call, time_device  # noqa: E402
 
-from videogpa.engine.dpo_reference import AdaptersOff  # noqa: E402
-from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward  # noqa: E402
 from videogpa.engine.models import get_adapter  # noqa: E402
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing  # noqa: E402
+from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward  # noqa: E402
+from videogpa.engine.train.reference import AdaptersOff  # noqa: E402
 from videogpa.engine.types import Conditioning  # noqa: E402
 from videogpa.kernels.dpo_loss import diffusion_dpo_loss  # noqa: E402
 

@@ -83,8 +83,10 @@ def _disassemble(cubin: bytes, sass: bool) -> tuple[str, dict[str, int]]:
         f.flush()
         listing = subprocess.run(
             [str(nvidia_tool("cuobjdump")), *(["-sass"] if sass else []), "-res-usage", f.name],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     return listing, {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", listing)}
 
 

@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings(
         "ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)", category=FutureWarning
     )
-    from videogpa.engine.cli import run_recipe
-    from videogpa.engine.config import load_config
-    from videogpa.engine.trainer import Trainer
+    from videogpa.engine.core.cli import run_recipe
+    from videogpa.engine.core.config import load_config
+    from videogpa.engine.train.trainer import Trainer
 
     def body() -> int:
         cfg = load_config(args.config, args.overrides)

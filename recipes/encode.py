@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from videogpa.engine.cli import (
+from videogpa.engine.core.cli import (
     add_config_file_flags,
     add_config_flags,
     add_shard_flag,
     run_recipe,
     stage_config,
 )
-from videogpa.engine.config import EncodeConfig
+from videogpa.engine.core.config import EncodeConfig
 from videogpa.engine.models import adapter_names
 from videogpa.engine.stages import encode
 

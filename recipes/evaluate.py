@@ -23,8 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from videogpa.engine.cli import add_shard_flag, comma_list, run_recipe
-from videogpa.engine.stages.loop import Loop, load_loop_config
+from videogpa.engine.core.cli import add_shard_flag, comma_list, run_recipe
+from videogpa.engine.loop.loop import Loop, load_loop_config
 from videogpa.engine.stages.sharding import current_shard
 
 RECIPES = Path(__file__).resolve().parent
@@ -36,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--lora", help="LoRA folder or file (default: OUT/train/pytorch_lora_weights.safetensors)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--metrics", type=comma_list, metavar="A,B",
-                   help="score metrics, comma-separated: reprojection, epipolar (= loop.score.metrics)")  # fmt: skip
+    p.add_argument(
+        "--metrics",
+        type=comma_list,
+        metavar="A,B",
+        help="score metrics, comma-separated: reprojection, epipolar (= loop.score.metrics)",
+    )
     add_shard_flag(p)
     p.add_argument(
         "--in-loop", action="store_true", help=argparse.SUPPRESS

@@ -18,23 +18,34 @@ import argparse
 import sys
 from pathlib import Path
 
-from videogpa.engine.cli import comma_list, run_recipe
-from videogpa.engine.config import EXPORT_FORMATS
+from videogpa.engine.core.cli import comma_list, run_recipe
+from videogpa.engine.core.config import EXPORT_FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a finished trainer run folder (recipes/dpo.py --output-dir)")
-    p.add_argument("--formats", type=comma_list, default=list(EXPORT_FORMATS), metavar="A,B",
-                   help=f"comma-separated, of {','.join(EXPORT_FORMATS)} (default: all)")  # fmt: skip
+    p.add_argument(
+        "--formats",
+        type=comma_list,
+        default=list(EXPORT_FORMATS),
+        metavar="A,B",
+        help=f"comma-separated, of {','.join(EXPORT_FORMATS)} (default: all)",
+    )
     p.add_argument("--out", help="output folder (default: RUN/exports)")
     p.add_argument("--config", help="the run's trainer config (default: RUN/config.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the run's config, e.g. --set model.path=DIR (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the run's config, e.g. --set model.path=DIR (repeatable)",
+    )
     args = p.parse_args(argv)
 
     def body() -> int:
-        from videogpa.engine.exports import export_run
+        from videogpa.engine.train.exports import export_run
 
         out = Path(args.out) if args.out else Path(args.run) / "exports"
         for path in export_run(args.run, args.formats, out, args.config, args.overrides):

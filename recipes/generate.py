@@ -21,14 +21,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from videogpa.engine.cli import (
+from videogpa.engine.core.cli import (
     add_config_file_flags,
     add_config_flags,
     add_shard_flag,
     run_recipe,
     stage_config,
 )
-from videogpa.engine.config import GenerationConfig
+from videogpa.engine.core.config import GenerationConfig
 from videogpa.engine.models import adapter_class, adapter_names
 from videogpa.engine.models.pipelines import save_pipeline
 from videogpa.engine.stages import generate
@@ -41,8 +41,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, GenerationCo
     add_config_file_flags(p, "generation")
     add_shard_flag(p)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--build-tiny", action="store_true",
-                   help="write the model's built-in pipeline (the tiny model's) to --pipeline if missing")  # fmt: skip
+    p.add_argument(
+        "--build-tiny",
+        action="store_true",
+        help="write the model's built-in pipeline (the tiny model's) to --pipeline if missing",
+    )
     args = p.parse_args(argv)
     return args, stage_config(GenerationConfig, "generation", args)
 

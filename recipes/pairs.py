@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from videogpa.engine.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
-from videogpa.engine.config import PairsConfig
+from videogpa.engine.core.cli import add_config_file_flags, add_config_flags, run_recipe, stage_config
+from videogpa.engine.core.config import PairsConfig
 from videogpa.engine.stages import pairs
 from videogpa.engine.stages.sharding import launcher_shard
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from videogpa.engine.cli import run_recipe
+from videogpa.engine.core.cli import run_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
-        from videogpa.engine.report import write_report
+        from videogpa.engine.core.report import write_report
 
         print(write_report(args.run))
         return 0

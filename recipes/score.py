@@ -30,24 +30,29 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from videogpa.engine.cli import (
+from videogpa.engine.core.cli import (
     add_config_file_flags,
     add_config_flags,
     add_shard_flag,
     run_recipe,
     stage_config,
 )
-from videogpa.engine.config import GEOMETRY_BACKENDS, KERNEL_BACKENDS, POINT_SOURCES, ScoreConfig
+from videogpa.engine.core.config import GEOMETRY_BACKENDS, KERNEL_BACKENDS, POINT_SOURCES, ScoreConfig
 from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages import score
 from videogpa.engine.stages.sharding import current_shard
 
 log = logging.getLogger("score")
 # the epipolar section's short flags (kept from before the flags came from the config)
-EPIPOLAR_FLAGS = {"epipolar.matcher": "--matcher", "epipolar.lightglue_weights": "--lightglue-weights",
-                  "epipolar.superpoint_weights": "--superpoint-weights", "epipolar.size": "--match-size",
-                  "epipolar.stride": "--pair-stride", "epipolar.min_matches": "--min-matches",
-                  "epipolar.robust": "--robust"}  # fmt: skip
+EPIPOLAR_FLAGS = {
+    "epipolar.matcher": "--matcher",
+    "epipolar.lightglue_weights": "--lightglue-weights",
+    "epipolar.superpoint_weights": "--superpoint-weights",
+    "epipolar.size": "--match-size",
+    "epipolar.stride": "--pair-stride",
+    "epipolar.min_matches": "--min-matches",
+    "epipolar.robust": "--robust",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,8 +62,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default="runs/score_synthetic", help="where the generated set and scores go")
     p.add_argument("--out", help="scores JSONL (default: scores.jsonl beside the videos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated synthetic set")
-    add_config_flags(p, ScoreConfig, skip=("scores_file",), aliases=EPIPOLAR_FLAGS, geometry=list(GEOMETRY_BACKENDS),
-                     points=list(POINT_SOURCES), kernel_backend=list(KERNEL_BACKENDS))  # fmt: skip
+    add_config_flags(
+        p,
+        ScoreConfig,
+        skip=("scores_file",),
+        aliases=EPIPOLAR_FLAGS,
+        geometry=list(GEOMETRY_BACKENDS),
+        points=list(POINT_SOURCES),
+        kernel_backend=list(KERNEL_BACKENDS),
+    )
     add_config_file_flags(p, "score")
     add_shard_flag(p)
     return p.parse_args(argv)

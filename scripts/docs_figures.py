@@ -25,24 +25,39 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def training_pictures(work: Path, out: Path) -> None:
     import torch
 
-    from videogpa.engine.config import config_from_dict
+    from videogpa.engine.core.config import config_from_dict
     from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
-    from videogpa.engine.trainer import Trainer
+    from videogpa.engine.train.trainer import Trainer
 
     torch.manual_seed(0)
     vggt = save_vggt(random_vggt(TINY_CONFIG), work / "vggt_tiny_random.safetensors")
     steps = 60
-    validation = {"prompts": ["a room, the camera pans", "a room, the camera orbits"], "seeds": [0],
-                  "grid_frames": 5, "score": {"geometry": "vggt", "weights": str(vggt), "num_frames": 8,
-                                              "random_weights": True}}  # fmt: skip
-    cfg = config_from_dict({
-        "output_dir": str(work / "train"), "model": {"name": "tiny"}, "lora": {"rank": 8, "alpha": 16},
-        "dpo": {"beta": 5000.0}, "data": {"synthetic": {"train_pairs": 160, "heldout_pairs": 48}},
-        "optim": {"lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 10},
-        "train": {"max_steps": steps, "micro_batch_size": None, "global_batch_size": 8, "precision": "fp32",
-                  "checkpoint_every": 0, "progress_bar": False, "log_every": 20},
-        "eval": {"draws": 4, "batch_size": 24, "every": 15, "validation": validation},
-    })  # fmt: skip
+    validation = {
+        "prompts": ["a room, the camera pans", "a room, the camera orbits"],
+        "seeds": [0],
+        "grid_frames": 5,
+        "score": {"geometry": "vggt", "weights": str(vggt), "num_frames": 8, "random_weights": True},
+    }
+    cfg = config_from_dict(
+        {
+            "output_dir": str(work / "train"),
+            "model": {"name": "tiny"},
+            "lora": {"rank": 8, "alpha": 16},
+            "dpo": {"beta": 5000.0},
+            "data": {"synthetic": {"train_pairs": 160, "heldout_pairs": 48}},
+            "optim": {"lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 10},
+            "train": {
+                "max_steps": steps,
+                "micro_batch_size": None,
+                "global_batch_size": 8,
+                "precision": "fp32",
+                "checkpoint_every": 0,
+                "progress_bar": False,
+                "log_every": 20,
+            },
+            "eval": {"draws": 4, "batch_size": 24, "every": 15, "validation": validation},
+        }
+    )
     Trainer(cfg, overwrite=True).run()
     run = work / "train"
     shutil.copy(run / "validation" / "step_0" / "frames.png", out / "validation_step_0.png")
@@ -51,7 +66,7 @@ def training_pictures(work: Path, out: Path) -> None:
 
 
 def scoring_pictures(work: Path, out: Path) -> None:
-    from videogpa.engine.config import PairsConfig, ScoreConfig
+    from videogpa.engine.core.config import PairsConfig, ScoreConfig
     from videogpa.engine.io.records import read_jsonl, write_jsonl_atomic
     from videogpa.engine.scenes.video_set import write_synthetic_set
     from videogpa.engine.stages import pairs
@@ -59,8 +74,10 @@ def scoring_pictures(work: Path, out: Path) -> None:
 
     videos = work / "scenes"
     manifest = write_synthetic_set(videos, 2, n_frames=10, size=96, kinds=("jitter",), progress=False)
-    rows = [{**r, "prompt_id": f"scene{r['group']}", "prompt": f"procedural scene {r['group']}"}
-            for r in read_jsonl(manifest)]  # fmt: skip
+    rows = [
+        {**r, "prompt_id": f"scene{r['group']}", "prompt": f"procedural scene {r['group']}"}
+        for r in read_jsonl(manifest)
+    ]
     write_jsonl_atomic(manifest, rows)
     cfg = ScoreConfig(geometry="oracle", num_frames=10, device="cpu", figures=len(rows))
     Scorer.build(cfg).score(manifest, videos / "scores.jsonl", progress=False)

@@ -92,7 +92,7 @@ def steps(dry_run: bool) -> list[Step]:
                 *tiny("--small", "--frames", "2", "--batches", "1", "--iters", "1"),
             ],
             100,
-        ),  # fmt: skip
+        ),
         Step(
             "bench_step",
             [
@@ -102,7 +102,7 @@ def steps(dry_run: bool) -> list[Step]:
                 *full("--warmup", "1", "--iters", "3"),
             ],
             130,
-        ),  # fmt: skip
+        ),
     ]
 
 

@@ -48,38 +48,103 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 MODELS = {
     "CogVideoX-5B": dict(
         cls="CogVideoXTransformer3DModel",
-        config=dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16,
-                    time_embed_dim=512, text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60,
-                    sample_frames=49, patch_size=2, max_text_seq_length=226,
-                    use_rotary_positional_embeddings=True),
-        video="49 × 480×720", latent_grid=(13, 60, 90), patch=(1, 2, 2), text_tokens=226,
+        config=dict(
+            num_attention_heads=48,
+            attention_head_dim=64,
+            in_channels=16,
+            out_channels=16,
+            time_embed_dim=512,
+            text_embed_dim=4096,
+            num_layers=42,
+            sample_width=90,
+            sample_height=60,
+            sample_frames=49,
+            patch_size=2,
+            max_text_seq_length=226,
+            use_rotary_positional_embeddings=True,
+        ),
+        video="49 × 480×720",
+        latent_grid=(13, 60, 90),
+        patch=(1, 2, 2),
+        text_tokens=226,
     ),
     "CogVideoX-2B": dict(  # the calibration point, not in the table
         cls="CogVideoXTransformer3DModel",
-        config=dict(num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16,
-                    time_embed_dim=512, text_embed_dim=4096, num_layers=30, sample_width=90, sample_height=60,
-                    sample_frames=49, patch_size=2, max_text_seq_length=226),
-        video="49 × 480×720", latent_grid=(13, 60, 90), patch=(1, 2, 2), text_tokens=226,
+        config=dict(
+            num_attention_heads=30,
+            attention_head_dim=64,
+            in_channels=16,
+            out_channels=16,
+            time_embed_dim=512,
+            text_embed_dim=4096,
+            num_layers=30,
+            sample_width=90,
+            sample_height=60,
+            sample_frames=49,
+            patch_size=2,
+            max_text_seq_length=226,
+        ),
+        video="49 × 480×720",
+        latent_grid=(13, 60, 90),
+        patch=(1, 2, 2),
+        text_tokens=226,
     ),
     "Wan 2.2 TI2V-5B": dict(
         cls="WanTransformer3DModel",
-        config=dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
-                    out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30),
-        video="121 × 704×1280", latent_grid=(31, 44, 80), patch=(1, 2, 2), text_tokens=512,
+        config=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=24,
+            attention_head_dim=128,
+            in_channels=48,
+            out_channels=48,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=14336,
+            num_layers=30,
+        ),
+        video="121 × 704×1280",
+        latent_grid=(31, 44, 80),
+        patch=(1, 2, 2),
+        text_tokens=512,
     ),
     "Wan 14B (2.1 T2V / one A14B expert)": dict(
         cls="WanTransformer3DModel",
-        config=dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
-                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40),
-        video="81 × 720×1280", latent_grid=(21, 90, 160), patch=(1, 2, 2), text_tokens=512,
+        config=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=40,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=13824,
+            num_layers=40,
+        ),
+        video="81 × 720×1280",
+        latent_grid=(21, 90, 160),
+        patch=(1, 2, 2),
+        text_tokens=512,
     ),
     "Wan 2.2 A14B (both experts)": dict(
-        cls="WanTransformer3DModel", experts=2,
-        config=dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
-                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40),
-        video="81 × 720×1280", latent_grid=(21, 90, 160), patch=(1, 2, 2), text_tokens=512,
+        cls="WanTransformer3DModel",
+        experts=2,
+        config=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=40,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=13824,
+            num_layers=40,
+        ),
+        video="81 × 720×1280",
+        latent_grid=(21, 90, 160),
+        patch=(1, 2, 2),
+        text_tokens=512,
     ),
-}  # fmt: skip
+}
 
 
 def count(name: str) -> dict:
@@ -147,8 +212,19 @@ def plan() -> list[dict]:
             }
             valid = [s for s in SEQUENCE_PARALLEL if sizes["heads"] % s == 0]
             smallest = {m: next((s for s in valid if totals[s] <= m), None) for m in MEMORY_GB}
-            rows.append(dict(model=name, video=MODELS[name]["video"], tokens=n, params=sizes["total"], lora=lora,
-                             lora_params=sizes["lora"], totals=totals, smallest=smallest, heads=sizes["heads"]))  # fmt: skip
+            rows.append(
+                dict(
+                    model=name,
+                    video=MODELS[name]["video"],
+                    tokens=n,
+                    params=sizes["total"],
+                    lora=lora,
+                    lora_params=sizes["lora"],
+                    totals=totals,
+                    smallest=smallest,
+                    heads=sizes["heads"],
+                )
+            )
     return rows
 
 
@@ -162,8 +238,13 @@ def markdown(rows: list[dict]) -> str:
         train = f"LoRA r{LORA_RANK} ({r['lora_params'] / 1e6:.0f} M)" if r["lora"] else "full"
         cells = [f"{r['totals'][s]:.0f} GB" if r["heads"] % s == 0 else "—" for s in SEQUENCE_PARALLEL]
         fits = [f"{r['smallest'][m]}" if r["smallest"][m] else "does not fit" for m in MEMORY_GB]
-        lines.append(f"| {r['model']} | {r['video']} ({r['tokens']:,}) | {r['params'] / 1e9:.1f} B | {train} | "
-                     + " | ".join(cells) + " | " + " | ".join(fits) + " |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['video']} ({r['tokens']:,}) | {r['params'] / 1e9:.1f} B | {train} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(fits)
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -13,20 +13,48 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"engine": "videogpa.engine", "kernels": "videogpa.kernels"}
 
 # package -> the videogpa packages it may import (besides itself); None = no rule beyond the global ones
+LOW = {"videogpa.kernels", "videogpa.engine.io", "videogpa.engine.types"}
+FAMILIES_AND_DATA = {
+    "videogpa.engine.geometry",
+    "videogpa.engine.data",
+    "videogpa.engine.models",
+    "videogpa.engine.scenes",
+}
 ALLOWED = {
     "videogpa.kernels": set(),
     "videogpa.engine.io": set(),
     "videogpa.engine.types": set(),
     "videogpa.engine.geometry": {"videogpa.kernels", "videogpa.engine.io", "videogpa.engine.types"},
     "videogpa.engine.data": {"videogpa.engine.io", "videogpa.engine.types"},
-    "videogpa.engine.scenes": {"videogpa.engine.io", "videogpa.engine.types", "videogpa.engine.geometry",
-                               "videogpa.engine.data"},
+    "videogpa.engine.scenes": {
+        "videogpa.engine.io",
+        "videogpa.engine.types",
+        "videogpa.engine.geometry",
+        "videogpa.engine.data",
+    },
     "videogpa.engine.models": {"videogpa.engine.io", "videogpa.engine.types"},
-}  # fmt: skip
-# the engine's top-level pieces that no layer below the trainer may import
-TRAINER = {"videogpa.engine.trainer", "videogpa.engine.dpo_step", "videogpa.engine.dpo_reference",
-           "videogpa.engine.heldout", "videogpa.engine.training_data", "videogpa.engine.optim",
-           "videogpa.engine.policy", "videogpa.engine.run_folder", "videogpa.engine.sequence_parallel"}  # fmt: skip
+    "videogpa.engine.core": LOW | FAMILIES_AND_DATA,
+    "videogpa.engine.runtime": LOW | {"videogpa.engine.core", "videogpa.engine.models"},
+    "videogpa.engine.stages": LOW | FAMILIES_AND_DATA | {"videogpa.engine.core", "videogpa.engine.runtime"},
+    "videogpa.engine.train": LOW
+    | FAMILIES_AND_DATA
+    | {"videogpa.engine.core", "videogpa.engine.runtime", "videogpa.engine.stages"},
+    "videogpa.engine.loop": LOW
+    | FAMILIES_AND_DATA
+    | {"videogpa.engine.core", "videogpa.engine.runtime", "videogpa.engine.stages", "videogpa.engine.train"},
+}
+# the trainer's own pieces, which nothing below the trainer may import
+TRAINER = {
+    "videogpa.engine.train.trainer",
+    "videogpa.engine.train.dpo_step",
+    "videogpa.engine.train.reference",
+    "videogpa.engine.train.heldout",
+    "videogpa.engine.train.training_data",
+    "videogpa.engine.train.optim",
+    "videogpa.engine.train.policy",
+    "videogpa.engine.train.run_folder",
+    "videogpa.engine.runtime.sequence_parallel",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -69,8 +97,10 @@ def within(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
-GRAPH = {name: {m for m in imports(path, name) if m.startswith("videogpa.") or m.split(".")[0] in FOLDERS}
-         for name, path in modules().items()}  # fmt: skip
+GRAPH = {
+    name: {m for m in imports(path, name) if m.startswith("videogpa.") or m.split(".")[0] in FOLDERS}
+    for name, path in modules().items()
+}
 
 
 def test_no_bare_engine_or_kernels_imports_and_nothing_imports_recipes():
@@ -100,9 +130,72 @@ def test_layer_imports_only_what_it_may(package):
 
 
 def test_stages_and_lower_layers_never_import_the_trainer():
-    bad = [f"{n} imports {d}" for n, deps in GRAPH.items() if not within(n, "videogpa.engine.trainer")
-           and n not in TRAINER for d in deps if d in TRAINER]  # fmt: skip
+    bad = [
+        f"{n} imports {d}"
+        for n, deps in GRAPH.items()
+        if not within(n, "videogpa.engine.train.trainer") and n not in TRAINER
+        for d in deps
+        if d in TRAINER
+    ]
     assert not bad, "\n".join(bad)
+
+
+def test_engine_root_holds_only_the_types_leaf():
+    assert sorted(p.name for p in (REPO / "engine").glob("*.py")) == ["types.py"]
+
+
+def file_edges() -> dict[str, set[str]]:
+    """module -> the modules of ours it imports (`from package import module` names the module, not the
+    package's __init__), at module level or inside functions."""
+    names = modules()
+    edges: dict[str, set[str]] = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        out = edges.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + [base]
+                    ).strip(".")
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in names else base for a in node.names]
+            else:
+                continue
+            out |= {t for t in targets if t in names and t != name}
+    return edges
+
+
+def first_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph as a path that returns to its start, or None."""
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt] if nxt in path else [*path, nxt]
+            if nxt not in state and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node, [node])):
+            return found
+    return None
+
+
+def test_no_cycles_between_modules():
+    cycle = first_cycle(file_edges())
+    assert cycle is None, "module cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert first_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert first_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_no_cycles_between_engine_packages():
@@ -154,9 +247,14 @@ def test_nothing_outside_engine_models_names_a_model_family():
         if (REPO / "engine" / "models") in path.parents:
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
-                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}  # fmt: skip
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings:
                 if path.name == "config.py" and node.value == "tiny":

@@ -8,13 +8,13 @@ from html.parser import HTMLParser
 import pytest
 
 from tests.stages.stage_helpers import build_pairs, write_rows
-from videogpa.engine.config import ScoreConfig, config_from_dict, save_config
+from videogpa.engine.core.config import ScoreConfig, config_from_dict, save_config
+from videogpa.engine.core.report import write_report
 from videogpa.engine.io.records import read_jsonl, write_json_atomic
-from videogpa.engine.logging_utils import plot_heldout_curve, plot_training_curves, write_run_records
-from videogpa.engine.report import write_report
 from videogpa.engine.scenes.video_set import write_synthetic_set
 from videogpa.engine.stages.evaluate import compare_scores, plot_comparison
 from videogpa.engine.stages.score import Scorer
+from videogpa.engine.train.run_logs import plot_heldout_curve, plot_training_curves, write_run_records
 
 
 class Page(HTMLParser):
@@ -60,8 +60,10 @@ def loop_folder(tmp_path):
     manifest = write_synthetic_set(
         loop / "generated", 2, n_frames=5, size=32, kinds=("jitter",), progress=False
     )
-    rows = [{**r, "prompt_id": f"scene{r['group']}", "prompt": "a room", "seed": int(r["corruption"] is not None)}
-            for r in read_jsonl(manifest)]  # fmt: skip
+    rows = [
+        {**r, "prompt_id": f"scene{r['group']}", "prompt": "a room", "seed": int(r["corruption"] is not None)}
+        for r in read_jsonl(manifest)
+    ]
     write_rows(manifest, rows)
     cfg = ScoreConfig(geometry="oracle", num_frames=5, device="cpu", figures=2)
     Scorer.build(cfg).score(manifest, loop / "generated" / "scores.jsonl", progress=False)
@@ -81,8 +83,16 @@ def loop_folder(tmp_path):
     plot_training_curves(metrics, run / "training_curves.png")
     history = [{"step": 0, "accuracy": 0.5}, {"step": 5, "accuracy": 0.625}, {"step": 10, "accuracy": 0.75}]
     write_json_atomic(run / "heldout_history.json", history)
-    write_json_atomic(run / "eval.json", {"heldout_accuracy_before": 0.5, "heldout_accuracy_after": 0.75,
-                                          "pairs": 8, "steps": 10, "heldout_history": history})  # fmt: skip
+    write_json_atomic(
+        run / "eval.json",
+        {
+            "heldout_accuracy_before": 0.5,
+            "heldout_accuracy_after": 0.75,
+            "pairs": 8,
+            "steps": 10,
+            "heldout_history": history,
+        },
+    )
     plot_heldout_curve(history, 8, run / "heldout_accuracy.png")
     return loop, result
 
@@ -91,8 +101,15 @@ def test_loop_report_parses_references_existing_files_and_holds_the_numbers(loop
     loop, result = loop_folder
     assert write_report(loop) == loop / "report.html"
     images, text = check_report(loop)
-    for name in ("pairs/pairs_scores.png", "pairs/pairs_gaps.png", "pairs/pairs_examples.png", "evaluation.png",
-                 "train/training_curves.png", "train/heldout_accuracy.png", "generated/figures/scene0000_clean.png"):  # fmt: skip
+    for name in (
+        "pairs/pairs_scores.png",
+        "pairs/pairs_gaps.png",
+        "pairs/pairs_examples.png",
+        "evaluation.png",
+        "train/training_curves.png",
+        "train/heldout_accuracy.png",
+        "generated/figures/scene0000_clean.png",
+    ):
         assert name in images, name
     assert "candidates 4" in text and "scored 4" in text and "kept 2" in text
     assert "dropped: static 0" in text and "dropped: small_gap 0" in text

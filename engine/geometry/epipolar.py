@@ -186,9 +186,14 @@ def score_matches(
     side = float(max(height, width))
     threshold = inlier_threshold * side
     fit = (fit_fundamental_batched if robust == "batched" else fit_fundamental_kornia)(
-        matches.points1, matches.points2, matches.valid, threshold=threshold, min_matches=min_matches,
-        seed=seed, hypotheses=hypotheses,
-    )  # fmt: skip
+        matches.points1,
+        matches.points2,
+        matches.valid,
+        threshold=threshold,
+        min_matches=min_matches,
+        seed=seed,
+        hypotheses=hypotheses,
+    )
     d = sampson_distance(matches.points1.float(), matches.points2.float(), fit.fundamental)
     n_in = fit.inliers.sum(-1)
     mean_px = torch.where(fit.inliers, d, 0.0).sum(-1) / n_in.clamp(min=1)

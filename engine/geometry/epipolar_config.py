@@ -38,9 +38,20 @@ def build_epipolar_scorer(
                 "epipolar: matcher 'lightglue' needs lightglue_weights (a local LightGlue folder; "
                 "nothing is downloaded)"
             )
-        found = build_matcher("lightglue", lightglue_path=lightglue_weights, superpoint_path=superpoint_weights,
-                              size=size, device=device)  # fmt: skip
+        found = build_matcher(
+            "lightglue",
+            lightglue_path=lightglue_weights,
+            superpoint_path=superpoint_weights,
+            size=size,
+            device=device,
+        )
     else:
         found = build_matcher(matcher)
-    return EpipolarScorer(found, stride=stride, inlier_threshold=inlier_threshold, min_matches=min_matches,
-                          robust=robust, seed=seed)  # fmt: skip
+    return EpipolarScorer(
+        found,
+        stride=stride,
+        inlier_threshold=inlier_threshold,
+        min_matches=min_matches,
+        robust=robust,
+        seed=seed,
+    )

@@ -122,10 +122,20 @@ def write_random_lightglue(
     """A tiny LightGlue + SuperPoint with random weights (for mechanics only: its matches mean nothing)."""
     from transformers import LightGlueConfig, LightGlueForKeypointMatching, SuperPointConfig
 
-    detector = SuperPointConfig(encoder_hidden_sizes=[8, 8, 16, 16], decoder_hidden_size=32,
-                                descriptor_decoder_dim=32, max_keypoints=max_keypoints)  # fmt: skip
-    config = LightGlueConfig(keypoint_detector_config=detector.to_dict(), descriptor_dim=32, num_hidden_layers=2,
-                             num_attention_heads=2, filter_threshold=0.0, initializer_range=initializer_range)  # fmt: skip
+    detector = SuperPointConfig(
+        encoder_hidden_sizes=[8, 8, 16, 16],
+        decoder_hidden_size=32,
+        descriptor_decoder_dim=32,
+        max_keypoints=max_keypoints,
+    )
+    config = LightGlueConfig(
+        keypoint_detector_config=detector.to_dict(),
+        descriptor_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        filter_threshold=0.0,
+        initializer_range=initializer_range,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LightGlueForKeypointMatching(config)

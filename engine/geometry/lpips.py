@@ -12,9 +12,21 @@ import torch.nn.functional as F
 from torch import nn
 
 # torchvision's vgg16().features layout: conv indices and the max-pools before each stage.
-VGG16_CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
-               (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512),
-               (28, 512, 512))  # fmt: skip
+VGG16_CONVS = (
+    (0, 3, 64),
+    (2, 64, 64),
+    (5, 64, 128),
+    (7, 128, 128),
+    (10, 128, 256),
+    (12, 256, 256),
+    (14, 256, 256),
+    (17, 256, 512),
+    (19, 512, 512),
+    (21, 512, 512),
+    (24, 512, 512),
+    (26, 512, 512),
+    (28, 512, 512),
+)
 POOL_BEFORE = (5, 10, 17, 24)
 TAPS = (2, 7, 14, 21, 28)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 follow these convs
 TAP_CHANNELS = (64, 128, 256, 512, 512)

@@ -18,10 +18,19 @@ from pathlib import Path
 import torch
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}  # fmt: skip
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit on the JSON header
 
 
@@ -63,8 +72,10 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
         begin, end = info["data_offsets"]
         entry = TensorEntry(path, DTYPES[info["dtype"]], tuple(info["shape"]), 8 + size + begin)
         if end - begin != entry.numel * entry.dtype.itemsize:
-            raise ValueError(f"{str(path)!r}: tensor {name!r} has {end - begin} bytes, expected "
-                             f"{entry.numel * entry.dtype.itemsize} for shape {list(entry.shape)}")  # fmt: skip
+            raise ValueError(
+                f"{str(path)!r}: tensor {name!r} has {end - begin} bytes, expected "
+                f"{entry.numel * entry.dtype.itemsize} for shape {list(entry.shape)}"
+            )
         entries[name] = entry
     return entries
 

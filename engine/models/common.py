@@ -83,8 +83,10 @@ def safetensors_weight_files(folder: Path) -> dict[str, Path]:
     single = folder / SAFETENSORS_WEIGHTS_NAME
     if single.is_file():
         return dict.fromkeys(read_header(single), single)
-    raise ValueError(f"model folder {str(folder)!r} has no {SAFETENSORS_WEIGHTS_NAME} (nor {SAFE_WEIGHTS_INDEX_NAME}); "
-                     "only safetensors weights are loaded")  # fmt: skip
+    raise ValueError(
+        f"model folder {str(folder)!r} has no {SAFETENSORS_WEIGHTS_NAME} (nor {SAFE_WEIGHTS_INDEX_NAME}); "
+        "only safetensors weights are loaded"
+    )
 
 
 def find_scheduler_config(path: str | Path | None, family: str) -> dict[str, Any] | None:

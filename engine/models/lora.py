@@ -9,7 +9,7 @@ exactly (scale alpha/r; checked with diffusers 0.42.1 in tests/reliability/test_
     pipe.load_lora_weights(folder)  or  pipe.load_lora_weights(file)
     transformer.load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors", prefix="transformer")
 
-Two-expert models (Wan 2.2 A14B, engine.models.wan_experts) export one file per expert, both with keys
+Two-expert models (Wan 2.2 A14B, engine.models.wan22_a14b) export one file per expert, both with keys
 `transformer.<module path>...`: pytorch_lora_weights.safetensors for `transformer` and
 pytorch_lora_weights_transformer_2.safetensors for `transformer_2`, loaded with
 

@@ -67,8 +67,10 @@ def read_lora(path: str | Path) -> LoraFile:
     rank, alpha = config.get(f"{LORA_PREFIX}.r"), config.get(f"{LORA_PREFIX}.lora_alpha")
     patterns = [k for k in ("rank_pattern", "alpha_pattern") if config.get(f"{LORA_PREFIX}.{k}")]
     if not isinstance(rank, int) or not isinstance(alpha, int | float) or patterns:
-        raise ValueError(f"LoRA {path}: expected one rank and alpha in {METADATA_KEY}, got r={rank!r}, "
-                         f"lora_alpha={alpha!r}{', per-module ' + ' and '.join(patterns) if patterns else ''}")  # fmt: skip
+        raise ValueError(
+            f"LoRA {path}: expected one rank and alpha in {METADATA_KEY}, got r={rank!r}, "
+            f"lora_alpha={alpha!r}{', per-module ' + ' and '.join(patterns) if patterns else ''}"
+        )
     odd = [k for k in state if not k.startswith(LORA_PREFIX + ".") or not k.endswith(LORA_SUFFIXES)]
     if odd or not state:
         raise ValueError(
@@ -96,8 +98,10 @@ class ComfyUILoraFormat:
         for pattern, replacement in self.modules:
             if re.fullmatch(pattern, module):
                 return re.sub(pattern, replacement, module)
-        raise ValueError(f"LoRA module {module!r} has no ComfyUI name for model {family!r} "
-                         f"(known: {', '.join(p for p, _ in self.modules)})")  # fmt: skip
+        raise ValueError(
+            f"LoRA module {module!r} has no ComfyUI name for model {family!r} "
+            f"(known: {', '.join(p for p, _ in self.modules)})"
+        )
 
     def convert(self, lora: LoraFile, family: str) -> dict[str, torch.Tensor]:
         """The ComfyUI state dict of a diffusers-format LoRA."""

@@ -51,8 +51,10 @@ class PipelineEncoder:
         if self.convention.image_condition == "first_frame":
             return self.encode_video(image[None], image=True)
         if not (isinstance(num_frames, int) and num_frames > 1):
-            raise ValueError(f"encode_image: this family's image condition spans the video; expected its "
-                             f"num_frames (> 1), got {num_frames!r}")  # fmt: skip
+            raise ValueError(
+                f"encode_image: this family's image condition spans the video; expected its "
+                f"num_frames (> 1), got {num_frames!r}"
+            )
         gray = image.new_full((num_frames - 1, *image.shape), 0.5)  # 0 once mapped to [-1, 1]
         return self.encode_video(torch.cat([image[None], gray]), image=True)
 

@@ -94,11 +94,19 @@ def attach_lora(pipe, lora: str | os.PathLike, scale: float = 1.0) -> None:
     for file in files:
         extra = {"load_into_transformer_2": True} if file.name == second.name else {}
         if extra and getattr(pipe, "transformer_2", None) is None:
-            raise ValueError(f"LoRA {path.parent} holds a second expert's LoRA ({second.name}), but "
-                             f"{type(pipe).__name__} has no transformer_2 (expected a Wan 2.2 A14B pipeline)")  # fmt: skip
+            raise ValueError(
+                f"LoRA {path.parent} holds a second expert's LoRA ({second.name}), but "
+                f"{type(pipe).__name__} has no transformer_2 (expected a Wan 2.2 A14B pipeline)"
+            )
         try:
-            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=LORA_ADAPTER,
-                                   local_files_only=True, use_safetensors=True, **extra)  # fmt: skip
+            pipe.load_lora_weights(
+                str(file.parent),
+                weight_name=file.name,
+                adapter_name=LORA_ADAPTER,
+                local_files_only=True,
+                use_safetensors=True,
+                **extra,
+            )
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise ValueError(f"could not load the LoRA {file} into {type(pipe).__name__}: {err}") from err
     pipe.set_adapters([LORA_ADAPTER], [scale])

@@ -86,9 +86,13 @@ class TinyAdapter(CogVideoXAdapter):
     pipelines: ClassVar[PipelineClasses] = PipelineClasses("CogVideoXPipeline", None)
     # short runs on a CPU
     sampler_defaults: ClassVar[SamplerSettings] = SamplerSettings(
-        num_frames=TINY.video_frames, height=TINY.video_size, width=TINY.video_size, steps=8,
-        guidance_scale=6.0, max_sequence_length=TINY.prompt_tokens,
-    )  # fmt: skip
+        num_frames=TINY.video_frames,
+        height=TINY.video_size,
+        width=TINY.video_size,
+        steps=8,
+        guidance_scale=6.0,
+        max_sequence_length=TINY.prompt_tokens,
+    )
 
     ships_pipeline: ClassVar[bool] = True
 
@@ -129,9 +133,17 @@ def _text_encoder(vocab_size: int):
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
-        vocab_size=vocab_size, d_model=TINY.text_shape[1], d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-        relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        d_model=TINY.text_shape[1],
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     return T5EncoderModel(config).eval()
 
 
@@ -144,11 +156,19 @@ def _vae():
     from diffusers import AutoencoderKLCogVideoX
 
     return AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
-        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
-        sample_height=TINY.video_size, sample_width=TINY.video_size, scaling_factor=TINY_VAE_SCALING,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+        sample_height=TINY.video_size,
+        sample_width=TINY.video_size,
+        scaling_factor=TINY_VAE_SCALING,
+    )
 
 
 def _transformer(image_to_video: bool):
@@ -179,7 +199,7 @@ def build_tiny_pipeline(seed: int = 0, image_to_video: bool = False):
                 beta_start=0.00085,
                 beta_end=0.012,
                 clip_sample=False,
-            ),  # fmt: skip
+            ),
         )
     cls = CogVideoXImageToVideoPipeline if image_to_video else CogVideoXPipeline
     return cls(**parts)

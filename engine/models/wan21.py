@@ -1,6 +1,6 @@
 """Wan 2.1 T2V (1.3B / 14B) and the latent-concat image-to-video of Wan 2.1 I2V 14B (and Wan 2.2 A14B I2V).
 
-The flow-matching maths are Wan 2.2's (engine.models.wan: σ, x_t, target ε − x₀, timestep 1000·σ), but these
+The flow-matching maths are Wan 2.2's (engine.models.wan22_ti2v: σ, x_t, target ε − x₀, timestep 1000·σ), but these
 transformers take one timestep per sample (no expand_timesteps) and every latent frame is noised and counts
 in the loss. Image-to-video, as diffusers' WanImageToVideoPipeline builds its input:
 
@@ -23,7 +23,7 @@ import torch
 from videogpa.engine.models.base import PipelineClasses, SamplerSettings
 from videogpa.engine.models.latents import LatentConvention
 from videogpa.engine.models.registry import register_adapter
-from videogpa.engine.models.wan import LATENTS, WanTI2VAdapter
+from videogpa.engine.models.wan22_ti2v import LATENTS, WanTI2VAdapter
 from videogpa.engine.types import Conditioning
 
 # Wan 2.1's published sampling: 81 frames at 480×832 (720×1280 for the 720p checkpoints), guidance 5.0, 50

@@ -92,8 +92,14 @@ def write_split(
                     texts[prompt] = encoder.encode_text(prompt)
                     _check_shape("text embeddings", texts[prompt].shape, text_shape)
                 _check_shape("latents", latents[2 * k].shape, latent_shape)
-                writer.add(f"{split}-{i:05d}-scene{seed}-{path}-{kind}", latents[2 * k], latents[2 * k + 1],
-                           texts[prompt], score_w=0.0, score_l=cfg.strength)  # fmt: skip
+                writer.add(
+                    f"{split}-{i:05d}-scene{seed}-{path}-{kind}",
+                    latents[2 * k],
+                    latents[2 * k + 1],
+                    texts[prompt],
+                    score_w=0.0,
+                    score_l=cfg.strength,
+                )
             bar.update(len(indices))
     bar.close()
     return out_dir

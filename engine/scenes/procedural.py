@@ -198,8 +198,15 @@ def render_clip(
         normal = torch.where(hits[..., None], world_normal, normal)
         local_hit = torch.where(hits[..., None], o_local + t_in[..., None] * d_local, local_hit)
     frames = _texture(local_hit, normal, surface, scene).permute(0, 3, 1, 2).contiguous()
-    return Clip(frames=frames, depth=depth, intrinsics=intr, extrinsics=extr, scene=scene,
-                pixel_coords=pixel_coords, box_offsets=offsets)  # fmt: skip
+    return Clip(
+        frames=frames,
+        depth=depth,
+        intrinsics=intr,
+        extrinsics=extr,
+        scene=scene,
+        pixel_coords=pixel_coords,
+        box_offsets=offsets,
+    )
 
 
 def pixel_grid(height: int, width: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from videogpa.engine.config import EncodeConfig
+from videogpa.engine.core.config import EncodeConfig
 from videogpa.engine.data.preference import INDEX_NAME, PreferenceShardWriter
 from videogpa.engine.io.atomic import atomic_path, commit
 from videogpa.engine.io.records import read_jsonl
@@ -174,8 +174,9 @@ class PairEncoder:
         )  # first-frame keys as before
         return _key("image", str(image_path.resolve()), *map(str, size), *extra)
 
-    def image(self, path: str, size: tuple[int, int], where: str, frames: int | None = None,
-              kind: str = "latents") -> torch.Tensor:  # fmt: skip
+    def image(
+        self, path: str, size: tuple[int, int], where: str, frames: int | None = None, kind: str = "latents"
+    ) -> torch.Tensor:
         """The first frame's image latents (for `frames` video frames when the condition spans the video), or
         with kind="embeds" the pipeline's image-encoder embeddings."""
         image_path = Path(path)
@@ -327,8 +328,14 @@ def _complete(out_dir: Path, sets: list[tuple[str, list[dict]]]) -> bool:
 
 
 @one_process_per_shard
-def run(cfg: EncodeConfig, pairs: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True, *,
-        shard: Shard) -> EncodeSummary:  # fmt: skip
+def run(
+    cfg: EncodeConfig,
+    pairs: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    *,
+    shard: Shard,
+) -> EncodeSummary:
     """The encode stage: load the model's pipeline from its local folder (on cfg.device; None: cuda when
     available, cuda:LOCAL_RANK under a launcher, else cpu) and encode this process's shard
     (engine.stages.sharding) of the pair index into out_dir."""
@@ -358,5 +365,13 @@ def run(cfg: EncodeConfig, pairs: str | os.PathLike, out_dir: str | os.PathLike,
         device=shard_device(cfg.device, default_device()),
     )
     encoder = PipelineEncoder(pipe, family.latent_convention, max_sequence_length)
-    return encode_pairs(rows, out_dir, encoder, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed,
-                        shard_size=cfg.shard_size, progress=progress, shard=shard)  # fmt: skip
+    return encode_pairs(
+        rows,
+        out_dir,
+        encoder,
+        heldout_fraction=cfg.heldout_fraction,
+        seed=cfg.seed,
+        shard_size=cfg.shard_size,
+        progress=progress,
+        shard=shard,
+    )

@@ -16,9 +16,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from videogpa.engine.config import EvaluateConfig, GenerationConfig
-from videogpa.engine.eval_stats import RESAMPLES, paired_metric
-from videogpa.engine.figures import save_before_after_grid
+from videogpa.engine.core.config import EvaluateConfig, GenerationConfig
+from videogpa.engine.core.eval_stats import RESAMPLES, paired_metric
+from videogpa.engine.core.figures import save_before_after_grid
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import write_json_atomic
@@ -37,8 +37,16 @@ METRICS = {
     "mse": True,
     "motion": None,
 }
-LABELS = {"score": "3DCS", "mse": "MSE", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", "mvcs": "MVCS",
-          "epi": "Epi", "motion": "motion"}  # fmt: skip
+LABELS = {
+    "score": "3DCS",
+    "mse": "MSE",
+    "lpips": "LPIPS",
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "mvcs": "MVCS",
+    "epi": "Epi",
+    "motion": "motion",
+}
 
 
 def _by_candidate(rows: list[dict], where: str) -> dict[tuple[str, int], dict]:
@@ -79,8 +87,14 @@ def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLik
         better = None
         if lower is not None and before is not None and after is not None:
             better = after < before if lower else after > before
-        table[metric] = {"label": LABELS[metric], "base": before, "lora": after, "lower_is_better": lower,
-                         "improved": better, **paired_metric(b, t, metric, lower)}  # fmt: skip
+        table[metric] = {
+            "label": LABELS[metric],
+            "base": before,
+            "lora": after,
+            "lower_is_better": lower,
+            "improved": better,
+            **paired_metric(b, t, metric, lower),
+        }
     per_prompt = defaultdict(lambda: {"base": [], "lora": []})
     for key in common:
         per_prompt[key[0]]["base"].append(b[key]["score"])
@@ -233,8 +247,13 @@ def run(
     if path.is_file():
         return EvaluateSummary(path, json.loads(path.read_text()), skipped=True)
     lora = Path(inputs.lora)
-    base = dataclasses.replace(inputs.generation, num_candidates=cfg.num_candidates, seed=cfg.seed, lora=None,
-                               lora_scale=cfg.lora_scale)  # fmt: skip
+    base = dataclasses.replace(
+        inputs.generation,
+        num_candidates=cfg.num_candidates,
+        seed=cfg.seed,
+        lora=None,
+        lora_scale=cfg.lora_scale,
+    )
     items, _ = generate.load_items(base, inputs.prompts)
     seeds = generate.candidate_seeds(base.num_candidates, base.seed)
     wanted = {c.stem for c in (generate.CandidateSpec(item, s) for item in items for s in seeds)}
@@ -248,8 +267,14 @@ def run(
         generated = generate.run.__wrapped__(gen, inputs.prompts, folder, shard=shard)
         print(f"[evaluate] {name}: {generated}", flush=True)
         scorer = make_scorer()
-        scored = score.run.__wrapped__(scorer.cfg, generated.manifest, folder, scorer=scorer, shard=shard,
-                           select=lambda jobs: [j for j in jobs if j.video.stem in mine])  # fmt: skip
+        scored = score.run.__wrapped__(
+            scorer.cfg,
+            generated.manifest,
+            folder,
+            scorer=scorer,
+            shard=shard,
+            select=lambda jobs: [j for j in jobs if j.video.stem in mine],
+        )
         print(f"[evaluate] {name} score: {scored}", flush=True)
         scores[name] = scored.scores
     if not finishes(shard, lambda: all(wanted <= _stems(s) for s in scores.values())):
@@ -268,8 +293,14 @@ def _report(
     """The table of the two scored runs: evaluation.json, .md and .png in out_dir."""
     path = out_dir / EVALUATION_FILE
     result = compare_scores(scores["base"], scores["lora"])
-    result.update({"lora": str(lora), "lora_scale": cfg.lora_scale, "prompts_file": str(inputs.prompts),
-                   "seeds": list(range(cfg.seed, cfg.seed + cfg.num_candidates))})  # fmt: skip
+    result.update(
+        {
+            "lora": str(lora),
+            "lora_scale": cfg.lora_scale,
+            "prompts_file": str(inputs.prompts),
+            "seeds": list(range(cfg.seed, cfg.seed + cfg.num_candidates)),
+        }
+    )
     train_eval = lora.parent / "eval.json" if lora.is_file() else lora / "eval.json"
     if train_eval.is_file():  # the trainer's preference accuracy on held-out pairs, before/after
         result["heldout_pairs"] = json.loads(train_eval.read_text())

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from videogpa.engine.attention import apply_attention_backend
-from videogpa.engine.compiling import compile_blocks
-from videogpa.engine.config import GenerationConfig
+from videogpa.engine.core.config import GenerationConfig
 from videogpa.engine.models import ModelAdapter
 from videogpa.engine.models.common import base_module
+from videogpa.engine.runtime.attention import apply_attention_backend
+from videogpa.engine.runtime.compiling import compile_blocks
 
 KEY = "loop.generation"  # the config section named in errors
 
@@ -47,8 +47,9 @@ def _vae(pipe, method: str, key: str) -> None:
 
 def apply_sampling_options(pipe, adapter: ModelAdapter, cfg: GenerationConfig, device: str) -> None:
     """The config's speed options on `pipe` (loaded on `device`, its LoRA already attached)."""
-    apply_attention_backend(pipe.transformer, adapter, cfg.attention_backend, torch.device(device),
-                            key=f"{KEY}.attention_backend")  # fmt: skip
+    apply_attention_backend(
+        pipe.transformer, adapter, cfg.attention_backend, torch.device(device), key=f"{KEY}.attention_backend"
+    )
     if cfg.vae_tiling:
         _vae(pipe, "enable_tiling", "vae_tiling")
     if cfg.vae_slicing:

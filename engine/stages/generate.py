@@ -43,7 +43,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from videogpa.engine.config import GenerationConfig
+from videogpa.engine.core.config import GenerationConfig
 from videogpa.engine.data.prompts import PromptFile, PromptItem
 from videogpa.engine.io.atomic import atomic_path
 from videogpa.engine.io.records import append_jsonl
@@ -130,8 +130,13 @@ class DoneCandidates:
         self.rows: dict[str, list[tuple]] = {}
         for manifest, _, row in sharded_rows(out_dir / MANIFEST):
             other = tuple(k for k in settings if row.get(k) != settings[k])
-            record = (manifest, _digest(row.get("prompt")), _digest(row.get("image")), other,
-                      {key: row.get(key) for key in ("video", "latents")})  # fmt: skip
+            record = (
+                manifest,
+                _digest(row.get("prompt")),
+                _digest(row.get("image")),
+                other,
+                {key: row.get(key) for key in ("video", "latents")},
+            )
             self.rows.setdefault(Path(row.get("video", "")).stem, []).append(record)
 
     def check(self, cand: CandidateSpec) -> bool:
@@ -316,12 +321,19 @@ def generate_candidates(
     # candidates before anything is generated, one to generate
     summary = GenerationSummary(out_dir / MANIFEST)
     todo = sum(len(batch) for batch in _todo_batches(*work, summary))
-    bar = tqdm(total=todo, desc=f"generating{f' (shard {shard})' if shard.sharded else ''}", unit="video",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=todo,
+        desc=f"generating{f' (shard {shard})' if shard.sharded else ''}",
+        unit="video",
+        disable=not progress,
+    )
     encode_image = _clean_image_latent(pipe, adapter, sampler.max_sequence_length)
     for batch in _todo_batches(*work, GenerationSummary(summary.manifest)):
-        images = {c.item.prompt_id: _load_image(c.item.image, sampler.width, sampler.height)
-                  for c in batch if c.item.image is not None}  # fmt: skip
+        images = {
+            c.item.prompt_id: _load_image(c.item.image, sampler.width, sampler.height)
+            for c in batch
+            if c.item.image is not None
+        }
         frames, latents = _run_pipeline(pipe, adapter, batch, sampler, images)
         latents = adapter.finalize_latents(
             pipe, latents, [images[c.item.prompt_id] for c in batch if c.item.image is not None], encode_image
@@ -339,9 +351,15 @@ def generate_candidates(
             _save_video(out_dir / video_rel, video.float().cpu(), sampler.fps)
             meta = {"model": model, "prompt_id": item.prompt_id, "seed": str(cand.seed)}
             _save_latents(out_dir / latents_rel, latent, meta)
-            row = {"video": video_rel, "latents": latents_rel, "prompt_id": item.prompt_id,
-                   "prompt": item.prompt, "image": _image_field(item), "seed": cand.seed,
-                   **{k: v for k, v in settings.items() if v is not None or k != "step_cache"}}  # fmt: skip
+            row = {
+                "video": video_rel,
+                "latents": latents_rel,
+                "prompt_id": item.prompt_id,
+                "prompt": item.prompt,
+                "image": _image_field(item),
+                "seed": cand.seed,
+                **{k: v for k, v in settings.items() if v is not None or k != "step_cache"},
+            }
             append_jsonl(manifest, row)
             summary.generated += 1
         bar.update(len(batch))
@@ -353,8 +371,11 @@ def generate_candidates(
 def sampler_settings(cfg: GenerationConfig) -> SamplerSettings:
     """The config's sampler fields over the model family's published defaults."""
     defaults = adapter_class(cfg.model).sampler_defaults
-    given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SamplerSettings)
-             if getattr(cfg, f.name, None) is not None}  # fmt: skip
+    given = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(SamplerSettings)
+        if getattr(cfg, f.name, None) is not None
+    }
     return dataclasses.replace(defaults, **given)
 
 
@@ -383,8 +404,14 @@ def load_items(cfg: GenerationConfig, prompts: str | os.PathLike | None = None) 
 
 
 @one_process_per_shard
-def run(cfg: GenerationConfig, prompts: str | os.PathLike | None, out_dir: str | os.PathLike,
-        progress: bool = True, *, shard: Shard) -> GenerationSummary:  # fmt: skip
+def run(
+    cfg: GenerationConfig,
+    prompts: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    *,
+    shard: Shard,
+) -> GenerationSummary:
     """The generate stage: load the pipeline (and LoRA), generate every missing candidate of the prompt file
     (`prompts`, else cfg.prompts) of this process's shard (engine.stages.sharding) into out_dir."""
     device = shard_device(cfg.device, default_device())
@@ -403,7 +430,17 @@ def run(cfg: GenerationConfig, prompts: str | os.PathLike | None, out_dir: str |
         attach_lora(pipe, cfg.lora, cfg.lora_scale)
     apply_sampling_options(pipe, get_adapter(cfg.model), cfg, device)
     return generate_candidates(
-        pipe, get_adapter(cfg.model), items, out_dir, seeds=seeds, sampler=sampler, model=cfg.model,
-        batch_size=cfg.batch_size, lora=cfg.lora and str(Path(cfg.lora).resolve()), lora_scale=cfg.lora_scale,
-        progress=progress, shard=shard, step_cache=step_cache_record(cfg),
-    )  # fmt: skip
+        pipe,
+        get_adapter(cfg.model),
+        items,
+        out_dir,
+        seeds=seeds,
+        sampler=sampler,
+        model=cfg.model,
+        batch_size=cfg.batch_size,
+        lora=cfg.lora and str(Path(cfg.lora).resolve()),
+        lora_scale=cfg.lora_scale,
+        progress=progress,
+        shard=shard,
+        step_cache=step_cache_record(cfg),
+    )

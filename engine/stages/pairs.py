@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from videogpa.engine.config import PairsConfig
-from videogpa.engine.figures import save_pairs_figure
+from videogpa.engine.core.config import PairsConfig
+from videogpa.engine.core.figures import save_pairs_figure
 from videogpa.engine.io.lock import one_process_per_folder
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -63,8 +63,13 @@ class Pair:
         return self.loser.score - self.winner.score
 
     def to_row(self) -> dict:
-        return {"pair_id": self.pair_id, "prompt": self.prompt, "gap": self.gap,
-                "winner": asdict(self.winner), "loser": asdict(self.loser)}  # fmt: skip
+        return {
+            "pair_id": self.pair_id,
+            "prompt": self.prompt,
+            "gap": self.gap,
+            "winner": asdict(self.winner),
+            "loser": asdict(self.loser),
+        }
 
 
 @dataclass
@@ -78,8 +83,12 @@ class SelectionReport:
     gaps: list[float] = field(default_factory=list)  # every prompt's best-worst gap, kept or not
 
     def to_dict(self) -> dict:
-        return {"prompts": self.prompts, "candidates": self.candidates, "pairs": self.pairs,
-                "dropped": {r: self.dropped.get(r, 0) for r in DROP_REASONS}}  # fmt: skip
+        return {
+            "prompts": self.prompts,
+            "candidates": self.candidates,
+            "pairs": self.pairs,
+            "dropped": {r: self.dropped.get(r, 0) for r in DROP_REASONS},
+        }
 
 
 def select_pairs(

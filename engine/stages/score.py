@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from videogpa.engine.config import ScoreConfig
-from videogpa.engine.figures import consistency_arrays, save_consistency_figure, score_label
+from videogpa.engine.core.config import ScoreConfig
+from videogpa.engine.core.figures import consistency_arrays, save_consistency_figure, score_label
+from videogpa.engine.core.provenance import package_version
 from videogpa.engine.geometry.base import Geometry, GeometryModel
 from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, select_frames, sidecar_path
 from videogpa.engine.geometry.oracle import OracleGeometryModel
@@ -37,7 +38,6 @@ from videogpa.engine.geometry.scoring import score_reconstruction
 from videogpa.engine.io.records import append_jsonl, read_jsonl, write_jsonl_atomic
 from videogpa.engine.io.sharded import read_sharded, sharded_exists, sharded_rows
 from videogpa.engine.io.video import LoadedVideo, is_video, load_video
-from videogpa.engine.logging_utils import package_version
 from videogpa.engine.stages.score_metrics import NoGeometry, build_epipolar, metric_scores
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_process_per_shard, shard_device
 from videogpa.engine.types import default_device
@@ -153,8 +153,11 @@ def score_videos(
     if select is not None:  # the caller's share (evaluate: the videos this shard generated)
         jobs = select(jobs)
     else:
-        jobs = [j for batch in shard.select([jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)])
-                for j in batch]  # fmt: skip
+        jobs = [
+            j
+            for batch in shard.select([jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)])
+            for j in batch
+        ]
     todo = [j for j in jobs if str(j.video) not in done]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d videos already scored in %s", len(jobs) - len(todo), len(jobs), out_path)
@@ -282,36 +285,72 @@ class Scorer:
             log.warning(RANDOM_WEIGHTS_NOTE)
         return cls(cfg, model, lpips, epipolar)
 
-    def score(self, videos: str | os.PathLike, out: str | os.PathLike, progress: bool = True,
-              shard: Shard = WHOLE, select=None) -> list[dict]:  # fmt: skip
+    def score(
+        self,
+        videos: str | os.PathLike,
+        out: str | os.PathLike,
+        progress: bool = True,
+        shard: Shard = WHOLE,
+        select=None,
+    ) -> list[dict]:
         """Score `shard`'s videos (of a folder or manifest) not yet in the scores file `out` (or its shard
         files); returns the new rows."""
         cfg = self.cfg
         size = cfg.size if cfg.size is not None else getattr(self.model, "input_size", None)
-        info = {"backend": cfg.geometry, "geometry_weights": cfg.weights, "n_frames": cfg.num_frames,
-                "kernel_backend": cfg.kernel_backend, "conf_thres": cfg.conf_thres, "points": cfg.points}  # fmt: skip
+        info = {
+            "backend": cfg.geometry,
+            "geometry_weights": cfg.weights,
+            "n_frames": cfg.num_frames,
+            "kernel_backend": cfg.kernel_backend,
+            "conf_thres": cfg.conf_thres,
+            "points": cfg.points,
+        }
         info["versions"] = {name: package_version(name) for name in ("videogpa", "torch", "triton")}
         if self.epipolar is not None:
             info["epi_matcher"] = cfg.epipolar.matcher
         if cfg.random_weights:
             info["note"] = RANDOM_WEIGHTS_NOTE
         batch = cfg.batch_size or (4 if str(cfg.device).startswith("cuda") else 1)
-        reprojection = functools.partial(
-            score_reconstruction, conf_thres=cfg.conf_thres, points=cfg.points, lpips=self.lpips,
-            lpips_weight=cfg.lpips_weight, image_metrics=not cfg.mse_only, backend=cfg.kernel_backend,
-        ) if "reprojection" in cfg.metrics else None  # fmt: skip
+        reprojection = (
+            functools.partial(
+                score_reconstruction,
+                conf_thres=cfg.conf_thres,
+                points=cfg.points,
+                lpips=self.lpips,
+                lpips_weight=cfg.lpips_weight,
+                image_metrics=not cfg.mse_only,
+                backend=cfg.kernel_backend,
+            )
+            if "reprojection" in cfg.metrics
+            else None
+        )
         settings = metric_scores(reprojection, self.epipolar)
         jobs = list_videos(videos)
-        return score_videos(jobs, out, model=self.model, n_frames=cfg.num_frames, size=size,
-                            batch_size=batch, device=cfg.device, score=settings, row_info=info, progress=progress,
-                            shard=shard, select=select, figure=self._figure(jobs, Path(out).parent / FIGURES))  # fmt: skip
+        return score_videos(
+            jobs,
+            out,
+            model=self.model,
+            n_frames=cfg.num_frames,
+            size=size,
+            batch_size=batch,
+            device=cfg.device,
+            score=settings,
+            row_info=info,
+            progress=progress,
+            shard=shard,
+            select=select,
+            figure=self._figure(jobs, Path(out).parent / FIGURES),
+        )
 
     def _figure(self, jobs: list[VideoJob], folder: Path):
         """score_videos' `figure` for cfg.figures / cfg.figure_videos (None when no picture is asked for)."""
         cfg = self.cfg
         named = set(cfg.figure_videos)
-        chosen = {str(j.video) for i, j in enumerate(jobs)
-                  if i < cfg.figures or j.video.name in named or j.video.stem in named}  # fmt: skip
+        chosen = {
+            str(j.video)
+            for i, j in enumerate(jobs)
+            if i < cfg.figures or j.video.name in named or j.video.stem in named
+        }
         if not chosen:
             return None
 
@@ -319,8 +358,9 @@ class Scorer:
             if str(job.video) not in chosen:
                 return
             try:
-                arrays = consistency_arrays(frames, geometry, conf_thres=cfg.conf_thres, points=cfg.points,
-                                            backend=cfg.kernel_backend)  # fmt: skip
+                arrays = consistency_arrays(
+                    frames, geometry, conf_thres=cfg.conf_thres, points=cfg.points, backend=cfg.kernel_backend
+                )
                 save_consistency_figure(
                     arrays, f"{job.video.name}: {score_label(row)}", folder / f"{job.video.stem}.png"
                 )
@@ -357,8 +397,15 @@ def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSumma
     """Counts of videos (not rows) over a scores file and its shard files; a video counts once (latest_rows)."""
     rows = latest_rows(scores)
     ok = [r for r in rows if r.get("status") == "ok"]
-    return ScoreSummary(Path(scores), new_rows, len(ok), len(rows) - len(ok), _mean_of(ok, "score"),
-                        any(r.get("note") for r in rows), _mean_of(ok, "epi"))  # fmt: skip
+    return ScoreSummary(
+        Path(scores),
+        new_rows,
+        len(ok),
+        len(rows) - len(ok),
+        _mean_of(ok, "score"),
+        any(r.get("note") for r in rows),
+        _mean_of(ok, "epi"),
+    )
 
 
 def _mean_of(rows: list[dict], key: str) -> float | None:
@@ -368,8 +415,16 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
 
 
 @one_process_per_shard
-def run(cfg: ScoreConfig, videos: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
-        scorer: Scorer | None = None, *, shard: Shard, select=None) -> ScoreSummary:  # fmt: skip
+def run(
+    cfg: ScoreConfig,
+    videos: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    scorer: Scorer | None = None,
+    *,
+    shard: Shard,
+    select=None,
+) -> ScoreSummary:
     """The score stage: score this process's shard (engine.stages.sharding) of the videos of a folder or
     manifest into out_dir/cfg.scores_file (its shard file when sharded; resumed). `scorer` reuses an already
     built one (the loop scores several folders); `select` (score_videos) picks the videos instead."""

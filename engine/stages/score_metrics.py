@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videogpa.engine.config import ScoreConfig
+from videogpa.engine.core.config import ScoreConfig
 from videogpa.engine.geometry.base import Geometry, GeometryModel
 from videogpa.engine.geometry.epipolar_config import build_epipolar_scorer
 

@@ -113,9 +113,18 @@ def partial_sums_launch(policy, ref, target, mask: MaskView | None, plan: Launch
     """out [3, 2B, n_chunks] fp32 <- per-chunk Σ m(p-t)², Σ m(r-t)², Σ m."""
     n_samples, n = policy.shape[0], policy[0].numel()
     args = (
-        policy, policy if ref is None else ref, target, policy if mask is None else mask.tensor, out,
-        n, n_samples * n, plan.chunk, plan.n_chunks, n_samples, *(NO_MASK_ARGS if mask is None else mask.args),
-    )  # fmt: skip
+        policy,
+        policy if ref is None else ref,
+        target,
+        policy if mask is None else mask.tensor,
+        out,
+        n,
+        n_samples * n,
+        plan.chunk,
+        plan.n_chunks,
+        n_samples,
+        *(NO_MASK_ARGS if mask is None else mask.args),
+    )
     flags = dict(
         HAS_REF=ref is not None, HAS_MASK=mask is not None, BLOCK=plan.block, num_warps=plan.num_warps
     )
@@ -129,10 +138,20 @@ def finalize_launch(
     ref_err and weight, when given, are fp32."""
     n_pairs, n_chunks = outputs[2].shape[0], partials.shape[2]
     args = (
-        partials, partials if ref_err is None else ref_err, partials if weight is None else weight, *outputs,
-        n_pairs, n_chunks, float(n_per_sample), beta, label_smoothing,
-        _LOSS_IDS[loss_type], int(ref_err is not None), int(weight is not None), int(has_mask),
-    )  # fmt: skip
+        partials,
+        partials if ref_err is None else ref_err,
+        partials if weight is None else weight,
+        *outputs,
+        n_pairs,
+        n_chunks,
+        float(n_per_sample),
+        beta,
+        label_smoothing,
+        _LOSS_IDS[loss_type],
+        int(ref_err is not None),
+        int(weight is not None),
+        int(has_mask),
+    )
     return Launch(K.dpo_finalize_kernel, (1,), args, FINALIZE_BLOCKS)
 
 
@@ -140,9 +159,19 @@ def grad_launch(policy, target, mask: MaskView | None, scale, grad_loss, plan: L
     """out (policy's dtype) <- grad_loss · scale_s · m · (p - t)."""
     n_samples, n = policy.shape[0], policy[0].numel()
     args = (
-        policy, target, policy if mask is None else mask.tensor, scale, grad_loss, out, n, n_samples * n,
-        plan.chunk, plan.n_chunks, n_samples, *(NO_MASK_ARGS if mask is None else mask.args),
-    )  # fmt: skip
+        policy,
+        target,
+        policy if mask is None else mask.tensor,
+        scale,
+        grad_loss,
+        out,
+        n,
+        n_samples * n,
+        plan.chunk,
+        plan.n_chunks,
+        n_samples,
+        *(NO_MASK_ARGS if mask is None else mask.args),
+    )
     flags = dict(HAS_MASK=mask is not None, BLOCK=plan.block, num_warps=plan.num_warps)
     return Launch(K.dpo_grad_kernel, (n_samples, plan.n_chunks), args, flags)
 

@@ -56,9 +56,25 @@ def _squares(policy, ref, target, o, limit, HAS_REF: tl.constexpr):
 
 @triton.jit
 def _step_sums(
-    policy, ref, target, mask, o, limit, local, lo, hi, md1, md2, md3, ms0, ms1, ms2, ms3,
-    HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr,
-):  # fmt: skip
+    policy,
+    ref,
+    target,
+    mask,
+    o,
+    limit,
+    local,
+    lo,
+    hi,
+    md1,
+    md2,
+    md3,
+    ms0,
+    ms1,
+    ms2,
+    ms3,
+    HAS_REF: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+):
     """One step's masked terms m(p-t)², m(r-t)², m of the elements whose sample-local index is in [lo, hi)."""
     sq, sq_ref = _squares(policy, ref, target, o, limit, HAS_REF)
     keep = (o < limit) & (local >= lo) & (local < hi)
@@ -121,9 +137,25 @@ def dpo_partial_sums_kernel(
     for off in range(0, length, BLOCK):
         o = off + tl.arange(0, BLOCK)
         sq, sq_ref, m = _step_sums(
-            policy, ref, target, mask, o, length, shift + o, lo, hi,
-            md1, md2, md3, ms0, ms1, ms2, ms3, HAS_REF, HAS_MASK,
-        )  # fmt: skip
+            policy,
+            ref,
+            target,
+            mask,
+            o,
+            length,
+            shift + o,
+            lo,
+            hi,
+            md1,
+            md2,
+            md3,
+            ms0,
+            ms1,
+            ms2,
+            ms3,
+            HAS_REF,
+            HAS_MASK,
+        )
         acc_policy += sq
         acc_ref += sq_ref
         acc_mask += m
@@ -135,9 +167,25 @@ def dpo_partial_sums_kernel(
     if sample_start + hi > aligned_total:  # the tensor's last < 16 elements (scalar accesses)
         o = (aligned_total - window).to(tl.int32) + tl.arange(0, ALIGN)
         sq, sq_ref, m = _step_sums(
-            policy, ref, target, mask, o, (n_total - window).to(tl.int32), shift + o, lo, hi,
-            md1, md2, md3, ms0, ms1, ms2, ms3, HAS_REF, HAS_MASK,
-        )  # fmt: skip
+            policy,
+            ref,
+            target,
+            mask,
+            o,
+            (n_total - window).to(tl.int32),
+            shift + o,
+            lo,
+            hi,
+            md1,
+            md2,
+            md3,
+            ms0,
+            ms1,
+            ms2,
+            ms3,
+            HAS_REF,
+            HAS_MASK,
+        )
         sum_policy += tl.sum(sq, axis=0)
         sum_ref += tl.sum(sq_ref, axis=0)
         sum_mask += tl.sum(m, axis=0)
@@ -180,10 +228,25 @@ def _sum_rows(partial_ptr, rows, row_mask, n_chunks, BLOCK_B: tl.constexpr, BLOC
 
 @triton.jit
 def _pair_block(
-    partial_ptr, ref_err_ptr, weight_ptr, logits_ptr, errors_ptr, scale_ptr, pair, n_pairs, n_chunks,
-    n_per_sample, beta, label_smoothing, loss_type, has_ref_err, has_weight, has_mask,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    partial_ptr,
+    ref_err_ptr,
+    weight_ptr,
+    logits_ptr,
+    errors_ptr,
+    scale_ptr,
+    pair,
+    n_pairs,
+    n_chunks,
+    n_per_sample,
+    beta,
+    label_smoothing,
+    loss_type,
+    has_ref_err,
+    has_weight,
+    has_mask,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """The pairs `pair` (< n_pairs where ok): store logits, errors and gradient scales; return the terms the
     batch metrics sum: (ok, w·loss, z, E_θ(w), E_θ(l), E_ref(w), E_ref(l))."""
     ok = pair < n_pairs
@@ -262,10 +325,25 @@ def dpo_finalize_kernel(
     acc_pw, acc_pl, acc_rw, acc_rl = zero, zero, zero, zero
     for b0 in range(0, n_pairs, BLOCK_B):
         ok, wloss, z, pw, pl, rw, rl = _pair_block(
-            partial_ptr, ref_err_ptr, weight_ptr, logits_ptr, errors_ptr, scale_ptr, b0 + tl.arange(0, BLOCK_B),
-            n_pairs, n_chunks, n_per_sample, beta, label_smoothing, loss_type, has_ref_err, has_weight,
-            has_mask, BLOCK_B, BLOCK_C,
-        )  # fmt: skip
+            partial_ptr,
+            ref_err_ptr,
+            weight_ptr,
+            logits_ptr,
+            errors_ptr,
+            scale_ptr,
+            b0 + tl.arange(0, BLOCK_B),
+            n_pairs,
+            n_chunks,
+            n_per_sample,
+            beta,
+            label_smoothing,
+            loss_type,
+            has_ref_err,
+            has_weight,
+            has_mask,
+            BLOCK_B,
+            BLOCK_C,
+        )
         acc_loss += tl.where(ok, wloss, 0.0)
         acc_right += tl.where(ok & (z > 0), 1.0, tl.where(ok & (z == 0), 0.5, 0.0))  # a tie counts 1/2
         acc_margin += tl.where(ok, pl - pw, 0.0)
@@ -288,9 +366,26 @@ def dpo_finalize_kernel(
 
 @triton.jit
 def _grad_step(
-    policy, target, grad, mask, o, limit, local, n_per_sample, scale_cur, scale_prev, ms_sample,
-    md1, md2, md3, ms0, ms1, ms2, ms3, HAS_MASK: tl.constexpr,
-):  # fmt: skip
+    policy,
+    target,
+    grad,
+    mask,
+    o,
+    limit,
+    local,
+    n_per_sample,
+    scale_cur,
+    scale_prev,
+    ms_sample,
+    md1,
+    md2,
+    md3,
+    ms0,
+    ms1,
+    ms2,
+    ms3,
+    HAS_MASK: tl.constexpr,
+):
     """grad[o] <- scale·m·(p - t) at offsets o < limit; local < 0 marks the previous sample's elements."""
     ok = o < limit
     prev = local < 0
@@ -346,12 +441,46 @@ def dpo_grad_kernel(
     for off in range(0, length, BLOCK):
         o = off + tl.arange(0, BLOCK)
         _grad_step(
-            policy, target, grad, mask, o, length, shift + o, n_per_sample, scale_cur, scale_prev,
-            ms_sample, md1, md2, md3, ms0, ms1, ms2, ms3, HAS_MASK,
-        )  # fmt: skip
+            policy,
+            target,
+            grad,
+            mask,
+            o,
+            length,
+            shift + o,
+            n_per_sample,
+            scale_cur,
+            scale_prev,
+            ms_sample,
+            md1,
+            md2,
+            md3,
+            ms0,
+            ms1,
+            ms2,
+            ms3,
+            HAS_MASK,
+        )
     if (sample == n_samples - 1) & (chunk_id == n_chunks - 1):  # the tensor's last < 16 elements
         o = length + tl.arange(0, ALIGN)
         _grad_step(
-            policy, target, grad, mask, o, (n_total - start).to(tl.int32), shift + o, n_per_sample,
-            scale_cur, scale_prev, ms_sample, md1, md2, md3, ms0, ms1, ms2, ms3, HAS_MASK,
-        )  # fmt: skip
+            policy,
+            target,
+            grad,
+            mask,
+            o,
+            (n_total - start).to(tl.int32),
+            shift + o,
+            n_per_sample,
+            scale_cur,
+            scale_prev,
+            ms_sample,
+            md1,
+            md2,
+            md3,
+            ms0,
+            ms1,
+            ms2,
+            ms3,
+            HAS_MASK,
+        )

@@ -32,8 +32,9 @@ def zbuffer_launch(points, intrinsics, extrinsics, height: int, width: int, zbuf
     )
 
 
-def resolve_launch(zbuf, colors, n_views: int, n_pixels: int, block: int, *, images=None, hit=None,
-                   frames=None, partial=None) -> Launch:  # fmt: skip
+def resolve_launch(
+    zbuf, colors, n_views: int, n_pixels: int, block: int, *, images=None, hit=None, frames=None, partial=None
+) -> Launch:
     """Render (images, hit given) or the fused per-block error sums (frames, partial given)."""
     n_blocks = triton.cdiv(n_pixels, block)
     render = images is not None
@@ -105,7 +106,7 @@ def aot_variants() -> list[Variant]:
                 pixel_block,
                 images=torch.empty(n_views, 3, size, size, device=meta),
                 hit=torch.empty(n_views, size, size, dtype=torch.bool, device=meta),
-            ),  # fmt: skip
+            ),
         ),
     ]
     partial = torch.empty(n_views, triton.cdiv(n_pixels, pixel_block), device=meta)

@@ -16,8 +16,10 @@ def test_the_extrapolation_separates_the_fixed_cost_from_the_steps():
 def test_the_5b_configs_are_the_published_sizes():
     from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
 
-    for name, cls, billions in (("cogvideox-5b", CogVideoXTransformer3DModel, 5.6),
-                                ("wan-5b", WanTransformer3DModel, 5.0)):  # fmt: skip
+    for name, cls, billions in (
+        ("cogvideox-5b", CogVideoXTransformer3DModel, 5.6),
+        ("wan-5b", WanTransformer3DModel, 5.0),
+    ):
         import torch
 
         with torch.device("meta"):  # no memory: the parameter count only
@@ -31,19 +33,59 @@ def small_models() -> dict:
 
     cog, wan = bench.MODELS["cogvideox-5b"], bench.MODELS["wan-5b"]
     return {
-        "cogvideox-5b": {**cog, "text": (TEXT_LEN, TEXT_DIM), "call": dict(num_frames=9, height=64, width=64, guidance_scale=6.0),
-                         "transformer": dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-                                             time_embed_dim=32, text_embed_dim=TEXT_DIM, num_layers=2, sample_width=8,
-                                             sample_height=8, sample_frames=9, max_text_seq_length=TEXT_LEN),
-                         "vae": dict(latent_channels=4, block_out_channels=(8,) * 4, down_block_types=("CogVideoXDownBlock3D",) * 4,
-                                     up_block_types=("CogVideoXUpBlock3D",) * 4, layers_per_block=1, norm_num_groups=2,
-                                     sample_height=64, sample_width=64)},
-        "wan-5b": {**wan, "text": (16, 32), "call": dict(num_frames=9, height=32, width=32, guidance_scale=5.0),
-                   "transformer": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
-                                       out_channels=4, text_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32),
-                   "vae": dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4,
-                               latents_std=[1.0] * 4)},
-    }  # fmt: skip
+        "cogvideox-5b": {
+            **cog,
+            "text": (TEXT_LEN, TEXT_DIM),
+            "call": dict(num_frames=9, height=64, width=64, guidance_scale=6.0),
+            "transformer": dict(
+                num_attention_heads=2,
+                attention_head_dim=16,
+                in_channels=4,
+                out_channels=4,
+                time_embed_dim=32,
+                text_embed_dim=TEXT_DIM,
+                num_layers=2,
+                sample_width=8,
+                sample_height=8,
+                sample_frames=9,
+                max_text_seq_length=TEXT_LEN,
+            ),
+            "vae": dict(
+                latent_channels=4,
+                block_out_channels=(8,) * 4,
+                down_block_types=("CogVideoXDownBlock3D",) * 4,
+                up_block_types=("CogVideoXUpBlock3D",) * 4,
+                layers_per_block=1,
+                norm_num_groups=2,
+                sample_height=64,
+                sample_width=64,
+            ),
+        },
+        "wan-5b": {
+            **wan,
+            "text": (16, 32),
+            "call": dict(num_frames=9, height=32, width=32, guidance_scale=5.0),
+            "transformer": dict(
+                patch_size=(1, 2, 2),
+                num_attention_heads=2,
+                attention_head_dim=12,
+                in_channels=4,
+                out_channels=4,
+                text_dim=32,
+                ffn_dim=32,
+                num_layers=2,
+                rope_max_seq_len=32,
+            ),
+            "vae": dict(
+                base_dim=8,
+                z_dim=4,
+                dim_mult=[1, 1, 1, 1],
+                num_res_blocks=1,
+                latents_mean=[0.0] * 4,
+                latents_std=[1.0] * 4,
+            ),
+        },
+    }
 
 
 def test_the_option_rows_time_plain_and_each_option_on_both_families(monkeypatch):

@@ -77,7 +77,7 @@ def wan22_i2v_expert(**overrides) -> WanTransformer3DModel:
 
 def wan_experts(i2v: bool = False, boundary_ratio: float = 0.875, seed: int = 0):
     """Two differently initialised experts as Wan 2.2 A14B's WanExperts."""
-    from videogpa.engine.models.wan_experts import WanExperts
+    from videogpa.engine.models.wan22_a14b import WanExperts
 
     build = wan22_i2v_expert if i2v else wan_ti2v
     torch.manual_seed(seed)

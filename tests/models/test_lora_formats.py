@@ -13,11 +13,11 @@ from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel, WanPipelin
 from safetensors import safe_open
 
 from tests.models.model_builders import cogvideox_t2v, cond, perturbed, wan_ti2v
-from videogpa.engine.config import Config
-from videogpa.engine.exports import INFO_KEY, FinishedRun, write_comfyui, write_diffusers, write_merged
+from videogpa.engine.core.config import Config
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME, METADATA_KEY, apply_lora, save_lora_weights
 from videogpa.engine.models.lora_formats import LoraFile, read_lora
+from videogpa.engine.train.exports import INFO_KEY, FinishedRun, write_comfyui, write_diffusers, write_merged
 
 RANK, ALPHA = 4, 16.0  # scale 4: a format that loses alpha loads at a quarter (or 4×) strength
 # fp32 (ε ≈ 1.2e-7): the loaders regroup (x·A)·B·s as (x·sA)·B or x·(W + sBA), a reordering whose round-off,
@@ -50,8 +50,11 @@ def run(request, tmp_path_factory):
     torch.manual_seed(0)
     build().save_pretrained(root / "base")
     base = adapter.load_transformer(root / "base", torch.float32)
-    trained = perturbed(apply_lora(adapter.load_transformer(root / "base", torch.float32), RANK, ALPHA,
-                                   adapter.default_lora_targets))  # fmt: skip
+    trained = perturbed(
+        apply_lora(
+            adapter.load_transformer(root / "base", torch.float32), RANK, ALPHA, adapter.default_lora_targets
+        )
+    )
     save_lora_weights(trained, root / "run")
     cfg = Config()
     cfg.model.name, cfg.model.path = model, str(root / "base")
@@ -112,7 +115,14 @@ def test_merged_transformer_reloads_with_from_pretrained_as_base_plus_lora(run, 
 
 
 def test_a_module_comfyui_cannot_name_for_wan_is_refused():
-    lora = LoraFile({"transformer.proj_out.lora_A.weight": torch.zeros(RANK, 8),
-                     "transformer.proj_out.lora_B.weight": torch.zeros(8, RANK)}, RANK, ALPHA, {})  # fmt: skip
+    lora = LoraFile(
+        {
+            "transformer.proj_out.lora_A.weight": torch.zeros(RANK, 8),
+            "transformer.proj_out.lora_B.weight": torch.zeros(8, RANK),
+        },
+        RANK,
+        ALPHA,
+        {},
+    )
     with pytest.raises(ValueError, match=r"'proj_out' has no ComfyUI name for model 'wan2.2-ti2v'"):
         get_adapter("wan2.2-ti2v", shift=5.0).comfyui_lora_keys(lora)

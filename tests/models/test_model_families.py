@@ -9,7 +9,7 @@ import diffusers
 import pytest
 import torch
 
-from videogpa.engine.config import load_config
+from videogpa.engine.core.config import load_config
 from videogpa.engine.models import adapter_class, adapter_names
 from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings
 from videogpa.engine.models.latents import LatentConvention
@@ -44,11 +44,20 @@ def test_family_has_a_validated_config(name):
 @pytest.mark.parametrize(
     ("name", "vae_config", "latent_shape", "clip"),
     [
-        ("cogvideox-t2v", {"temporal_compression_ratio": 4, "block_out_channels": (1, 1, 1, 1)}, (13, 16, 60, 90),
-         (49, 480, 720)),
-        ("wan2.2-ti2v", {"scale_factor_temporal": 4, "scale_factor_spatial": 16}, (48, 31, 44, 80), (121, 704, 1280)),
+        (
+            "cogvideox-t2v",
+            {"temporal_compression_ratio": 4, "block_out_channels": (1, 1, 1, 1)},
+            (13, 16, 60, 90),
+            (49, 480, 720),
+        ),
+        (
+            "wan2.2-ti2v",
+            {"scale_factor_temporal": 4, "scale_factor_spatial": 16},
+            (48, 31, 44, 80),
+            (121, 704, 1280),
+        ),
     ],
-)  # fmt: skip
+)
 def test_latent_convention_sizes_the_clips_of_the_published_models(name, vae_config, latent_shape, clip):
     """CogVideoX-5B: 49 frames of 480x720 → 13 latent frames of 60x90; Wan 2.2 TI2V-5B: 121 frames of
     704x1280 → 31 of 44x80 (its VAE compresses 16× in space)."""

@@ -9,7 +9,7 @@ import torch
 
 from tests.models.model_builders import cond, text, wan_ti2v
 from videogpa.engine.models import get_adapter
-from videogpa.engine.models.wan import shifted_sigma
+from videogpa.engine.models.wan22_ti2v import shifted_sigma
 from videogpa.engine.types import Conditioning
 
 

@@ -14,9 +14,6 @@ import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 
 from tests.models import model_builders as builders
-from videogpa.engine import dpo_reference as R
-from videogpa.engine.distributed import child_env
-from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.lora import (
     LORA_WEIGHT_NAME,
@@ -25,7 +22,10 @@ from videogpa.engine.models.lora import (
     save_lora_weights,
 )
 from videogpa.engine.models.pipelines import attach_lora
-from videogpa.engine.models.wan_experts import WanExperts
+from videogpa.engine.models.wan22_a14b import WanExperts
+from videogpa.engine.runtime.distributed import child_env
+from videogpa.engine.train import reference as R
+from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.types import Conditioning
 
 SECOND = "pytorch_lora_weights_transformer_2.safetensors"
@@ -73,8 +73,13 @@ def test_wan21_i2v_input_is_latents_mask_and_image_latents_with_clip_embeddings(
         pred = adapter.predict(model, x, t, c)
         # independent construction: the pipeline's mask of 9 pixel frames, concatenated on channels
         hidden = torch.cat([x, _pipeline_mask(2, 9, 8, 8), c.image_latents], dim=1)
-        direct = model(hidden_states=hidden, timestep=t, encoder_hidden_states=c.text_embeds,
-                       encoder_hidden_states_image=c.image_embeds, return_dict=False)[0]  # fmt: skip
+        direct = model(
+            hidden_states=hidden,
+            timestep=t,
+            encoder_hidden_states=c.text_embeds,
+            encoder_hidden_states_image=c.image_embeds,
+            return_dict=False,
+        )[0]
         torch.testing.assert_close(pred, direct)
         other = Conditioning(c.text_embeds, c.image_latents, c.image_embeds + 1)
         assert not torch.allclose(adapter.predict(model, x, t, other), pred)  # the CLIP embeddings are used
@@ -106,15 +111,29 @@ def test_i2v_image_latents_match_the_wan_i2v_pipeline():
     from videogpa.engine.models.wan21 import I2V_LATENTS, first_frame_mask
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 2.0, 1.5, 1.0])  # fmt: skip
-    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=None, image_processor=None,
-                                   image_encoder=None, transformer=None)  # fmt: skip
+    vae = AutoencoderKLWan(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[0.5, 2.0, 1.5, 1.0],
+    )
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        scheduler=None,
+        image_processor=None,
+        image_encoder=None,
+        transformer=None,
+    )
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
     encoder = PipelineEncoder(pipe, I2V_LATENTS, 16)
     ours = encoder.encode_image(image, num_frames=9)
-    _, theirs = pipe.prepare_latents(image[None] * 2 - 1, 1, 4, 32, 32, 9, torch.float32, "cpu",
-                                     torch.Generator().manual_seed(0))  # fmt: skip
+    _, theirs = pipe.prepare_latents(
+        image[None] * 2 - 1, 1, 4, 32, 32, 9, torch.float32, "cpu", torch.Generator().manual_seed(0)
+    )
     assert tuple(ours.shape) == (4, 3, 4, 4) and tuple(theirs.shape) == (1, 8, 3, 4, 4)
     torch.testing.assert_close(ours, theirs[0, 4:], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(first_frame_mask(ours[None], 4), theirs[:, :4])
@@ -132,12 +151,27 @@ def test_image_embeds_are_the_pipelines_clip_states():
     from videogpa.engine.models.wan21 import I2V_LATENTS
 
     torch.manual_seed(0)
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()  # fmt: skip
+    clip = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    ).eval()
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
-    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=None,
-                                   image_processor=processor, image_encoder=clip, transformer=None)  # fmt: skip
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        scheduler=None,
+        image_processor=processor,
+        image_encoder=clip,
+        transformer=None,
+    )
     encoder = PipelineEncoder(pipe, I2V_LATENTS, 16)
     pixels = torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     ours = encoder.encode_image_embeds(pixels.permute(2, 0, 1).float() / 255)
@@ -166,8 +200,12 @@ def test_a14b_routes_each_sample_to_the_expert_of_its_timestep():
     with torch.no_grad():
         pred = adapter.predict(experts, x, t, c)
         for i, expert in enumerate([experts.transformer, experts.transformer_2, experts.transformer]):
-            alone = expert(hidden_states=x[i : i + 1], timestep=t[i : i + 1],
-                           encoder_hidden_states=c.text_embeds[i : i + 1], return_dict=False)[0]  # fmt: skip
+            alone = expert(
+                hidden_states=x[i : i + 1],
+                timestep=t[i : i + 1],
+                encoder_hidden_states=c.text_embeds[i : i + 1],
+                return_dict=False,
+            )[0]
             torch.testing.assert_close(pred[i : i + 1], alone, atol=1e-5, rtol=1e-5)
     assert calls[:2] == [("transformer", 2), ("transformer_2", 1)]
     calls.clear()
@@ -213,8 +251,11 @@ CASES = {
     "wan2.1-t2v": (builders.wan_ti2v, lambda p: builders.cond(p)),
     "wan2.1-i2v": (builders.wan21_i2v, lambda p: _image_cond(p)),
     "wan2.2-t2v-a14b": (lambda: builders.wan_experts(boundary_ratio=0.6), lambda p: builders.cond(p)),
-    "wan2.2-i2v-a14b": (lambda: builders.wan_experts(i2v=True, boundary_ratio=0.6), lambda p: _image_cond(p, embeds=False)),
-}  # fmt: skip
+    "wan2.2-i2v-a14b": (
+        lambda: builders.wan_experts(i2v=True, boundary_ratio=0.6),
+        lambda p: _image_cond(p, embeds=False),
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -228,8 +269,17 @@ def test_lora_dpo_step(name):
     builders.perturbed(model)
     gen = torch.Generator().manual_seed(7)
     w, lo = torch.randn(2, pairs, 4, 3, 8, 8, generator=gen)
-    inputs = build_inputs(adapter, w, lo, make_cond(pairs), torch.arange(pairs), torch.zeros(pairs, dtype=torch.long),
-                          0, torch.device("cpu"), torch.float32)  # fmt: skip
+    inputs = build_inputs(
+        adapter,
+        w,
+        lo,
+        make_cond(pairs),
+        torch.arange(pairs),
+        torch.zeros(pairs, dtype=torch.long),
+        0,
+        torch.device("cpu"),
+        torch.float32,
+    )
     out = dpo_forward(adapter, model, R.AdaptersOff(adapter, model), inputs, LossSettings(beta=500.0))
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -247,8 +297,15 @@ def test_lora_dpo_step(name):
 
 
 def _pipe_with(experts: WanExperts) -> WanPipeline:
-    return WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None, transformer=experts.transformer,
-                       transformer_2=experts.transformer_2, boundary_ratio=experts.config.boundary_ratio)  # fmt: skip
+    return WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        scheduler=None,
+        transformer=experts.transformer,
+        transformer_2=experts.transformer_2,
+        boundary_ratio=experts.config.boundary_ratio,
+    )
 
 
 def test_a14b_lora_export_loads_into_both_experts_of_the_wan_pipeline(tmp_path):
@@ -258,16 +315,21 @@ def test_a14b_lora_export_loads_into_both_experts_of_the_wan_pipeline(tmp_path):
     assert (tmp_path / SECOND).is_file()
     x, c = torch.randn(2, 4, 3, 8, 8), builders.cond(2)
     t = torch.tensor([950.0, 100.0])
-    call = lambda m, i: m(hidden_states=x[i : i + 1], timestep=t[i : i + 1],
-                          encoder_hidden_states=c.text_embeds[i : i + 1], return_dict=False)[0]  # fmt: skip
+    call = lambda m, i: m(
+        hidden_states=x[i : i + 1],
+        timestep=t[i : i + 1],
+        encoder_hidden_states=c.text_embeds[i : i + 1],
+        return_dict=False,
+    )[0]
     with torch.no_grad():
         trained = adapter.predict(model, x, t, c)
         base_pipe, lora_pipe = _pipe_with(builders.wan_experts()), _pipe_with(builders.wan_experts())
         base = [call(base_pipe.transformer, 0), call(base_pipe.transformer_2, 1)]
         # diffusers' own calls: the first file into `transformer`, the second with load_into_transformer_2
         lora_pipe.load_lora_weights(str(tmp_path), adapter_name="dpo")
-        lora_pipe.load_lora_weights(str(tmp_path), weight_name=SECOND, adapter_name="dpo",
-                                    load_into_transformer_2=True)  # fmt: skip
+        lora_pipe.load_lora_weights(
+            str(tmp_path), weight_name=SECOND, adapter_name="dpo", load_into_transformer_2=True
+        )
         loaded = [call(lora_pipe.transformer, 0), call(lora_pipe.transformer_2, 1)]
         for i in range(2):
             torch.testing.assert_close(loaded[i], trained[i : i + 1], atol=1e-5, rtol=1e-5)
@@ -280,8 +342,16 @@ def test_a14b_lora_export_loads_into_both_experts_of_the_wan_pipeline(tmp_path):
         attach_lora(ours, tmp_path, scale=1.0)
         torch.testing.assert_close(call(ours.transformer_2, 1), loaded[1], atol=1e-6, rtol=1e-6)
         with pytest.raises(ValueError, match="no transformer_2"):
-            attach_lora(WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
-                                    transformer=builders.wan_ti2v()), tmp_path)  # fmt: skip
+            attach_lora(
+                WanPipeline(
+                    tokenizer=None,
+                    text_encoder=None,
+                    vae=None,
+                    scheduler=None,
+                    transformer=builders.wan_ti2v(),
+                ),
+                tmp_path,
+            )
 
 
 @pytest.mark.slow
@@ -292,9 +362,22 @@ def test_a14b_under_zero3_on_two_ranks_every_rank_runs_the_experts_any_rank_need
     torchrun = Path(sys.executable).parent / "torchrun"
     env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(repo))
     port = str(29500 + os.getpid() % 2000)
-    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", port,
-                           str(repo / "tests" / "models" / "wan_experts_ranks.py"), str(tmp_path)],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            port,
+            str(repo / "tests" / "models" / "wan_experts_ranks.py"),
+            str(tmp_path),
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -309,7 +392,7 @@ def test_a14b_run_exports_every_format_for_both_experts(tmp_path):
     that trained expert computes (ComfyUI's through diffusers' non-diffusers Wan converter)."""
     import yaml
 
-    from videogpa.engine.exports import export_run
+    from videogpa.engine.train.exports import export_run
 
     adapter = get_adapter("wan2.2-t2v-a14b", shift=12.0)
     base = builders.wan_experts()
@@ -320,14 +403,23 @@ def test_a14b_run_exports_every_format_for_both_experts(tmp_path):
         apply_lora(builders.wan_experts(), 2, 4.0, list(adapter.default_lora_targets))
     )
     save_lora_weights(trained, tmp_path / "run")
-    config = {"model": {"name": "wan2.2-t2v-a14b", "path": str(tmp_path / "model")},
-              "lora": {"rank": 2, "alpha": 4.0}, "train": {"precision": "fp32"}, "data": {"train": str(tmp_path)}}  # fmt: skip
+    config = {
+        "model": {"name": "wan2.2-t2v-a14b", "path": str(tmp_path / "model")},
+        "lora": {"rank": 2, "alpha": 4.0},
+        "train": {"precision": "fp32"},
+        "data": {"train": str(tmp_path)},
+    }
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(config))
     paths = export_run(tmp_path / "run", ["diffusers", "comfyui", "merged"], out=tmp_path / "out")
     out = tmp_path / "out"
-    assert [p.name for p in paths] == [LORA_WEIGHT_NAME, SECOND, "comfyui_lora.safetensors",
-                                       "comfyui_lora_transformer_2.safetensors", "transformer_merged",
-                                       "transformer_merged_transformer_2"]  # fmt: skip
+    assert [p.name for p in paths] == [
+        LORA_WEIGHT_NAME,
+        SECOND,
+        "comfyui_lora.safetensors",
+        "comfyui_lora_transformer_2.safetensors",
+        "transformer_merged",
+        "transformer_merged_transformer_2",
+    ]
     x, c, t = torch.randn(1, 4, 3, 8, 8), builders.cond(1), torch.tensor([500.0])
     call = lambda m: m(hidden_states=x, timestep=t, encoder_hidden_states=c.text_embeds, return_dict=False)[0]
     with torch.no_grad():
@@ -376,13 +468,16 @@ def test_a14b_trains_resumes_and_exports_both_experts_under_deepspeed(tmp_path):
     from safetensors.torch import load_file
 
     from tests.trainer.trainer_helpers import tiny_config
-    from videogpa.engine.logging_utils import read_metrics
-    from videogpa.engine.trainer import Trainer
+    from videogpa.engine.train.run_logs import read_metrics
+    from videogpa.engine.train.trainer import Trainer
 
     folder, pairs = _a14b_run_inputs(tmp_path)
-    sections = dict(model={"name": "wan2.2-t2v-a14b", "path": str(folder), "gradient_checkpointing": True},
-                    data={"synthetic": None, "train": str(pairs)}, train={"max_steps": 4, "checkpoint_every": 2},
-                    eval={"draws": 1, "batch_size": 4, "plot": False})  # fmt: skip
+    sections = dict(
+        model={"name": "wan2.2-t2v-a14b", "path": str(folder), "gradient_checkpointing": True},
+        data={"synthetic": None, "train": str(pairs)},
+        train={"max_steps": 4, "checkpoint_every": 2},
+        eval={"draws": 1, "batch_size": 4, "plot": False},
+    )
     full, killed = tmp_path / "full", tmp_path / "killed"
     result = Trainer(tiny_config(full, **sections)).run()
     records = read_metrics(full)
@@ -426,8 +521,17 @@ def test_shards_carry_image_embeds_to_the_step_and_name_what_is_missing(tmp_path
     assert torch.equal(data[1].image_embeds, embeds[1]) and data[2].image_embeds is None
     batch = collate_pairs([data[0], data[1]])
     assert torch.equal(batch.cond.image_embeds, torch.stack(embeds[:2]))
-    inputs = build_inputs(get_adapter("wan2.1-i2v", shift=3.0), batch.latents_w, batch.latents_l, batch.cond,
-                          torch.arange(2), torch.zeros(2, dtype=torch.long), 0, torch.device("cpu"), torch.bfloat16)  # fmt: skip
+    inputs = build_inputs(
+        get_adapter("wan2.1-i2v", shift=3.0),
+        batch.latents_w,
+        batch.latents_l,
+        batch.cond,
+        torch.arange(2),
+        torch.zeros(2, dtype=torch.long),
+        0,
+        torch.device("cpu"),
+        torch.bfloat16,
+    )
     assert inputs.cond.image_embeds.shape == (4, builders.IMAGE_LEN, builders.IMAGE_DIM)  # [w; l]
     assert inputs.cond.image_embeds.dtype == torch.bfloat16
     assert torch.equal(inputs.cond.image_embeds[2:].float(), inputs.cond.image_embeds[:2].float())
@@ -456,8 +560,15 @@ def test_wan21_i2v_lora_loads_into_the_i2v_pipeline_and_scale_0_restores_it(tmp_
     save_lora_weights(model, tmp_path)
     x, t, c = torch.randn(1, 4, 3, 8, 8), torch.tensor([600.0]), _image_cond(1)
     torch.manual_seed(0)
-    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None, image_processor=None,
-                                   image_encoder=None, transformer=builders.wan21_i2v())  # fmt: skip
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        scheduler=None,
+        image_processor=None,
+        image_encoder=None,
+        transformer=builders.wan21_i2v(),
+    )
     with torch.no_grad():
         base = adapter.predict(pipe.transformer, x, t, c)
         attach_lora(pipe, tmp_path, scale=1.0)
@@ -492,8 +603,16 @@ def test_sequence_parallel_split_equals_unsplit_for_the_new_wan_families():
     families = ["wan2.1-t2v", "wan2.1-i2v", "wan2.2-t2v-a14b", "wan2.2-t2v-a14b-idle"]
     repo = Path(__file__).resolve().parents[2]
     env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-port",
-           str(29500 + (os.getpid() + 1) % 2000), "-m", "tests.models.wan14b_sp_worker", *families]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(29500 + (os.getpid() + 1) % 2000),
+        "-m",
+        "tests.models.wan14b_sp_worker",
+        *families,
+    ]
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for family in families:  # (the two ranks' lines may interleave)
@@ -517,8 +636,12 @@ def test_lora_on_one_expert_trains_exports_and_loads_only_that_expert(tmp_path):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
     assert save_lora_weights(model, tmp_path) == tmp_path / SECOND
     assert not (tmp_path / LORA_WEIGHT_NAME).exists() and trained_lora_file(tmp_path) == tmp_path / SECOND
-    call = lambda m, i: m(hidden_states=x[i : i + 1], timestep=t[i : i + 1],
-                          encoder_hidden_states=c.text_embeds[i : i + 1], return_dict=False)[0]  # fmt: skip
+    call = lambda m, i: m(
+        hidden_states=x[i : i + 1],
+        timestep=t[i : i + 1],
+        encoder_hidden_states=c.text_embeds[i : i + 1],
+        return_dict=False,
+    )[0]
     with torch.no_grad():
         trained = adapter.predict(model, x, t, c)
         pipe, base = _pipe_with(builders.wan_experts()), _pipe_with(builders.wan_experts())
@@ -536,7 +659,7 @@ def test_lora_on_one_expert_trains_exports_and_loads_only_that_expert(tmp_path):
 
 
 def test_lora_experts_config_names_the_components_it_allows(tmp_path):
-    from videogpa.engine.config import config_from_dict
+    from videogpa.engine.core.config import config_from_dict
 
     base = {"output_dir": str(tmp_path), "data": {"train": str(tmp_path)}}
     config_from_dict({**base, "model": {"name": "wan2.2-t2v-a14b"}, "lora": {"experts": ["transformer_2"]}})

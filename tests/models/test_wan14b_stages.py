@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from tests.stages.stage_helpers import build_pairs, write_rows
-from videogpa.engine.config import EncodeConfig, GenerationConfig
+from videogpa.engine.core.config import EncodeConfig, GenerationConfig
 from videogpa.engine.data.preference import PreferenceDataset, collate_pairs
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.pipelines import load_pipeline
 from videogpa.engine.models.tiny import tiny_tokenizer
-from videogpa.engine.models.wan_experts import WanExperts
+from videogpa.engine.models.wan22_a14b import WanExperts
 from videogpa.engine.stages import encode, generate
 from videogpa.engine.stages.generate import MANIFEST
 from videogpa.engine.stages.pairs import PAIRS_FILE
@@ -26,13 +26,37 @@ def _components(in_channels: int, **transformer):
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                                               num_heads=4, relative_attention_num_buckets=8)).eval()  # fmt: skip
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[0.5, 2.0, 1.0, 1.5])  # fmt: skip
-    build = lambda: WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                          in_channels=in_channels, out_channels=4, text_dim=32, ffn_dim=32,
-                                          num_layers=2, rope_max_seq_len=32, **transformer)  # fmt: skip
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
+    ).eval()
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        latents_mean=[0.1, -0.2, 0.0, 0.3],
+        latents_std=[0.5, 2.0, 1.0, 1.5],
+    )
+    build = lambda: WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=in_channels,
+        out_channels=4,
+        text_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+        **transformer,
+    )
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
@@ -45,8 +69,16 @@ def wan21_i2v_folder(tmp_path_factory):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     parts, build = _components(12, image_dim=16, added_kv_proj_dim=24)
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()  # fmt: skip
+    clip = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    ).eval()
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipe = WanImageToVideoPipeline(
         **parts, transformer=build(), image_encoder=clip, image_processor=processor
@@ -68,18 +100,38 @@ def a14b_folder(tmp_path_factory):
 
 
 def _generate_and_encode(model: str, folder, tmp_path, prompts) -> PreferenceDataset:
-    cfg = GenerationConfig(model=model, pipeline=str(folder), prompts=str(prompts), num_candidates=2,
-                           num_frames=9, height=32, width=32, steps=2, max_sequence_length=512)  # fmt: skip
+    cfg = GenerationConfig(
+        model=model,
+        pipeline=str(folder),
+        prompts=str(prompts),
+        num_candidates=2,
+        num_frames=9,
+        height=32,
+        width=32,
+        steps=2,
+        max_sequence_length=512,
+    )
     assert generate.run(cfg, None, tmp_path / "gen", progress=False).generated == 2
     manifest = read_jsonl(tmp_path / "gen" / MANIFEST)
-    scores = [{"video": str(tmp_path / "gen" / r["video"]), "status": "ok", "score": 0.1 * (1 + r["seed"]),
-               "motion": 1.0} for r in manifest]  # fmt: skip
+    scores = [
+        {
+            "video": str(tmp_path / "gen" / r["video"]),
+            "status": "ok",
+            "score": 0.1 * (1 + r["seed"]),
+            "motion": 1.0,
+        }
+        for r in manifest
+    ]
     write_rows(tmp_path / "scores.jsonl", scores)
     build_pairs(
         tmp_path / "scores.jsonl", tmp_path / "pairs", manifest=tmp_path / "gen" / MANIFEST, plots=False
     )
-    summary = encode.run(EncodeConfig(model=model, pipeline=str(folder)), tmp_path / "pairs" / PAIRS_FILE,
-                         tmp_path / "shards", progress=False)  # fmt: skip
+    summary = encode.run(
+        EncodeConfig(model=model, pipeline=str(folder)),
+        tmp_path / "pairs" / PAIRS_FILE,
+        tmp_path / "shards",
+        progress=False,
+    )
     assert summary.train == 1 and summary.reused_latents == 2
     return PreferenceDataset(tmp_path / "shards" / "train")
 

@@ -14,10 +14,10 @@ import torch.distributed as dist
 from tests.models import model_builders as B
 from tests.models.test_model_wan14b import _image_cond
 from tests.trainer.sequence_parallel_worker import assert_relative, one_step
-from videogpa.engine.dpo_step import LossSettings, build_inputs
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing
-from videogpa.engine.sequence_parallel import enable_sequence_parallel
+from videogpa.engine.runtime.sequence_parallel import enable_sequence_parallel
+from videogpa.engine.train.dpo_step import LossSettings, build_inputs
 
 FAMILIES = {  # name: (adapter, builder, conditioning of P pairs with latent frames F)
     "wan2.1-t2v": ("wan2.1-t2v", B.wan_ti2v, lambda p: B.cond(p)),
@@ -41,8 +41,17 @@ def check(family: str, size: int, rank: int) -> None:
     gen = torch.Generator().manual_seed(1)
     pairs = 2
     w, lo = (torch.randn(pairs, 4, 3, 6, 6, generator=gen) for _ in range(2))  # 27 tokens, uneven over 2
-    inputs = build_inputs(adapter, w, lo, make_cond(pairs), torch.arange(pairs), torch.zeros(pairs, dtype=torch.long),
-                          seed=3, device=torch.device("cpu"), dtype=torch.float32)  # fmt: skip
+    inputs = build_inputs(
+        adapter,
+        w,
+        lo,
+        make_cond(pairs),
+        torch.arange(pairs),
+        torch.zeros(pairs, dtype=torch.long),
+        seed=3,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     whole = one_step(adapter, model, inputs, LossSettings(beta=500.0))
     parts = one_step(adapter, split, inputs, LossSettings(beta=500.0))
     assert_relative(parts[0], whole[0], 1e-5, f"{family}: loss")

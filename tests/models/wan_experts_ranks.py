@@ -31,8 +31,12 @@ def main(out: Path) -> None:
     with torch.no_grad():
         alone = adapter.predict(copy.deepcopy(model), x[mine], t[mine], Conditioning(text[mine]))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": 3}, "zero_allow_untested_optimizer": True}  # fmt: skip
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 3},
+        "zero_allow_untested_optimizer": True,
+    }
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=torch.optim.SGD(trainable, lr=0.1), config=config
     )

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.train.trainer import Trainer
 
 STEPS = {"max_steps": 4}
 

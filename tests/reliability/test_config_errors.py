@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.stages.stage_helpers import load_recipe
-from videogpa.engine.config import apply_override, load_config, read_config_dict
+from videogpa.engine.core.config import apply_override, load_config, read_config_dict
 
 BAD_FILES = {
     # line 4 of each is the broken one
@@ -45,9 +45,12 @@ def test_a_non_utf8_config_names_the_file(tmp_path):
 
 @pytest.mark.parametrize(
     "item, where",
-    [("train.max_steps=[1, 2", "line 1, column 6"), ('model.name="tiny', "line 1, column 6"),
-     ("train.seed=a: b: c", "line 1, column 5")],
-)  # fmt: skip
+    [
+        ("train.max_steps=[1, 2", "line 1, column 6"),
+        ('model.name="tiny', "line 1, column 6"),
+        ("train.seed=a: b: c", "line 1, column 5"),
+    ],
+)
 def test_invalid_override_value_names_the_override_and_line(item, where):
     with pytest.raises(ValueError) as err:
         apply_override({}, item)

@@ -54,8 +54,12 @@ def test_every_documented_loader_call_restores_scale_and_output(trained, call):
     model, folder, inputs, out, base = trained
     adapter = get_adapter("tiny")
     pipe = adapter_class("tiny").builtin_pipeline()
-    names = {"pipe": pipe, "transformer": pipe.transformer, "folder": str(folder),
-             "file": str(folder / LORA_WEIGHT_NAME)}  # fmt: skip
+    names = {
+        "pipe": pipe,
+        "transformer": pipe.transformer,
+        "folder": str(folder),
+        "file": str(folder / LORA_WEIGHT_NAME),
+    }
     eval(call, {}, names)  # the call exactly as documented
     assert lora_scalings(pipe.transformer) == lora_scalings(model) == {ALPHA / RANK}, call
     with torch.no_grad():

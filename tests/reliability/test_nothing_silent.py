@@ -7,10 +7,10 @@ import yaml
 
 from tests.reliability.conftest import STEPS
 from tests.trainer.trainer_helpers import BASE, tiny_config
-from videogpa.engine import trainer as trainer_module
-from videogpa.engine.config import load_config
+from videogpa.engine.core.config import load_config
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME, export_trained_weights
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.train import trainer as trainer_module
+from videogpa.engine.train.trainer import Trainer
 
 
 @pytest.mark.parametrize(

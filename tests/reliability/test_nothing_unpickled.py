@@ -10,16 +10,22 @@ import torch
 from tests.reliability.conftest import STEPS
 from tests.reliability.planted import plant
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine import checkpoint as ckpt
 from videogpa.engine.geometry.lpips import LPIPS
 from videogpa.engine.geometry.vggt import load_vggt
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.tiny import build_tiny_transformer
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.train import checkpoint as ckpt
+from videogpa.engine.train.trainer import Trainer
 
 
-@pytest.mark.parametrize("target", ["rng_rank0.safetensors", "state/zero_pp_rank_0_mp_rank_00_model_states.pt",
-                                    "state/zero_pp_rank_0_mp_rank_00_optim_states.pt"])  # fmt: skip
+@pytest.mark.parametrize(
+    "target",
+    [
+        "rng_rank0.safetensors",
+        "state/zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "state/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    ],
+)
 def test_planted_pickle_in_a_checkpoint_is_refused(run_copy, tmp_path, target):
     out = run_copy
     marker = tmp_path / "ran"

@@ -12,9 +12,9 @@ import pytest
 from tests.reliability.conftest import STEPS
 from tests.stages.stage_helpers import REPO
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine import checkpoint as ckpt
 from videogpa.engine.io.records import read_jsonl
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.train import checkpoint as ckpt
+from videogpa.engine.train.trainer import Trainer
 
 
 def test_a_fresh_run_refuses_a_used_folder_and_keeps_its_files(run_copy):
@@ -90,8 +90,11 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 def test_an_unwritable_output_folder_is_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "dpo.py"), "--output-dir", "/proc/version/run"],
-        capture_output=True, text=True, env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"}, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert lines[-1] == "error: cannot write the output folder /proc/version/run: Not a directory"
@@ -102,5 +105,8 @@ def test_the_checkpoint_records_the_config_it_was_made_with(finished_run):
     state = ckpt.read_trainer_state(ckpt.latest_checkpoint(finished_run))
     assert state["step"] == 4 and state["config"]["dpo"]["beta"] == 500.0
     assert set(json.loads((ckpt.latest_checkpoint(finished_run) / "manifest.json").read_text())["files"]) >= {
-        "rng_rank0.safetensors", "trainer.json", "config.json", "state/zero_pp_rank_0_mp_rank_00_model_states.pt"
-    }  # fmt: skip
+        "rng_rank0.safetensors",
+        "trainer.json",
+        "config.json",
+        "state/zero_pp_rank_0_mp_rank_00_model_states.pt",
+    }

@@ -168,8 +168,10 @@ def test_score_recipe_prints_video_counts_after_a_retry(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "scored 0 videos, 2 errors"
 
 
-@pytest.mark.parametrize("flag, value, key", [("--num-frames", "0", "num_frames"), ("--size", "0", "size"),
-                                              ("--size", "-3", "size")])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value, key",
+    [("--num-frames", "0", "num_frames"), ("--size", "0", "size"), ("--size", "-3", "size")],
+)
 def test_score_recipe_rejects_non_positive_sizes(tmp_path, capsys, flag, value, key):
     recipe = load_recipe("score")
     workdir = tmp_path / "run"

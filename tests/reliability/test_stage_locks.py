@@ -5,7 +5,13 @@ import os
 
 import pytest
 
-from videogpa.engine.config import EncodeConfig, EvaluateConfig, GenerationConfig, PairsConfig, ScoreConfig
+from videogpa.engine.core.config import (
+    EncodeConfig,
+    EvaluateConfig,
+    GenerationConfig,
+    PairsConfig,
+    ScoreConfig,
+)
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 

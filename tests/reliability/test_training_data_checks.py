@@ -95,11 +95,14 @@ def test_a_pair_unlike_the_others_is_named_with_its_shard(tmp_path, odd, message
 @pytest.mark.parametrize(
     "model, message",
     [
-        (dict(latent_shape=(3, 4, 8, 6)), r"latents have shape \[3, 4, 4, 6\], but the model expects \[3, 4, 8, 6\]"),
+        (
+            dict(latent_shape=(3, 4, 8, 6)),
+            r"latents have shape \[3, 4, 4, 6\], but the model expects \[3, 4, 8, 6\]",
+        ),
         (dict(text_dim=4096), r"text_embeds have dimension 8, but the model expects 4096"),
         (dict(text_length=226), r"text_embeds have 5 tokens, but the model expects 226"),
     ],
-)  # fmt: skip
+)
 def test_a_set_unlike_the_model_is_an_error(tmp_path, model, message):
     folder = write_set(tmp_path, [pair(i) for i in range(3)])
     with pytest.raises(ValueError, match=message) as err:
@@ -200,7 +203,7 @@ def test_the_trainer_checks_its_sets_before_it_builds_anything(tmp_path):
 
     from tests.trainer.trainer_helpers import tiny_config
     from videogpa.engine.data.preference import PreferenceShardWriter
-    from videogpa.engine.trainer import Trainer
+    from videogpa.engine.train.trainer import Trainer
 
     for name, frames in (("train", 4), ("heldout", 3)):
         with PreferenceShardWriter(tmp_path / name) as writer:

@@ -11,11 +11,11 @@ import pytest
 
 from tests.stages.stage_helpers import REPO
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine import checkpoint as ckpt
-from videogpa.engine.config import save_config
-from videogpa.engine.distributed import child_env
-from videogpa.engine.logging_utils import read_metrics
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.core.config import save_config
+from videogpa.engine.runtime.distributed import child_env
+from videogpa.engine.train import checkpoint as ckpt
+from videogpa.engine.train.run_logs import read_metrics
+from videogpa.engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 TRAIN = {"max_steps": 4, "micro_batch_size": 1, "global_batch_size": 2, "checkpoint_every": 2}
@@ -26,8 +26,17 @@ def _launch(config, *extra):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), str(REPO / "recipes" / "dpo.py"),
-           "--config", str(config), *extra]  # fmt: skip
+    cmd = [
+        deepspeed,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(port),
+        str(REPO / "recipes" / "dpo.py"),
+        "--config",
+        str(config),
+        *extra,
+    ]
     env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from videogpa.engine.config import SyntheticDataConfig
+from videogpa.engine.core.config import SyntheticDataConfig
 from videogpa.engine.data.preference import PreferenceDataset
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.pipeline_encoder import PipelineEncoder

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from videogpa.engine.config import PairsConfig
+from videogpa.engine.core.config import PairsConfig
 from videogpa.engine.io.records import write_jsonl_atomic
 from videogpa.engine.stages import pairs
 

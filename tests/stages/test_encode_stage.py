@@ -42,14 +42,16 @@ def test_cogvideox_image_latent_matches_the_i2v_pipeline_own_encoding():
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))
     encoder = PipelineEncoder(pipe, COGVIDEOX, 48)
     ours = encoder.encode_image(image)
-    _, theirs = pipe.prepare_latents(image[None] * 2 - 1, 1, 4, 9, 64, 64, torch.float32, "cpu",
-                                     torch.Generator().manual_seed(0))  # fmt: skip
+    _, theirs = pipe.prepare_latents(
+        image[None] * 2 - 1, 1, 4, 9, 64, 64, torch.float32, "cpu", torch.Generator().manual_seed(0)
+    )
     assert tuple(ours.shape) == (1, 4, 8, 8)
     torch.testing.assert_close(ours, theirs[0, :1], atol=1e-5, rtol=1e-4)
     assert (theirs[0, :1] - ours / pipe.vae.config.scaling_factor).abs().max() > 1e-2  # the factor matters
     pipe.vae.register_to_config(invert_scale_latents=True)  # CogVideoX 1.5 I2V: image latents ÷ factor
-    _, theirs = pipe.prepare_latents(image[None] * 2 - 1, 1, 4, 9, 64, 64, torch.float32, "cpu",
-                                     torch.Generator().manual_seed(0))  # fmt: skip
+    _, theirs = pipe.prepare_latents(
+        image[None] * 2 - 1, 1, 4, 9, 64, 64, torch.float32, "cpu", torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(encoder.encode_image(image), theirs[0, :1], atol=1e-5, rtol=1e-4)
 
 
@@ -87,14 +89,29 @@ def test_wan_image_latent_matches_the_wan_i2v_pipeline_normalisation():
     from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 2.0, 1.5, 1.0])  # fmt: skip
-    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=None, image_processor=None,
-                                   image_encoder=None, transformer=None, expand_timesteps=True)  # fmt: skip
+    vae = AutoencoderKLWan(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[0.5, 2.0, 1.5, 1.0],
+    )
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        scheduler=None,
+        image_processor=None,
+        image_encoder=None,
+        transformer=None,
+        expand_timesteps=True,
+    )
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
     ours = PipelineEncoder(pipe, WAN, 16).encode_image(image)
-    _, theirs, _ = pipe.prepare_latents(image[None] * 2 - 1, 1, 4, 32, 32, 9, torch.float32, "cpu",
-                                        torch.Generator().manual_seed(0))  # fmt: skip
+    _, theirs, _ = pipe.prepare_latents(
+        image[None] * 2 - 1, 1, 4, 32, 32, 9, torch.float32, "cpu", torch.Generator().manual_seed(0)
+    )
     assert tuple(ours.shape) == (4, 1, 4, 4)  # Wan layout [C, F, H, W]
     torch.testing.assert_close(ours, theirs[0], atol=1e-5, rtol=1e-4)
 
@@ -106,11 +123,27 @@ def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("encode")
     folder = write_tiny_pipeline(root / "model")
     items = [PromptItem(f"p{i}", f"prompt number {i}") for i in range(3)]
-    generate_candidates(load_pipeline("tiny", folder), get_adapter("tiny"), items, root / "gen", seeds=[0, 1], sampler=SAMPLER,
-                        model="tiny", batch_size=2, progress=False)  # fmt: skip
+    generate_candidates(
+        load_pipeline("tiny", folder),
+        get_adapter("tiny"),
+        items,
+        root / "gen",
+        seeds=[0, 1],
+        sampler=SAMPLER,
+        model="tiny",
+        batch_size=2,
+        progress=False,
+    )
     manifest = read_jsonl(root / "gen" / MANIFEST)
-    scores = [{"video": str(root / "gen" / r["video"]), "status": "ok", "score": 0.1 + 0.3 * r["seed"] + 0.01 * i,
-               "motion": 0.5} for i, r in enumerate(manifest)]  # fmt: skip
+    scores = [
+        {
+            "video": str(root / "gen" / r["video"]),
+            "status": "ok",
+            "score": 0.1 + 0.3 * r["seed"] + 0.01 * i,
+            "motion": 0.5,
+        }
+        for i, r in enumerate(manifest)
+    ]
     write_rows(root / "gen" / "scores.jsonl", scores)
     build_pairs(root / "gen" / "scores.jsonl", root / "pairs", manifest=root / "gen" / MANIFEST, plots=False)
     return folder, root

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from videogpa.engine.eval_stats import bootstrap_ci, paired_metric, win_rate
+from videogpa.engine.core.eval_stats import bootstrap_ci, paired_metric, win_rate
 
 
 def test_win_rate_counts_ties_half_and_respects_the_direction():

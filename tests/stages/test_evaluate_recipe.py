@@ -10,10 +10,14 @@ from videogpa.engine.io.records import read_jsonl
 def test_evaluate_without_lora_is_a_clear_error_and_keeps_the_base_run(tmp_path, capsys):
     torch.set_num_threads(2)
     (tmp_path / "eval.txt").write_text("a sunlit museum hall\n")
-    argv = ["--output-dir", str(tmp_path / "run")] + [f"--set={s}" for s in (
-        f"loop.evaluate.prompts={tmp_path / 'eval.txt'}", "loop.evaluate.num_candidates=1",
-        "loop.generation.steps=2",
-    )]  # fmt: skip
+    argv = ["--output-dir", str(tmp_path / "run")] + [
+        f"--set={s}"
+        for s in (
+            f"loop.evaluate.prompts={tmp_path / 'eval.txt'}",
+            "loop.evaluate.num_candidates=1",
+            "loop.generation.steps=2",
+        )
+    ]
     assert load_recipe("evaluate").main(argv) == 2
     err = capsys.readouterr().err
     assert "error: LoRA" in err and "does not exist" in err

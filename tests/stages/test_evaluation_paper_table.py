@@ -13,9 +13,22 @@ def _rows(shift: float, n_prompts: int = 12):
     for p in range(n_prompts):
         for seed in (0, 1):
             base = 0.1 + 0.01 * ((p * 7 + seed * 3) % 5)
-            rows.append({"video": f"{p}_{seed}.mp4", "status": "ok", "prompt_id": f"p{p}", "seed": seed,
-                         "score": base + shift, "mse": base + shift, "lpips": 0.2, "psnr": 20.0 - 10 * shift,
-                         "ssim": 0.5, "mvcs": 0.6, "motion": 0.1, "epi": 0.01 + shift / 10})  # fmt: skip
+            rows.append(
+                {
+                    "video": f"{p}_{seed}.mp4",
+                    "status": "ok",
+                    "prompt_id": f"p{p}",
+                    "seed": seed,
+                    "score": base + shift,
+                    "mse": base + shift,
+                    "lpips": 0.2,
+                    "psnr": 20.0 - 10 * shift,
+                    "ssim": 0.5,
+                    "mvcs": 0.6,
+                    "motion": 0.1,
+                    "epi": 0.01 + shift / 10,
+                }
+            )
     return rows
 
 

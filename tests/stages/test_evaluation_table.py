@@ -6,15 +6,26 @@ import pytest
 import yaml
 
 from tests.stages.stage_helpers import REPO, write_rows
+from videogpa.engine.loop.loop import BUILTIN_LOOP, load_loop_config
 from videogpa.engine.stages.evaluate import compare_scores, format_table, plot_comparison
-from videogpa.engine.stages.loop import BUILTIN_LOOP, load_loop_config
 
 
 def _rows(scores, note=None):
     rows = []
     for (pid, seed), score in scores.items():
-        row = {"video": f"{pid}_{seed}.mp4", "status": "ok", "prompt_id": pid, "seed": seed, "score": score,
-               "mse": score, "lpips": None, "psnr": -10 * score, "ssim": 1 - score, "mvcs": 0.5, "motion": 0.1}  # fmt: skip
+        row = {
+            "video": f"{pid}_{seed}.mp4",
+            "status": "ok",
+            "prompt_id": pid,
+            "seed": seed,
+            "score": score,
+            "mse": score,
+            "lpips": None,
+            "psnr": -10 * score,
+            "ssim": 1 - score,
+            "mvcs": 0.5,
+            "motion": 0.1,
+        }
         if note:
             row["note"] = note
         rows.append(row)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from videogpa.engine.config import GenerationConfig, validate_stage
+from videogpa.engine.core.config import GenerationConfig, validate_stage
 from videogpa.engine.data.prompts import PromptItem
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.models import get_adapter
@@ -59,8 +59,9 @@ def test_an_option_the_machine_or_model_lacks_is_a_clear_error(options, message)
 
 def sample(pipe, out_dir):
     items = [PromptItem("barn", "a red barn")]
-    generate.generate_candidates(pipe, TINY, items, out_dir, seeds=[0, 1], sampler=SAMPLER, model="tiny",
-                                 batch_size=2, progress=False)  # fmt: skip
+    generate.generate_candidates(
+        pipe, TINY, items, out_dir, seeds=[0, 1], sampler=SAMPLER, model="tiny", batch_size=2, progress=False
+    )
     rows = read_jsonl(out_dir / generate.MANIFEST)
     return {r["seed"]: load_file(str(out_dir / r["latents"]))["latents"] for r in rows}
 
@@ -84,8 +85,15 @@ def test_the_step_cache_is_recorded_in_every_row_and_not_mixed_with_plain_sample
     torch.set_num_threads(1)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red barn\n")
-    cfg = GenerationConfig(pipeline=str(write_tiny_pipeline(tmp_path / "tiny")), num_candidates=2, steps=3,
-                           num_frames=9, step_cache="first_block", step_cache_threshold=0.2, device="cpu")  # fmt: skip
+    cfg = GenerationConfig(
+        pipeline=str(write_tiny_pipeline(tmp_path / "tiny")),
+        num_candidates=2,
+        steps=3,
+        num_frames=9,
+        step_cache="first_block",
+        step_cache_threshold=0.2,
+        device="cpu",
+    )
     pipe = build_tiny_pipeline(0)
     apply_sampling_options(pipe, TINY, cfg, "cpu")
     assert pipe.transformer.is_cache_enabled  # diffusers' cache hooks on the transformer

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tests.stages.stage_helpers import build_pairs, write_rows
-from videogpa.engine.config import ScoreConfig
-from videogpa.engine.figures import load_consistency_arrays
+from videogpa.engine.core.config import ScoreConfig
+from videogpa.engine.core.figures import load_consistency_arrays
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.video import load_video
 from videogpa.engine.scenes.video_set import write_synthetic_set
@@ -63,7 +63,7 @@ def test_pairs_figure_shows_winner_and_loser(scored, tmp_path):
 
 
 def test_before_after_grid_pairs_the_same_prompt_and_seed(tmp_path, monkeypatch):
-    from videogpa.engine import figures
+    from videogpa.engine.core import figures
     from videogpa.engine.io.video import write_video
 
     clips = {}

@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.stages.stage_helpers import load_recipe, write_rows
-from videogpa.engine.config import GenerationConfig
+from videogpa.engine.core.config import GenerationConfig
 from videogpa.engine.data.prompts import PromptItem
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.video import read_frames
@@ -162,8 +162,17 @@ def test_lora_changes_generation_and_scale_zero_is_the_base(tiny_folder, tmp_pat
         pipe = load_pipeline("tiny", tiny_folder)
         if scale is not None:
             attach_lora(pipe, lora, scale)
-        generate_candidates(pipe, items, tmp_path / name, seeds=[0], sampler=SAMPLER, model="tiny",
-                            lora=scale is not None and str(lora) or None, lora_scale=scale or 0.0, progress=False)  # fmt: skip
+        generate_candidates(
+            pipe,
+            items,
+            tmp_path / name,
+            seeds=[0],
+            sampler=SAMPLER,
+            model="tiny",
+            lora=scale is not None and str(lora) or None,
+            lora_scale=scale or 0.0,
+            progress=False,
+        )
         runs[name] = latents_of(tmp_path / name, "barn_s0")
     torch.testing.assert_close(runs["zero"], runs["base"], atol=1e-5, rtol=1e-5)
     assert (runs["full"] - runs["base"]).abs().max() > 1e-2
@@ -196,8 +205,17 @@ def test_image_to_video_generation_and_missing_images(tmp_path, monkeypatch):
         tmp_path / "first.png"
     )
     prompts = write_rows(tmp_path / "p.jsonl", [{"prompt": "a kitchen", "image": "first.png", "id": "k"}])
-    cfg = GenerationConfig(model="cogvideox-i2v", pipeline=str(folder), prompts=str(prompts), num_candidates=2,
-                           num_frames=9, height=64, width=64, steps=2, max_sequence_length=48)  # fmt: skip
+    cfg = GenerationConfig(
+        model="cogvideox-i2v",
+        pipeline=str(folder),
+        prompts=str(prompts),
+        num_candidates=2,
+        num_frames=9,
+        height=64,
+        width=64,
+        steps=2,
+        max_sequence_length=48,
+    )
     monkeypatch.chdir(tmp_path)  # a relative prompt file: its image is relative to the working folder
     cfg.prompts = "p.jsonl"
     summary = generate.run(cfg, None, tmp_path / "gen", progress=False)
@@ -214,9 +232,22 @@ def test_image_to_video_generation_and_missing_images(tmp_path, monkeypatch):
 
 def test_recipe_builds_tiny_pipeline_and_generates_camera_motion_prompts(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a red barn\n")
-    argv = ["--pipeline", str(tmp_path / "tiny"), "--build-tiny", "--prompts", str(tmp_path / "p.txt"),
-            "--out-dir", str(tmp_path / "gen"), "--num-candidates", "2", "--camera-motion", "--steps", "2",
-            "--num-frames", "9"]  # fmt: skip
+    argv = [
+        "--pipeline",
+        str(tmp_path / "tiny"),
+        "--build-tiny",
+        "--prompts",
+        str(tmp_path / "p.txt"),
+        "--out-dir",
+        str(tmp_path / "gen"),
+        "--num-candidates",
+        "2",
+        "--camera-motion",
+        "--steps",
+        "2",
+        "--num-frames",
+        "9",
+    ]
     assert load_recipe("generate").main(argv) == 0
     out = capsys.readouterr().out
     assert "wrote the built-in random pipeline" in out and "2 generated" in out

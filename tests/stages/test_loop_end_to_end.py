@@ -22,11 +22,17 @@ def test_tiny_loop_runs_resumes_and_is_consistent(tmp_path, capsys):
     )
     (tmp_path / "eval.txt").write_text("a sunlit museum hall\na desert canyon\n")
     out = tmp_path / "loop"
-    argv = ["--output-dir", str(out)] + [f"--set={s}" for s in (
-        f"loop.generation.prompts={tmp_path / 'train.txt'}", f"loop.evaluate.prompts={tmp_path / 'eval.txt'}",
-        "loop.generation.num_candidates=2", "loop.generation.steps=2", "loop.evaluate.num_candidates=1",
-        "loop.train_overrides=[train.max_steps=3, train.checkpoint_every=0, train.log_every=1]",
-    )]  # fmt: skip
+    argv = ["--output-dir", str(out)] + [
+        f"--set={s}"
+        for s in (
+            f"loop.generation.prompts={tmp_path / 'train.txt'}",
+            f"loop.evaluate.prompts={tmp_path / 'eval.txt'}",
+            "loop.generation.num_candidates=2",
+            "loop.generation.steps=2",
+            "loop.evaluate.num_candidates=1",
+            "loop.train_overrides=[train.max_steps=3, train.checkpoint_every=0, train.log_every=1]",
+        )
+    ]
     pipeline = load_recipe("pipeline")
 
     # a stage that dies (here: the training launcher) leaves everything before it in place

@@ -7,14 +7,19 @@ from pathlib import Path
 from tests.stages.stage_helpers import REPO, TORCHRUN
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.sharded import read_sharded
-from videogpa.engine.stages.loop import Loop, load_loop_config
+from videogpa.engine.loop.loop import Loop, load_loop_config
 
 
 def test_the_loop_launches_its_stages_sharded(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     (tmp_path / "prompts.txt").write_text("a red barn\na stone bridge\n")
-    overrides = [f"loop.launcher={json.dumps(list(TORCHRUN))}", f"loop.generation.prompts={tmp_path / 'prompts.txt'}",
-                 "loop.generation.num_candidates=2", "loop.generation.batch_size=2", "loop.generation.steps=2"]  # fmt: skip
+    overrides = [
+        f"loop.launcher={json.dumps(list(TORCHRUN))}",
+        f"loop.generation.prompts={tmp_path / 'prompts.txt'}",
+        "loop.generation.num_candidates=2",
+        "loop.generation.batch_size=2",
+        "loop.generation.steps=2",
+    ]
     out = tmp_path / "loop"
     loop = Loop(
         load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml", overrides),

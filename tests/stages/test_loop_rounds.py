@@ -21,12 +21,18 @@ def test_two_rounds_the_second_generating_with_the_first_lora(tmp_path, capsys):
     (tmp_path / "train.txt").write_text("a red barn\nan old stone bridge\n")
     (tmp_path / "eval.txt").write_text("a sunlit museum hall\n")
     out = tmp_path / "loop"
-    argv = ["--output-dir", str(out), "--rounds", "2"] + [f"--set={s}" for s in (
-        f"loop.generation.prompts={tmp_path / 'train.txt'}", f"loop.evaluate.prompts={tmp_path / 'eval.txt'}",
-        "loop.generation.num_candidates=2", "loop.generation.steps=2", "loop.evaluate.num_candidates=1",
-        "loop.encode.heldout_fraction=0.0",
-        "loop.train_overrides=[train.max_steps=2, train.checkpoint_every=0, train.log_every=1]",
-    )]  # fmt: skip
+    argv = ["--output-dir", str(out), "--rounds", "2"] + [
+        f"--set={s}"
+        for s in (
+            f"loop.generation.prompts={tmp_path / 'train.txt'}",
+            f"loop.evaluate.prompts={tmp_path / 'eval.txt'}",
+            "loop.generation.num_candidates=2",
+            "loop.generation.steps=2",
+            "loop.evaluate.num_candidates=1",
+            "loop.encode.heldout_fraction=0.0",
+            "loop.train_overrides=[train.max_steps=2, train.checkpoint_every=0, train.log_every=1]",
+        )
+    ]
     assert load_recipe("pipeline").main(argv) == 0
     first, second = out / "round_1", out / "round_2"
     lora_1 = str((first / "train" / LORA_WEIGHT_NAME).resolve())

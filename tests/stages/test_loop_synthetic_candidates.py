@@ -13,10 +13,16 @@ from videogpa.engine.io.records import read_jsonl
 def test_synthetic_candidates_through_encode(tmp_path, capsys):
     torch.set_num_threads(2)
     out = tmp_path / "loop"
-    argv = ["--output-dir", str(out)] + [f"--set={s}" for s in (
-        "loop.candidates=synthetic", "loop.synthetic.scenes=2", "loop.synthetic.kinds=[jitter]",
-        "loop.generation.num_frames=9", "loop.train_launcher=['false']",
-    )]  # fmt: skip
+    argv = ["--output-dir", str(out)] + [
+        f"--set={s}"
+        for s in (
+            "loop.candidates=synthetic",
+            "loop.synthetic.scenes=2",
+            "loop.synthetic.kinds=[jitter]",
+            "loop.generation.num_frames=9",
+            "loop.train_launcher=['false']",
+        )
+    ]
     with pytest.raises(RuntimeError, match="train: .* failed"):
         load_recipe("pipeline").main(argv)
     log = capsys.readouterr().out

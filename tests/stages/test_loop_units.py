@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.stages.stage_helpers import REPO
-from videogpa.engine.stages.loop import BUILTIN_LOOP, Loop, load_loop_config
+from videogpa.engine.loop.loop import BUILTIN_LOOP, Loop, load_loop_config
 
 
 def test_one_loop_per_folder(tmp_path):
@@ -48,7 +48,7 @@ def test_trainer_config_points_at_the_loop_and_fits_a_small_set(tmp_path, micro,
 
 def test_round_k_takes_the_kth_slice_of_the_prompts_with_their_ids(tmp_path):
     from videogpa.engine.data.prompts import load_prompts
-    from videogpa.engine.stages.rounds import prompt_slice
+    from videogpa.engine.loop.rounds import prompt_slice
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt {i}\n" for i in range(5)))

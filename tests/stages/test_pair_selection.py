@@ -13,12 +13,18 @@ def _c(prompt, video, score, motion=0.5):
 
 def test_best_and_worst_per_prompt_with_drop_reasons():
     candidates = [
-        _c("a", "a0", 0.30), _c("a", "a1", 0.10), _c("a", "a2", 0.50),  # gap 0.4: kept (a1 vs a2)
-        _c("b", "b0", 0.20), _c("b", "b1", 0.22),  # gap 0.02 < 0.05: small_gap
-        _c("c", "c0", 0.20), _c("c", "c1", None),  # one failed -> 1 left: too few
-        _c("d", "d0", 0.10, motion=0.0005), _c("d", "d1", 0.90),  # one static -> too few
-        _c("e", "e0", float("nan")), _c("e", "e1", 0.1, motion=float("nan")),  # failed + static
-    ]  # fmt: skip
+        _c("a", "a0", 0.30),
+        _c("a", "a1", 0.10),
+        _c("a", "a2", 0.50),  # gap 0.4: kept (a1 vs a2)
+        _c("b", "b0", 0.20),
+        _c("b", "b1", 0.22),  # gap 0.02 < 0.05: small_gap
+        _c("c", "c0", 0.20),
+        _c("c", "c1", None),  # one failed -> 1 left: too few
+        _c("d", "d0", 0.10, motion=0.0005),
+        _c("d", "d1", 0.90),  # one static -> too few
+        _c("e", "e0", float("nan")),
+        _c("e", "e1", 0.1, motion=float("nan")),  # failed + static
+    ]
     pairs, report = select_pairs(candidates)
     assert [(p.prompt, p.winner.video, p.loser.video) for p in pairs] == [("a", "a1", "a2")]
     assert pairs[0].gap == pytest.approx(0.4)

@@ -25,7 +25,7 @@ def _generation(tmp_path, scores_by_video):
                 "prompt_id": prompt_id,
                 "prompt": f"text of {prompt_id}",
                 "seed": len(manifest),
-            }  # fmt: skip
+            }
         )
         row = {
             "video": str(gen / "videos" / f"{video}.mp4"),
@@ -43,12 +43,18 @@ def test_best_vs_worst_with_drop_reasons_report_and_plots(tmp_path):
     manifest, scores = _generation(
         tmp_path,
         {
-            "a0": ("A", 0.30, 0.1), "a1": ("A", 0.10, 0.1), "a2": ("A", 0.20, 0.1),  # pair a1 > a0
-            "b0": ("B", 0.30, 0.1), "b1": ("B", 0.28, 0.1),  # gap 0.02 < 0.05
-            "c0": ("C", 0.50, 0.0), "c1": ("C", 0.10, 0.1),  # c0 static -> one candidate left
-            "d0": ("D", None, None), "d1": ("D", 0.9, 0.2), "d2": ("D", 0.1, 0.2),  # d0 failed
+            "a0": ("A", 0.30, 0.1),
+            "a1": ("A", 0.10, 0.1),
+            "a2": ("A", 0.20, 0.1),  # pair a1 > a0
+            "b0": ("B", 0.30, 0.1),
+            "b1": ("B", 0.28, 0.1),  # gap 0.02 < 0.05
+            "c0": ("C", 0.50, 0.0),
+            "c1": ("C", 0.10, 0.1),  # c0 static -> one candidate left
+            "d0": ("D", None, None),
+            "d1": ("D", 0.9, 0.2),
+            "d2": ("D", 0.1, 0.2),  # d0 failed
         },
-    )  # fmt: skip
+    )
     out = tmp_path / "pairs"
     result = build_pairs(scores, out, manifest=manifest)
     rows = read_jsonl(out / PAIRS_FILE)

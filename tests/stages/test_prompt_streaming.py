@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.stages.stage_helpers import write_rows
-from videogpa.engine.config import GenerationConfig
+from videogpa.engine.core.config import GenerationConfig
 from videogpa.engine.data.prompts import PromptFile, PromptItem, load_prompts, with_camera_motion
 from videogpa.engine.io.records import read_jsonl, text_lines
 from videogpa.engine.io.sharded import read_sharded
@@ -88,9 +88,21 @@ def test_generate_holds_a_batch_of_prompts_not_the_prompt_file(tmp_path, live_pr
     path = tmp_path / "long.txt"
     path.write_text("".join(f"scene number {k}\n" for k in range(LONG)))
     pipeline = write_tiny_pipeline(tmp_path / "tiny")
-    cfg = GenerationConfig(model="tiny", pipeline=str(pipeline), prompts=str(path), num_candidates=1,
-                           batch_size=2, camera_motion=True, seed=5, device="cpu", num_frames=9, height=64,
-                           width=64, steps=2, max_sequence_length=48)  # fmt: skip
+    cfg = GenerationConfig(
+        model="tiny",
+        pipeline=str(pipeline),
+        prompts=str(path),
+        num_candidates=1,
+        batch_size=2,
+        camera_motion=True,
+        seed=5,
+        device="cpu",
+        num_frames=9,
+        height=64,
+        width=64,
+        steps=2,
+        max_sequence_length=48,
+    )
     torch.set_num_threads(1)
     summary = generate.run(cfg, None, tmp_path / "gen", progress=False, shard="0/2000")
     made, peak = live_prompt_items["made"], live_prompt_items["peak"]
@@ -134,5 +146,6 @@ def test_a_one_shot_iterator_of_prompts_is_refused(tmp_path):
     items = PromptFile(write_rows(tmp_path / "p.jsonl", [{"prompt": "a red barn"}]))
     assert [it.prompt for it in items] == [it.prompt for it in items] == ["a red barn"]  # re-iterable
     with pytest.raises(TypeError, match="re-iterable"):
-        generate.generate_candidates(None, get_adapter("tiny"), iter(items), tmp_path / "gen", seeds=[0],
-                                     sampler=None, model="tiny")  # fmt: skip
+        generate.generate_candidates(
+            None, get_adapter("tiny"), iter(items), tmp_path / "gen", seeds=[0], sampler=None, model="tiny"
+        )

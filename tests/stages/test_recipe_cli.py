@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tests.stages.stage_helpers import load_recipe, write_rows
-from videogpa.engine.cli import add_config_file_flags, add_config_flags, stage_config
-from videogpa.engine.config import EncodeConfig, GenerationConfig, PairsConfig, ScoreConfig
+from videogpa.engine.core.cli import add_config_file_flags, add_config_flags, stage_config
+from videogpa.engine.core.config import EncodeConfig, GenerationConfig, PairsConfig, ScoreConfig
 
 RECIPES = ("dpo", "pipeline", "generate", "score", "pairs", "encode", "evaluate", "export")
 
@@ -35,8 +35,16 @@ def test_every_config_field_has_a_flag(cls):
 
 
 def test_list_and_nested_flags_reach_the_config():
-    args = parser_for(ScoreConfig, "score").parse_args(["--metrics", "reprojection, epipolar",
-                                                        "--epipolar-stride", "2", "--epipolar-lightglue-weights", "lg"])  # fmt: skip
+    args = parser_for(ScoreConfig, "score").parse_args(
+        [
+            "--metrics",
+            "reprojection, epipolar",
+            "--epipolar-stride",
+            "2",
+            "--epipolar-lightglue-weights",
+            "lg",
+        ]
+    )
     cfg = stage_config(ScoreConfig, "score", args)
     assert cfg.metrics == ["reprojection", "epipolar"]
     assert (cfg.epipolar.stride, cfg.epipolar.lightglue_weights, cfg.epipolar.matcher) == (

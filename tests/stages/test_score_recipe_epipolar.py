@@ -4,7 +4,7 @@ with exit 2, and the score stage (engine.stages.score) with the same settings.""
 import pytest
 
 from tests.stages.stage_helpers import load_recipe
-from videogpa.engine.config import EpipolarConfig, ScoreConfig, validate_stage
+from videogpa.engine.core.config import EpipolarConfig, ScoreConfig, validate_stage
 from videogpa.engine.geometry.lightglue import write_random_lightglue
 from videogpa.engine.io.records import read_jsonl, write_jsonl_atomic
 from videogpa.engine.scenes.video_set import write_synthetic_set
@@ -25,12 +25,24 @@ def test_metrics_and_epipolar_settings_are_checked_when_the_config_is_read():
     bad = [
         (ScoreConfig(metrics=["3dcs"]), r"'loop.score.metrics': expected a non-empty list .* got \['3dcs'\]"),
         (ScoreConfig(metrics=[]), "'loop.score.metrics': expected a non-empty list"),
-        (ScoreConfig(epipolar=EpipolarConfig(matcher="sift")), "'loop.score.epipolar.matcher': expected one of"),
-        (ScoreConfig(epipolar=EpipolarConfig(robust="lmeds")), "'loop.score.epipolar.robust': expected one of"),
-        (ScoreConfig(epipolar=EpipolarConfig(min_matches=4)), "'loop.score.epipolar.min_matches': expected at least 8"),
-        (ScoreConfig(epipolar=EpipolarConfig(inlier_threshold=1.5)), "'loop.score.epipolar.inlier_threshold'"),
+        (
+            ScoreConfig(epipolar=EpipolarConfig(matcher="sift")),
+            "'loop.score.epipolar.matcher': expected one of",
+        ),
+        (
+            ScoreConfig(epipolar=EpipolarConfig(robust="lmeds")),
+            "'loop.score.epipolar.robust': expected one of",
+        ),
+        (
+            ScoreConfig(epipolar=EpipolarConfig(min_matches=4)),
+            "'loop.score.epipolar.min_matches': expected at least 8",
+        ),
+        (
+            ScoreConfig(epipolar=EpipolarConfig(inlier_threshold=1.5)),
+            "'loop.score.epipolar.inlier_threshold'",
+        ),
         (ScoreConfig(epipolar=EpipolarConfig(stride=0)), "'loop.score.epipolar.stride': expected a positive"),
-    ]  # fmt: skip
+    ]
     for cfg, message in bad:
         with pytest.raises(ValueError, match=message):
             validate_stage(cfg, "loop.score")
@@ -50,8 +62,17 @@ def test_both_metrics_and_epipolar_alone(recipe, tmp_path, capsys):
     assert "mean 3DCS" in out and "mean Epi" in out
     lightglue = write_random_lightglue(tmp_path / "lightglue", initializer_range=0.3)
     alone = tmp_path / "alone"
-    argv = [*common, "--workdir", str(alone), "--metrics", "epipolar", "--lightglue-weights", str(lightglue),
-            "--pair-stride", "2"]  # fmt: skip
+    argv = [
+        *common,
+        "--workdir",
+        str(alone),
+        "--metrics",
+        "epipolar",
+        "--lightglue-weights",
+        str(lightglue),
+        "--pair-stride",
+        "2",
+    ]
     assert recipe.main(argv) == 0
     rows = read_jsonl(alone / "videos" / "scores.jsonl")
     assert all(r["status"] == "ok" and EPI_FIELDS <= r.keys() and "score" not in r for r in rows)
@@ -60,10 +81,38 @@ def test_both_metrics_and_epipolar_alone(recipe, tmp_path, capsys):
 
 
 def test_short_and_config_flags_set_the_same_keys(recipe):
-    short = recipe.parse_args(["--metrics", "epipolar", "--matcher", "oracle", "--pair-stride", "3",
-                               "--match-size", "64", "--min-matches", "20", "--robust", "kornia"])  # fmt: skip
-    long = recipe.parse_args(["--metrics", "epipolar", "--epipolar-matcher", "oracle", "--epipolar-stride", "3",
-                              "--epipolar-size", "64", "--epipolar-min-matches", "20", "--epipolar-robust", "kornia"])  # fmt: skip
+    short = recipe.parse_args(
+        [
+            "--metrics",
+            "epipolar",
+            "--matcher",
+            "oracle",
+            "--pair-stride",
+            "3",
+            "--match-size",
+            "64",
+            "--min-matches",
+            "20",
+            "--robust",
+            "kornia",
+        ]
+    )
+    long = recipe.parse_args(
+        [
+            "--metrics",
+            "epipolar",
+            "--epipolar-matcher",
+            "oracle",
+            "--epipolar-stride",
+            "3",
+            "--epipolar-size",
+            "64",
+            "--epipolar-min-matches",
+            "20",
+            "--epipolar-robust",
+            "kornia",
+        ]
+    )
     assert vars(short) == vars(long)
     cfg = recipe.stage_config(ScoreConfig, "score", short)
     assert cfg.metrics == ["epipolar"] and cfg.size is None  # --match-size is the epipolar section's
@@ -74,12 +123,33 @@ def test_short_and_config_flags_set_the_same_keys(recipe):
 
 def test_bad_epipolar_input_is_one_line_exit_2(recipe, tmp_path, capsys):
     cases = [
-        (["--metrics", "reprojection,epi"], "error: config key 'loop.score.metrics': expected a non-empty list"),
+        (
+            ["--metrics", "reprojection,epi"],
+            "error: config key 'loop.score.metrics': expected a non-empty list",
+        ),
         (["--metrics", "epipolar"], "error: epipolar: matcher 'lightglue' needs lightglue_weights"),
-        (["--metrics", "epipolar", "--lightglue-weights", str(tmp_path / "none")], f"error: LightGlue weights folder {tmp_path / 'none'} has no config.json"),
-        (["--metrics", "epipolar", "--matcher", "oracle", "--min-matches", "4"], "error: config key 'loop.score.epipolar.min_matches': expected at least 8"),
-        (["--metrics", "reprojection,epipolar", "--matcher", "oracle", "--geometry", "vggt", "--weights", "v.safetensors"], "error: score: epipolar matcher 'oracle' matches through each video's stored geometry"),
-    ]  # fmt: skip
+        (
+            ["--metrics", "epipolar", "--lightglue-weights", str(tmp_path / "none")],
+            f"error: LightGlue weights folder {tmp_path / 'none'} has no config.json",
+        ),
+        (
+            ["--metrics", "epipolar", "--matcher", "oracle", "--min-matches", "4"],
+            "error: config key 'loop.score.epipolar.min_matches': expected at least 8",
+        ),
+        (
+            [
+                "--metrics",
+                "reprojection,epipolar",
+                "--matcher",
+                "oracle",
+                "--geometry",
+                "vggt",
+                "--weights",
+                "v.safetensors",
+            ],
+            "error: score: epipolar matcher 'oracle' matches through each video's stored geometry",
+        ),
+    ]
     for argv, message in cases:
         assert recipe.main([*argv, "--workdir", str(tmp_path / "w")]) == 2
         err = capsys.readouterr().err.strip()
@@ -94,8 +164,13 @@ def test_score_stage_with_the_epipolar_metric(tmp_path):
     write_jsonl_atomic(
         manifest, [{**r, "prompt_id": "s0", "seed": k} for k, r in enumerate(read_jsonl(manifest))]
     )
-    cfg = ScoreConfig(geometry="oracle", num_frames=4, device="cpu", metrics=["epipolar"],
-                      epipolar=EpipolarConfig(matcher="oracle"))  # fmt: skip
+    cfg = ScoreConfig(
+        geometry="oracle",
+        num_frames=4,
+        device="cpu",
+        metrics=["epipolar"],
+        epipolar=EpipolarConfig(matcher="oracle"),
+    )
     scorer = Scorer.build(cfg)
     assert scorer.model is None and scorer.lpips is None and scorer.epipolar is not None
     new = scorer.score(manifest, tmp_path / "gen" / "scores.jsonl", progress=False)
@@ -116,7 +191,11 @@ def test_epipolar_alone_needs_no_geometry_sidecar(tmp_path):
     for sidecar in (tmp_path / "gen").rglob("*.geometry.safetensors"):
         sidecar.unlink()
     lightglue = write_random_lightglue(tmp_path / "lightglue", initializer_range=0.3)
-    cfg = ScoreConfig(num_frames=4, device="cpu", metrics=["epipolar"],
-                      epipolar=EpipolarConfig(lightglue_weights=str(lightglue)))  # fmt: skip
+    cfg = ScoreConfig(
+        num_frames=4,
+        device="cpu",
+        metrics=["epipolar"],
+        epipolar=EpipolarConfig(lightglue_weights=str(lightglue)),
+    )
     new = Scorer.build(cfg).score(manifest, tmp_path / "scores.jsonl", progress=False)
     assert len(new) == 2 and all(r["status"] == "ok" and r["epi_pairs"] == 3 for r in new), new

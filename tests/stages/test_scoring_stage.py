@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.stages.stage_helpers import write_rows
-from videogpa.engine.config import ScoreConfig
+from videogpa.engine.core.config import ScoreConfig
 from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.video import write_video
@@ -19,9 +19,13 @@ def test_score_stage_rows_errors_and_completeness(tmp_path):
     gen.mkdir()
     write_video(gen / "a_s0.mp4", torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
     (gen / "a_s1.mp4").write_bytes(b"not a video")
-    manifest = write_rows(gen / "manifest.jsonl", [
-        {"video": "a_s0.mp4", "prompt_id": "a", "seed": 0}, {"video": "a_s1.mp4", "prompt_id": "a", "seed": 1},
-    ])  # fmt: skip
+    manifest = write_rows(
+        gen / "manifest.jsonl",
+        [
+            {"video": "a_s0.mp4", "prompt_id": "a", "seed": 0},
+            {"video": "a_s1.mp4", "prompt_id": "a", "seed": 1},
+        ],
+    )
     scores = gen / "scores.jsonl"
     assert unscored(manifest, scores) == [str(gen / "a_s0.mp4"), str(gen / "a_s1.mp4")]
     scorer = Scorer.build(ScoreConfig(weights=str(weights), random_weights=True, num_frames=4, device="cpu"))

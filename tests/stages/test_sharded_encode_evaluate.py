@@ -36,13 +36,37 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pairs_index(root):
     """4 pairs of tiny videos; the winners lost their stored latents, so their videos go through the VAE."""
-    sampler = SamplerSettings(num_frames=9, height=16, width=16, steps=2, guidance_scale=1.0,
-                              max_sequence_length=16, negative_prompt=None, fps=8)  # fmt: skip
+    sampler = SamplerSettings(
+        num_frames=9,
+        height=16,
+        width=16,
+        steps=2,
+        guidance_scale=1.0,
+        max_sequence_length=16,
+        negative_prompt=None,
+        fps=8,
+    )
     items = [PromptItem(f"p{i}", f"prompt number {i}") for i in range(4)]
-    generate_candidates(load_pipeline("tiny", root / "tiny"), get_adapter("tiny"), items, root / "gen", seeds=[0, 1],
-                        sampler=sampler, model="tiny", batch_size=2, progress=False)  # fmt: skip
-    scores = [{"video": str(root / "gen" / r["video"]), "status": "ok", "score": 0.1 + 0.3 * r["seed"] + 0.01 * i,
-               "motion": 0.5} for i, r in enumerate(read_jsonl(root / "gen" / MANIFEST))]  # fmt: skip
+    generate_candidates(
+        load_pipeline("tiny", root / "tiny"),
+        get_adapter("tiny"),
+        items,
+        root / "gen",
+        seeds=[0, 1],
+        sampler=sampler,
+        model="tiny",
+        batch_size=2,
+        progress=False,
+    )
+    scores = [
+        {
+            "video": str(root / "gen" / r["video"]),
+            "status": "ok",
+            "score": 0.1 + 0.3 * r["seed"] + 0.01 * i,
+            "motion": 0.5,
+        }
+        for i, r in enumerate(read_jsonl(root / "gen" / MANIFEST))
+    ]
     write_rows(root / "gen" / "scores.jsonl", scores)
     index = build_pairs(
         root / "gen" / "scores.jsonl", root / "pairs", manifest=root / "gen" / MANIFEST, plots=False
@@ -56,8 +80,23 @@ def pairs_index(root):
 
 
 def encode(root, index, out, *extra, launcher=()):
-    return start("encode", "--pipeline", root / "tiny", "--pairs", index, "--out-dir", out, "--heldout-fraction", 0.25,
-                 "--shard-size", 2, "--device", "cpu", *extra, launcher=launcher)  # fmt: skip
+    return start(
+        "encode",
+        "--pipeline",
+        root / "tiny",
+        "--pairs",
+        index,
+        "--out-dir",
+        out,
+        "--heldout-fraction",
+        0.25,
+        "--shard-size",
+        2,
+        "--device",
+        "cpu",
+        *extra,
+        launcher=launcher,
+    )
 
 
 def shard_folders(out: Path) -> dict[str, bytes]:
@@ -103,11 +142,18 @@ def eval_inputs(root):
     )
     lora = save_lora_weights(model, root / "lora")
     (root / "heldout.txt").write_text("a sunlit museum hall\na harbour with fishing boats\n")
-    return [f"--set={s}" for s in (
-        f"loop.generation.pipeline={root / 'tiny'}", "loop.generation.steps=2", "loop.generation.batch_size=2",
-        f"loop.score.weights={root / 'vggt.safetensors'}", "loop.score.random_weights=true",
-        f"loop.evaluate.prompts={root / 'heldout.txt'}", "loop.evaluate.num_candidates=2",
-    )] + ["--lora", str(lora)]  # fmt: skip
+    return [
+        f"--set={s}"
+        for s in (
+            f"loop.generation.pipeline={root / 'tiny'}",
+            "loop.generation.steps=2",
+            "loop.generation.batch_size=2",
+            f"loop.score.weights={root / 'vggt.safetensors'}",
+            "loop.score.random_weights=true",
+            f"loop.evaluate.prompts={root / 'heldout.txt'}",
+            "loop.evaluate.num_candidates=2",
+        )
+    ] + ["--lora", str(lora)]
 
 
 def evaluate(eval_inputs, out, *extra, launcher=()):
@@ -130,7 +176,7 @@ def outputs(out: Path) -> dict:
             "scores": {
                 Path(r["video"]).name: {k: v for k, v in r.items() if k not in ("seconds", "video")}
                 for r in scores
-            },  # fmt: skip
+            },
             "latents": {r["video"]: load_file(str(folder / r["latents"]))["latents"] for r in rows},
         }
     return found
@@ -151,8 +197,10 @@ def test_evaluate_sharded_equals_one_process_and_a_partial_run_is_finished_by_an
     reference = outputs(one)
     assert reference["table"]["videos"] == 4 and reference["base"]["manifest"][0]["lora"] is None
     assert {r["lora"] for r in reference["lora"]["manifest"]} == {str(Path(eval_inputs[-1]).resolve())}
-    assert any(not torch.equal(reference["base"]["latents"][k], reference["lora"]["latents"][k])
-               for k in reference["base"]["latents"])  # fmt: skip
+    assert any(
+        not torch.equal(reference["base"]["latents"][k], reference["lora"]["latents"][k])
+        for k in reference["base"]["latents"]
+    )
     assert_same(outputs(ranks), reference)
     (out,) = finish(evaluate(eval_inputs, mixed, "--shard", "0/3"))  # shards 1/3, 2/3 never ran
     assert (

@@ -35,9 +35,29 @@ def inputs(tmp_path_factory):
 
 def generate(inputs, out_dir, *extra, launcher=()) -> subprocess.Popen:
     _, pipeline, prompts = inputs
-    return start("generate", "--model", "tiny", "--pipeline", pipeline, "--prompts", prompts, "--out-dir", out_dir,
-                 "--num-candidates", 2, "--batch-size", 2, "--num-frames", 9, "--steps", 2, "--device", "cpu",
-                 *extra, launcher=launcher)  # fmt: skip
+    return start(
+        "generate",
+        "--model",
+        "tiny",
+        "--pipeline",
+        pipeline,
+        "--prompts",
+        prompts,
+        "--out-dir",
+        out_dir,
+        "--num-candidates",
+        2,
+        "--batch-size",
+        2,
+        "--num-frames",
+        9,
+        "--steps",
+        2,
+        "--device",
+        "cpu",
+        *extra,
+        launcher=launcher,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +106,12 @@ def test_two_concurrent_shards_write_disjoint_files_equal_to_one_process(inputs,
     assert zero.isdisjoint(one) and zero | one == files(
         out
     )  # no lock, temp or shared file left, none unnamed
-    assert zero - {"manifest.shard-0-of-2.jsonl"} == {"videos/barn_s0.mp4", "videos/barn_s1.mp4",
-                                                       "latents/barn_s0.safetensors", "latents/barn_s1.safetensors"}  # fmt: skip
+    assert zero - {"manifest.shard-0-of-2.jsonl"} == {
+        "videos/barn_s0.mp4",
+        "videos/barn_s1.mp4",
+        "latents/barn_s0.safetensors",
+        "latents/barn_s1.safetensors",
+    }
     assert_same_outputs(out, one_process)
 
 
@@ -117,8 +141,10 @@ def test_a_missing_shard_is_finished_by_a_rerun_with_another_n_each_candidate_on
 
 def score_rows(scores: Path) -> list[dict]:
     """Each video's row, without its timing."""
-    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in score.latest_rows(scores)),
-                  key=lambda r: r["video"])  # fmt: skip
+    return sorted(
+        ({k: v for k, v in r.items() if k != "seconds"} for r in score.latest_rows(scores)),
+        key=lambda r: r["video"],
+    )
 
 
 def test_score_shards_equal_one_process_and_never_share_a_file(inputs):

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.stages.stage_helpers import load_recipe, write_rows
-from videogpa.engine.config import GenerationConfig, ScoreConfig
+from videogpa.engine.core.config import GenerationConfig, ScoreConfig
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.sharded import read_sharded, shard_files, shard_path
@@ -124,8 +124,12 @@ def test_shards_of_one_run_share_a_folder_and_nothing_else_does(tmp_path):
         with lock(Shard(1, 2)) as other:  # the other shard of the run: allowed
             assert other.name == ".lock.generate.shard-1-of-2"
         # the same shard, one process, another sharding, another stage
-        for refused, stage in ((Shard(0, 2), "generate"), (Shard(), "generate"), (Shard(1, 3), "generate"),
-                               (Shard(1, 2), "score")):  # fmt: skip
+        for refused, stage in (
+            (Shard(0, 2), "generate"),
+            (Shard(), "generate"),
+            (Shard(1, 3), "generate"),
+            (Shard(1, 2), "score"),
+        ):
             with pytest.raises(ValueError, match=rf"in use by another process \(pid {os.getpid()}; lock .*"):
                 with lock(refused, stage):
                     pass

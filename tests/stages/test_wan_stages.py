@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.stages.stage_helpers import build_pairs, write_rows
-from videogpa.engine.config import EncodeConfig, GenerationConfig
+from videogpa.engine.core.config import EncodeConfig, GenerationConfig
 from videogpa.engine.data.preference import PreferenceDataset, collate_pairs
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.models import get_adapter
@@ -28,26 +28,64 @@ def wan_folder(tmp_path_factory):
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                                               num_heads=4, relative_attention_num_buckets=8)).eval()  # fmt: skip
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[0.5, 2.0, 1.0, 1.5])  # fmt: skip
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=4, out_channels=4, text_dim=32, ffn_dim=32, num_layers=2,
-                                        rope_max_seq_len=32)  # fmt: skip
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
+    ).eval()
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        latents_mean=[0.1, -0.2, 0.0, 0.3],
+        latents_std=[0.5, 2.0, 1.0, 1.5],
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
     )
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                       transformer=transformer, expand_timesteps=True)  # fmt: skip
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
+        expand_timesteps=True,
+    )
     folder = tmp_path_factory.mktemp("wan") / "pipeline"
     pipe.save_pretrained(folder)
     return folder
 
 
 def _config(folder, prompts):
-    return GenerationConfig(model="wan2.2-ti2v", pipeline=str(folder), prompts=str(prompts), num_candidates=2,
-                            num_frames=9, height=32, width=32, steps=2, max_sequence_length=16)  # fmt: skip
+    return GenerationConfig(
+        model="wan2.2-ti2v",
+        pipeline=str(folder),
+        prompts=str(prompts),
+        num_candidates=2,
+        num_frames=9,
+        height=32,
+        width=32,
+        steps=2,
+        max_sequence_length=16,
+    )
 
 
 def test_wan_text_to_video_generation_encode_and_adapter(wan_folder, tmp_path):
@@ -63,8 +101,15 @@ def test_wan_text_to_video_generation_encode_and_adapter(wan_folder, tmp_path):
 
     latents = load_file(str(tmp_path / "gen" / manifest[0]["latents"]))["latents"]
     assert tuple(latents.shape) == (4, 3, 4, 4)  # Wan layout [C, F, H, W]
-    scores = [{"video": str(tmp_path / "gen" / r["video"]), "status": "ok", "score": 0.1 * (1 + r["seed"]),
-               "motion": 1.0} for r in manifest]  # fmt: skip
+    scores = [
+        {
+            "video": str(tmp_path / "gen" / r["video"]),
+            "status": "ok",
+            "score": 0.1 * (1 + r["seed"]),
+            "motion": 1.0,
+        }
+        for r in manifest
+    ]
     write_rows(tmp_path / "scores.jsonl", scores)
     build_pairs(
         tmp_path / "scores.jsonl", tmp_path / "pairs", manifest=tmp_path / "gen" / MANIFEST, plots=False
@@ -105,11 +150,18 @@ def test_wan_image_to_video(wan_folder, tmp_path):
     sampler = generate.sampler_settings(cfg)
     pipe = load_pipeline("wan2.2-ti2v", wan_folder, image_to_video=True)
     for row in rows:
-        own = pipe(prompt=row["prompt"], image=Image.open(tmp_path / "f.png").convert("RGB"),
-                   generator=torch.Generator().manual_seed(row["seed"]), num_frames=sampler.num_frames,
-                   height=sampler.height, width=sampler.width, num_inference_steps=sampler.steps,
-                   guidance_scale=sampler.guidance_scale, max_sequence_length=sampler.max_sequence_length,
-                   output_type="latent").frames[0]  # fmt: skip
+        own = pipe(
+            prompt=row["prompt"],
+            image=Image.open(tmp_path / "f.png").convert("RGB"),
+            generator=torch.Generator().manual_seed(row["seed"]),
+            num_frames=sampler.num_frames,
+            height=sampler.height,
+            width=sampler.width,
+            num_inference_steps=sampler.steps,
+            guidance_scale=sampler.guidance_scale,
+            max_sequence_length=sampler.max_sequence_length,
+            output_type="latent",
+        ).frames[0]
         saved = load_file(tmp_path / "gen" / row["latents"])["latents"]
         torch.testing.assert_close(saved, own, atol=1e-4, rtol=1e-4)
     # The image really conditions the video: same prompt and seeds, another image -> other latents.

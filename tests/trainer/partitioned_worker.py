@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from videogpa.engine import distributed as D
-from videogpa.engine.config import config_from_dict
-from videogpa.engine.dpo_reference import online_reference
-from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
-from videogpa.engine.policy import build_policy, model_adapter
+from videogpa.engine.core.config import config_from_dict
+from videogpa.engine.runtime import distributed as D
+from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward
+from videogpa.engine.train.policy import build_policy, model_adapter
+from videogpa.engine.train.reference import online_reference
 from videogpa.engine.types import Conditioning
 
 LATENTS = (2, 4, 4, 4)  # one sample [F, C, H, W] (CogVideoX's BFCHW layout)
@@ -44,16 +44,19 @@ def reset_peak() -> int:
 
 
 def config(folder: str, out: str, reference: str, **distributed):
-    return config_from_dict({
-        "seed": 0, "output_dir": out,
-        "model": {"name": "cogvideox-t2v", "path": folder, "gradient_checkpointing": True},
-        "lora": {"rank": 4, "alpha": 8},
-        "data": {"synthetic": {}},  # unused: the steps below make their own pairs
-        "dpo": {"beta": 50.0, "reference": reference},
-        "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "train": {"max_steps": 1, "micro_batch_size": 1, "global_batch_size": 2, "precision": "fp32"},
-        "distributed": distributed,
-    })  # fmt: skip
+    return config_from_dict(
+        {
+            "seed": 0,
+            "output_dir": out,
+            "model": {"name": "cogvideox-t2v", "path": folder, "gradient_checkpointing": True},
+            "lora": {"rank": 4, "alpha": 8},
+            "data": {"synthetic": {}},  # unused: the steps below make their own pairs
+            "dpo": {"beta": 50.0, "reference": reference},
+            "optim": {"lr": 1e-3, "warmup_steps": 1},
+            "train": {"max_steps": 1, "micro_batch_size": 1, "global_batch_size": 2, "precision": "fp32"},
+            "distributed": distributed,
+        }
+    )
 
 
 def batch(adapter, text_shape: tuple[int, int], step: int):
@@ -80,8 +83,11 @@ def train(cfg, text_shape) -> dict:
     result["optimizer"] = type(engine.optimizer.optimizer).__name__
     if frozen is not None:  # the separate reference: its own engine over partitioned, LoRA-free weights
         params = list(frozen.module.named_parameters())
-        result["reference"] = {"engine": type(frozen).__name__, "partitioned": all(p.numel() == 0 for _, p in params),
-                               "lora": any("lora_" in n for n, _ in params)}  # fmt: skip
+        result["reference"] = {
+            "engine": type(frozen).__name__,
+            "partitioned": all(p.numel() == 0 for _, p in params),
+            "lora": any("lora_" in n for n, _ in params),
+        }
     reference, settings = online_reference(adapter, engine, frozen, lora=True), LossSettings(cfg.dpo.beta)
     out = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, 0), settings)
     engine.backward(out.loss)

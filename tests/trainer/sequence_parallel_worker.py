@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 
 from tests.models import model_builders as B
-from videogpa.engine.compiling import compile_blocks
-from videogpa.engine.dpo_reference import online_reference
-from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.common import ATTENTION_PROJECTIONS
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing, trainable_parameters
-from videogpa.engine.sequence_parallel import enable_sequence_parallel
+from videogpa.engine.runtime.compiling import compile_blocks
+from videogpa.engine.runtime.sequence_parallel import enable_sequence_parallel
+from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward
+from videogpa.engine.train.reference import online_reference
 from videogpa.engine.types import DTYPES
 
 GRID = (3, 6, 6)  # latent frames × height × width: 27 video tokens, uneven over 2 or 4 ranks
@@ -74,8 +74,17 @@ def check(family: str, dtype: torch.dtype, size: int, rank: int) -> None:
     pairs = 2
     latents_w, latents_l = (torch.randn(pairs, *shape, generator=gen) for _ in range(2))
     cond = B.cond(pairs, _image(adapter, latents_w) if image_conditioned else None)
-    inputs = build_inputs(adapter, latents_w, latents_l, cond, torch.arange(pairs), torch.zeros(pairs, dtype=torch.long),
-                          seed=3, device=torch.device("cpu"), dtype=dtype)  # fmt: skip
+    inputs = build_inputs(
+        adapter,
+        latents_w,
+        latents_l,
+        cond,
+        torch.arange(pairs),
+        torch.zeros(pairs, dtype=torch.long),
+        seed=3,
+        device=torch.device("cpu"),
+        dtype=dtype,
+    )
     loss = LossSettings(beta=500.0)
     whole = one_step(adapter, model, inputs, loss)
     parts = one_step(adapter, split, inputs, loss)

@@ -6,10 +6,10 @@ import torch
 
 from tests.models.model_builders import cogvideox_t2v, cond, wan_ti2v
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.attention import select_sdpa_kernel, set_diffusers_attention
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models import lora as lora_module
 from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointing
+from videogpa.engine.runtime.attention import select_sdpa_kernel, set_diffusers_attention
 
 
 def _grads(checkpointed_fraction, monkeypatch):
@@ -81,9 +81,13 @@ def test_diffusers_backends_only_where_the_family_dispatches():
     set_diffusers_attention(wan, adapter, "native")  # PyTorch SDPA through diffusers: always there
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("checkpoint_fraction", 0.0, "expected a fraction in"), ("attention_backend", "xformerz", "expected one of"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("checkpoint_fraction", 0.0, "expected a fraction in"),
+        ("attention_backend", "xformerz", "expected one of"),
+    ],
+)
 def test_config_errors(tmp_path, key, value, message):
     with pytest.raises(ValueError, match=f"model.{key}.*{message}|{message}.*"):
         tiny_config(tmp_path, model={"name": "tiny", key: value})
@@ -94,8 +98,8 @@ def test_regional_compile_of_the_blocks_trains_like_eager(tmp_path):
     an unknown backend is named. (aot_eager: the compiler's graph capture without code generation, fast on a CPU.)"""
     from safetensors.torch import load_file
 
-    from videogpa.engine.logging_utils import read_metrics
-    from videogpa.engine.trainer import Trainer
+    from videogpa.engine.train.run_logs import read_metrics
+    from videogpa.engine.train.trainer import Trainer
 
     train = {"max_steps": 2, "checkpoint_every": 0}
     runs = {}

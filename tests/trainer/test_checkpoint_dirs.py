@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from videogpa.engine import checkpoint as ckpt
+from videogpa.engine.train import checkpoint as ckpt
 
 
 class FolderEngine:

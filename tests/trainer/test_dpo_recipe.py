@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.config import save_config
-from videogpa.engine.distributed import child_env
-from videogpa.engine.logging_utils import read_metrics
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.core.config import save_config
+from videogpa.engine.runtime.distributed import child_env
+from videogpa.engine.train.run_logs import read_metrics
+from videogpa.engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.models import model_builders as builders
-from videogpa.engine import dpo_reference as R
-from videogpa.engine.dpo_step import LossSettings, build_inputs, dpo_forward, pair_draws
 from videogpa.engine.models import TINY, get_adapter
 from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
+from videogpa.engine.train import reference as R
+from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward, pair_draws
 from videogpa.engine.types import Conditioning
 from videogpa.kernels.dpo_loss import per_sample_mse
 
@@ -94,7 +94,7 @@ def test_full_finetuning_with_a_frozen_copy_gives_every_parameter_a_gradient():
         for p in model.parameters():
             p.add_(1e-3 * torch.randn_like(p))
     model.train()
-    out = dpo_forward(adapter, model, R.Frozen(adapter, frozen), _inputs(adapter, w, lo, cond), LOSS)
+    out = dpo_forward(adapter, model, R.Separate(adapter, frozen), _inputs(adapter, w, lo, cond), LOSS)
     out.loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
@@ -115,7 +115,7 @@ def test_winner_and_loser_share_noise_and_timestep_and_the_policy_runs_once_on_t
         lambda m, args, kwargs: calls.append((kwargs["hidden_states"].shape[0], torch.is_grad_enabled())),
         with_kwargs=True,
     )
-    dpo_forward(adapter, model, R.Frozen(adapter, frozen), inputs, LOSS)
+    dpo_forward(adapter, model, R.Separate(adapter, frozen), inputs, LOSS)
     assert calls == [(6, True)]  # the policy: once, on [w; l]
 
 

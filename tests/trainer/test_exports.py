@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from tests.stages.stage_helpers import load_recipe
 from tests.trainer.trainer_helpers import BASE, tiny_config
-from videogpa.engine.config import config_from_dict
-from videogpa.engine.exports import COMFYUI_NAME, INFO_KEY, MERGED_NAME
+from videogpa.engine.core.config import config_from_dict
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME, METADATA_KEY
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.train.exports import COMFYUI_NAME, INFO_KEY, MERGED_NAME
+from videogpa.engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 ALL = ["diffusers", "comfyui", "merged"]
@@ -41,10 +41,16 @@ def finished(tmp_path_factory):
 
 def test_the_trainer_writes_every_format_with_the_runs_metadata(finished):
     out, result = finished
-    expected = {"base_model": {"name": "tiny", "path": None}, "rank": BASE["lora"]["rank"],
-                "alpha": float(BASE["lora"]["alpha"]), "targets": ["to_q", "to_k", "to_v", "to_out.0"], "steps": 2,
-                "beta": BASE["dpo"]["beta"], "heldout_accuracy_before": result["heldout_accuracy_before"],
-                "heldout_accuracy_after": result["heldout_accuracy_after"]}  # fmt: skip
+    expected = {
+        "base_model": {"name": "tiny", "path": None},
+        "rank": BASE["lora"]["rank"],
+        "alpha": float(BASE["lora"]["alpha"]),
+        "targets": ["to_q", "to_k", "to_v", "to_out.0"],
+        "steps": 2,
+        "beta": BASE["dpo"]["beta"],
+        "heldout_accuracy_before": result["heldout_accuracy_before"],
+        "heldout_accuracy_after": result["heldout_accuracy_after"],
+    }
     assert json.loads((out / "eval.json").read_text()) == result
     for path in (out / LORA_WEIGHT_NAME, out / COMFYUI_NAME):
         assert _info(path) == expected
@@ -68,15 +74,21 @@ def test_the_recipe_exports_a_finished_run_folder(finished, tmp_path, capsys):
     [
         (["--run", "{tmp}/nothing"], r"^error: run folder \S+/nothing does not exist$"),
         (["--run", "{tmp}"], r"^error: \S+ is not a trainer run folder: no config.yaml and no checkpoint$"),
-        (["--run", "{run}", "--formats", "comfyui,onnx", "--out", "{tmp}/x"],
-         r"^error: export formats \['comfyui', 'onnx'\]: expected some of \['diffusers', 'comfyui', 'merged'\]$"),
-        (["--run", "{run}", "--set", "lora.rank=8", "--out", "{tmp}/x"],
-         r"^error: \S+/pytorch_lora_weights.safetensors: rank 4, alpha 8.0 differ from the run's config "
-         r"\(lora.rank 8, lora.alpha 8.0\)$"),
-        (["--run", "{run}", "--set", "model.path={tmp}/base", "--formats", "merged", "--out", "{tmp}/x"],
-         r"^error: .*\S+/base.* does not exist"),
+        (
+            ["--run", "{run}", "--formats", "comfyui,onnx", "--out", "{tmp}/x"],
+            r"^error: export formats \['comfyui', 'onnx'\]: expected some of \['diffusers', 'comfyui', 'merged'\]$",
+        ),
+        (
+            ["--run", "{run}", "--set", "lora.rank=8", "--out", "{tmp}/x"],
+            r"^error: \S+/pytorch_lora_weights.safetensors: rank 4, alpha 8.0 differ from the run's config "
+            r"\(lora.rank 8, lora.alpha 8.0\)$",
+        ),
+        (
+            ["--run", "{run}", "--set", "model.path={tmp}/base", "--formats", "merged", "--out", "{tmp}/x"],
+            r"^error: .*\S+/base.* does not exist",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_and_exit_2(finished, tmp_path, capsys, args, message):
     import re
 
@@ -105,7 +117,11 @@ def test_a_run_without_its_lora_file_is_named(finished, tmp_path, capsys):
     ],
 )
 def test_export_formats_are_validated(train, lora, message):
-    data = {**BASE, "train": {**BASE["train"], **train}, "lora": {**BASE["lora"], **lora},
-            "dpo": {**BASE["dpo"], "reference": "separate"}}  # fmt: skip
+    data = {
+        **BASE,
+        "train": {**BASE["train"], **train},
+        "lora": {**BASE["lora"], **lora},
+        "dpo": {**BASE["dpo"], "reference": "separate"},
+    }
     with pytest.raises(ValueError, match=rf"config key 'train.export_formats': .*{message}"):
         config_from_dict(data)

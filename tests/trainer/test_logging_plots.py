@@ -2,7 +2,7 @@
 
 import pytest
 
-from videogpa.engine.logging_utils import moving_average, plot_training_curves
+from videogpa.engine.train.run_logs import moving_average, plot_training_curves
 
 
 def test_moving_average_by_hand():

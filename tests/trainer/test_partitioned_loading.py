@@ -1,4 +1,4 @@
-"""Partitioned loading under ZeRO-3 (engine/partitioned_loading.py), on two CPU ranks (deepspeed launcher,
+"""Partitioned loading under ZeRO-3 (engine/runtime/partitioned_loading.py), on two CPU ranks (deepspeed launcher,
 gloo): a ~214 M-parameter CogVideoX transformer saved on disk is set up with each rank's peak resident memory
 well under the model's full fp32 size (and under that of two models with the `separate` reference, loaded
 partitioned too), and training from it (LoRA, activation checkpointing) equals training from a plain whole
@@ -17,15 +17,27 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 from safetensors.torch import load_file
 
-from videogpa.engine.distributed import child_env
+from videogpa.engine.runtime.distributed import child_env
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("partitioned_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 # Wide and shallow: 4 blocks of width 16 × 128 = 2048 (about 214 M parameters, 0.86 GB in fp32).
-WIDE = dict(num_attention_heads=16, attention_head_dim=128, in_channels=4, out_channels=4, time_embed_dim=128,
-            text_embed_dim=32, num_layers=4, sample_width=4, sample_height=4, sample_frames=5, patch_size=2,
-            max_text_seq_length=8, use_rotary_positional_embeddings=True)  # fmt: skip
+WIDE = dict(
+    num_attention_heads=16,
+    attention_head_dim=128,
+    in_channels=4,
+    out_channels=4,
+    time_embed_dim=128,
+    text_embed_dim=32,
+    num_layers=4,
+    sample_width=4,
+    sample_height=4,
+    sample_frames=5,
+    patch_size=2,
+    max_text_seq_length=8,
+    use_rotary_positional_embeddings=True,
+)
 
 
 def _save_model(folder: Path) -> int:
@@ -117,8 +129,8 @@ def _zero3_config() -> dict:
 def test_one_rank_partitioned_load_equals_from_pretrained(tmp_path):
     import deepspeed
 
-    from videogpa.engine.distributed import init_distributed
-    from videogpa.engine.partitioned_loading import load_partitioned
+    from videogpa.engine.runtime.distributed import init_distributed
+    from videogpa.engine.runtime.partitioned_loading import load_partitioned
 
     expected = _small(tmp_path / "t").state_dict()
     init_distributed()
@@ -135,8 +147,8 @@ def test_one_rank_partitioned_load_equals_from_pretrained(tmp_path):
 def test_weights_not_matching_the_config_are_a_clear_error(tmp_path):
     from safetensors.torch import save_file
 
-    from videogpa.engine.distributed import init_distributed
-    from videogpa.engine.partitioned_loading import load_partitioned
+    from videogpa.engine.runtime.distributed import init_distributed
+    from videogpa.engine.runtime.partitioned_loading import load_partitioned
 
     state = _small(tmp_path / "t").state_dict()
     state.pop("proj_out.weight")
@@ -148,8 +160,8 @@ def test_weights_not_matching_the_config_are_a_clear_error(tmp_path):
 
 def test_full_finetuning_against_the_separate_reference_keeps_it_frozen(tmp_path):
     from tests.trainer.trainer_helpers import tiny_config
-    from videogpa.engine.logging_utils import read_metrics
-    from videogpa.engine.trainer import Trainer
+    from videogpa.engine.train.run_logs import read_metrics
+    from videogpa.engine.train.trainer import Trainer
 
     train = {"max_steps": 2, "checkpoint_every": 0}
     cfg = tiny_config(tmp_path, lora={"enabled": False}, dpo={"reference": "separate"}, train=train)
@@ -166,10 +178,10 @@ def test_both_a14b_experts_load_partitioned_under_zero3(tmp_path):
     import deepspeed
 
     from tests.models import model_builders as builders
-    from videogpa.engine.distributed import init_distributed
     from videogpa.engine.models import get_adapter
-    from videogpa.engine.models.wan_experts import WanExperts
-    from videogpa.engine.partitioned_loading import load_transformer
+    from videogpa.engine.models.wan22_a14b import WanExperts
+    from videogpa.engine.runtime.distributed import init_distributed
+    from videogpa.engine.runtime.partitioned_loading import load_transformer
 
     torch.manual_seed(0)
     experts = builders.wan_experts()

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 from tests.trainer.test_dpo_recipe import RECIPE, _free_port, _run
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.config import config_from_dict, save_config
-from videogpa.engine.logging_utils import read_metrics
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.core.config import config_from_dict, save_config
+from videogpa.engine.train.run_logs import read_metrics
+from videogpa.engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 WORKER = "tests.trainer.sequence_parallel_worker"  # run as a module from the repository root
@@ -94,8 +94,12 @@ def test_two_ranks_with_sequence_parallel_2_equal_one_rank(tmp_path):
 
 def test_four_ranks_dp2_sp2_equal_two_ranks_dp2(tmp_path):
     """Full fine-tuning against the `separate` (frozen, also split) reference, same global batch."""
-    sections = dict(train=TRAIN, lora={"enabled": False}, dpo={"beta": 500.0, "reference": "separate"},
-                    optim={"lr": 1e-5, "warmup_steps": 2})  # fmt: skip
+    sections = dict(
+        train=TRAIN,
+        lora={"enabled": False},
+        dpo={"beta": 500.0, "reference": "separate"},
+        optim={"lr": 1e-5, "warmup_steps": 2},
+    )
     dp = _launched(tmp_path, "dp", 2, **sections)
     sp = _launched(tmp_path, "sp", 4, **sections, distributed={"sequence_parallel": 2})
     _assert_same_run(dp, sp, weights="transformer/diffusion_pytorch_model.safetensors")
@@ -103,8 +107,11 @@ def test_four_ranks_dp2_sp2_equal_two_ranks_dp2(tmp_path):
 
 def test_resumed_sequence_parallel_run_equals_an_uninterrupted_one(tmp_path):
     """Precomputed reference; killed after 2 of 4 steps, resumed (the table is read back, not recomputed)."""
-    sections = dict(train={**TRAIN, "max_steps": 4, "checkpoint_every": 2}, dpo={"beta": 500.0, "reference": "precomputed"},
-                    distributed={"sequence_parallel": 2})  # fmt: skip
+    sections = dict(
+        train={**TRAIN, "max_steps": 4, "checkpoint_every": 2},
+        dpo={"beta": 500.0, "reference": "precomputed"},
+        distributed={"sequence_parallel": 2},
+    )
     whole = _launched(tmp_path, "whole", 2, **sections)
     part = _launched(tmp_path, "part", 2, "--stop-after-steps", "2", **sections)
     assert [r["step"] for r in read_metrics(part)] == [1, 2]
@@ -130,7 +137,7 @@ def test_bad_sequence_parallel_settings_are_named(tmp_path):
 def test_a_head_count_the_group_does_not_divide_is_named():
     from tests.models.model_builders import wan_ti2v
     from videogpa.engine.models import get_adapter
-    from videogpa.engine.sequence_parallel import enable_sequence_parallel
+    from videogpa.engine.runtime.sequence_parallel import enable_sequence_parallel
 
     with pytest.raises(ValueError, match="must divide the model's 2 attention heads"):
         enable_sequence_parallel(wan_ti2v(), get_adapter("wan2.2-ti2v"), None, 4, 0)
@@ -138,7 +145,7 @@ def test_a_head_count_the_group_does_not_divide_is_named():
 
 def test_deepspeed_counts_every_rank_of_a_group(tmp_path):
     """DeepSpeed sees S·DP ranks of micro-batches; the pairs per step stay train.global_batch_size."""
-    from videogpa.engine.distributed import deepspeed_config
+    from videogpa.engine.runtime.distributed import deepspeed_config
 
     cfg = tiny_config(
         tmp_path, train={"micro_batch_size": 1, "global_batch_size": 4}, distributed={"sequence_parallel": 2}

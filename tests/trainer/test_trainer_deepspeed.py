@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine import checkpoint as ckpt
-from videogpa.engine import trainer as trainer_module
-from videogpa.engine.config import load_config
-from videogpa.engine.logging_utils import read_metrics
+from videogpa.engine.core.config import load_config
 from videogpa.engine.models.tiny import build_tiny_transformer
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.train import checkpoint as ckpt
+from videogpa.engine.train import trainer as trainer_module
+from videogpa.engine.train.run_logs import read_metrics
+from videogpa.engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 COMPARED = (

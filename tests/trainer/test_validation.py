@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.config import config_from_dict
+from videogpa.engine.core.config import config_from_dict
 from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
 from videogpa.engine.models.tiny import build_tiny_pipeline
-from videogpa.engine.trainer import Trainer
+from videogpa.engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["a room, the camera pans", "a room, the camera orbits"]
@@ -20,11 +20,17 @@ SAMPLER = {"num_frames": 9, "height": 64, "width": 64, "steps": 2}
 
 
 def _config(out, vggt, **sections):
-    validation = {"prompts": PROMPTS, "seeds": [3], **SAMPLER, "grid_frames": 3,
-                  "score": {"geometry": "vggt", "weights": str(vggt), "num_frames": 4, "random_weights": True}}  # fmt: skip
+    validation = {
+        "prompts": PROMPTS,
+        "seeds": [3],
+        **SAMPLER,
+        "grid_frames": 3,
+        "score": {"geometry": "vggt", "weights": str(vggt), "num_frames": 4, "random_weights": True},
+    }
     train = {"max_steps": 4, "checkpoint_every": 2}
-    return tiny_config(out, train=train, eval={"draws": 1, "every": 2, "plot": True, "validation": validation},
-                       **sections)  # fmt: skip
+    return tiny_config(
+        out, train=train, eval={"draws": 1, "every": 2, "plot": True, "validation": validation}, **sections
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +104,17 @@ def _base_latents():
     """The built-in pipeline's final latents for PROMPTS[0], seed 3, with the validation sampler (no LoRA)."""
     pipe = build_tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    return pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(3), num_frames=9, height=64, width=64,
-                num_inference_steps=2, guidance_scale=6.0, max_sequence_length=64, output_type="latent").frames  # fmt: skip
+    return pipe(
+        prompt=PROMPTS[0],
+        generator=torch.Generator().manual_seed(3),
+        num_frames=9,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=6.0,
+        max_sequence_length=64,
+        output_type="latent",
+    ).frames
 
 
 def test_step_0_is_the_base_model_and_training_changes_the_videos(full_run):
@@ -136,14 +151,16 @@ def test_two_ranks_equal_one_rank(full_run, tmp_path, vggt):
     """ZeRO-3 over two CPU ranks (deepspeed launcher, gloo): the videos are sharded over the ranks (each samples
     and scores its share with the gathered weights) and everything equals the one-rank run."""
     from tests.reliability.test_two_rank_resume import _launch
-    from videogpa.engine.config import save_config
+    from videogpa.engine.core.config import save_config
 
     out, result = full_run
     two = tmp_path / "two"
     save_config(_config(two, vggt), tmp_path / "two.yaml")
     _launch(tmp_path / "two.yaml")
     assert {p.name for p in (two / "validation/step_0").glob("manifest*.jsonl")} == {
-        "manifest.shard-0-of-2.jsonl", "manifest.shard-1-of-2.jsonl"}  # each rank sampled its share  # fmt: skip
+        "manifest.shard-0-of-2.jsonl",
+        "manifest.shard-1-of-2.jsonl",
+    }  # each rank sampled its share
     history = json.loads((two / "eval.json").read_text())["heldout_history"]
     assert [h["step"] for h in history] == [0, 2, 4]
     assert [h["accuracy"] for h in history] == pytest.approx(
@@ -207,8 +224,8 @@ def test_run_report_shows_the_validation_grids(full_run):
 
 
 def test_resume_drops_later_evaluations_and_a_fresh_run_drops_all(tmp_path, vggt):
-    from videogpa.engine.heldout import Evaluations
-    from videogpa.engine.validation import ValidationVideos
+    from videogpa.engine.train.heldout import Evaluations
+    from videogpa.engine.train.validation import ValidationVideos
 
     cfg = _config(tmp_path, vggt)
     history = [{"step": 0, "accuracy": 0.5}, {"step": 2, "accuracy": 0.6}, {"step": 4, "accuracy": 0.7}]
@@ -230,11 +247,18 @@ def test_resume_drops_later_evaluations_and_a_fresh_run_drops_all(tmp_path, vggt
 
 def test_full_fine_tuning_samples_with_the_trained_transformer(tmp_path):
     validation = {"prompts": PROMPTS[:1], "seeds": [3], **SAMPLER}
-    cfg = tiny_config(tmp_path, lora={"enabled": False}, dpo={"beta": 500.0, "reference": "precomputed"},
-                      train={"max_steps": 2, "checkpoint_every": 0}, eval={"draws": 1, "validation": validation})  # fmt: skip
+    cfg = tiny_config(
+        tmp_path,
+        lora={"enabled": False},
+        dpo={"beta": 500.0, "reference": "precomputed"},
+        train={"max_steps": 2, "checkpoint_every": 0},
+        eval={"draws": 1, "validation": validation},
+    )
     Trainer(cfg).run()
-    latents = {s: load_file(str(tmp_path / f"validation/step_{s}/latents/prompt00_s3.safetensors"))["latents"]
-               for s in (0, 2)}  # fmt: skip
+    latents = {
+        s: load_file(str(tmp_path / f"validation/step_{s}/latents/prompt00_s3.safetensors"))["latents"]
+        for s in (0, 2)
+    }
     base = _base_latents()
     torch.testing.assert_close(latents[0], base[0], rtol=1e-4, atol=1e-4)
     assert (latents[2] - latents[0]).abs().max() > 1e-3

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.models.model_builders import cogvideox_t2v
-from videogpa.engine.distributed import init_distributed
-from videogpa.engine.partitioned_loading import check_weight_dtypes, load_partitioned
+from videogpa.engine.runtime.distributed import init_distributed
+from videogpa.engine.runtime.partitioned_loading import check_weight_dtypes, load_partitioned
 
 DS_CONFIG = {
     "train_micro_batch_size_per_gpu": 1,

@@ -10,10 +10,16 @@ def quaternion_to_matrix(quat: torch.Tensor) -> torch.Tensor:
     x, y, z, w = quat.unbind(-1)
     s = 2.0 / (quat * quat).sum(-1)
     rows = (
-        1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
-        s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
-        s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
-    )  # fmt: skip
+        1 - s * (y * y + z * z),
+        s * (x * y - z * w),
+        s * (x * z + y * w),
+        s * (x * y + z * w),
+        1 - s * (x * x + z * z),
+        s * (y * z - x * w),
+        s * (x * z - y * w),
+        s * (y * z + x * w),
+        1 - s * (x * x + y * y),
+    )
     return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 

@@ -36,8 +36,10 @@ def set_diffusers_attention(
     """A diffusers attention backend (flash-attn, sage, ...) on every attention of the model; a ValueError when
     the family's attention does not dispatch through diffusers or the backend's package is missing."""
     if not adapter.dispatches_attention:
-        raise ValueError(f"config key {key!r}: model {adapter.name!r} calls PyTorch SDPA directly; "
-                         "choose one of auto, cudnn, flash, efficient, math")  # fmt: skip
+        raise ValueError(
+            f"config key {key!r}: model {adapter.name!r} calls PyTorch SDPA directly; "
+            "choose one of auto, cudnn, flash, efficient, math"
+        )
     from videogpa.engine.models.common import base_module
 
     try:

@@ -25,8 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from videogpa.engine import distributed as D
 from videogpa.engine.io.atomic import commit, write_atomic
+from videogpa.engine.runtime import distributed as D
 
 DIR_NAME = "checkpoints"
 PREFIX = "step_"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from videogpa.engine import distributed as D
-from videogpa.engine.config import Config
+from videogpa.engine.core.config import Config
 from videogpa.engine.data.preference import PreferenceDataset, check_preference_set
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.pipeline_encoder import PipelineEncoder
+from videogpa.engine.runtime import distributed as D
 
 
 def _write_synthetic(cfg: Config, adapter: ModelAdapter, root: Path) -> tuple[Path, Path]:
@@ -24,8 +24,15 @@ def _write_synthetic(cfg: Config, adapter: ModelAdapter, root: Path) -> tuple[Pa
         )
     if D.is_main():
         encoder = PipelineEncoder(adapter.builtin_pipeline(), adapter.latent_convention, spec.text_shape[0])
-        write_synthetic_pairs(root, cfg.data.synthetic, encoder, spec.latent_shape, adapter.latent_layout,
-                              spec.text_shape, progress=cfg.train.progress_bar)  # fmt: skip
+        write_synthetic_pairs(
+            root,
+            cfg.data.synthetic,
+            encoder,
+            spec.latent_shape,
+            adapter.latent_layout,
+            spec.text_shape,
+            progress=cfg.train.progress_bar,
+        )
     D.barrier()
     return root / "train", root / "heldout"
 

@@ -125,8 +125,17 @@ def inputs_for_pairs(
 ) -> StepInputs:
     """StepInputs of the pairs `idx` of a preference set, pair k noised with its draw draws[k]."""
     batch = collate_pairs([dataset[i] for i in idx])
-    return build_inputs(adapter, batch.latents_w, batch.latents_l, batch.cond, torch.as_tensor(idx),
-                        torch.as_tensor(draws), seed, device, dtype)  # fmt: skip
+    return build_inputs(
+        adapter,
+        batch.latents_w,
+        batch.latents_l,
+        batch.cond,
+        torch.as_tensor(idx),
+        torch.as_tensor(draws),
+        seed,
+        device,
+        dtype,
+    )
 
 
 def dpo_forward(

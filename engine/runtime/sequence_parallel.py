@@ -181,8 +181,10 @@ def _token_arg(value, dim: int, ndim: int, sg: SequenceGroup, name: str):
     if not isinstance(value, torch.Tensor) or value.ndim != ndim:
         return value
     if value.shape[dim] != sg.total:
-        raise ValueError(f"sequence parallelism: block argument {name!r} has {value.shape[dim]} tokens along dim "
-                         f"{dim}, the video has {sg.total}")  # fmt: skip
+        raise ValueError(
+            f"sequence parallelism: block argument {name!r} has {value.shape[dim]} tokens along dim "
+            f"{dim}, the video has {sg.total}"
+        )
     return sg.local(value, dim)
 
 
@@ -216,8 +218,10 @@ def _install(blocks: nn.ModuleList, plan: SequenceParallelPlan, sg: SequenceGrou
         mode = module._ulysses
         mode.__exit__(None, None, None)
         if output is not None and mode.calls != 1:  # (None: the forward raised, or a recompute stopped early)
-            raise ValueError(f"sequence parallelism: {type(module).__name__} called torch's scaled_dot_product_"
-                             f"attention {mode.calls} times, expected once (a non-native attention backend?)")  # fmt: skip
+            raise ValueError(
+                f"sequence parallelism: {type(module).__name__} called torch's scaled_dot_product_"
+                f"attention {mode.calls} times, expected once (a non-native attention backend?)"
+            )
 
     for block in blocks:
         block.register_forward_pre_hook(split_inputs, with_kwargs=True)
@@ -237,16 +241,20 @@ def enable_sequence_parallel(
 
     plan = adapter.sequence_parallel_plan
     if plan is None:
-        raise ValueError(f"config key 'distributed.sequence_parallel': model {adapter.name!r} has no sequence-"
-                         "parallel plan; use 1")  # fmt: skip
+        raise ValueError(
+            f"config key 'distributed.sequence_parallel': model {adapter.name!r} has no sequence-"
+            "parallel plan; use 1"
+        )
     found = [
         m for m in model.modules() if isinstance(m, ConfigMixin) and hasattr(m, adapter.blocks_attribute)
     ]
     for transformer in found:
         heads = transformer.config.num_attention_heads
         if heads % size:
-            raise ValueError(f"config key 'distributed.sequence_parallel' ({size}) must divide the model's "
-                             f"{heads} attention heads")  # fmt: skip
+            raise ValueError(
+                f"config key 'distributed.sequence_parallel' ({size}) must divide the model's "
+                f"{heads} attention heads"
+            )
         _install(getattr(transformer, adapter.blocks_attribute), plan, SequenceGroup(group, size, rank))
     if not found:
         raise ValueError(

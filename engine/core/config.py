@@ -120,7 +120,7 @@ class DistributedConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     # Ulysses sequence parallelism: each sample's video tokens are split over groups of this many
-    # consecutive ranks (engine/sequence_parallel.py); the data-parallel size is world / sequence_parallel.
+    # consecutive ranks (engine/runtime/sequence_parallel.py); the data-parallel size is world / sequence_parallel.
     sequence_parallel: int = 1
     deepspeed_config: str | None = None  # a user's DeepSpeed JSON, merged over the generated one
 
@@ -139,7 +139,7 @@ WANDB_MODES = ("offline", "online")
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases beside TensorBoard (engine.logging_utils): the same scalars, figures, videos, config."""
+    """Weights & Biases beside TensorBoard (engine.train.run_logs): the same scalars, figures, videos, config."""
 
     project: str = "videogpa"
     mode: str = "offline"  # offline: files under <output_dir>/wandb (`wandb sync` them later); online
@@ -313,7 +313,7 @@ CANDIDATE_SOURCES = ("generate", "synthetic")
 
 @dataclass
 class LoopConfig:
-    """The loop (engine.stages.loop): generate → score → pairs → encode → train → evaluate."""
+    """The loop (engine.loop.loop): generate → score → pairs → encode → train → evaluate."""
 
     candidates: str = "generate"  # "generate": N videos per prompt from the model; "synthetic": scenes
     synthetic: SyntheticCandidatesConfig = field(default_factory=SyntheticCandidatesConfig)
@@ -327,7 +327,7 @@ class LoopConfig:
     # generate, score, encode and evaluate as this launcher's ranks, each its share (engine.stages.sharding),
     # e.g. [torchrun, --nproc-per-node, "8"]; [] = in the loop's own process
     launcher: list[str] = field(default_factory=list)
-    # iterative rounds (engine.stages.rounds): round k generates with round k-1's LoRA and trains on top of it;
+    # iterative rounds (engine.loop.rounds): round k generates with round k-1's LoRA and trains on top of it;
     # 1 = the single loop in the output folder itself
     rounds: int = 1
     # prompts per round: round k takes the k-th slice of that many prompts of loop.generation.prompts (their
@@ -436,8 +436,10 @@ def _check_lora_experts(experts: list[str] | None, model: str) -> None:
     if experts is not None and (
         not experts or len(set(experts)) != len(experts) or set(experts) - set(components)
     ):
-        raise ValueError(f"config key 'lora.experts': expected distinct names among {list(components)} (the "
-                         f"components of model {model!r} that can take LoRA), got {experts!r}")  # fmt: skip
+        raise ValueError(
+            f"config key 'lora.experts': expected distinct names among {list(components)} (the "
+            f"components of model {model!r} that can take LoRA), got {experts!r}"
+        )
 
 
 def _check_synthetic(syn: SyntheticDataConfig) -> None:
@@ -471,8 +473,10 @@ def _check_validation(val: ValidationConfig) -> None:
     if not val.prompts:
         raise ValueError(f"config key '{where}.prompts': expected at least one prompt")
     if val.images is not None and len(val.images) != len(val.prompts):
-        raise ValueError(f"config key '{where}.images': expected one image per prompt ({len(val.prompts)}), "
-                         f"got {len(val.images)}")  # fmt: skip
+        raise ValueError(
+            f"config key '{where}.images': expected one image per prompt ({len(val.prompts)}), "
+            f"got {len(val.images)}"
+        )
     if not val.seeds or len(set(val.seeds)) != len(val.seeds):
         raise ValueError(f"config key '{where}.seeds': expected distinct seeds, got {val.seeds}")
     for key in ("num_frames", "height", "width", "steps"):
@@ -544,8 +548,10 @@ def validate(cfg: Config) -> Config:
         and backend != cfg.model.attention_backend
         and "native" not in backend
     ):
-        raise ValueError(f"config key 'model.attention_backend': sequence parallelism exchanges PyTorch SDPA's "
-                         f"inputs; use an SDPA kernel or a diffusers native backend, not {backend!r}")  # fmt: skip
+        raise ValueError(
+            f"config key 'model.attention_backend': sequence parallelism exchanges PyTorch SDPA's "
+            f"inputs; use an SDPA kernel or a diffusers native backend, not {backend!r}"
+        )
     _positive(cfg.eval.draws, "eval.draws")
     _positive(cfg.eval.batch_size, "eval.batch_size")
     _positive(cfg.eval.every, "eval.every", allow_zero=True)
@@ -714,9 +720,19 @@ def apply_override(data: dict, item: str) -> None:
 
 
 # Keys a resumed run may change freely: where and how often it reports, not what it computes.
-BOOKKEEPING_KEYS = ("output_dir", "loop", "logging", "train.log_every", "train.progress_bar", "train.checkpoint_every",
-                    "train.keep_checkpoints", "train.export_formats", "eval.plot", "eval.every",
-                    "eval.validation")  # fmt: skip
+BOOKKEEPING_KEYS = (
+    "output_dir",
+    "loop",
+    "logging",
+    "train.log_every",
+    "train.progress_bar",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.export_formats",
+    "eval.plot",
+    "eval.every",
+    "eval.validation",
+)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

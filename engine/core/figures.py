@@ -65,8 +65,9 @@ def _evenly(n: int, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def consistency_arrays(frames: torch.Tensor, geometry, *, conf_thres: float = 0.0, points: str = "auto",
-                       backend: str = "auto") -> dict[str, torch.Tensor]:  # fmt: skip
+def consistency_arrays(
+    frames: torch.Tensor, geometry, *, conf_thres: float = 0.0, points: str = "auto", backend: str = "auto"
+) -> dict[str, torch.Tensor]:
     """frames [T, 3, H, W] in [0, 1] and their reconstruction → a few frames' {frames, renders, error, hit}:
     the point cloud rendered into each frame's camera (nearest point, empty pixels black, as scored), the
     per-pixel squared error (mean over RGB) and where a point landed, at most FIGURE_SIZE pixels a side."""
@@ -76,20 +77,31 @@ def consistency_arrays(frames: torch.Tensor, geometry, *, conf_thres: float = 0.
     from videogpa.kernels.reproject import render_point_cloud
 
     frames = frames.float()
-    geometry = type(geometry)(**{k: v.to(frames.device) if torch.is_tensor(v) else v
-                                 for k, v in vars(geometry).items()})  # fmt: skip
+    geometry = type(geometry)(
+        **{k: v.to(frames.device) if torch.is_tensor(v) else v for k, v in vars(geometry).items()}
+    )
     cloud, colors = geometry_point_cloud(geometry, frames, conf_thres, source=points)
-    images, hit = render_point_cloud(cloud, colors, geometry.intrinsics, geometry.extrinsics,
-                                     frames.shape[-2], frames.shape[-1], backend=backend)  # fmt: skip
+    images, hit = render_point_cloud(
+        cloud,
+        colors,
+        geometry.intrinsics,
+        geometry.extrinsics,
+        frames.shape[-2],
+        frames.shape[-1],
+        backend=backend,
+    )
     renders = (images + 1.0) / 2.0
     pick = _evenly(frames.shape[0], FIGURE_FRAMES)
     scale = min(1.0, FIGURE_SIZE / max(frames.shape[-2:]))
     size = [max(1, round(s * scale)) for s in frames.shape[-2:]]
     down = lambda x: F.interpolate(x, size=size, mode="area") if scale < 1 else x  # noqa: E731
     error = ((frames - renders) ** 2).mean(1, keepdim=True)
-    return {"frames": down(frames[pick]).half().cpu(), "renders": down(renders[pick]).half().cpu(),
-            "error": down(error[pick])[:, 0].half().cpu(),
-            "hit": F.interpolate(hit[pick, None].float(), size=size, mode="nearest")[:, 0].bool().cpu()}  # fmt: skip
+    return {
+        "frames": down(frames[pick]).half().cpu(),
+        "renders": down(renders[pick]).half().cpu(),
+        "error": down(error[pick])[:, 0].half().cpu(),
+        "hit": F.interpolate(hit[pick, None].float(), size=size, mode="nearest")[:, 0].bool().cpu(),
+    }
 
 
 def consistency_figure(arrays: dict[str, torch.Tensor], title: str, vmax: float | None = None):
@@ -98,8 +110,9 @@ def consistency_figure(arrays: dict[str, torch.Tensor], title: str, vmax: float 
     cols = arrays["frames"].shape[0]
     vmax = vmax or float(arrays["error"].float().max()) or 1.0
     fig, axes = plt.subplots(4, cols, figsize=(1.5 * cols + 0.9, 6.4), squeeze=False, layout="constrained")
-    for r, (key, name) in enumerate((("frames", "frame"), ("renders", "render"), ("error", "error"),
-                                     ("hit", "hit mask"))):  # fmt: skip
+    for r, (key, name) in enumerate(
+        (("frames", "frame"), ("renders", "render"), ("error", "error"), ("hit", "hit mask"))
+    ):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([]), ax.set_yticks([])
             data = arrays[key][c].float()
@@ -198,16 +211,26 @@ def save_pairs_figure(
     for p in pairs:
         winner, loser = video_arrays(p.winner.video, figures), video_arrays(p.loser.video, figures)
         if winner is not None and loser is not None:  # videos that cannot be read are left out
-            shown.append({"title": f"{short(p.winner.extra.get('prompt', p.prompt), 56)} (gap {p.gap:.3g})",
-                          "winner": (label(p.winner), winner), "loser": (label(p.loser), loser)})  # fmt: skip
+            shown.append(
+                {
+                    "title": f"{short(p.winner.extra.get('prompt', p.prompt), 56)} (gap {p.gap:.3g})",
+                    "winner": (label(p.winner), winner),
+                    "loser": (label(p.loser), loser),
+                }
+            )
         if len(shown) == count:
             break
     if shown:
         pairs_figure(shown, path)
 
 
-def save_before_after_grid(base: str | os.PathLike, tuned: str | os.PathLike, path: str | os.PathLike,
-                           count: int = 3, frames: int = 6) -> None:  # fmt: skip
+def save_before_after_grid(
+    base: str | os.PathLike,
+    tuned: str | os.PathLike,
+    path: str | os.PathLike,
+    count: int = 3,
+    frames: int = 6,
+) -> None:
     """The same prompts and seeds without and with the LoRA: frame rows of the first `count` (prompt, seed)
     generated in both folders (each a generate-stage folder with its scores.jsonl), labelled with their 3DCS."""
     from pathlib import Path
@@ -219,8 +242,10 @@ def save_before_after_grid(base: str | os.PathLike, tuned: str | os.PathLike, pa
         scores = {
             Path(r["video"]).name: r for r in read_sharded(folder / "scores.jsonl") if r.get("status") == "ok"
         }
-        return {(r["prompt_id"], r["seed"]): (folder / r["video"], r["prompt"], scores.get(Path(r["video"]).name))
-                for r in read_sharded(folder / "manifest.jsonl")}  # fmt: skip
+        return {
+            (r["prompt_id"], r["seed"]): (folder / r["video"], r["prompt"], scores.get(Path(r["video"]).name))
+            for r in read_sharded(folder / "manifest.jsonl")
+        }
 
     before, after = videos(Path(base)), videos(Path(tuned))
     rows = []

@@ -3,7 +3,7 @@ candidates with round k-1's LoRA (the manifest rows name it), scores, pairs and 
 LoRA on top of the previous one, folded into the transformer (round k-1's merged export): the reference of
 round k's DPO is round k-1's model. Round k is evaluated before (its starting model) and after (its LoRA).
 
-    DIR/round_<k>/          one loop folder per round (engine.stages.loop); round 1 is the plain loop
+    DIR/round_<k>/          one loop folder per round (engine.loop.loop); round 1 is the plain loop
     DIR/round_<k>/models/pipeline   round k's trained pipeline (k ≥ 2): round k-1's pipeline with its merged
                                     transformer (links to the other components)
     DIR/evaluation.json     {"rounds": [one before/after row per finished round]}
@@ -20,15 +20,15 @@ import json
 import os
 from pathlib import Path
 
-from videogpa.engine.config import Config
+from videogpa.engine.core.config import Config
 from videogpa.engine.data.prompts import load_prompts
-from videogpa.engine.exports import MERGED_NAME
 from videogpa.engine.io.atomic import atomic_path, write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import write_json_atomic
+from videogpa.engine.loop.loop import LOCK_NAME, Loop
 from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.stages import evaluate
-from videogpa.engine.stages.loop import LOCK_NAME, Loop
+from videogpa.engine.train.exports import MERGED_NAME
 
 
 def merged_pipeline(base: Path, transformer: Path, folder: Path) -> Path:
@@ -53,8 +53,10 @@ def prompt_slice(prompts: str | os.PathLike, k: int, per_round: int, folder: Pat
             f"loop.round_prompts {per_round}: round {k} needs prompts {start + 1}..{start + per_round} of {prompts}, "
             f"which has {len(items)}"
         )
-    rows = [{"id": it.prompt_id, "prompt": it.prompt, **({"image": str(it.image.resolve())} if it.image else {})}
-            for it in items[start : start + per_round]]  # fmt: skip
+    rows = [
+        {"id": it.prompt_id, "prompt": it.prompt, **({"image": str(it.image.resolve())} if it.image else {})}
+        for it in items[start : start + per_round]
+    ]
     path = folder / "round_prompts.jsonl"
     write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -94,8 +96,9 @@ def run_rounds(cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.Pat
             if config.loop.round_prompts is not None:
                 if config.loop.generation.prompts is None:
                     raise ValueError("loop.round_prompts needs a prompt file (loop.generation.prompts)")
-                loop.cfg.generation.prompts = str(prompt_slice(config.loop.generation.prompts, k,
-                                                               config.loop.round_prompts, loop.out))  # fmt: skip
+                loop.cfg.generation.prompts = str(
+                    prompt_slice(config.loop.generation.prompts, k, config.loop.round_prompts, loop.out)
+                )
             started_from = None
             if previous is not None:
                 started_from = continue_from(loop, previous)

@@ -21,12 +21,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from videogpa.engine import checkpoint as ckpt
-from videogpa.engine.config import EXPORT_FORMATS, Config, apply_override, config_from_dict, read_config_dict
+from videogpa.engine.core.config import (
+    EXPORT_FORMATS,
+    Config,
+    apply_override,
+    config_from_dict,
+    read_config_dict,
+)
 from videogpa.engine.io.atomic import atomic_path, write_atomic
 from videogpa.engine.models.lora import LORA_PREFIX, LORA_WEIGHT_NAME, lora_weight_name, model_components
 from videogpa.engine.models.lora_formats import LoraFile, merge_lora, read_lora
 from videogpa.engine.models.registry import adapter_class
+from videogpa.engine.train import checkpoint as ckpt
 
 INFO_KEY = "videogpa"  # the safetensors metadata key of export_info
 COMFYUI_NAME = "comfyui_lora.safetensors"
@@ -59,8 +65,10 @@ def with_component(path: Path, component: str) -> Path:
 def _read_checked_lora(path: Path, cfg: Config) -> LoraFile:
     lora = read_lora(path)
     if (lora.rank, lora.alpha) != (cfg.lora.rank, float(cfg.lora.alpha)):
-        raise ValueError(f"{path}: rank {lora.rank}, alpha {lora.alpha} differ from the run's config "
-                         f"(lora.rank {cfg.lora.rank}, lora.alpha {cfg.lora.alpha})")  # fmt: skip
+        raise ValueError(
+            f"{path}: rank {lora.rank}, alpha {lora.alpha} differ from the run's config "
+            f"(lora.rank {cfg.lora.rank}, lora.alpha {cfg.lora.alpha})"
+        )
     return lora
 
 
@@ -93,8 +101,10 @@ def read_run(
         raise ValueError(f"run folder {folder} does not exist")
     cfg = _run_config(folder, config, overrides)
     if not cfg.lora.enabled:
-        raise ValueError(f"{folder}: the run fine-tuned the whole transformer (lora.enabled: false); "
-                         f"its export is {folder / 'transformer'} already")  # fmt: skip
+        raise ValueError(
+            f"{folder}: the run fine-tuned the whole transformer (lora.enabled: false); "
+            f"its export is {folder / 'transformer'} already"
+        )
     trained = cfg.lora.experts or adapter_class(cfg.model.name).lora_components  # (lora.experts: some)
     loras = {}
     for component in trained:
@@ -102,8 +112,10 @@ def read_run(
         if not path.is_file() and not loras:
             raise ValueError(f"{folder} holds no {path.name}: the run has not finished")
         if not path.is_file():
-            raise ValueError(f"{folder} holds no {path.name}: model {cfg.model.name!r} trains a LoRA for its "
-                             f"{component} too")  # fmt: skip
+            raise ValueError(
+                f"{folder} holds no {path.name}: model {cfg.model.name!r} trains a LoRA for its "
+                f"{component} too"
+            )
         loras[component] = _read_checked_lora(path, cfg)
     (first, lora), *experts = loras.items()
     evaluation = None
@@ -140,15 +152,24 @@ def _save_lora(state: dict[str, torch.Tensor], metadata: dict[str, str], info: d
 def write_diffusers(run: FinishedRun, info: dict, out: Path) -> list[Path]:
     """OUT/pytorch_lora_weights.safetensors: the run's LoRA, its diffusers metadata kept, export_info added
     (and each further expert's file); returns the paths."""
-    return [_save_lora(lora.state, lora.metadata, info, with_component(out / LORA_WEIGHT_NAME, component))
-            for component, lora in run.loras()]  # fmt: skip
+    return [
+        _save_lora(lora.state, lora.metadata, info, with_component(out / LORA_WEIGHT_NAME, component))
+        for component, lora in run.loras()
+    ]
 
 
 def write_comfyui(run: FinishedRun, info: dict, out: Path) -> list[Path]:
     """OUT/comfyui_lora.safetensors: the LoRA in the key format ComfyUI loads for the run's model family."""
     family = adapter_class(run.cfg.model.name)
-    return [_save_lora(family.comfyui_lora_keys(lora), family.comfyui_lora.metadata(lora), info,
-                       with_component(out / COMFYUI_NAME, component)) for component, lora in run.loras()]  # fmt: skip
+    return [
+        _save_lora(
+            family.comfyui_lora_keys(lora),
+            family.comfyui_lora.metadata(lora),
+            info,
+            with_component(out / COMFYUI_NAME, component),
+        )
+        for component, lora in run.loras()
+    ]
 
 
 def write_merged(run: FinishedRun, info: dict, out: Path) -> list[Path]:
@@ -197,7 +218,7 @@ def export_run(
 def export_after_training(folder: Path, formats: Sequence[str]) -> None:
     """Collective, at the end of a run: rank 0 writes the formats beyond the diffusers file the trainer wrote
     (made from that file, with eval.json's numbers in their metadata)."""
-    from videogpa.engine import distributed as D
+    from videogpa.engine.runtime import distributed as D
 
     if list(formats) != ["diffusers"] and D.is_main():
         export_run(folder, formats)

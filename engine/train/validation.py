@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine import distributed as D
-from videogpa.engine.config import Config, GenerationConfig
+from videogpa.engine.core.config import Config, GenerationConfig
+from videogpa.engine.core.figures import save_frame_grid, score_label, short
 from videogpa.engine.data.prompts import PromptItem
-from videogpa.engine.figures import save_frame_grid, score_label, short
 from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.io.video import load_video
@@ -30,6 +29,7 @@ from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.common import base_module
 from videogpa.engine.models.lora import export_trained_weights
 from videogpa.engine.models.pipelines import attach_lora, load_pipeline, pipeline_folder
+from videogpa.engine.runtime import distributed as D
 from videogpa.engine.stages import generate
 from videogpa.engine.stages.score import Scorer, latest_rows
 from videogpa.engine.stages.sharding import Shard
@@ -51,10 +51,14 @@ class ValidationVideos:
         self.cfg, self.val, self.adapter, self.out = cfg, cfg.eval.validation, adapter, out
         self.device, self.dtype, self.pipe, self.scorer = device, dtype, None, None
         images = self.val.images or [None] * len(self.val.prompts)
-        self.items = [PromptItem(f"prompt{i:02d}", p, image and Path(image))
-                      for i, (p, image) in enumerate(zip(self.val.prompts, images))]  # fmt: skip
-        gen = GenerationConfig(model=cfg.model.name, **{k: getattr(self.val, k) for k in
-                               ("num_frames", "height", "width", "steps", "guidance_scale")})  # fmt: skip
+        self.items = [
+            PromptItem(f"prompt{i:02d}", p, image and Path(image))
+            for i, (p, image) in enumerate(zip(self.val.prompts, images))
+        ]
+        gen = GenerationConfig(
+            model=cfg.model.name,
+            **{k: getattr(self.val, k) for k in ("num_frames", "height", "width", "steps", "guidance_scale")},
+        )
         self.sampler = generate.sampler_settings(gen)
         missing = [
             str(item.image) for item in self.items if item.image is not None and not item.image.is_file()
@@ -108,9 +112,19 @@ class ValidationVideos:
         with torch.random.fork_rng(devices=[]):  # sampling leaves the training's random state alone
             lora = self._load_weights(module, folder)
             pipe = self.pipe.to(self.device)
-            generate.generate_candidates(pipe, self.adapter, self.items, folder, seeds=self.val.seeds,
-                                         sampler=self.sampler, model=self.cfg.model.name, lora=lora,
-                                         batch_size=self.val.batch_size, progress=False, shard=shard)  # fmt: skip
+            generate.generate_candidates(
+                pipe,
+                self.adapter,
+                self.items,
+                folder,
+                seeds=self.val.seeds,
+                sampler=self.sampler,
+                model=self.cfg.model.name,
+                lora=lora,
+                batch_size=self.val.batch_size,
+                progress=False,
+                shard=shard,
+            )
             if self.val.offload:
                 pipe.to("cpu")
             D.barrier()  # every shard's videos are written
@@ -133,24 +147,44 @@ class ValidationVideos:
             label = score_label(score)
             frames = load_video(folder / row["video"], self.val.grid_frames).frames
             grid.append((f"{short(row['prompt'])} (seed {row['seed']})  {label}", frames))
-            videos.append({"video": row["video"], "prompt": row["prompt"], "seed": row["seed"],
-                           **{k: score.get(k) for k in ("status", "score", "mse", "lpips", "motion")
-                              if score is not None}})  # fmt: skip
+            videos.append(
+                {
+                    "video": row["video"],
+                    "prompt": row["prompt"],
+                    "seed": row["seed"],
+                    **{
+                        k: score.get(k)
+                        for k in ("status", "score", "mse", "lpips", "motion")
+                        if score is not None
+                    },
+                }
+            )
         title = f"validation at step {step}" + (" (base model)" if step == 0 else "")
         save_frame_grid(
             grid, title, folder / "frames.png", log=lambda fig: logger.figure("validation/frames", fig, step)
         )
         ok = [v["score"] for v in videos if v.get("status") == "ok" and v.get("score") is not None]
-        summary = {"step": step, "videos": videos, "mean_3dcs": sum(ok) / len(ok) if ok else None,
-                   "frames": "frames.png", "seconds": round(seconds, 2)}  # fmt: skip
+        summary = {
+            "step": step,
+            "videos": videos,
+            "mean_3dcs": sum(ok) / len(ok) if ok else None,
+            "frames": "frames.png",
+            "seconds": round(seconds, 2),
+        }
         if summary["mean_3dcs"] is not None:
             logger.scalar("validation/3dcs_mean", summary["mean_3dcs"], step)
         columns = ["video", "prompt", "seed", "3DCS", "MSE", "LPIPS", "motion"]
-        table = [[v["video"], v["prompt"], v["seed"], *(v.get(k) for k in ("score", "mse", "lpips", "motion"))]
-                 for v in videos]  # fmt: skip
+        table = [
+            [v["video"], v["prompt"], v["seed"], *(v.get(k) for k in ("score", "mse", "lpips", "motion"))]
+            for v in videos
+        ]
         logger.table("validation/scores", columns, table, step)
-        logger.videos("validation/videos", [folder / v["video"] for v in videos],
-                      [f"{v['prompt']} (seed {v['seed']}) 3DCS {v.get('score')}" for v in videos], step)  # fmt: skip
+        logger.videos(
+            "validation/videos",
+            [folder / v["video"] for v in videos],
+            [f"{v['prompt']} (seed {v['seed']}) 3DCS {v.get('score')}" for v in videos],
+            step,
+        )
         write_json_atomic(folder / SUMMARY, summary)
         mean = f", mean 3DCS {summary['mean_3dcs']:.5g}" if summary["mean_3dcs"] is not None else ""
         print(

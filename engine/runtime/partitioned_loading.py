@@ -42,8 +42,21 @@ def load_transformer(
 
 
 # torch.nn.init's in-place initialisers, which modules' constructors call to draw their weights
-INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")  # fmt: skip
+INITIALISERS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+)
 
 
 @contextlib.contextmanager
@@ -143,8 +156,10 @@ def fill_from_safetensors(model: nn.Module, files: dict[str, Path], folder: Path
 
 def _check_shape(name: str, entry: TensorEntry, shape: tuple[int, ...]) -> None:
     if entry.shape != shape:
-        raise ValueError(f"{str(entry.path)!r}: tensor {name!r} has shape {list(entry.shape)}, the model "
-                         f"expects {list(shape)}")  # fmt: skip
+        raise ValueError(
+            f"{str(entry.path)!r}: tensor {name!r} has shape {list(entry.shape)}, the model "
+            f"expects {list(shape)}"
+        )
 
 
 def _fill_partition(param: nn.Parameter, entry: TensorEntry, name: str) -> None:
@@ -159,8 +174,10 @@ def _fill_partition(param: nn.Parameter, entry: TensorEntry, name: str) -> None:
         getattr(param, "ds_secondary_tensor", None) is not None
         or part.final_location == OffloadDeviceEnum.nvme
     ):
-        raise ValueError(f"parameter {name!r}: partitioned loading supports plain ZeRO-3 partitions (on the "
-                         "accelerator or the CPU), not hpZ secondary partitions or NVMe offload")  # fmt: skip
+        raise ValueError(
+            f"parameter {name!r}: partitioned loading supports plain ZeRO-3 partitions (on the "
+            "accelerator or the CPU), not hpZ secondary partitions or NVMe offload"
+        )
     size = part.ds_numel
     start = size * deepspeed.comm.get_rank(group=param.ds_process_group)
     count = max(0, min(size, param.ds_numel - start))

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import yaml
 
-from videogpa.engine.config import (
+from videogpa.engine.core.config import (
     Config,
     ModelConfig,
     ScoreConfig,
@@ -55,22 +55,27 @@ from videogpa.engine.config import (
     merge_dicts,
     read_config_dict,
 )
-from videogpa.engine.distributed import child_env
+from videogpa.engine.core.report import write_report
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import trained_lora_file
-from videogpa.engine.report import write_report
+from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
 
 TINY_PROMPTS = (
-    "a red barn in a green field", "an old stone bridge over a river", "a quiet library with tall shelves",
-    "a lighthouse on a rocky coast", "a kitchen with a wooden table", "a narrow street in an old town",
-    "a greenhouse full of plants", "a snowy mountain cabin",
-)  # fmt: skip
+    "a red barn in a green field",
+    "an old stone bridge over a river",
+    "a quiet library with tall shelves",
+    "a lighthouse on a rocky coast",
+    "a kitchen with a wooden table",
+    "a narrow street in an old town",
+    "a greenhouse full of plants",
+    "a snowy mountain cabin",
+)
 TINY_EVAL_PROMPTS = ("a sunlit museum hall", "a harbour with fishing boats", "a desert canyon")
 # The built-in model's loop: every stage on a CPU in minutes. Scores from a random VGGT are noise, so no
 # pair filter.
@@ -149,7 +154,7 @@ class Loop:
         self.report: dict[str, str] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._scorer: score.Scorer | None = None
-        self.trained_pipeline: str | None = None  # engine.stages.rounds: the pipeline this round trains on
+        self.trained_pipeline: str | None = None  # engine.loop.rounds: the pipeline this round trains on
 
     @property
     def model_pipeline(self) -> str:
@@ -193,8 +198,11 @@ class Loop:
         with one_at_a_time(self.out, "models"):
             built = self._prepare_models()
         gen, sc = self.cfg.generation, self.cfg.score
-        self._say("models", f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
-                  + (f" (built: {', '.join(built)})" if built else ""))  # fmt: skip
+        self._say(
+            "models",
+            f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
+            + (f" (built: {', '.join(built)})" if built else ""),
+        )
 
     def _prepare_models(self) -> list[str]:
         from videogpa.engine.models.pipelines import pipeline_folder, save_pipeline
@@ -269,8 +277,14 @@ class Loop:
                 "loop.candidates synthetic: the scenes are square; set generation height = width"
             )
         kinds = tuple(syn.kinds) if syn.kinds is not None else CORRUPTIONS
-        write_synthetic_set(self.generated, syn.scenes, n_frames=sampler.num_frames, size=sampler.height,
-                            kinds=kinds, seed=syn.seed)  # fmt: skip
+        write_synthetic_set(
+            self.generated,
+            syn.scenes,
+            n_frames=sampler.num_frames,
+            size=sampler.height,
+            kinds=kinds,
+            seed=syn.seed,
+        )
         rows = read_jsonl(manifest)
         for row in rows:  # the scene is the prompt: its clean clip and its corruptions are the candidates
             row["prompt_id"] = f"scene{row['group']:04d}"
@@ -344,7 +358,7 @@ class Loop:
 
     def train(self, shards: Path) -> Path:
         """The trainer in a subprocess (its launcher); returns the LoRA file."""
-        from videogpa.engine.checkpoint import latest_checkpoint
+        from videogpa.engine.train.checkpoint import latest_checkpoint
 
         run = self.out / "train"
         lora = trained_lora_file(run)
@@ -375,8 +389,10 @@ class Loop:
         accuracy = ""
         if (run / "eval.json").is_file():
             ev = json.loads((run / "eval.json").read_text())
-            accuracy = (f"; held-out pair accuracy {100 * ev['heldout_accuracy_before']:.1f}% -> "
-                        f"{100 * ev['heldout_accuracy_after']:.1f}%")  # fmt: skip
+            accuracy = (
+                f"; held-out pair accuracy {100 * ev['heldout_accuracy_before']:.1f}% -> "
+                f"{100 * ev['heldout_accuracy_after']:.1f}%"
+            )
         self._say("train", f"LoRA {lora} in {time.perf_counter() - start:.0f} s{accuracy}")
         return lora
 

@@ -50,12 +50,16 @@ class _Page:
     def image(self, path: Path, caption: str = "") -> None:
         if path.is_file():
             rel = html.escape(os.path.relpath(path, self.root))
-            self.parts.append(f'<figure><img src="{rel}" alt="{html.escape(caption or path.name)}">'
-                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+            self.parts.append(
+                f'<figure><img src="{rel}" alt="{html.escape(caption or path.name)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
 
     def html(self, title: str) -> str:
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self.parts)}</body></html>\n")  # fmt: skip
+        return (
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self.parts)}</body></html>\n"
+        )
 
 
 def _config_and_versions(page: _Page, run: Path) -> None:
@@ -66,8 +70,10 @@ def _config_and_versions(page: _Page, run: Path) -> None:
     if info is not None:
         page.add(_table(["", "value"], [[k, v] for k, v in info.items()]))
     if config.is_file():
-        page.add(f"<details><summary>resolved config ({html.escape(os.path.relpath(config, page.root))})</summary>"
-                 f"<pre>{html.escape(config.read_text())}</pre></details>")  # fmt: skip
+        page.add(
+            f"<details><summary>resolved config ({html.escape(os.path.relpath(config, page.root))})</summary>"
+            f"<pre>{html.escape(config.read_text())}</pre></details>"
+        )
 
 
 def _stage_counts(page: _Page, loop: Path) -> None:
@@ -100,8 +106,10 @@ def _stage_counts(page: _Page, loop: Path) -> None:
     if pairs is not None or (loop / "generated" / "figures").is_dir():
         page.section("Scores")
         if pairs is not None and pairs.get("score_mean") is not None:
-            page.text(f"mean 3DCS {pairs['score_mean']:.5g}; mean best-worst gap {pairs.get('gap_mean') or 0:.5g} "
-                      f"(min_gap {pairs['min_gap']}, min_motion {pairs['min_motion']})")  # fmt: skip
+            page.text(
+                f"mean 3DCS {pairs['score_mean']:.5g}; mean best-worst gap {pairs.get('gap_mean') or 0:.5g} "
+                f"(min_gap {pairs['min_gap']}, min_motion {pairs['min_motion']})"
+            )
         page.image(loop / "pairs" / "pairs_scores.png", "3DCS of the scored candidates")
         page.image(loop / "pairs" / "pairs_gaps.png", "per-prompt worst − best gap")
         page.image(loop / "pairs" / "pairs_examples.png", "pairs: winners' and losers' frames and error maps")
@@ -115,9 +123,11 @@ def _training(page: _Page, run: Path) -> None:
         return
     page.section("Training")
     if result and result.get("heldout_accuracy_before") is not None:
-        page.text(f"held-out preference accuracy ({result['pairs']} pairs never trained on): "
-                  f"{100 * result['heldout_accuracy_before']:.1f}% before -> "
-                  f"{100 * result['heldout_accuracy_after']:.1f}% after {result['steps']} steps")  # fmt: skip
+        page.text(
+            f"held-out preference accuracy ({result['pairs']} pairs never trained on): "
+            f"{100 * result['heldout_accuracy_before']:.1f}% before -> "
+            f"{100 * result['heldout_accuracy_after']:.1f}% after {result['steps']} steps"
+        )
     page.image(run / "training_curves.png", "DPO loss and training-batch accuracy")
     page.image(run / "heldout_accuracy.png", "held-out preference accuracy")
     if history:
@@ -133,8 +143,10 @@ def _training(page: _Page, run: Path) -> None:
             summary = json.loads(path.read_text())
             mean = summary.get("mean_3dcs")
             caption = f"step {summary['step']}" + (" (base model)" if summary["step"] == 0 else "")
-            page.image(path.parent / summary.get("frames", "frames.png"),
-                       caption + (f", mean 3DCS {mean:.5g}" if mean is not None else ""))  # fmt: skip
+            page.image(
+                path.parent / summary.get("frames", "frames.png"),
+                caption + (f", mean 3DCS {mean:.5g}" if mean is not None else ""),
+            )
 
 
 def _evaluation(page: _Page, loop: Path) -> None:
@@ -147,11 +159,22 @@ def _evaluation(page: _Page, loop: Path) -> None:
         ci = m.get("ci") or [None, None]
         better = {True: "lower", False: "higher", None: "-"}[m.get("lower_is_better")]
         won = m.get("prompt_win_rate")
-        rows.append([m["label"], m["base"], m["lora"], better, m.get("delta"), f"[{ci[0]}, {ci[1]}]" if ci[0] is not None
-                     else "", "" if won is None else f"{100 * won:.0f}%"])  # fmt: skip
+        rows.append(
+            [
+                m["label"],
+                m["base"],
+                m["lora"],
+                better,
+                m.get("delta"),
+                f"[{ci[0]}, {ci[1]}]" if ci[0] is not None else "",
+                "" if won is None else f"{100 * won:.0f}%",
+            ]
+        )
     page.add(_table(["metric", "base", "LoRA", "better is", "Δ LoRA − base", "95% CI", "prompts won"], rows))
-    page.text(f"LoRA wins {100 * result['prompt_win_rate']:.1f}% of {result['prompts']} prompts "
-              f"({100 * result['video_win_rate']:.1f}% of {result['videos']} videos) on 3DCS")  # fmt: skip
+    page.text(
+        f"LoRA wins {100 * result['prompt_win_rate']:.1f}% of {result['prompts']} prompts "
+        f"({100 * result['video_win_rate']:.1f}% of {result['videos']} videos) on 3DCS"
+    )
     for note in result.get("notes", []):
         page.text(f"NOTE: {note}", cls="note")
     page.image(loop / "evaluation.png", "base vs LoRA per metric, prompts won")

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from videogpa.engine.config import OptimConfig
+from videogpa.engine.core.config import OptimConfig
 
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import platform
-import subprocess
 import uuid
 from pathlib import Path
 
+from videogpa.engine.core.provenance import run_info
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -32,8 +31,9 @@ class MetricsLogger:
     """Appends one JSON line per optimizer step and mirrors scalars, figures, tables and videos to TensorBoard
     and, when cfg.logging.wandb is set, to Weights & Biases (rank 0 only)."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int = 0, tensorboard: bool = True,
-                 cfg=None):  # fmt: skip
+    def __init__(
+        self, output_dir: str | Path, enabled: bool, resume_step: int = 0, tensorboard: bool = True, cfg=None
+    ):
         self.enabled = enabled
         self.path = Path(output_dir) / METRICS_FILE
         self.writer = self.wandb = None
@@ -117,8 +117,16 @@ def wandb_run(cfg, out_dir: Path, resume_step: int):
     run_id = id_file.read_text().strip() if resume_step > 0 and id_file.is_file() else uuid.uuid4().hex[:12]
     write_atomic(id_file, run_id + "\n")
     (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=settings.project, entity=settings.entity, name=settings.name or out_dir.name,
-                      id=run_id, resume="allow", mode=settings.mode, dir=str(out_dir), config=cfg.to_dict())  # fmt: skip
+    return wandb.init(
+        project=settings.project,
+        entity=settings.entity,
+        name=settings.name or out_dir.name,
+        id=run_id,
+        resume="allow",
+        mode=settings.mode,
+        dir=str(out_dir),
+        config=cfg.to_dict(),
+    )
 
 
 def format_line(record: dict) -> str:
@@ -132,40 +140,9 @@ def format_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-def package_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit(path: str | Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def run_info(seed: int, world_size: int, source_dir: str | Path) -> dict:
-    """Versions and provenance written next to the resolved config."""
-    info = {name: package_version(name) for name in ("torch", "diffusers", "deepspeed", "peft", "triton")}
-    info.update(
-        python=platform.python_version(),
-        git_commit=git_commit(source_dir),
-        seed=seed,
-        world_size=world_size,
-    )
-    return info
-
-
 def write_run_records(out_dir: Path, cfg, world_size: int, source_dir: str | Path) -> None:
     """What reproduces a run, written at its start: the resolved config.yaml and run_info.json."""
-    from videogpa.engine.config import save_config
+    from videogpa.engine.core.config import save_config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")

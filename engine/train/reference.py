@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from videogpa.engine import distributed as D
-from videogpa.engine.dpo_step import EVAL_SEED_OFFSET, StepInputs
 from videogpa.engine.io.atomic import atomic_path
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.lora import adapters_disabled
+from videogpa.engine.runtime import distributed as D
+from videogpa.engine.train.dpo_step import EVAL_SEED_OFFSET, StepInputs
 from videogpa.kernels.dpo_loss import per_sample_mse
 
 
@@ -32,8 +32,8 @@ class AdaptersOff:
             return self.adapter.predict(self.model, s.noisy, s.timesteps, s.cond), None
 
 
-class Frozen:
-    """A model used as is under no grad: the `separate` frozen copy (a ZeRO-3 inference engine), or the
+class Separate:
+    """`separate`: a model used as is under no grad, the frozen copy (a ZeRO-3 inference engine), or the
     policy itself before its first update (the source of a precomputed table for full fine-tuning)."""
 
     def __init__(self, adapter: ModelAdapter, model: nn.Module):
@@ -128,7 +128,7 @@ def online_reference(adapter: ModelAdapter, policy: nn.Module, frozen: nn.Module
     (`separate`), or, before any update, the policy itself (the source of a precomputed table)."""
     if lora and frozen is None:
         return AdaptersOff(adapter, policy)
-    return Frozen(adapter, frozen if frozen is not None else policy)
+    return Separate(adapter, frozen if frozen is not None else policy)
 
 
 def precomputed_reference(
@@ -147,8 +147,19 @@ def precomputed_reference(
     return Precomputed(table)
 
 
-def split_reference(cfg, adapter: ModelAdapter, engine, frozen, dataset, train: bool, make_inputs,
-                    batches_per_epoch: int, out_dir: Path, resuming: bool, device: torch.device):  # fmt: skip
+def split_reference(
+    cfg,
+    adapter: ModelAdapter,
+    engine,
+    frozen,
+    dataset,
+    train: bool,
+    make_inputs,
+    batches_per_epoch: int,
+    out_dir: Path,
+    resuming: bool,
+    device: torch.device,
+):
     """The configured reference (dpo.reference) for the training or the held-out split. `precomputed` tables
     are keyed by seed, pairs, draws and model: training uses one draw per epoch (or the noise cycle), held-out
     evaluation eval.draws, at its own seed offset. make_inputs(idx, draws, seed) gives StepInputs."""

@@ -32,8 +32,8 @@ from torch import nn
 from videogpa.engine.models.base import PipelineClasses, SamplerSettings
 from videogpa.engine.models.common import base_module, load_diffusers_model
 from videogpa.engine.models.registry import register_adapter
-from videogpa.engine.models.wan import NUM_TRAIN_TIMESTEPS
 from videogpa.engine.models.wan21 import Wan21I2VAdapter, Wan21T2VAdapter
+from videogpa.engine.models.wan22_ti2v import NUM_TRAIN_TIMESTEPS
 
 EXPERTS = ("transformer", "transformer_2")  # the pipeline's component names: high noise, low noise
 SHARED_CONFIG = ("patch_size", "in_channels", "out_channels", "text_dim", "image_dim")
@@ -92,15 +92,20 @@ class WanExperts(ModelMixin, ConfigMixin):
                 f"timestep: the Wan experts take one per sample [B], got {tuple(timestep.shape)}"
             )
         high = timestep >= self.boundary
-        out = hidden_states.new_zeros(hidden_states.shape[0], self.transformer.config.out_channels,
-                                      *hidden_states.shape[2:])  # fmt: skip
+        out = hidden_states.new_zeros(
+            hidden_states.shape[0], self.transformer.config.out_channels, *hidden_states.shape[2:]
+        )
         for (_, expert), select, needed in zip(self.components(), (high, ~high), self.experts_needed(high)):
             trains = torch.is_grad_enabled() and any(p.requires_grad for p in expert.parameters())
             idx = select.nonzero().flatten()
             if idx.numel():
                 sliced = {k: v.index_select(0, idx) if torch.is_tensor(v) else v for k, v in kwargs.items()}
-                pred = expert(hidden_states=hidden_states.index_select(0, idx), timestep=timestep.index_select(0, idx),
-                              return_dict=False, **sliced)[0]  # fmt: skip
+                pred = expert(
+                    hidden_states=hidden_states.index_select(0, idx),
+                    timestep=timestep.index_select(0, idx),
+                    return_dict=False,
+                    **sliced,
+                )[0]
                 out = out.index_copy(0, idx, pred.to(out.dtype))
             elif needed or trains:  # another rank needs it, or its parameters need a (zero) gradient
                 x, t, sliced = self._frame_slice(expert, hidden_states, timestep, kwargs)
@@ -119,8 +124,10 @@ def boundary_ratio_of(path: str | Path) -> float:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(f"{str(index)!r} is not valid JSON: {err}") from err
             if not isinstance(ratio, int | float) or isinstance(ratio, bool):
-                raise ValueError(f"{str(index)!r}: expected a numeric 'boundary_ratio' (a two-expert Wan 2.2 "
-                                 f"pipeline), got {ratio!r}")  # fmt: skip
+                raise ValueError(
+                    f"{str(index)!r}: expected a numeric 'boundary_ratio' (a two-expert Wan 2.2 "
+                    f"pipeline), got {ratio!r}"
+                )
             return float(ratio)
     raise ValueError(
         f"model folder {str(root)!r}: no model_index.json in it or its parent (Wan 2.2 A14B needs the pipeline "

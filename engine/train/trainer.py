@@ -9,24 +9,32 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine import checkpoint as ckpt
-from videogpa.engine import distributed as D
-from videogpa.engine import dpo_reference as R
-from videogpa.engine.config import Config
+from videogpa.engine.core.config import Config
+from videogpa.engine.core.report import write_report
 from videogpa.engine.data.preference import PreferenceSampler
-from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
-from videogpa.engine.exports import export_after_training
-from videogpa.engine.heldout import Evaluations, heldout_accuracy
-from videogpa.engine.logging_utils import MetricsLogger, StepReporter, write_final_report, write_run_records
 from videogpa.engine.models.lora import export_trained_weights
-from videogpa.engine.policy import build_policy, model_adapter
-from videogpa.engine.report import write_report
-from videogpa.engine.run_folder import claim_output_dir, record_resume, resume_point
-from videogpa.engine.training_data import load_training_sets
-from videogpa.engine.validation import ValidationVideos
+from videogpa.engine.runtime import distributed as D
+from videogpa.engine.train import checkpoint as ckpt
+from videogpa.engine.train import reference as R
+from videogpa.engine.train.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
+from videogpa.engine.train.exports import export_after_training
+from videogpa.engine.train.heldout import Evaluations, heldout_accuracy
+from videogpa.engine.train.policy import build_policy, model_adapter
+from videogpa.engine.train.run_folder import claim_output_dir, record_resume, resume_point
+from videogpa.engine.train.run_logs import MetricsLogger, StepReporter, write_final_report, write_run_records
+from videogpa.engine.train.training_data import load_training_sets
+from videogpa.engine.train.validation import ValidationVideos
 
-METRIC_NAMES = ("loss", "accuracy", "reward_margin", "logits_mean", "policy_err_w", "policy_err_l", "ref_err_w",
-                "ref_err_l")  # fmt: skip
+METRIC_NAMES = (
+    "loss",
+    "accuracy",
+    "reward_margin",
+    "logits_mean",
+    "policy_err_w",
+    "policy_err_l",
+    "ref_err_w",
+    "ref_err_l",
+)
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -49,7 +57,9 @@ class Trainer:
         self.adapter = model_adapter(
             cfg
         )  # read-only checks first: the model folder, shard data, validation inputs
-        self.videos = cfg.eval.validation and ValidationVideos(cfg, self.adapter, self.out, self.device, self.dtype)  # fmt: skip
+        self.videos = cfg.eval.validation and ValidationVideos(
+            cfg, self.adapter, self.out, self.device, self.dtype
+        )
         sets = None if cfg.data.synthetic is not None else load_training_sets(cfg, self.adapter, self.out)
         self._lock = contextlib.ExitStack()
         try:
@@ -78,19 +88,33 @@ class Trainer:
         self.heldout_reference = self._reference(train=False) if self.heldout_set is not None else None
         self.logger = MetricsLogger(self.out, D.is_main(), resume_step=self.start_step, cfg=cfg)
         measure = self.heldout_accuracy if self.heldout_set is not None else None
-        self.evals = Evaluations(cfg, self.out, self.start_step, self.logger, measure, self.videos, self.engine.module)  # fmt: skip
+        self.evals = Evaluations(
+            cfg, self.out, self.start_step, self.logger, measure, self.videos, self.engine.module
+        )
 
     def close(self) -> None:
         """Release the output folder's lock (run() does at its end)."""
         self._lock.close()
 
     def _reference(self, train: bool):
-        """This split's reference strategy (engine.dpo_reference.split_reference)."""
+        """This split's reference strategy (engine.train.reference.split_reference)."""
         dataset = self.train_set if train else self.heldout_set
-        make = lambda idx, draws, seed: inputs_for_pairs(self.adapter, dataset, idx, draws, seed, self.device,
-                                                         self.dtype)  # fmt: skip
-        return R.split_reference(self.cfg, self.adapter, self.engine, self.ref_model, dataset, train, make,
-                                 self.sampler.batches_per_epoch, self.out, self.start_step > 0, self.device)  # fmt: skip
+        make = lambda idx, draws, seed: inputs_for_pairs(
+            self.adapter, dataset, idx, draws, seed, self.device, self.dtype
+        )
+        return R.split_reference(
+            self.cfg,
+            self.adapter,
+            self.engine,
+            self.ref_model,
+            dataset,
+            train,
+            make,
+            self.sampler.batches_per_epoch,
+            self.out,
+            self.start_step > 0,
+            self.device,
+        )
 
     def _resume(self, allow_config_change: bool) -> None:
         path, changes = resume_point(self.out, self.cfg.to_dict(), allow_config_change)
@@ -108,15 +132,18 @@ class Trainer:
         stats, bad = [], False
         for k in range(self.gas):
             pairs = self.sampler.rank_batch(epoch, batch)[k * micro : (k + 1) * micro]
-            inputs = inputs_for_pairs(self.adapter, self.train_set, pairs, [draw] * len(pairs), cfg.seed,
-                                      self.device, self.dtype)  # fmt: skip
+            inputs = inputs_for_pairs(
+                self.adapter, self.train_set, pairs, [draw] * len(pairs), cfg.seed, self.device, self.dtype
+            )
             out = dpo_forward(self.adapter, self.engine, self.reference, inputs, self.loss)
             nonfinite = D.all_reduce_max(
                 torch.tensor(float(not torch.isfinite(out.loss)), device=self.device)
             )
             if nonfinite.item() > 0 and cfg.dpo.nan_policy == "stop":
-                raise FloatingPointError(f"non-finite DPO loss at step {step + 1} (pairs {pairs}); "
-                                         "set dpo.nan_policy: skip to skip such steps")  # fmt: skip
+                raise FloatingPointError(
+                    f"non-finite DPO loss at step {step + 1} (pairs {pairs}); "
+                    "set dpo.nan_policy: skip to skip such steps"
+                )
             # A non-finite loss gives non-finite gradients; DeepSpeed then discards the whole optimizer step.
             self.engine.backward(out.loss)
             self.engine.step()
@@ -129,13 +156,18 @@ class Trainer:
             self.nan_skipped += 1
             record.update(loss=None, skipped=True)
         if self.skips_in_row > cfg.dpo.max_consecutive_skips:
-            raise FloatingPointError(f"stopped at step {step + 1}: {self.skips_in_row} steps in a row had a non-finite "
-                                     f"loss or gradients (dpo.max_consecutive_skips {cfg.dpo.max_consecutive_skips}); "
-                                     "the last checkpoint and the exported weights are the last finite ones")  # fmt: skip
+            raise FloatingPointError(
+                f"stopped at step {step + 1}: {self.skips_in_row} steps in a row had a non-finite "
+                f"loss or gradients (dpo.max_consecutive_skips {cfg.dpo.max_consecutive_skips}); "
+                "the last checkpoint and the exported weights are the last finite ones"
+            )
         grad_norm = self.engine.get_global_grad_norm()
-        record.update(lr=lr, grad_norm=None if grad_norm is None else float(grad_norm),
-                      samples_per_s=cfg.train.global_batch_size / (time.perf_counter() - t0),
-                      nan_skipped=self.nan_skipped)  # fmt: skip
+        record.update(
+            lr=lr,
+            grad_norm=None if grad_norm is None else float(grad_norm),
+            samples_per_s=cfg.train.global_batch_size / (time.perf_counter() - t0),
+            nan_skipped=self.nan_skipped,
+        )
         return record
 
     def heldout_accuracy(self) -> float:
@@ -143,9 +175,18 @@ class Trainer:
         if self.heldout_set is None:
             raise ValueError("no held-out set: set data.heldout or data.synthetic")
         self.engine.eval()
-        acc = heldout_accuracy(self.adapter, self.engine, self.heldout_reference, self.heldout_set,
-                               draws=self.cfg.eval.draws, batch_size=self.cfg.eval.batch_size, seed=self.cfg.seed,
-                               loss=self.loss, device=self.device, dtype=self.dtype)  # fmt: skip
+        acc = heldout_accuracy(
+            self.adapter,
+            self.engine,
+            self.heldout_reference,
+            self.heldout_set,
+            draws=self.cfg.eval.draws,
+            batch_size=self.cfg.eval.batch_size,
+            seed=self.cfg.seed,
+            loss=self.loss,
+            device=self.device,
+            dtype=self.dtype,
+        )
         self.engine.train()
         return acc
 
@@ -159,8 +200,12 @@ class Trainer:
     def _run(self, stop_after: int | None) -> dict | None:
         cfg = self.cfg
         before = self.evals.before()
-        report, stopped = StepReporter(cfg.train.max_steps, self.start_step, cfg.train.log_every, D.is_main(),
-                              cfg.train.progress_bar), False  # fmt: skip
+        report, stopped = (
+            StepReporter(
+                cfg.train.max_steps, self.start_step, cfg.train.log_every, D.is_main(), cfg.train.progress_bar
+            ),
+            False,
+        )
         for step in range(self.start_step, cfg.train.max_steps):
             record = self.train_step(step)
             self.logger.log(record)
@@ -184,14 +229,22 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         state = {"nan_skipped": self.nan_skipped, "skips_in_row": self.skips_in_row}
-        ckpt.save_checkpoint(self.engine, self.out, step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints)  # fmt: skip
+        ckpt.save_checkpoint(
+            self.engine, self.out, step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints
+        )
 
     def _finish(self, before: float | None) -> dict | None:
         result, after = None, self.evals.final()
         if self.heldout_set is not None:
-            result = {"heldout_accuracy_before": before, "heldout_accuracy_after": after,
-                      "pairs": len(self.heldout_set), "draws": self.cfg.eval.draws, "steps": self.cfg.train.max_steps,
-                      "nan_skipped": self.nan_skipped, "heldout_history": self.evals.history}  # fmt: skip
+            result = {
+                "heldout_accuracy_before": before,
+                "heldout_accuracy_after": after,
+                "pairs": len(self.heldout_set),
+                "draws": self.cfg.eval.draws,
+                "steps": self.cfg.train.max_steps,
+                "nan_skipped": self.nan_skipped,
+                "heldout_history": self.evals.history,
+            }
             if D.is_main():
                 write_final_report(self.out, result, self.cfg.eval.plot)
         if D.is_main():

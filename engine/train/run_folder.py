@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from videogpa.engine import checkpoint as ckpt
-from videogpa.engine import distributed as D
-from videogpa.engine.config import config_changes
+from videogpa.engine.core.config import config_changes
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import append_jsonl
+from videogpa.engine.runtime import distributed as D
+from videogpa.engine.train import checkpoint as ckpt
 
 LOCK_NAME = ".train.lock"
 CHANGES_FILE = "config_changes.jsonl"
@@ -25,8 +25,10 @@ def claim_output_dir(stack: contextlib.ExitStack, out: Path, resume: bool, overw
             stack.enter_context(folder_lock(out, LOCK_NAME))
             other = ckpt.previous_run(out)
             if other and not resume and not overwrite:
-                raise ValueError(f"{out} holds another run ({other}); continue it with --resume or replace it "
-                                 "with --overwrite")  # fmt: skip
+                raise ValueError(
+                    f"{out} holds another run ({other}); continue it with --resume or replace it "
+                    "with --overwrite"
+                )
         except ValueError as err:
             error = err
         except OSError as err:  # a read-only or full disk, a path through a file
@@ -46,8 +48,10 @@ def resume_point(out: Path, config: dict, allow_config_change: bool) -> tuple[Pa
     changes = config_changes(ckpt.read_trainer_state(path)["config"], config)
     if changes and not allow_config_change:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
-        raise ValueError(f"--resume: the config differs from {path.name}'s ({listed}); "
-                         "pass --allow-config-change to resume with it")  # fmt: skip
+        raise ValueError(
+            f"--resume: the config differs from {path.name}'s ({listed}); "
+            "pass --allow-config-change to resume with it"
+        )
     return path, changes
 
 

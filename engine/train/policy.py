@@ -7,24 +7,26 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine import distributed as D
-from videogpa.engine.attention import apply_attention_backend
-from videogpa.engine.compiling import compile_blocks
-from videogpa.engine.config import Config
+from videogpa.engine.core.config import Config
 from videogpa.engine.models import get_adapter
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.lora import apply_lora, enable_full_finetuning, enable_gradient_checkpointing
-from videogpa.engine.optim import build_optimizer
-from videogpa.engine.partitioned_loading import load_transformer
-from videogpa.engine.sequence_parallel import enable_sequence_parallel
+from videogpa.engine.runtime import distributed as D
+from videogpa.engine.runtime.attention import apply_attention_backend
+from videogpa.engine.runtime.compiling import compile_blocks
+from videogpa.engine.runtime.partitioned_loading import load_transformer
+from videogpa.engine.runtime.sequence_parallel import enable_sequence_parallel
+from videogpa.engine.train.optim import build_optimizer
 
 
 def model_adapter(cfg: Config) -> ModelAdapter:
     """The family adapter of model.name, for model.path (a ValueError naming a missing folder)."""
     path = cfg.model.path
     if path is not None and not Path(path).is_dir():
-        raise ValueError(f"config key 'model.path': checkpoint folder {path!r} does not exist (set it to a local "
-                         f"diffusers folder for model {cfg.model.name!r})")  # fmt: skip
+        raise ValueError(
+            f"config key 'model.path': checkpoint folder {path!r} does not exist (set it to a local "
+            f"diffusers folder for model {cfg.model.name!r})"
+        )
     return get_adapter(cfg.model.name, path=path)
 
 
@@ -51,8 +53,13 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
     modules = [m for m in (model, frozen) if m is not None]  # the reference runs like the policy
     if D.sequence_parallel_size() > 1:
         for module in modules:
-            enable_sequence_parallel(module, adapter, D.sequence_group(), D.sequence_parallel_size(),
-                                     D.rank() % D.sequence_parallel_size())  # fmt: skip
+            enable_sequence_parallel(
+                module,
+                adapter,
+                D.sequence_group(),
+                D.sequence_parallel_size(),
+                D.rank() % D.sequence_parallel_size(),
+            )
     for module in modules:
         apply_attention_backend(module, adapter, cfg.model.attention_backend, D.device())
         if cfg.model.compile is not None:  # after the hooks above, so the compiled blocks include them
@@ -60,8 +67,9 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
     optimizer, scheduler = build_optimizer(
         model, cfg.optim, cfg.train.max_steps, cfg.distributed.offload_optimizer
     )
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                      config=ds_config)  # fmt: skip
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
     if frozen is not None:
         frozen = deepspeed.initialize(
             model=frozen, config=D.inference_config(cfg, world, cfg.dpo.reference_offload)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from videogpa.engine.config import Config, merge_dicts
+from videogpa.engine.core.config import Config, merge_dicts
 
 
 def _free_port() -> int:
@@ -100,7 +100,7 @@ def raise_together(error: Exception | None) -> None:
         raise ValueError(message)
 
 
-# Sequence parallelism (engine/sequence_parallel.py): groups of consecutive ranks share each sample's tokens.
+# Sequence parallelism (engine/runtime/sequence_parallel.py): groups of consecutive ranks share each sample's tokens.
 _SEQUENCE_GROUP: tuple[int, object] = (1, None)  # (size, this rank's process group or None)
 
 

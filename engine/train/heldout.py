@@ -10,12 +10,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from videogpa.engine import distributed as D
 from videogpa.engine.data.preference import PreferenceDataset
-from videogpa.engine.dpo_reference import rank_shard
-from videogpa.engine.dpo_step import EVAL_SEED_OFFSET, LossSettings, Reference, dpo_forward, inputs_for_pairs
 from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.models.base import ModelAdapter
+from videogpa.engine.runtime import distributed as D
+from videogpa.engine.train.dpo_step import (
+    EVAL_SEED_OFFSET,
+    LossSettings,
+    Reference,
+    dpo_forward,
+    inputs_for_pairs,
+)
+from videogpa.engine.train.reference import rank_shard
 
 
 @torch.no_grad()

@@ -156,8 +156,9 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
             grid = torch.cat([torch.zeros_like(grid[:, :1]), grid[:, 1:]], dim=1)
         return grid.reshape(b, -1)
 
-    def checked_config(self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
-                       cond: Conditioning):  # fmt: skip
+    def checked_config(
+        self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
+    ):
         """The transformer's config once noisy, text and timesteps fit it (latent channels: transformer_inputs)."""
         check_latents(noisy, "noisy", self.latent_layout)
         config = base_module(transformer).config

@@ -10,7 +10,13 @@ import types
 import typing
 from collections.abc import Callable
 
-from videogpa.engine.config import Config, apply_override, build_dataclass, read_config_dict, validate_stage
+from videogpa.engine.core.config import (
+    Config,
+    apply_override,
+    build_dataclass,
+    read_config_dict,
+    validate_stage,
+)
 
 
 def _flag_type(tp: object) -> type:
@@ -57,20 +63,39 @@ def add_config_flags(
                 parser.add_argument(*flags, dest=dest, action="store_true", default=None)
         elif tp in (int, float, str):
             metavar = field.name.upper() if prefix and dest not in choices else None
-            parser.add_argument(*flags, dest=dest, type=tp, default=None, choices=choices.get(dest),
-                                metavar=metavar, help=f"default: {field.default!r}")  # fmt: skip
+            parser.add_argument(
+                *flags,
+                dest=dest,
+                type=tp,
+                default=None,
+                choices=choices.get(dest),
+                metavar=metavar,
+                help=f"default: {field.default!r}",
+            )
         elif typing.get_origin(tp) is list and typing.get_args(tp) == (str,):
             default = field.default_factory() if callable(field.default_factory) else field.default
-            parser.add_argument(*flags, dest=dest, type=comma_list, default=None, metavar="A,B",
-                                help=f"comma-separated; default: {','.join(default or [])!r}")  # fmt: skip
+            parser.add_argument(
+                *flags,
+                dest=dest,
+                type=comma_list,
+                default=None,
+                metavar="A,B",
+                help=f"comma-separated; default: {','.join(default or [])!r}",
+            )
 
 
 def add_config_file_flags(parser: argparse.ArgumentParser, section: str) -> None:
     parser.add_argument(
         "--config", help=f"YAML: a whole config (its loop.{section} section) or that section alone"
     )
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a key of the {section} section, e.g. --set seed=3 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a key of the {section} section, e.g. --set seed=3 (repeatable)",
+    )
 
 
 def stage_config(cls: type, section: str, args: argparse.Namespace):
@@ -108,9 +133,13 @@ def stage_config(cls: type, section: str, args: argparse.Namespace):
 def add_shard_flag(parser: argparse.ArgumentParser) -> None:
     """`--shard I/N`: this process does shard I of N of the stage's items (engine.stages.sharding); under a
     launcher (torchrun, deepspeed) each rank takes its share of it. Checked when the stage starts."""
-    parser.add_argument("--shard", metavar="I/N", default=None,
-                        help="do shard I of N (0 ≤ I < N) of the items, e.g. --shard $SLURM_ARRAY_TASK_ID/8; "
-                        "under torchrun each rank takes its part of it")  # fmt: skip
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="do shard I of N (0 ≤ I < N) of the items, e.g. --shard $SLURM_ARRAY_TASK_ID/8; "
+        "under torchrun each rank takes its part of it",
+    )
 
 
 def run_recipe(main: Callable[[], int]) -> int:

@@ -1,0 +1,1 @@
+"""The configuration and what every layer shares: typed config, CLI, types, figures, report, statistics."""

@@ -1,0 +1,1 @@
+"""The whole loop: generate, score, pairs, encode, train, evaluate, in rounds."""

@@ -1,0 +1,1 @@
+"""Distributed runtime: process groups, attention backends, compile, sequence parallelism, partitioned loading."""

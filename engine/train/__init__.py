@@ -1,0 +1,1 @@
+"""Diffusion-DPO training: the trainer, policy, DPO step, reference strategies, data, checkpoints, exports."""
