@@ -1,4 +1,4 @@
-"""Generate N candidate videos per prompt (several seeds, same prompt/image otherwise).
+r"""Generate N candidate videos per prompt (several seeds, same prompt/image otherwise).
 
     python recipes/generate.py --model tiny --pipeline runs/tiny_pipeline --build-tiny \
         --prompts prompts.txt --out-dir runs/gen --num-candidates 4

@@ -1,4 +1,4 @@
-"""Score videos' 3D consistency (3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion) and/or
+r"""Score videos' 3D consistency (3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion) and/or
 their epipolar error (Epi: SuperPoint + LightGlue matches, a robust fundamental matrix per frame pair,
 the mean Sampson distance of its inliers / max(H, W)).
 

@@ -54,9 +54,8 @@ class Trainer:
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
         D.seed_everything(cfg.seed)
-        self.adapter = model_adapter(
-            cfg
-        )  # read-only checks first: the model folder, shard data, validation inputs
+        # read-only checks first: the model folder, shard data, validation inputs
+        self.adapter = model_adapter(cfg)
         self.videos = cfg.eval.validation and ValidationVideos(
             cfg, self.adapter, self.out, self.device, self.dtype
         )

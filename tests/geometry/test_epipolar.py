@@ -165,9 +165,8 @@ def test_oracle_matcher_agrees_with_the_true_matches_of_a_clean_clip():
             for a, b in zip(true.points1[k][true.valid[k]], true.points2[k][true.valid[k]])
         }
         common = mine.keys() & exact.keys()
-        assert (
-            len(common) >= 0.95 * max(len(mine), len(exact)) and len(common) > 50
-        )  # visibility edges differ
+        # visibility edges differ
+        assert len(common) >= 0.95 * max(len(mine), len(exact)) and len(common) > 50
         torch.testing.assert_close(
             torch.stack([mine[c] for c in common]), torch.stack([exact[c] for c in common]), atol=1e-3, rtol=0
         )
