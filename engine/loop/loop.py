@@ -54,6 +54,7 @@ from videogpa.engine.core.config import (
     config_from_dict,
     merge_dicts,
     read_config_dict,
+    require_real_paths,
 )
 from videogpa.engine.core.report import write_report
 from videogpa.engine.io.atomic import write_atomic
@@ -147,6 +148,7 @@ class Loop:
     """Runs the stages of one loop folder."""
 
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.PathLike):
+        require_real_paths(cfg)
         self.config, self.cfg = cfg, cfg.loop
         self.builtin = has_builtin_model(cfg.model.name)
         self.out = Path(out_dir)

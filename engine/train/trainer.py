@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine.core.config import Config
+from videogpa.engine.core.config import Config, require_real_paths
 from videogpa.engine.core.report import write_report
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.models.lora import export_trained_weights
@@ -46,6 +46,7 @@ class Trainer:
     ):
         """Validate everything (model folder, data, weights, the checkpoint to resume) before the output folder
         is written; one trainer per folder (a lock); a fresh run never mixes with another run's files."""
+        require_real_paths(cfg)
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         D.init_distributed()
         D.init_sequence_parallel(cfg.distributed.sequence_parallel)
