@@ -259,6 +259,7 @@ class ValidationConfig:
     guidance_scale: float | None = None  # classifier-free guidance scale
     batch_size: int = 1  # videos per sampling call
     grid_frames: int = 6  # frames per video in the logged frame grid
+    lora_scale: float = 1.0  # the trained LoRA's strength in the validation videos (the authors infer at 0.2)
     offload: bool = True  # between validations: the sampling pipeline on the CPU, the scorer not kept
     score: ScoreConfig | None = None  # the geometry scorer of the videos (None: not scored)
 

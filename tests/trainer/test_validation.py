@@ -275,3 +275,18 @@ def test_bad_validation_inputs_are_named_before_anything_is_written(tmp_path):
             )
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_scale_zero_samples_the_base_model(tmp_path, vggt):
+    cfg = _config(tmp_path / "run", vggt)
+    cfg.train.max_steps, cfg.eval.every = 2, 2
+    cfg.eval.validation.lora_scale, cfg.eval.validation.score = 0.0, None
+    Trainer(cfg).run()
+    steps = [tmp_path / "run" / "validation" / f"step_{n}" for n in (0, 2)]
+    rows = [json.loads(line) for line in (steps[1] / "manifest.jsonl").read_text().splitlines()]
+    assert rows and all(row["lora_scale"] == 0.0 for row in rows)
+    files = sorted(p.name for p in (steps[0] / "latents").glob("*.safetensors"))
+    assert files
+    for name in files:
+        before, after = (load_file(str(step / "latents" / name))["latents"] for step in steps)
+        torch.testing.assert_close(after, before)
