@@ -141,6 +141,18 @@ TINY_CONFIG = DA3Config(
     cam_enc_heads=4,
 )
 
+# Its mono/metric counterpart: a plain ViT (no alternation, camera token, RoPE, qk-norm) and the DPT head.
+TINY_MONO_CONFIG = replace(
+    TINY_CONFIG,
+    alt_start=-1,
+    qknorm_start=-1,
+    rope_start=-1,
+    cat_token=False,
+    head="dpt",
+    head_output_dim=1,
+    cameras=False,
+)
+
 _FFN_NAMES = {"mlp": "mlp", "swiglu": "swiglu", "Mlp": "mlp", "SwiGLUFFNFused": "swiglu"}
 _HEAD_NAMES = {"DualDPT": "dualdpt", "DPT": "dpt"}
 
@@ -204,6 +216,12 @@ def _check_widths(
     for name, (got, want) in expected.items():
         if got != want:
             raise ValueError(f"{source}: {name} = {got!r} cannot be built; DA3 derives {want!r} from the ViT")
+
+
+def describe(config: DA3Config) -> str:
+    """The size name of a released config, else its ViT width and depth (for messages)."""
+    name = next((name for name, size in SIZES.items() if size == config), None)
+    return name or f"a DA3 with a ViT of width {config.embed_dim} and {config.depth} blocks"
 
 
 def resolve_config(config: str | dict | DA3Config) -> DA3Config:

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from videogpa.engine.geometry.da3.config import SIZES, DA3Config, resolve_config
+from videogpa.engine.geometry.da3.config import SIZES, DA3Config, describe, resolve_config
 from videogpa.engine.geometry.da3.model import DepthAnything3Net
 from videogpa.engine.io.atomic import atomic_path
 
@@ -123,7 +123,7 @@ def check_state_dict(model: DepthAnything3Net, state: dict, source: str) -> None
     problems.append((not_float, "non-floating-point tensor"))
     report = [_first(keys, what) for keys, what in problems if keys]
     if report:
-        raise ValueError(f"{source} does not fit DA3 ({model.config}): " + "; ".join(report))
+        raise ValueError(f"{source} do not fit {describe(model.config)}: " + "; ".join(report))
 
 
 def load_da3(
