@@ -67,3 +67,14 @@ def test_the_mono_network_predicts_depth_and_sky_without_cameras(single_thread):
     assert (out["depth"] > 0).all() and (out["sky"] >= 0).all()
     with pytest.raises(ValueError, match="has no camera encoder"):
         mono(images(1, 2), torch.eye(4).expand(1, 2, 4, 4), torch.eye(3).expand(1, 2, 3, 3))
+
+
+def test_under_bf16_autocast_the_heads_and_cameras_still_run_in_float32(net):
+    cameras = (
+        torch.eye(4).expand(1, 3, 4, 4),
+        torch.tensor([[40.0, 0, 21], [0, 40, 14], [0, 0, 1]]).expand(1, 3, 3, 3),
+    )
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for out in (net(images(1, 3)), net(images(1, 3), *cameras)):
+            for key in ("depth", "depth_conf", "extrinsics", "intrinsics", "ray", "ray_conf"):
+                assert out[key].dtype == torch.float32 and torch.isfinite(out[key]).all(), key

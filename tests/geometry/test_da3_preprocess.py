@@ -45,9 +45,9 @@ def test_upscaling_is_bicubic_and_every_resize_lands_on_the_8_bit_grid():
 
 
 def test_preprocess_normalises_and_keeps_leading_dimensions():
-    frames = torch.rand(2, 5, 3, 480, 720, generator=torch.Generator().manual_seed(2))
+    frames = torch.rand(2, 1, 3, 480, 720, generator=torch.Generator().manual_seed(2))
     out = preprocess(frames)
-    assert out.shape == (2, 5, 3, 336, 504)
+    assert out.shape == (2, 1, 3, 336, 504)
     square = torch.rand(4, 3, 504, 504, generator=torch.Generator().manual_seed(3))
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -101,7 +101,7 @@ RANDOM_FOV = math.pi / 3  # 60°: both fields of view of random_da3's cameras
 def random_da3(config: str | dict | DA3Config) -> DepthAnything3Net:
     """Random weights (from the torch seed) with scorable cameras: the decoder's field-of-view layer is set to
     a constant RANDOM_FOV (random weights send about half of them through the ReLU to 0). For mechanics
-    (tests, benchmarks, the built-in loop) only: its geometry means nothing."""
+    (tests, benchmarks) only: its geometry means nothing."""
     model = build_da3(config)
     if model.config.cameras:
         fov = model.cam_dec.fc_fov[0]

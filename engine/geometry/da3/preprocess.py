@@ -3,6 +3,8 @@
 The official code resizes 8-bit images with OpenCV: bicubic when a side grows, pixel-area averaging
 otherwise, each result rounded back to 8 bits. Here the same filters run in torch on frames in [0, 1]
 (area weights computed exactly, bicubic with a = −0.75 like OpenCV) and each result is rounded to k/255.
+Checked once against opencv-python 4.14 on 8-bit images (518² → 504², 480×720 → 336×504, 1080×1920 →
+284×504, 300×400 → 378×504): equal, or one 8-bit level apart on under 1% of the values.
 """
 
 from __future__ import annotations

@@ -75,21 +75,18 @@ class DA3ViT(nn.Module):
     def _ropes(self, grid_hw: tuple[int, int], n_views: int, device: torch.device) -> tuple[Rope, Rope]:
         """RoPE tables of a local block (patches at (row+1, col+1)) and of a global one (every patch at
         (1, 1), so global attention carries no patch position); token 0 is at (0, 0) in both."""
-        head_dim = self.config.embed_dim // self.config.num_heads
+        head_dim, base = self.config.embed_dim // self.config.num_heads, self.config.rope_freq
         local = patch_positions(*grid_hw, 1, device)
         flat = torch.cat([torch.zeros_like(local[:1]), torch.ones_like(local[1:])]).repeat(n_views, 1)
-        return rope_tables(local, head_dim, self.config.rope_freq), rope_tables(
-            flat, head_dim, self.config.rope_freq
-        )
+        return rope_tables(local, head_dim, base), rope_tables(flat, head_dim, base)
 
     def _camera_tokens(self, b: int, s: int, given: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """[B, S, C]: the encoder's tokens, else slot 0 for the first (reference) view and slot 1 for the rest."""
         if given is not None:
             return given.to(dtype)
         token = self.camera_token
-        return (
-            torch.cat([token[:, :1], token[:, 1:].expand(-1, s - 1, -1)], dim=1).expand(b, -1, -1).to(dtype)
-        )
+        per_view = torch.cat([token[:, :1], token[:, 1:].expand(-1, s - 1, -1)], dim=1)
+        return per_view.expand(b, -1, -1).to(dtype)
 
     def forward(
         self,
@@ -117,20 +114,15 @@ class DA3ViT(nn.Module):
                 token0 = self._camera_tokens(b, s, camera_tokens, x.dtype)
                 x = torch.cat([token0[:, :, None], x[:, :, 1:]], dim=2)
             n, dim = x.shape[2:]
-            rope_on = 0 <= c.rope_start <= i
-            if c.is_global(i):
-                x = block(x.reshape(b, s * n, dim), global_rope if rope_on else None).reshape(b, s, n, dim)
-            else:
-                x = local_x = block(x.reshape(b * s, n, dim), local_rope if rope_on else None).reshape(
-                    b, s, n, dim
-                )
+            is_global = c.is_global(i)
+            rope = (global_rope if is_global else local_rope) if 0 <= c.rope_start <= i else None
+            x = block(x.reshape(-1, s * n if is_global else n, dim), rope).reshape(b, s, n, dim)
+            if not is_global:
+                local_x = x
             if i in c.out_layers:
-                pair = (
-                    (local_x, x)
-                    if restore is None
-                    else (gather_views(local_x, restore), gather_views(x, restore))
-                )
-                outputs.append(pair)
+                outputs.append((local_x, x))
+        if restore is not None:
+            outputs = [(gather_views(local_x, restore), gather_views(x, restore)) for local_x, x in outputs]
         return outputs, reference
 
 
