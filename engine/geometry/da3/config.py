@@ -171,8 +171,8 @@ def config_from_official(data: dict, source: str = "config") -> DA3Config:
     try:
         net, head = yaml["net"], yaml["head"]
         embed_dim, depth, num_heads, ffn = VARIANTS[net["name"]]
-        if "backbone" in data:
-            vit = data["backbone"]
+        vit = data.get("backbone", {})
+        if vit:
             embed_dim, depth, num_heads, ffn = vit["embed_dim"], vit["depth"], vit["num_heads"], vit["ffn"]
         cam_enc, cam_dec = data.get("cam_enc", yaml.get("cam_enc")), data.get("cam_dec", yaml.get("cam_dec"))
         head_class = _head_class(data.get("head", {})) or _head_class(head)
@@ -182,10 +182,13 @@ def config_from_official(data: dict, source: str = "config") -> DA3Config:
             depth=depth,
             num_heads=num_heads,
             ffn=_FFN_NAMES[ffn],
+            patch_size=vit.get("patch_size", 14),
+            img_size=vit.get("img_size_for_pos_embed", 518),
             out_layers=tuple(net["out_layers"]),
             alt_start=net["alt_start"],
             qknorm_start=net["qknorm_start"],
             rope_start=net["rope_start"],
+            rope_freq=vit.get("rope_frequency") or 100.0,
             cat_token=net["cat_token"],
             head=_HEAD_NAMES[head_class] if head_class else ("dualdpt" if cam_dec else "dpt"),
             head_features=head["features"],
