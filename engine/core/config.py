@@ -191,7 +191,7 @@ class GenerationConfig:
     step_cache_threshold: float = 0.05  # first_block: reuse the rest of the blocks below this change
 
 
-GEOMETRY_BACKENDS = ("auto", "oracle", "vggt")
+GEOMETRY_BACKENDS = ("auto", "oracle", "vggt", "da3")
 POINT_SOURCES = ("auto", "depth", "pointmap")
 KERNEL_BACKENDS = ("auto", "triton", "torch")
 SCORE_METRICS = ("reprojection", "epipolar")
@@ -218,7 +218,7 @@ class ScoreConfig:
     """The score stage (engine.stages.score): 3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion,
     and/or the epipolar error Epi."""
 
-    # "vggt" (weights needed), "oracle" (videos with geometry sidecars); auto: by weights
+    # "vggt" or "da3" (weights needed), "oracle" (videos with geometry sidecars); auto: vggt with weights
     geometry: str = "auto"
     weights: str | None = None  # local VGGT weights file
     random_weights: bool = False  # the weights are random (tiny loop): rows and summaries say so

@@ -260,9 +260,10 @@ class Scorer:
         epipolar = build_epipolar(cfg)
         if "reprojection" not in cfg.metrics:  # no reconstruction, but the oracle matcher's stored geometry
             return cls(cfg, None if epipolar.needs_geometry else NoGeometry(), None, epipolar)
-        if cfg.geometry == "vggt" and not cfg.weights:
+        if cfg.geometry != "oracle" and not cfg.weights:
             raise ValueError(
-                "score: geometry 'vggt' needs weights (a local VGGT safetensors file; nothing is downloaded)"
+                f"score: geometry {cfg.geometry!r} needs weights (a local safetensors file or folder; nothing "
+                "is downloaded)"
             )
         model = None
         if cfg.geometry != "oracle":
