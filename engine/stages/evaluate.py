@@ -50,6 +50,12 @@ LABELS = {
     "motion": "motion",
 }
 
+# metrics a scored video may lack a value of (None in its row), and why: counted apart in the table's notes
+NO_VALUE = {
+    "epi": "no frame pair with enough matches",
+    "epi_robust": "no frame pair with enough matches and inliers",
+}
+
 
 def _by_candidate(rows: list[dict], where: str) -> dict[tuple[str, int], dict]:
     out = {}
@@ -186,13 +192,13 @@ def format_table(result: dict) -> str:
         lines.append(
             "NOTE: Epi was computed, but no video had a frame pair with enough matches (see epi_pair_matches)"
         )
-    for m in result["metrics"].values():
-        missing = m.get("without_value") or {}
+    for metric, why in NO_VALUE.items():
+        missing = result["metrics"][metric].get("without_value") or {}
         if any(missing.values()):
             lines.append(
-                f"NOTE: {m['label']} has no value for {missing['base']} of {result['videos']} base videos and "
-                f"{missing['lora']} of {result['videos']} LoRA videos (for Epi: no frame pair with enough "
-                "matches); they are left out of its means and differences, never counted as 0"
+                f"NOTE: {LABELS[metric]} has no value for {missing['base']} of {result['videos']} base videos and "
+                f"{missing['lora']} of {result['videos']} LoRA videos ({why}); they are left out of its means, "
+                "differences and win rates, never counted as 0"
             )
     lines += [f"NOTE: {n}" for n in result["notes"]]
     return "\n".join(lines)
