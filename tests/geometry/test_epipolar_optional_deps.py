@@ -32,7 +32,7 @@ import torch
 import videogpa.engine.geometry.lightglue
 import videogpa.engine.geometry.matching
 import videogpa.engine.stages.score_metrics
-from videogpa.engine.config import ScoreConfig, validate_stage
+from videogpa.engine.core.config import ScoreConfig, validate_stage
 from videogpa.engine.geometry.epipolar import EpipolarScorer, score_matches
 from videogpa.engine.geometry.matching import GeometryMatcher, PairMatches
 
