@@ -201,8 +201,9 @@ SCORE_METRICS = ("reprojection", "epipolar")
 class EpipolarConfig:
     """The score stage's epipolar metric (engine.geometry.epipolar): keypoint matches between consecutive
     sampled frames. `epi` is the authors' Epi (kornia's 8-point F on all of a pair's matches, the mean Sampson
-    distance in pixels); `epi_robust` is ours (a robust fit, the mean Sampson distance of its inliers divided by
-    max(H, W)). The defaults are the authors' settings (engine.geometry.lightglue and .epipolar say which)."""
+    distance in pixels); `epi_robust` is ours (a robust fit, the mean Sampson distance of its inliers
+    divided by max(H, W)). The defaults are the authors' settings (engine.geometry.lightglue and .epipolar
+    say which)."""
 
     matcher: str = "lightglue"  # SuperPoint + LightGlue (local folders); "oracle": the stored geometry
     lightglue_weights: str | None = None  # local LightGlueForKeypointMatching folder (transformers)
@@ -227,7 +228,7 @@ class ScoreConfig:
     weights: str | None = None  # local VGGT weights file
     random_weights: bool = False  # the weights are random (tiny loop): rows and summaries say so
     num_frames: int = 10  # frames sampled uniformly per video (the paper: 10)
-    size: int | None = None  # square crop size (None: the model's input size)
+    size: int | None = None  # square crop size (None: the model's input size; epipolar alone: 518)
     batch_size: int | None = None  # videos per reconstruction call (None: 4 on cuda, 1 on cpu)
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None  # geometry model compute dtype (None: bf16 on cuda, fp32 on cpu)

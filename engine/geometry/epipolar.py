@@ -1,26 +1,28 @@
-"""The epipolar error of a video from keypoint matches between its frames (engine.geometry.matching). It needs no
-reconstruction, so it does not depend on the geometry model. Two scores come from the same matches:
+"""The epipolar error of a video from keypoint matches between its frames (engine.geometry.matching). It
+needs no reconstruction, so it does not depend on the geometry model. Two scores come from the same matches:
 
 `epi` — the authors' Epi (VideoGPA's evaluation; the default everywhere), in pixels of the frames as given:
   - pairs: the pairs the scorer asks the matcher for, by default consecutive sampled frames (i, i + 1);
   - a pair with fewer than `min_matches` (20) matches is skipped;
-  - F: kornia's normalised 8-point `find_fundamental` on ALL the pair's matches (no weights, no RANSAC), float32;
-  - per match: sqrt(s + 1e-8), s = kornia's `sampson_epipolar_distance(squared=True)`, in pixels (not divided
-    by the image size);
-  - a pair's error is the mean over all its matches, outliers included; the video's Epi is the mean over its
-    valid pairs;
-  - a pair whose fit fails or whose F or mean is not finite is skipped like one with too few matches;
-  - no valid pair: no value (None), never 0 (the authors' code returns −1.0; ours never does, so no table can
-    average it in).
+  - F: kornia's normalised 8-point `find_fundamental` on ALL the pair's matches (no weights, no RANSAC),
+    in float32;
+  - per match: sqrt(s + 1e-8), s = kornia's `sampson_epipolar_distance(squared=True)`, in pixels (not
+    divided by the image size);
+  - a pair's error is the mean over all its matches, outliers included; the video's Epi is the mean over
+    its valid pairs;
+  - a pair with a non-finite match, or whose fit fails or is not finite, is skipped like one with too few
+    matches (the authors skip a pair whose fit fails);
+  - no valid pair: no value (None), never 0 (the authors' code returns −1.0; ours never does, so no table
+    can average it in).
   `epi_px` is the same number, named with its unit.
 
-`epi_robust` — ours, not the authors': per pair a robust fit (MSAC) and the mean Sampson distance (not squared)
-of its inliers (threshold `inlier_threshold`·max(H, W)), divided by max(H, W) so that resolutions compare;
-`epi_robust_px` keeps pixels. The video's value is the mean over the pairs with ≥ `min_matches` matches and
-≥ 8 inliers. The fit is a batched MSAC over all pairs of a video at once: `hypotheses` random 8-point samples
-per pair from a seeded torch.Generator (deterministic), each solved by kornia's 8-point solver and scored by
-kornia's Sampson distance, the best refitted on its inliers with Sampson-reweighted 8-point iterations;
-`robust="kornia"` runs kornia's own seeded RANSAC one pair at a time instead.
+`epi_robust` — ours, not the authors': per pair a robust fit (MSAC) and the mean Sampson distance (not
+squared) of its inliers (threshold `inlier_threshold`·max(H, W)), divided by max(H, W) so that resolutions
+compare; `epi_robust_px` keeps pixels. The video's value is the mean over the pairs with ≥ `min_matches`
+matches and ≥ 8 inliers. The fit is a batched MSAC over all pairs of a video at once: `hypotheses` random
+8-point samples per pair from a seeded torch.Generator (deterministic), each solved by kornia's 8-point
+solver and scored by kornia's Sampson distance, the best refitted on its inliers with Sampson-reweighted
+8-point iterations; `robust="kornia"` runs kornia's own seeded RANSAC one pair at a time instead.
 
 kornia is imported when a score is computed, not with this module: a missing kornia costs this metric only.
 """
@@ -75,18 +77,18 @@ def fundamental_from_cameras(
 
 
 def sampson_distance(points1: torch.Tensor, points2: torch.Tensor, fundamental: torch.Tensor) -> torch.Tensor:
-    """Sampson distances [..., N] in pixels (not squared) of matches [..., N, 2] under F [..., 3, 3]; inf where
-    F is degenerate."""
+    """Sampson distances [..., N] in pixels (not squared) of matches [..., N, 2] under F [..., 3, 3]; inf
+    where F is degenerate."""
     d = kornia_epipolar().sampson_epipolar_distance(points1, points2, fundamental, squared=False)
     return torch.nan_to_num(d, nan=torch.inf)
 
 
-# --- the authors' Epi ----------------------------------------------------------------------------------------
+# --- the authors' Epi --------------------------------------------------------------------------------------
 
 
 def finite_pairs(matches: PairMatches) -> torch.Tensor:
-    """[P] bool: every match of the pair has finite coordinates (a pair with one that is not cannot be fitted and
-    is skipped by both scores)."""
+    """[P] bool: every match of the pair has finite coordinates (a pair with one that is not cannot be fitted
+    and is skipped by both scores)."""
     ok = torch.isfinite(matches.points1).all(-1) & torch.isfinite(matches.points2).all(-1)
     return (ok | ~matches.valid).all(-1)
 
@@ -123,7 +125,7 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-# --- ours: the robust score -----------------------------------------------------------------------------------
+# --- ours: the robust score ---------------------------------------------------------------------------------
 
 
 @dataclass

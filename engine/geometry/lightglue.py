@@ -2,12 +2,12 @@
 from local folders), all frame pairs of a video in one batched call. transformers is imported only when a
 matcher is loaded or written.
 
-Its defaults are the authors' matching (VideoGPA's Epi, which runs the cvg LightGlue package): 8-bit grey frames
-in [0, 1] (uint8 RGB, luma 0.299/0.587/0.114 rounded to 8 bits), the longer side resized to 1024 before
-SuperPoint (bilinear, antialiased; keypoints mapped back to the frames' pixels), at most 2,048 SuperPoint
-keypoints above a detection threshold of 0.0005, and LightGlue's own match filtering (mutual best, score above
-the folder's filter_threshold, 0.1 by default). One difference remains: LightGlue's adaptive depth and width
-(early stop, point pruning) are off, see LightGlueMatcher."""
+Its defaults are the authors' matching (VideoGPA's Epi, which runs the cvg LightGlue package): 8-bit grey
+frames in [0, 1] (uint8 RGB, luma 0.299/0.587/0.114 rounded to 8 bits), the longer side resized to 1024
+before SuperPoint (bilinear, antialiased; keypoints mapped back to the frames' pixels), at most 2,048
+SuperPoint keypoints above a detection threshold of 0.0005, and LightGlue's own match filtering (mutual best,
+score above the folder's filter_threshold, 0.1 by default). One difference remains: LightGlue's adaptive
+depth and width (early stop, point pruning) are off, see LightGlueMatcher."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def _load(kind: str, path: str | os.PathLike, loader):
 
 
 class LightGlueMatcher(FeatureMatcher):
-    """LightGlueForKeypointMatching (its keypoint detector is SuperPoint) on 8-bit grey frames; `size` resizes the
-    frames' longer side before matching (None: as given); keypoints come back in the frames' pixels.
+    """LightGlueForKeypointMatching (its keypoint detector is SuperPoint) on 8-bit grey frames; `size` resizes
+    the frames' longer side before matching (None: as given); keypoints come back in the frames' pixels.
     `max_keypoints` and `keypoint_threshold` replace the SuperPoint folder's settings (None: keep them)."""
 
     name = "lightglue"
@@ -113,8 +113,8 @@ class LightGlueMatcher(FeatureMatcher):
         )
 
     def _gray(self, frames: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """Grey frames [T, 3, h, w] (three equal channels) at the matching size and the pixel scale factors: the
-        frames in [0, 1] truncated to 8 bits, their luma rounded to 8 bits, then resized."""
+        """Grey frames [T, 3, h, w] (three equal channels) at the matching size and the pixel scale factors:
+        the frames in [0, 1] truncated to 8 bits, their luma rounded to 8 bits, then resized."""
         rgb = (frames.float().clamp(0, 1) * 255).floor()
         luma = (rgb * torch.tensor(GRAY, device=frames.device)[:, None, None]).sum(1, keepdim=True)
         gray = luma.round() / 255

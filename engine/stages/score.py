@@ -419,8 +419,8 @@ def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSumma
 
 
 def _mean_of(rows: list[dict], key: str) -> float | None:
-    """The mean of a metric over the rows that have a finite value (a video without an Epi has None there: it is
-    left out, never counted as 0); None when no row has one."""
+    """The mean of a metric over the rows that have a finite value (a video without an Epi has None there: it
+    is left out, never counted as 0); None when no row has one."""
     values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     return sum(values) / len(values) if values else None
 

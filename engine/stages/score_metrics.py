@@ -16,8 +16,8 @@ from videogpa.engine.geometry.epipolar import FRAME_SIZE, build_epipolar_scorer
 
 
 class NoGeometry(GeometryModel):
-    """The geometry model when no metric needs a reconstruction: every video's geometry is None. Its input size
-    is the authors' Epi frames': the sampled frames centre-cropped to a square and resized to 518 × 518."""
+    """The geometry model when no metric needs a reconstruction: every video's geometry is None. Its input
+    size is the authors' Epi frames': the sampled frames centre-cropped to a square and resized to 518."""
 
     name = "none"
     input_size = FRAME_SIZE

@@ -1,7 +1,7 @@
 """The epipolar scores: the authors' Epi against kornia's functions written out here (fixed matches with
 outliers), our robust score (Sampson distance against a NumPy reference, the true fundamental matrix of the
-synthetic scenes' cameras, the batched robust fit), the < 20-match skip and the no-value video, and clean clips
-ranked above corrupted ones by both."""
+synthetic scenes' cameras, the batched robust fit), the < 20-match skip and the no-value video, and clean
+clips ranked above corrupted ones by both."""
 
 import random
 
@@ -149,9 +149,9 @@ def _padded(found: list[tuple[torch.Tensor, torch.Tensor]]) -> PairMatches:
 
 
 def test_authors_epi_on_matches_with_outliers_is_the_direct_kornia_computation():
-    """Pairs of different lengths (padded in one PairMatches) with 0, 15 and 40 outliers among 100 matches: each
-    pair's error is kornia's 8-point fit on exactly its matches, outliers included, and the video's Epi is the
-    mean over pairs; pixels, whatever frame size the scorer is told."""
+    """Pairs of different lengths (padded in one PairMatches) with 0, 15, 40 and 10 outliers: each pair's error
+    is kornia's 8-point fit on exactly its matches, outliers included, and the video's Epi is the mean over
+    pairs; pixels, whatever frame size the scorer is told."""
     found = []
     for seed, (n, outliers) in enumerate([(100, 0), (100, 15), (100, 40), (60, 10)]):
         x1, x2, _ = _scene_matches(n, outliers, seed)
@@ -297,3 +297,12 @@ def test_batched_fit_on_the_gpu_is_deterministic_and_agrees_with_the_cpu():
     assert torch.equal(gpu.fundamental, again.fundamental) and torch.equal(gpu.inliers, again.inliers)
     # different random streams on the two devices: the same inliers up to a few borderline matches
     assert (gpu.inliers.cpu() != cpu.inliers).sum(dim=1).max() <= 10
+
+
+@pytest.mark.gpu
+def test_authors_epi_on_the_gpu_agrees_with_the_cpu():
+    found = [_scene_matches(300, outliers, seed)[:2] for seed, outliers in enumerate((0, 30, 60, 90))]
+    cpu = score_matches(_padded(found), 64, 64)
+    gpu = score_matches(_padded([(a.cuda(), b.cuda()) for a, b in found]), 64, 64)
+    assert gpu.epi_pairs_scored == cpu.epi_pairs_scored == 4
+    assert gpu.epi_pair_errors == pytest.approx(cpu.epi_pair_errors, rel=1e-3, abs=1e-5)

@@ -38,7 +38,8 @@ from videogpa.engine.geometry.matching import GeometryMatcher, PairMatches
 
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"kornia", "transformers"})
 assert not loaded, loaded
-matches = PairMatches(torch.tensor([[0, 1]]), torch.rand(1, 30, 2), torch.rand(1, 30, 2), torch.ones(1, 30, dtype=bool))
+points = torch.rand(1, 30, 2)
+matches = PairMatches(torch.tensor([[0, 1]]), points, points + 1, torch.ones(1, 30, dtype=bool))
 try:
     score_matches(matches, 64, 64)
     raise SystemExit("scored without kornia")

@@ -107,8 +107,8 @@ def test_random_weights_give_too_few_matches_reported_as_such(folders, frames):
 
 
 def test_defaults_are_the_authors_matching_settings(folders, frames):
-    """SuperPoint at most 2,048 keypoints above 0.0005 (replacing the folder's 256 and transformers' 0.005), the
-    longer side resized to 1024, 8-bit grey input in [0, 1]; None keeps the folder's settings."""
+    """SuperPoint at most 2,048 keypoints above 0.0005 (replacing the folder's 256 and transformers' 0.005),
+    the longer side resized to 1024, 8-bit grey input in [0, 1]; None keeps the folder's settings."""
     matcher = build_matcher("lightglue", lightglue_path=folders["full"])
     decoder = matcher.model.keypoint_detector.keypoint_decoder
     assert (matcher.size, decoder.max_keypoints, decoder.keypoint_threshold) == (1024, 2048, 0.0005)

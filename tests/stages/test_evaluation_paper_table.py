@@ -65,8 +65,8 @@ def test_epi_missing_from_the_rows_is_n_a():
 
 
 def test_a_video_without_an_epi_is_counted_apart_never_averaged_in():
-    """A video whose Epi has no value (None, or NaN from elsewhere) is left out of the means, differences and win
-    rates (never 0 or -1) and counted in a note; a column without any value reads n/a."""
+    """A video whose Epi has no value (None, or NaN from elsewhere) is left out of the means, differences and
+    win rates (never 0 or -1) and counted in a note; a column without any value reads n/a."""
     base, tuned = _rows(0.0, 3), _rows(-0.05, 3)
     base[0]["epi"] = None  # p0, seed 0: no frame pair with 20 matches
     tuned[3]["epi"] = float("nan")  # p1, seed 1
