@@ -199,18 +199,23 @@ SCORE_METRICS = ("reprojection", "epipolar")
 
 @dataclass
 class EpipolarConfig:
-    """The score stage's epipolar metric (Epi, engine.geometry.epipolar): keypoint matches per frame pair, a
-    robust fundamental-matrix fit, the mean Sampson distance of its inliers / max(H, W)."""
+    """The score stage's epipolar metric (engine.geometry.epipolar): keypoint matches between consecutive
+    sampled frames. `epi` is the authors' Epi (kornia's 8-point F on all of a pair's matches, the mean Sampson
+    distance in pixels); `epi_robust` is ours (a robust fit, the mean Sampson distance of its inliers
+    divided by max(H, W)). The defaults are the authors' settings (engine.geometry.lightglue and .epipolar
+    say which)."""
 
     matcher: str = "lightglue"  # SuperPoint + LightGlue (local folders); "oracle": the stored geometry
     lightglue_weights: str | None = None  # local LightGlueForKeypointMatching folder (transformers)
     superpoint_weights: str | None = None  # local SuperPoint folder (if the LightGlue one lacks it)
-    size: int | None = None  # longer side the frames are matched at (None: as scored)
-    stride: int | None = None  # also pair frames (i, i + stride) besides consecutive ones
-    min_matches: int = 16  # pairs with fewer matches are reported unscored (never 0)
-    inlier_threshold: float = 0.004  # Sampson inlier threshold, a fraction of max(H, W)
-    robust: str = "batched"  # "batched" MSAC over all pairs of a video, or "kornia" RANSAC per pair
-    seed: int = 0  # the robust fit's sampling seed (fixed: not the synthetic set's)
+    size: int | None = 1024  # longer side the frames are matched at (the authors': 1024; None: as scored)
+    max_keypoints: int | None = 2048  # SuperPoint keypoints per frame (the authors'; None: the folder's)
+    keypoint_threshold: float | None = 0.0005  # SuperPoint detection threshold (the authors'; None: folder's)
+    stride: int | None = None  # also pair frames (i, i + stride) besides consecutive ones (the authors: none)
+    min_matches: int = 20  # a pair with fewer matches has no error (skipped, never 0); the authors': 20
+    inlier_threshold: float = 0.004  # epi_robust: Sampson inlier threshold, a fraction of max(H, W)
+    robust: str = "batched"  # epi_robust: "batched" MSAC over all pairs at once, or "kornia" RANSAC per pair
+    seed: int = 0  # epi_robust's sampling seed (fixed: not the synthetic set's)
 
 
 @dataclass
@@ -223,7 +228,7 @@ class ScoreConfig:
     weights: str | None = None  # local VGGT weights file
     random_weights: bool = False  # the weights are random (tiny loop): rows and summaries say so
     num_frames: int = 10  # frames sampled uniformly per video (the paper: 10)
-    size: int | None = None  # square crop size (None: the model's input size)
+    size: int | None = None  # square crop size (None: the model's input size; epipolar alone: 518)
     batch_size: int | None = None  # videos per reconstruction call (None: 4 on cuda, 1 on cpu)
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None  # geometry model compute dtype (None: bf16 on cuda, fp32 on cpu)
@@ -570,16 +575,28 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _installed(package: str) -> bool:
+    """Whether `package` can be imported (a package that cannot even be looked up counts as missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _check_epipolar(epi: EpipolarConfig, where: str) -> None:
     # imported here: importing the config does not import the geometry package (the trainer needs none of it)
-    from videogpa.engine.geometry.epipolar_config import ROBUST_FITS, SAMPLE
+    from videogpa.engine.geometry.epipolar import ROBUST_FITS, SAMPLE
     from videogpa.engine.geometry.matching import MATCHERS
 
     _choice(epi.matcher, tuple(MATCHERS), f"{where}.matcher")
     _choice(epi.robust, ROBUST_FITS, f"{where}.robust")
-    for key in ("size", "stride"):
+    for key in ("size", "stride", "max_keypoints"):
         if getattr(epi, key) is not None:
             _positive(getattr(epi, key), f"{where}.{key}")
+    if epi.keypoint_threshold is not None and not 0 < epi.keypoint_threshold < 1:
+        raise ValueError(f"config key '{where}.keypoint_threshold': expected a score in (0, 1) or null")
     if epi.min_matches < SAMPLE:
         raise ValueError(
             f"config key '{where}.min_matches': expected at least {SAMPLE} (the 8-point sample), got {epi.min_matches}"
@@ -624,6 +641,11 @@ def validate_stage(section: object, where: str) -> None:
                 f"got {section.metrics}"
             )
         _check_epipolar(section.epipolar, f"{where}.epipolar")
+        if "epipolar" in section.metrics and not _installed("kornia"):
+            raise ValueError(
+                f"config key '{where}.metrics': 'epipolar' needs the kornia package (pip install kornia), "
+                "not installed"
+            )
         _positive(section.figures, f"{where}.figures", allow_zero=True)
         if (section.figures or section.figure_videos) and "reprojection" not in section.metrics:
             raise ValueError(f"config key '{where}.figures': the pictures need the 'reprojection' metric")

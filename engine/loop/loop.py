@@ -127,8 +127,8 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
 
 def tiny_matcher(builtin: bool, cfg: ScoreConfig, models: Path, seed: int) -> list[str]:
     """A built-in model's loop asking for the epipolar metric without LightGlue weights gets a random tiny
-    LightGlue + SuperPoint (written once into `models`; its scores are flagged as not meaningful); a real
-    model's loop gets a clear error instead. Returns what was built."""
+    LightGlue + SuperPoint (written once into `models`; matching at the scored size, 256 keypoints; its scores
+    are flagged as not meaningful); a real model's loop gets a clear error instead. Returns what was built."""
     epi = cfg.epipolar
     if "epipolar" not in cfg.metrics or epi.matcher != "lightglue" or epi.lightglue_weights:
         return []
@@ -141,6 +141,9 @@ def tiny_matcher(builtin: bool, cfg: ScoreConfig, models: Path, seed: int) -> li
     if built:
         write_random_lightglue(folder, seed=seed)
     epi.lightglue_weights, cfg.random_weights = str(folder), True
+    # matched at the scored size with the folder's 256 keypoints: the authors' 1024-px resize and 2,048
+    # keypoints cost seconds per frame on a CPU, for matches that mean nothing with random weights
+    epi.size = epi.max_keypoints = None
     return built
 
 

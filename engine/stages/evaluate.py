@@ -33,7 +33,8 @@ METRICS = {
     "lpips": True,
     "mvcs": False,
     "score": True,
-    "epi": True,
+    "epi": True,  # the authors' Epi, pixels (engine.geometry.epipolar)
+    "epi_robust": True,  # ours beside it: the robust fit's inlier Sampson distance / max(H, W)
     "mse": True,
     "motion": None,
 }
@@ -45,7 +46,14 @@ LABELS = {
     "ssim": "SSIM",
     "mvcs": "MVCS",
     "epi": "Epi",
+    "epi_robust": "Epi robust (ours)",
     "motion": "motion",
+}
+
+# metrics a scored video may lack a value of (None in its row), and why: counted apart in the table's notes
+NO_VALUE = {
+    "epi": "no frame pair with enough matches",
+    "epi_robust": "no frame pair with enough matches and inliers",
 }
 
 
@@ -60,9 +68,19 @@ def _by_candidate(rows: list[dict], where: str) -> dict[tuple[str, int], dict]:
     return out
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _mean(values: list[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
+    finite = [v for v in values if _finite(v)]
     return sum(finite) / len(finite) if finite else None
+
+
+def _without_value(rows: dict, keys: list, metric: str) -> int:
+    """Videos whose row has the metric's key but no value (None or NaN: e.g. Epi without a valid frame pair);
+    they are left out of the metric's means and differences, never counted as 0 or −1."""
+    return sum(metric in rows[k] and not _finite(rows[k][metric]) for k in keys)
 
 
 def _score_rows(scores: str | os.PathLike | list[dict]) -> list[dict]:
@@ -93,6 +111,10 @@ def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLik
             "lora": after,
             "lower_is_better": lower,
             "improved": better,
+            "without_value": {
+                "base": _without_value(b, common, metric),
+                "lora": _without_value(t, common, metric),
+            },
             **paired_metric(b, t, metric, lower),
         }
     per_prompt = defaultdict(lambda: {"base": [], "lora": []})
@@ -170,6 +192,14 @@ def format_table(result: dict) -> str:
         lines.append(
             "NOTE: Epi was computed, but no video had a frame pair with enough matches (see epi_pair_matches)"
         )
+    for metric, why in NO_VALUE.items():
+        missing = result["metrics"][metric].get("without_value") or {}
+        if any(missing.values()):
+            lines.append(
+                f"NOTE: {LABELS[metric]} has no value for {missing['base']} of {result['videos']} base videos and "
+                f"{missing['lora']} of {result['videos']} LoRA videos ({why}); they are left out of its means, "
+                "differences and win rates, never counted as 0"
+            )
     lines += [f"NOTE: {n}" for n in result["notes"]]
     return "\n".join(lines)
 
