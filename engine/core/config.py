@@ -223,7 +223,8 @@ class ScoreConfig:
     """The score stage (engine.stages.score): 3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion,
     and/or the epipolar error Epi."""
 
-    # "vggt" or "da3" (weights needed), "oracle" (videos with geometry sidecars); auto: vggt with weights
+    # "vggt" or "da3" (weights needed), "oracle" (videos with geometry sidecars); auto: the model the weights
+    # file holds (vggt or da3), the oracle without weights
     geometry: str = "auto"
     weights: str | None = None  # local VGGT weights file
     random_weights: bool = False  # the weights are random (tiny loop): rows and summaries say so
@@ -301,6 +302,9 @@ class EvaluateConfig:
     num_candidates: int = 2  # seeds per prompt, the same with and without the LoRA
     seed: int = 1000  # first seed of the held-out candidates
     lora_scale: float = 1.0  # the LoRA strength when generating with it
+    # the evaluation's geometry scorer (None: loop.score's, the model that made the pairs); the authors score
+    # their pairs with VGGT-1B and evaluate with Depth Anything 3 (geometry da3, or auto with DA3 weights)
+    score: ScoreConfig | None = None
 
 
 @dataclass
@@ -665,6 +669,8 @@ def validate_loop(loop: LoopConfig, model: str) -> None:
     _choice(loop.candidates, CANDIDATE_SOURCES, "loop.candidates")
     for name in ("generation", "score", "pairs", "encode", "evaluate"):
         validate_stage(getattr(loop, name), f"loop.{name}")
+    if loop.evaluate.score is not None:
+        validate_stage(loop.evaluate.score, "loop.evaluate.score")
     for kind in loop.synthetic.kinds or []:
         _choice(kind, CORRUPTIONS, "loop.synthetic.kinds")
     _positive(loop.synthetic.scenes, "loop.synthetic.scenes")

@@ -159,6 +159,7 @@ class Loop:
         self.report: dict[str, str] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._scorer: score.Scorer | None = None
+        self._evaluation_scorer: score.Scorer | None = None
         self.trained_pipeline: str | None = None  # engine.loop.rounds: the pipeline this round trains on
 
     @property
@@ -195,6 +196,15 @@ class Loop:
         if self._scorer is None:
             self._scorer = score.Scorer.build(self.cfg.score)
         return self._scorer
+
+    def evaluation_scorer(self) -> score.Scorer:
+        """The evaluation's scorer: loop.evaluate.score's geometry model when set (the authors evaluate with
+        Depth Anything 3), else the one that scored the pairs."""
+        if self.cfg.evaluate.score is None:
+            return self.scorer()
+        if self._evaluation_scorer is None:
+            self._evaluation_scorer = score.Scorer.build(self.cfg.evaluate.score)
+        return self._evaluation_scorer
 
     # ---------------------------------------------------------------------------------------- stages
     def prepare_models(self) -> None:
@@ -417,7 +427,7 @@ class Loop:
             return result
         generation = dataclasses.replace(self.cfg.generation, pipeline=self.model_pipeline)
         inputs = evaluate.EvaluateInputs(prompts, lora, generation)
-        summary = evaluate.run(ev, inputs, self.out, self.scorer, shard=shard)
+        summary = evaluate.run(ev, inputs, self.out, self.evaluation_scorer, shard=shard)
         self._say("evaluate", str(summary))
         return summary.result
 

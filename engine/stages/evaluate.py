@@ -174,6 +174,14 @@ def format_table(result: dict) -> str:
             f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} | {difference_cell(m)} |"
         )
     lines.append("")
+    geometry = result.get("geometry")
+    if geometry:
+        weights = f" ({geometry['weights']})" if geometry["weights"] else ""
+        lines.append(
+            f"Geometry columns (MVCS, 3DCS, PSNR, SSIM, LPIPS) scored by {geometry['backend']}{weights} on "
+            f"{geometry['num_frames']} frames; MVCS is in that model's depth units: compare it only with tables "
+            "scored by the same model"
+        )
     lines.append(
         f"Δ: mean per-prompt difference, 95% percentile-bootstrap CI over prompts ({RESAMPLES} resamples, "
         "seed 0); * where the CI excludes 0 (a real change at that level)"
@@ -193,7 +201,7 @@ def format_table(result: dict) -> str:
             "NOTE: Epi was computed, but no video had a frame pair with enough matches (see epi_pair_matches)"
         )
     for metric, why in NO_VALUE.items():
-        missing = result["metrics"][metric].get("without_value") or {}
+        missing = result["metrics"].get(metric, {}).get("without_value") or {}
         if any(missing.values()):
             lines.append(
                 f"NOTE: {LABELS[metric]} has no value for {missing['base']} of {result['videos']} base videos and "
@@ -289,7 +297,7 @@ def run(
     wanted = {c.stem for c in (generate.CandidateSpec(item, s) for item in items for s in seeds)}
     batches = generate.shard_batches(get_adapter(base.model), items, seeds, base.batch_size, shard)
     mine = {c.stem for batch in batches for c in batch}
-    scores = {}
+    scores, scorer = {}, None
     for name, adapter in (("base", None), ("lora", lora)):
         folder = out_dir / "eval" / name
         gen = dataclasses.replace(base, lora=adapter and str(adapter))
@@ -314,17 +322,24 @@ def run(
             return EvaluateSummary(path, {}, waiting=True)
         if path.is_file():  # another shard reported meanwhile
             return EvaluateSummary(path, json.loads(path.read_text()), skipped=True)
-        return _report(cfg, inputs, out_dir, scores, lora)
+        return _report(cfg, inputs, out_dir, scores, lora, scorer.cfg)
+
+
+def geometry_description(score_cfg) -> dict:
+    """Which geometry model made the table's columns (MVCS is in its depth units, 3DCS from its clouds)."""
+    weights = score_cfg.weights and Path(score_cfg.weights).name
+    return {"backend": score_cfg.geometry, "weights": weights, "num_frames": score_cfg.num_frames}
 
 
 def _report(
-    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: Path, scores: dict, lora: Path
+    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: Path, scores: dict, lora: Path, score_cfg
 ) -> EvaluateSummary:
     """The table of the two scored runs: evaluation.json, .md and .png in out_dir."""
     path = out_dir / EVALUATION_FILE
     result = compare_scores(scores["base"], scores["lora"])
     result.update(
         {
+            "geometry": geometry_description(score_cfg),
             "lora": str(lora),
             "lora_scale": cfg.lora_scale,
             "prompts_file": str(inputs.prompts),

@@ -236,9 +236,13 @@ def score_videos(
 
 
 def resolve_geometry(cfg: ScoreConfig) -> ScoreConfig:
-    """The config with `auto` settled (vggt when weights are given, else the oracle) and the device chosen
-    (cuda:LOCAL_RANK under a launcher)."""
-    geometry = cfg.geometry if cfg.geometry != "auto" else ("vggt" if cfg.weights else "oracle")
+    """The config with `auto` settled (the backend the weights file is for, else the oracle) and the device
+    chosen (cuda:LOCAL_RANK under a launcher)."""
+    from videogpa.engine.geometry.registry import detect_backend
+
+    geometry = (
+        cfg.geometry if cfg.geometry != "auto" else (detect_backend(cfg.weights) if cfg.weights else "oracle")
+    )
     device = shard_device(cfg.device, default_device())
     return dataclasses.replace(cfg, geometry=geometry, device=device)
 
