@@ -13,7 +13,7 @@ Captions: a JSON list of strings, a list of objects with `caption` (or `prompt`)
 object mapping ids to captions. --first-frames (image-to-video): FOLDER/<id>.png (or .jpg, .jpeg, .webp), else
 the folder's images in name order. --weights: the evaluation geometry model's local weights; --geometry auto
 (the default) takes the model the file holds (the authors evaluate with DA3-Large, whose frames are DA3's
-504 px processed frames). Sampler settings: --set KEY=VALUE on the generation section (e.g. --set steps=30).
+504 px processed frames). Sampler settings: --set loop.generation.KEY=VALUE (e.g. --set loop.generation.steps=30).
 Sharded like every stage (`torchrun --nproc-per-node 8 recipes/benchmark.py ...` or `--shard I/N`); generation
 and scoring resume; the table is OUT/evaluation.{md,json,png}.
 """
@@ -26,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from videogpa.engine.core.cli import add_shard_flag, comma_list, run_recipe
+from videogpa.engine.core.cli import add_shard_flag, comma_list, run_recipe, section_override
 from videogpa.engine.core.config import (
     GEOMETRY_BACKENDS,
     EvaluateConfig,
@@ -72,7 +72,7 @@ def configs(args: argparse.Namespace) -> tuple[GenerationConfig, EvaluateConfig,
     """The stages' configs of the protocol, validated before anything is generated."""
     data = {"model": args.model, "pipeline": args.pipeline, "device": args.device}
     for item in args.overrides:
-        apply_override(data, item)
+        apply_override(data, section_override(item, "generation"))
     generation = build_dataclass(GenerationConfig, data, "benchmark generation")
     score = ScoreConfig(
         geometry=args.geometry,
