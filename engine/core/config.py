@@ -720,13 +720,39 @@ def read_config_dict(path: str | Path, overrides: list[str] | None = None) -> di
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply overrides, validate it."""
+def parse_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config and apply overrides: keys and types checked, nothing else (no heavy import: a bad
+    --set is reported before torch's model stack is loaded); validate() does the cross-field checks."""
     data = read_config_dict(path, overrides)
     try:
-        return config_from_dict(data)
+        return build_dataclass(Config, data, "")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate it."""
+    cfg = parse_config(path, overrides)
+    try:
+        return validate(cfg)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def check_input_paths(cfg: Config) -> None:
+    """A ValueError naming the first input folder of the run (model.path, data.train, data.heldout) that does
+    not exist: cheap checks a recipe makes before it loads anything."""
+    for key, path, what in (
+        (
+            "model.path",
+            cfg.model.path,
+            f"checkpoint folder (a local diffusers folder for model {cfg.model.name!r})",
+        ),
+        ("data.train", cfg.data.train, "preference-shard folder (recipes/encode.py writes it)"),
+        ("data.heldout", cfg.data.heldout, "preference-shard folder (recipes/encode.py writes it)"),
+    ):
+        if path is not None and not Path(path).is_dir():
+            raise ValueError(f"config key {key!r}: {what} {path!r} does not exist")
 
 
 def apply_override(data: dict, item: str) -> None:
