@@ -7,7 +7,7 @@ import torch
 from tests.stages.stage_helpers import load_recipe
 from videogpa.engine.core.config import ScoreConfig
 from videogpa.engine.io.records import read_jsonl
-from videogpa.engine.loop.loop import tiny_matcher
+from videogpa.engine.loop.demo import tiny_matcher
 
 
 def test_evaluate_scores_the_epipolar_metric_too(tmp_path, capsys):
