@@ -86,12 +86,35 @@ def load_partitioned(
 
     folder = checked_transformer_folder(cls, path)
     files = safetensors_weight_files(folder)
-    with _weights_left_undrawn(), deepspeed.zero.Init(config_dict_or_path=_config_building(ds_config, dtype)):
+    config = _config_building(ds_config, dtype)
+    # exited in reverse: zero.Init first, then nn.Module's subclassing hook put back
+    with (
+        _weights_left_undrawn(),
+        _module_subclassing_restored(),
+        deepspeed.zero.Init(config_dict_or_path=config),
+    ):
         model = cls.from_config(cls.load_config(folder))
     check_weight_dtypes(model, dtype, folder)
     fill_from_safetensors(model, files, folder)
     model.register_to_config(_name_or_path=str(folder))  # as from_pretrained records it
     return model.eval()
+
+
+@contextlib.contextmanager
+def _module_subclassing_restored():
+    """On exit, nn.Module's __init_subclass__ as it was on entry. zero.Init (DeepSpeed 0.19) patches it and on
+    exit sets the inherited object.__init_subclass__, bound to Module, into Module's own dict: every nn.Module
+    subclass defined afterwards skips its other bases' __init_subclass__, so a `class M(nn.Module, Generic[T])`
+    (kornia's models, which diffusers' guiders import) loses its type parameters and `M[X]` raises."""
+    had = "__init_subclass__" in vars(nn.Module)
+    saved = vars(nn.Module).get("__init_subclass__")
+    try:
+        yield
+    finally:
+        if had:
+            nn.Module.__init_subclass__ = saved
+        elif "__init_subclass__" in vars(nn.Module):
+            delattr(nn.Module, "__init_subclass__")
 
 
 def _config_building(ds_config: dict, dtype: torch.dtype) -> dict:

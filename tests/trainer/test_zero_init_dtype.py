@@ -2,6 +2,8 @@
 zero.Init turns an explicit fp32 into bf16 when the accelerator reports no fp16 support (AMD EPYC without
 mkldnn fp16). Both answers of that capability are forced here, so the test does not depend on CI's CPU."""
 
+import typing
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -57,3 +59,18 @@ def test_modules_the_class_keeps_in_fp32_may_stay_fp32():
     model.norm_final.float()
     with pytest.raises(ValueError, match="norm_final"):
         check_weight_dtypes(model, torch.bfloat16, "/models/cogvideox")
+
+
+def test_generic_modules_defined_after_a_partitioned_load_keep_their_type_parameters(saved):
+    """zero.Init's exit leaves nn.Module with a bound object.__init_subclass__; kornia's `class
+    ModelBase(nn.Module, Generic[T])` then fails at `ModelBase[X]` (diffusers' guiders import it)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    load_partitioned(CogVideoXTransformer3DModel, saved, torch.float32, DS_CONFIG)
+    assert "__init_subclass__" not in vars(torch.nn.Module)
+    T = typing.TypeVar("T")
+
+    class Probe(torch.nn.Module, typing.Generic[T]):
+        pass
+
+    assert Probe[int].__origin__ is Probe
