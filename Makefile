@@ -46,8 +46,9 @@ test-latest:
 
 # Main job on the embedded default: Diffusion-DPO on the tiny built-in model and a synthetic
 # preference set (recipes/configs/tiny.yaml); prints and plots held-out preference accuracy.
+# The launcher's own INFO lines are left out (--log_level warning), so the run's last line names its report.
 run: setup
-	$(VENV)/bin/deepspeed recipes/dpo.py --output-dir runs/tiny --overwrite
+	$(VENV)/bin/deepspeed --log_level warning recipes/dpo.py --output-dir runs/tiny --overwrite
 
 test: setup
 	$(PY) -m pytest -q

@@ -3,8 +3,11 @@ each row titled with its scores), written as PNGs (engine.io.plots) and handed t
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from videogpa.engine.io.plots import pyplot, save_figure
@@ -29,20 +32,115 @@ def score_label(row: dict | None) -> str:
     return text + (" | LPIPS off" if "mse" in row and row.get("lpips") is None else "")
 
 
-def frame_grid(rows: list[tuple[str, torch.Tensor]], title: str):
-    """A figure with one row per (label, frames [T, 3, H, W] in [0, 1]) and one column per frame."""
+# The tile pictures (frame grids, pairs): every frame at a readable size whatever the video's size. A tile's
+# short side is at least MIN_TILE pixels (a small frame is enlarged by a whole factor, nearest neighbour, so
+# its pixels stay sharp squares) and its long side at most MAX_TILE (a large frame is reduced).
+DPI = 100
+MIN_TILE, MAX_TILE = 96, 192
+PAD, GAP, ROW_GAP, GROUP_GAP = 10, 4, 8, 16  # pixels: margin, between tiles, rows, and before a heading
+MIN_WIDTH = 420  # pixels inside the margins: room for the labels however few the tiles
+TITLE_PT, HEADING_PT, LABEL_PT = 11, 10, 9
+
+
+@dataclass
+class TileRow:
+    """One row of a tile picture: its label (written above it) and its images, each [H, W, 3] in [0, 1] or
+    [H, W] drawn with `cmap` from vmin to vmax. `heading`: a bold line above the label (a group's title)."""
+
+    label: str
+    images: list
+    cmap: str | None = None
+    vmin: float = 0.0
+    vmax: float = 1.0
+    heading: str = ""
+
+
+def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """Each pixel as a factor × factor square (nearest neighbour)."""
+    return image if factor == 1 else image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def tile_shape(height: int, width: int) -> tuple[int, int, int]:
+    """(whole enlargement factor, tile height, tile width) in pixels of a height × width image."""
+    factor = max(1, math.ceil(MIN_TILE / max(1, min(height, width))))
+    h, w = height * factor, width * factor
+    if factor == 1 and max(h, w) > MAX_TILE:
+        scale = MAX_TILE / max(h, w)
+        h, w = max(MIN_TILE, round(h * scale)), max(MIN_TILE, round(w * scale))
+    return factor, h, w
+
+
+class _Texts:
+    """Text wrapped and measured as matplotlib draws it at DPI (on a scratch figure)."""
+
+    def __init__(self):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(dpi=DPI)
+        self.renderer = FigureCanvasAgg(self.fig).get_renderer()
+
+    def size(self, text: str, points: float, weight: str) -> tuple[float, float]:
+        t = self.fig.text(0, 0, text, fontsize=points, weight=weight)
+        box = t.get_window_extent(self.renderer)
+        t.remove()
+        return box.width, box.height
+
+    def wrap(self, text: str, width: float, points: float, weight: str) -> str:
+        """text broken at spaces into lines no wider than `width` pixels (a longer word stays whole)."""
+        lines: list[str] = []
+        for word in text.split(" "):
+            if lines and self.size(f"{lines[-1]} {word}", points, weight)[0] <= width:
+                lines[-1] = f"{lines[-1]} {word}"
+            else:
+                lines.append(word)
+        return "\n".join(lines)
+
+
+def tile_figure(rows: list[TileRow], title: str = ""):
+    """A figure of rows of image tiles, laid out in pixels (save it at DPI): the title, then per row its
+    heading and label (wrapped to the picture's width) above its tiles, of the sizes tile_shape gives."""
     plt = pyplot()
-    cols = max(len(frames) for _, frames in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.75 * len(rows) + 0.4), squeeze=False)
-    for (label, frames), line in zip(rows, axes):
-        for k, ax in enumerate(line):
-            ax.set_axis_off()
-            if k < len(frames):
-                ax.imshow(_image(frames[k]), interpolation="nearest")
-        line[0].set_title(label, fontsize=7, loc="left")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    shapes = [[tile_shape(*np.asarray(im).shape[:2]) for im in row.images] for row in rows]
+    tiles = max((sum(w for _, _, w in s) + GAP * (len(s) - 1) for s in shapes if s), default=0)
+    width = 2 * PAD + max(tiles, MIN_WIDTH)
+    measure, texts = _Texts(), []  # (x, y from the top, text, points, weight)
+    y = PAD
+
+    def text(line: str, points: float, weight: str = "normal") -> None:
+        nonlocal y
+        if line:
+            wrapped = measure.wrap(line, width - 2 * PAD, points, weight)
+            texts.append((PAD, y, wrapped, points, weight))
+            y += measure.size(wrapped, points, weight)[1] + 2
+
+    text(title, TITLE_PT, "bold")
+    placed = []  # (x, y from the top, w, h, image, row)
+    for row, shape in zip(rows, shapes):
+        y += (GROUP_GAP if row.heading else ROW_GAP) if placed or title else 0
+        text(row.heading, HEADING_PT, "bold")
+        text(row.label, LABEL_PT)
+        y = math.ceil(y + 2)
+        x = PAD
+        for image, (factor, h, w) in zip(row.images, shape):
+            placed.append((x, y, w, h, enlarge(np.asarray(image), factor), row))
+            x += w + GAP
+        y += max((h for _, h, _ in shape), default=0)
+    height = math.ceil(y + PAD)
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    for x, top, line, points, weight in texts:
+        fig.text(x / width, 1 - top / height, line, fontsize=points, weight=weight, va="top", ha="left")
+    for x, top, w, h, image, row in placed:
+        ax = fig.add_axes((x / width, 1 - (top + h) / height, w / width, h / height))
+        ax.set_axis_off()
+        kwargs = {} if image.ndim == 3 else {"cmap": row.cmap or "gray", "vmin": row.vmin, "vmax": row.vmax}
+        ax.imshow(image, interpolation="nearest", aspect="auto", **kwargs)
     return fig
+
+
+def frame_grid(rows: list[tuple[str, torch.Tensor]], title: str):
+    """A figure with one row per (label, frames [T, 3, H, W] in [0, 1]) and one tile per frame."""
+    return tile_figure([TileRow(label, [_image(f) for f in frames]) for label, frames in rows], title)
 
 
 def save_frame_grid(
@@ -52,7 +150,7 @@ def save_frame_grid(
     fig = frame_grid(rows, title)
     if log is not None:
         log(fig)
-    save_figure(fig, path, dpi=100)
+    save_figure(fig, path, dpi=DPI)
 
 
 # What the score stage keeps of a figured video (ScoreConfig.figures) for the pictures: a few frames, their
@@ -111,7 +209,12 @@ def consistency_figure(arrays: dict[str, torch.Tensor], title: str, vmax: float 
     vmax = vmax or float(arrays["error"].float().max()) or 1.0
     fig, axes = plt.subplots(4, cols, figsize=(1.5 * cols + 0.9, 6.4), squeeze=False, layout="constrained")
     for r, (key, name) in enumerate(
-        (("frames", "frame"), ("renders", "render"), ("error", "error"), ("hit", "hit mask"))
+        (
+            ("frames", "frame"),
+            ("renders", "render"),
+            ("error", "error"),
+            ("hit", "hit mask\n(white: a point)"),
+        )
     ):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([]), ax.set_yticks([])
@@ -122,9 +225,9 @@ def consistency_figure(arrays: dict[str, torch.Tensor], title: str, vmax: float 
                 im = ax.imshow(data.numpy(), cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
             else:
                 ax.imshow(data.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        axes[r][0].set_ylabel(name, fontsize=8)
+        axes[r][0].set_ylabel(name, fontsize=10)
     fig.colorbar(im, ax=list(axes[2]), fraction=0.03, pad=0.01)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -151,34 +254,33 @@ def load_consistency_arrays(png: str | os.PathLike) -> dict[str, torch.Tensor] |
     return load_file(str(path)) if path.is_file() else None
 
 
-def pairs_figure(pairs: list[dict], path: str | os.PathLike) -> None:
+PAIRS_TITLE = "preference pairs: each prompt's winner (lower 3DCS) above its loser"
+
+
+def pairs_figure(pairs: list[dict]):
     """A few pairs: per pair the winner's frames and error maps, then the loser's (same colour scale per pair).
     Each pair is {"title", "winner": (label, arrays), "loser": (label, arrays)}; arrays without an error map
     (a video scored without figures) show frames only."""
-    plt = pyplot()
     rows = []
     for pair in pairs:
         both = [a for _, a in (pair["winner"], pair["loser"]) if "error" in a]
         vmax = max((float(a["error"].float().max()) for a in both), default=1.0) or 1.0
         for side in ("winner", "loser"):
             label, arrays = pair[side]
-            rows.append((f"{pair['title']} — {side}: {label}", arrays["frames"], None))
+            heading = pair["title"] if side == "winner" else ""
+            rows.append(
+                TileRow(f"{side}: {label}", [_image(f.float()) for f in arrays["frames"]], heading=heading)
+            )
             if "error" in arrays:
-                rows.append((f"{side} error (max {vmax:.3g})", arrays["error"], vmax))
-    cols = max(r[1].shape[0] for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.7 * len(rows) + 0.3), squeeze=False)
-    for (label, data, vmax), line in zip(rows, axes):
-        for c, ax in enumerate(line):
-            ax.set_axis_off()
-            if c >= data.shape[0]:
-                continue
-            if vmax is None:
-                ax.imshow(_image(data[c].float()), interpolation="nearest")
-            else:
-                ax.imshow(data[c].float().numpy(), cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-        line[0].set_title(label, fontsize=7, loc="left")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=90)
+                rows.append(
+                    TileRow(
+                        f"{side}'s error per pixel against the render (black 0 … bright {vmax:.3g})",
+                        [e.float().numpy() for e in arrays["error"]],
+                        cmap="magma",
+                        vmax=vmax,
+                    )
+                )
+    return tile_figure(rows, PAIRS_TITLE)
 
 
 def video_arrays(video: str | os.PathLike, figures: str | os.PathLike) -> dict[str, torch.Tensor] | None:
@@ -211,9 +313,10 @@ def save_pairs_figure(
     for p in pairs:
         winner, loser = video_arrays(p.winner.video, figures), video_arrays(p.loser.video, figures)
         if winner is not None and loser is not None:  # videos that cannot be read are left out
+            prompt = p.winner.extra.get("prompt", p.prompt)
             shown.append(
                 {
-                    "title": f"{short(p.winner.extra.get('prompt', p.prompt), 56)} (gap {p.gap:.3g})",
+                    "title": f"{short(prompt, 120)} (3DCS\xa0gap\xa0{p.gap:.3g})",
                     "winner": (label(p.winner), winner),
                     "loser": (label(p.loser), loser),
                 }
@@ -221,7 +324,7 @@ def save_pairs_figure(
         if len(shown) == count:
             break
     if shown:
-        pairs_figure(shown, path)
+        save_figure(pairs_figure(shown), path, dpi=DPI)
 
 
 def save_before_after_grid(
@@ -251,7 +354,7 @@ def save_before_after_grid(
     rows = []
     for key in sorted(set(before) & set(after))[:count]:
         for name, (video, prompt, score) in (("before", before[key]), ("after", after[key])):
-            label = f"{name}: {key[0]} {short(prompt, 56)} (seed {key[1]})  {score_label(score)}"
+            label = f"{name}: {key[0]} {short(prompt, 120)} (seed {key[1]})  {score_label(score)}"
             rows.append((label, load_video(video, frames).frames))
     if rows:
         save_frame_grid(rows, "before vs after training: the same prompt and seed", path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from pathlib import Path
 
@@ -18,15 +19,27 @@ REPORT = "report.html"
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:4px 0}pre{background:#f6f6f6;padding:8px;overflow:auto}
-h2{border-bottom:1px solid #ddd;margin-top:1.6em}.note{color:#a33}"""
+h2{border-bottom:1px solid #ddd;margin-top:1.6em}.note{color:#a33}
+.demo{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-size:1.15em;font-weight:bold}"""
 
 
 def _json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def number(value, signed: bool = False) -> str:
+    """How the report writes a number: 4 significant digits, "n/a" for a missing (None) or non-finite value;
+    whole numbers and text as they are."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:+.4g}" if signed else f"{value:.4g}"
+    return str(value)
+
+
 def _table(header: list[str], rows: list[list]) -> str:
-    cell = lambda v: html.escape("" if v is None else f"{v:.5g}" if isinstance(v, float) else str(v))  # noqa: E731
+    """Every cell through `number` (a missing value reads "n/a")."""
+    cell = lambda v: html.escape(number(v))  # noqa: E731
     head = "".join(f"<th>{cell(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -43,6 +56,10 @@ class _Page:
 
     def add(self, text: str) -> None:
         self.parts.append(text)
+
+    def banner(self, text: str) -> None:
+        """A line in a box at the top of the page (the first thing a reader sees)."""
+        self.parts.insert(0, f'<p class="demo">{html.escape(text)}</p>')
 
     def text(self, text: str, cls: str = "") -> None:
         self.parts.append(f"<p{f' class={cls!r}' if cls else ''}>{html.escape(text)}</p>")
@@ -68,7 +85,7 @@ def _config_and_versions(page: _Page, run: Path) -> None:
         return
     page.section("Configuration and versions")
     if info is not None:
-        page.add(_table(["", "value"], [[k, v] for k, v in info.items()]))
+        page.add(_table(["", "value"], [[k, v] for k, v in info.items() if k != "demo"]))  # demo: the banner
     if config.is_file():
         page.add(
             f"<details><summary>resolved config ({html.escape(os.path.relpath(config, page.root))})</summary>"
@@ -107,8 +124,9 @@ def _stage_counts(page: _Page, loop: Path) -> None:
         page.section("Scores")
         if pairs is not None and pairs.get("score_mean") is not None:
             page.text(
-                f"mean 3DCS {pairs['score_mean']:.5g}; mean best-worst gap {pairs.get('gap_mean') or 0:.5g} "
-                f"(min_gap {pairs['min_gap']}, min_motion {pairs['min_motion']})"
+                f"mean 3DCS {number(pairs['score_mean'])}; "
+                f"mean best-worst gap {number(pairs.get('gap_mean'))} "
+                f"(min_gap {number(pairs['min_gap'])}, min_motion {number(pairs['min_motion'])})"
             )
         page.image(loop / "pairs" / "pairs_scores.png", "3DCS of the scored candidates")
         page.image(loop / "pairs" / "pairs_gaps.png", "per-prompt worst − best gap")
@@ -145,7 +163,7 @@ def _training(page: _Page, run: Path) -> None:
             caption = f"step {summary['step']}" + (" (base model)" if summary["step"] == 0 else "")
             page.image(
                 path.parent / summary.get("frames", "frames.png"),
-                caption + (f", mean 3DCS {mean:.5g}" if mean is not None else ""),
+                caption + (f", mean 3DCS {number(mean)}" if mean is not None else ""),
             )
 
 
@@ -162,12 +180,12 @@ def _evaluation(page: _Page, loop: Path) -> None:
         rows.append(
             [
                 m["label"],
-                m["base"],
-                m["lora"],
+                m.get("base"),
+                m.get("lora"),
                 better,
-                m.get("delta"),
-                f"[{ci[0]}, {ci[1]}]" if ci[0] is not None else "",
-                "" if won is None else f"{100 * won:.0f}%",
+                number(m.get("delta"), signed=True),
+                "n/a" if ci[0] is None else f"[{number(ci[0], signed=True)}, {number(ci[1], signed=True)}]",
+                "n/a" if won is None else f"{100 * won:.0f}%",
             ]
         )
     page.add(_table(["metric", "base", "LoRA", "better is", "Δ LoRA − base", "95% CI", "prompts won"], rows))
@@ -198,6 +216,9 @@ def write_report(folder: str | os.PathLike) -> Path:
         )
     page = _Page(folder)
     _config_and_versions(page, run)
+    demo = (_json(run / "run_info.json") or {}).get("demo")
+    if demo:
+        page.banner(demo[0].upper() + demo[1:])
     if loop:
         _stage_counts(page, folder)
     _training(page, run)

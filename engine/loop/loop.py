@@ -379,9 +379,10 @@ class Loop:
             result = self.evaluate(lora)
             self.report["seconds"] = f"{time.perf_counter() - start:.0f}"
             write_json_atomic(self.out / "loop_summary.json", self.report)
-            print(f"report: {write_report(self.out)}", flush=True)
+            report = write_report(self.out)
             print(
                 f"\nloop done in {self.report['seconds']} s; before/after table: {self.out / evaluate.EVALUATION_FILE}",
                 flush=True,
             )
+            print(f"report (open it in a browser): {report}", flush=True)
             return result

@@ -19,8 +19,9 @@ from pathlib import Path
 from videogpa.engine.core.config import EvaluateConfig, GenerationConfig
 from videogpa.engine.core.eval_stats import RESAMPLES, paired_metric
 from videogpa.engine.core.figures import save_before_after_grid
+from videogpa.engine.core.report import number
 from videogpa.engine.io.atomic import write_atomic
-from videogpa.engine.io.plots import pyplot, save_figure
+from videogpa.engine.io.plots import pyplot, save_figure, tidy_axis
 from videogpa.engine.io.records import write_json_atomic
 from videogpa.engine.io.sharded import read_sharded, sharded_exists
 from videogpa.engine.stages.sharding import Shard, finishes, one_process_per_shard, sole
@@ -212,25 +213,51 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(result: dict, path: str | os.PathLike) -> None:
-    """Bar plot: base vs LoRA per metric (one panel each) and the per-prompt win rate."""
-    plt = pyplot()
+PANELS_PER_ROW = 4
 
+
+def comparison_figure(result: dict):
+    """Bars: base vs LoRA per metric (one panel each, the metrics without values left out) and the per-prompt
+    win rate, at most PANELS_PER_ROW panels a row; the metrics without a value are named below."""
+    plt = pyplot()
     metrics = [m for m in result["metrics"].values() if m["base"] is not None and m["lora"] is not None]
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(2.2 * (len(metrics) + 1), 2.8))
+    panels = len(metrics) + 1
+    cols = min(panels, PANELS_PER_ROW)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols, 2.7 * rows + 0.3), dpi=100, squeeze=False, layout="constrained"
+    )
+    axes = list(axes.flat)
+    better = {True: "lower is better", False: "higher is better", None: "reported only"}
     for ax, m in zip(axes, metrics):
         bars = ax.bar(["base", "LoRA"], [m["base"], m["lora"]], color=["tab:gray", "tab:blue"])
-        ax.bar_label(bars, fmt="%.4g", fontsize=6)
-        ax.set_title(m["label"], fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[-1].bar(["win rate"], [result["prompt_win_rate"]], color="tab:green")
-    axes[-1].set_ylim(0, 1)
-    axes[-1].axhline(0.5, color="k", linestyle="--", linewidth=0.8)
-    axes[-1].set_title("prompts won", fontsize=9)
+        ax.bar_label(bars, labels=[number(m["base"]), number(m["lora"])], fontsize=9, padding=2)
+        ax.margins(y=0.2)
+        tidy_axis(ax.yaxis, bins=4)
+        ax.set_title(f"{m['label']}\n({better[m['lower_is_better']]})", fontsize=10)
+        ax.tick_params(labelsize=9)
+    won = axes[len(metrics)]
+    bars = won.bar(["LoRA"], [100 * result["prompt_win_rate"]], color="tab:green", width=0.5)
+    won.bar_label(bars, fmt="%.0f%%", fontsize=9, padding=2)
+    won.set_xlim(-0.75, 0.75)
+    won.set_ylim(0, 115)
+    won.set_yticks([0, 25, 50, 75, 100])
+    won.axhline(50, color="k", linestyle="--", linewidth=0.8)
+    won.set_title(f"prompts won (of {result['prompts']})\n(dashed: even, 50%)", fontsize=10)
+    won.tick_params(labelsize=9)
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    missing = [m["label"] for m in result["metrics"].values() if m not in metrics]
+    if missing:
+        fig.supxlabel(f"no value: {', '.join(missing)}", fontsize=10)
     if result["notes"]:
-        fig.suptitle("scores from random-weights geometry: not meaningful", fontsize=8, color="tab:red")
-    fig.tight_layout()
-    save_figure(fig, path)
+        fig.suptitle("scores from random-weights geometry: not meaningful", fontsize=10, color="tab:red")
+    return fig
+
+
+def plot_comparison(result: dict, path: str | os.PathLike) -> None:
+    """comparison_figure as a PNG."""
+    save_figure(comparison_figure(result), path, dpi=100)
 
 
 EVALUATION_FILE = "evaluation.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 from videogpa.engine.core.config import PairsConfig
 from videogpa.engine.core.figures import save_pairs_figure
 from videogpa.engine.io.lock import one_process_per_folder
-from videogpa.engine.io.plots import pyplot, save_figure
+from videogpa.engine.io.plots import pyplot, save_figure, tidy_axis
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 from videogpa.engine.io.sharded import sharded_exists, sharded_rows
 
@@ -201,23 +201,42 @@ class PairsSummary:
         return format_report(self.report) + ("" if self.changed else " (unchanged)")
 
 
-def _plot(candidates: list[ScoredVideo], report: SelectionReport, min_gap: float, out_dir: Path) -> None:
+def histogram_figure(
+    values: list[float], title: str, xlabel: str, ylabel: str, threshold: float | None = None
+):
+    """A histogram with short, well-spaced tick labels, and the selection threshold as a labelled line."""
     plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=100, layout="constrained")
+    ax.hist(values, bins=max(5, min(40, len(values))), color="tab:blue")
+    if threshold is not None:
+        ax.axvline(threshold, color="tab:red", linestyle="--", label=f"min_gap {threshold:g}")
+        ax.legend(fontsize=9)
+    tidy_axis(ax.xaxis, bins=6)
+    tidy_axis(ax.yaxis, integer=True)
+    if not values:
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", fontsize=10)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=9)
+    return fig
 
+
+def _plot(candidates: list[ScoredVideo], report: SelectionReport, min_gap: float, out_dir: Path) -> None:
     scores = [c.score for c in candidates if not c.failed]
-    for name, values, title, line in (
-        (SCORES_PNG, scores, "3DCS of scored candidates (lower is better)", None),
-        (GAPS_PNG, report.gaps, "per-prompt worst - best 3DCS gap", min_gap),
-    ):
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.hist(values, bins=max(5, min(40, len(values))), color="tab:blue")
-        if line is not None:
-            ax.axvline(line, color="tab:red", linestyle="--", label=f"threshold {line:g}")
-            ax.legend()
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("count")
-        fig.tight_layout()
-        save_figure(fig, out_dir / name)
+    save_figure(
+        histogram_figure(scores, "3DCS of the scored candidates (lower is better)", "3DCS", "videos"),
+        out_dir / SCORES_PNG,
+        dpi=100,
+    )
+    save_figure(
+        histogram_figure(
+            report.gaps, "per-prompt gap: worst − best 3DCS", "3DCS gap", "prompts", threshold=min_gap
+        ),
+        out_dir / GAPS_PNG,
+        dpi=100,
+    )
 
 
 @one_process_per_folder

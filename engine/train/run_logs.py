@@ -140,44 +140,93 @@ def format_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-def write_run_records(out_dir: Path, cfg, world_size: int, source_dir: str | Path) -> None:
-    """What reproduces a run, written at its start: the resolved config.yaml and run_info.json."""
+def demo_note(cfg, builtin_model: bool) -> str | None:
+    """What a run's numbers stand for when its model (`builtin_model`: its family ships in code) or its data
+    is a built-in toy; None for a real model on real data. A built-in model's data is always toy data: its
+    synthetic set or videos it generated."""
+    if builtin_model:
+        what = f"built-in {cfg.model.name} model and synthetic data"
+        return f"{what}: numbers show the machinery, not a real model"
+    if cfg.data.synthetic is not None:
+        return "synthetic data: numbers show the machinery, not results on real videos"
+    return None
+
+
+def write_run_records(
+    out_dir: Path, cfg, world_size: int, source_dir: str | Path, builtin_model: bool | None = None
+) -> None:
+    """What reproduces a run, written at its start: the resolved config.yaml and run_info.json (with `demo`,
+    the report's warning, when the model or the data is a built-in toy; builtin_model None: the model
+    registry says)."""
     from videogpa.engine.core.config import save_config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    write_json_atomic(out_dir / "run_info.json", run_info(cfg.seed, world_size, source_dir))
+    if builtin_model is None:
+        from videogpa.engine.models import adapter_class
+
+        builtin_model = adapter_class(cfg.model.name).ships_pipeline
+    info = run_info(cfg.seed, world_size, source_dir)
+    note = demo_note(cfg, builtin_model)
+    if note is not None:
+        info["demo"] = note
+    write_json_atomic(out_dir / "run_info.json", info)
+
+
+CHANCE = "chance (50%)"  # the label of the 50% line: a model that cannot tell winner from loser
+
+
+def _chance_line(ax) -> None:
+    """The 50% line, named at its right end, outside the plot."""
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.annotate(
+        CHANCE,
+        xy=(1, 50),
+        xycoords=ax.get_yaxis_transform(),
+        xytext=(4, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=9,
+    )
+
+
+def heldout_accuracy_figure(before: float, after: float, pairs: int):
+    """Bar chart of held-out preference accuracy before and after training."""
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.5), dpi=120, layout="constrained")
+    bars = ax.bar(["before", "after"], [100 * before, 100 * after], color=["#999999", "#2a7ab9"])
+    ax.bar_label(bars, fmt="%.1f%%")
+    _chance_line(ax)
+    ax.set_ylim(0, 109)
+    ax.set_ylabel("held-out preference accuracy (%)")
+    ax.set_title(f"Diffusion-DPO, {pairs} held-out pairs")
+    return fig
 
 
 def plot_heldout_accuracy(before: float, after: float, pairs: int, path: str | Path) -> None:
-    """Bar chart of held-out preference accuracy before and after training (PNG)."""
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=120)
-    bars = ax.bar(["before", "after"], [100 * before, 100 * after], color=["#999999", "#2a7ab9"])
-    ax.bar_label(bars, fmt="%.1f%%")
-    ax.axhline(50, color="k", lw=0.8, ls="--")
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("held-out preference accuracy (%)")
-    ax.set_title(f"Diffusion-DPO, {pairs} held-out pairs")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    """heldout_accuracy_figure as a PNG."""
+    save_figure(heldout_accuracy_figure(before, after, pairs), path, dpi=120)
 
 
-def plot_heldout_curve(history: list[dict], pairs: int, path: str | Path) -> None:
-    """Held-out preference accuracy over the training steps (eval.every), step 0 being the initial model (PNG)."""
+def heldout_curve_figure(history: list[dict], pairs: int):
+    """Held-out preference accuracy over the training steps (eval.every), step 0 being the initial model."""
     plt = pyplot()
 
     rows = sorted(history, key=lambda h: h["step"])
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.7, 3.5), dpi=120, layout="constrained")
     ax.plot([h["step"] for h in rows], [100 * h["accuracy"] for h in rows], marker="o", color="#2a7ab9")
-    ax.axhline(50, color="k", lw=0.8, ls="--")
+    _chance_line(ax)
     ax.set_ylim(0, 105)
     ax.set_xlabel("step")
     ax.set_ylabel("held-out preference accuracy (%)")
     ax.set_title(f"Diffusion-DPO, {pairs} held-out pairs")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    return fig
+
+
+def plot_heldout_curve(history: list[dict], pairs: int, path: str | Path) -> None:
+    """heldout_curve_figure as a PNG."""
+    save_figure(heldout_curve_figure(history, pairs), path, dpi=120)
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -191,25 +240,36 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_training_curves(records: list[dict], path: str | Path) -> None:
-    """Loss and training-batch accuracy per step, each with its moving average over ~5% of the run (PNG)."""
+def training_curves_figure(records: list[dict]):
+    """Loss and training-batch accuracy per step, each with its moving average over ~5% of the run (None when
+    no step has a loss). A run shorter than 40 steps has no average: its curve is the steps themselves."""
     plt = pyplot()
 
     rows = [r for r in records if r.get("loss") is not None]
     if not rows:
-        return
+        return None
     steps = [r["step"] for r in rows]
     window = max(1, len(rows) // 20)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120, layout="constrained")
     for ax, key, label in zip(axes, ("loss", "accuracy"), ("DPO loss", "train implicit-reward accuracy")):
         values = [r[key] for r in rows]
-        ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=0.8, label="per step")
-        ax.plot(steps, moving_average(values, window), color="tab:blue", label=f"mean of {window} steps")
+        if window == 1:
+            ax.plot(steps, values, color="tab:blue", linewidth=1.0, label="per step")
+        else:
+            ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=0.8, label="per step")
+            mean = f"mean of the last {window} steps"
+            ax.plot(steps, moving_average(values, window), color="tab:blue", label=mean)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_training_curves(records: list[dict], path: str | Path) -> None:
+    """training_curves_figure as a PNG (nothing when no step has a loss)."""
+    fig = training_curves_figure(records)
+    if fig is not None:
+        save_figure(fig, path, dpi=120)
 
 
 def write_final_report(out_dir: Path, result: dict, plots: bool) -> None:

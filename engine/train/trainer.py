@@ -82,7 +82,7 @@ class Trainer:
         elif overwrite and D.is_main():
             ckpt.clear_run_files(self.out)
         if D.is_main():
-            write_run_records(self.out, cfg, D.world_size(), SOURCE_DIR)
+            write_run_records(self.out, cfg, D.world_size(), SOURCE_DIR, self.adapter.ships_pipeline)
         D.barrier()
         self.reference = self._reference(train=True)
         self.heldout_reference = self._reference(train=False) if self.heldout_set is not None else None
@@ -225,6 +225,8 @@ class Trainer:
         export_trained_weights(self.engine.module, self.out, cfg.lora.enabled)
         result = self._finish(before)
         export_after_training(self.out, cfg.train.export_formats)
+        if D.is_main():  # the run's last line: where to look
+            print(f"report (open it in a browser): {write_report(self.out)}", flush=True)
         return result
 
     def _save(self, step: int) -> None:
@@ -247,8 +249,6 @@ class Trainer:
             }
             if D.is_main():
                 write_final_report(self.out, result, self.cfg.eval.plot)
-        if D.is_main():
-            write_report(self.out)
         self.logger.close()
         D.barrier()
         return result

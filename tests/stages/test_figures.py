@@ -4,7 +4,9 @@ pairs stage's winner/loser figure; checked against the scores and the stored geo
 import pytest
 import torch
 
+from tests.figure_checks import png
 from tests.stages.stage_helpers import build_pairs, write_rows
+from videogpa.engine.core import figures
 from videogpa.engine.core.config import ScoreConfig
 from videogpa.engine.core.figures import load_consistency_arrays
 from videogpa.engine.io.records import read_jsonl
@@ -60,10 +62,13 @@ def test_pairs_figure_shows_winner_and_loser(scored, tmp_path):
     summary = build_pairs(out / "scores.jsonl", tmp_path, manifest, min_gap=0.0, min_motion=0.0)
     assert len(summary.pairs) == 2 and all("clean" in p.winner.video for p in summary.pairs)
     assert (tmp_path / "pairs_examples.png").read_bytes()[:8] == PNG
+    # the stage's picture holds every frame at a readable size: 5 tiles of 48 px frames enlarged to 96 px a
+    # row, 2 pairs × (winner, its errors, loser, its errors) rows
+    height, width, _ = png(tmp_path / "pairs_examples.png").shape
+    assert width >= 5 * figures.MIN_TILE and height >= 2 * 4 * figures.MIN_TILE
 
 
 def test_before_after_grid_pairs_the_same_prompt_and_seed(tmp_path, monkeypatch):
-    from videogpa.engine.core import figures
     from videogpa.engine.io.video import write_video
 
     clips = {}

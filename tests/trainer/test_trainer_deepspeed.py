@@ -1,5 +1,7 @@
 """The trainer under DeepSpeed ZeRO-3 on one in-process CPU rank (gloo): resume, references, NaN, export."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -36,12 +38,14 @@ def _trajectory(out):
 def full_run(tmp_path_factory):
     """An uninterrupted 6-step run (2 micro-steps of 2 pairs per step, checkpoints every 2 steps)."""
     out = tmp_path_factory.mktemp("full")
-    result = Trainer(tiny_config(out)).run()
-    return out, result
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = Trainer(tiny_config(out)).run()
+    return out, result, printed.getvalue()
 
 
 def test_run_writes_every_record(full_run):
-    out, result = full_run
+    out, result, printed = full_run
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     for key in (*COMPARED, "logits_mean", "ref_err_l", "samples_per_s", "nan_skipped"):
@@ -54,6 +58,10 @@ def test_run_writes_every_record(full_run):
     )
     info = json.loads((out / "run_info.json").read_text())
     assert info["seed"] == 0 and info["torch"] == torch.__version__ and info["deepspeed"]
+    assert info["demo"].startswith("built-in tiny model and synthetic data")  # the report's warning
+    # the run's last line names its report
+    assert printed.strip().splitlines()[-1] == f"report (open it in a browser): {out / 'report.html'}"
+    assert (out / "report.html").is_file()
     assert (out / "config.yaml").is_file() and any((out / "tensorboard").iterdir())
     names = [p.name for p in ckpt.list_checkpoints(out)]
     assert names == ["step_00000004", "step_00000006"]  # keep the newest 2
@@ -61,7 +69,7 @@ def test_run_writes_every_record(full_run):
 
 
 def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(full_run, tmp_path):
-    out, result = full_run
+    out, result, _ = full_run
     cfg = tiny_config(tmp_path)
     assert Trainer(cfg).run(stop_after=5) is None  # "killed" after step 5: last checkpoint at step 4
     assert [r["step"] for r in read_metrics(tmp_path)][-1] == 5
@@ -74,7 +82,7 @@ def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(full_run, tmp_p
 
 
 def test_exported_lora_loads_into_the_diffusers_transformer_and_changes_its_output(full_run):
-    out, _ = full_run
+    out, _, _ = full_run
     weights = load_file(str(out / "pytorch_lora_weights.safetensors"))
     assert weights and all(k.startswith("transformer.") for k in weights)
     model = build_tiny_transformer().eval()
