@@ -109,10 +109,11 @@ gpu-wheels: setup
 	ls -l .whl .gpu-image
 
 # The reference fixtures the GPU tests read, into .gpu-fixtures/ (ignored by git; carried): ../shared does not
-# travel with the checkout.
+# travel with the checkout, nor does .git (the commit is stamped beside them for the rows).
 gpu-fixtures:
 	test -d ../shared/fixtures || { echo "gpu-fixtures: no ../shared/fixtures beside this checkout"; exit 1; }
 	rm -rf .gpu-fixtures && cp -r ../shared/fixtures .gpu-fixtures
+	git describe --always --dirty --abbrev=40 > .gpu-fixtures/COMMIT  # the device's copy has no .git
 
 # Before a GPU call: the rehearsal against a mirror of the image, with the wheels and fixtures that will travel
 # (strict: it fails if .whl/, .gpu-image/ or .gpu-fixtures/ is missing or stale).

@@ -28,6 +28,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -123,7 +124,8 @@ def gpu_test_files() -> list[str]:
     tests = REPO / "tests"
     first = [tests / "kernels" / "test_gpu_paths.py", tests / "geometry" / "test_scoring_gpu.py"]
     kernels = [p for p in sorted((tests / "kernels").glob("test_*.py")) if p.name != "test_aot_compile.py"]
-    marked = [p for p in sorted(tests.rglob("test_*.py")) if "pytest.mark.gpu" in p.read_text()]
+    gpu_mark = re.compile(r"^(\s*@pytest\.mark\.gpu\b|pytestmark = .*pytest\.mark\.gpu\b)", re.MULTILINE)
+    marked = [p for p in sorted(tests.rglob("test_*.py")) if gpu_mark.search(p.read_text())]
     files = []
     for p in [*first, *kernels, *marked]:
         if p not in files and p != ZERO3_TEST:
@@ -326,6 +328,25 @@ def _drop_compiled(site: Path, wheels: list[Path], tee: Tee) -> None:
         )
 
 
+def source_commit(fixtures: Path) -> str | None:
+    """The checkout's commit: from git, else (the device's copy has no .git) the stamp `make gpu-fixtures`
+    wrote beside the fixtures it copied."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    stamp = fixtures / "COMMIT"
+    return stamp.read_text().strip() + " (stamped by make gpu-fixtures)" if stamp.is_file() else None
+
+
 def child_env(site: Path, results: Path, fixtures: Path, dry_run: bool) -> dict:
     env = {
         k: v
@@ -472,12 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     site = args.site or Path(tempfile.mkdtemp(prefix="videogpa-site-"))
     fixtures = fixtures_folder()
     env = child_env(site, results, fixtures, args.dry_run)
+    commit = source_commit(fixtures)
+    if commit:
+        env["VIDEOGPA_GIT_COMMIT"] = commit
+    tee(f"commit {commit}; fixtures {fixtures}")
     t0 = time.monotonic()
     try:
         count = install(args.wheels, site, env, tee, min(INSTALL_TIMEOUT_S, deadline - t0))
-        record(
-            {"step": "install", "status": "ok", "seconds": round(time.monotonic() - t0, 1), "wheels": count}
-        )
+        seconds = round(time.monotonic() - t0, 1)
+        record({"step": "install", "status": "ok", "seconds": seconds, "wheels": count, "git_commit": commit})
     except Exception as err:  # the steps still run: their failures say what the missing wheels cost
         tee(f"install failed: {err}")
         record({"step": "install", "status": f"failed ({err})", "seconds": round(time.monotonic() - t0, 1)})

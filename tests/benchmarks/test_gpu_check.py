@@ -200,3 +200,15 @@ def test_more_files_under_out_than_come_back_is_said(monkeypatch, tmp_path):
     gpu_check.main(["--dry-run", "--wheels", str(tmp_path / "whl"), "--site", str(tmp_path / "site")])
     log = (out / "gpu_check.log").read_text()
     assert f"WARNING: {gpu_check.MAX_FILES_BACK + 2} files under $OUT, only 8 come back" in log
+
+
+def test_rows_carry_the_commit_where_the_copy_has_no_git(monkeypatch, tmp_path):
+    """The device runs a copy of the working tree without .git: the commit comes from the stamp that
+    `make gpu-fixtures` writes beside the fixtures, and reaches every benchmark row."""
+    (tmp_path / "COMMIT").write_text("abc123\n")
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path / "copy")
+    (tmp_path / "copy").mkdir()
+    assert gpu_check.source_commit(tmp_path) == "abc123 (stamped by make gpu-fixtures)"
+    assert gpu_check.source_commit(tmp_path / "nowhere") is None
+    monkeypatch.setenv("VIDEOGPA_GIT_COMMIT", "abc123 (stamped by make gpu-fixtures)")
+    assert load_script("benchmarks/_common.py")._git_commit() == "abc123 (stamped by make gpu-fixtures)"

@@ -59,9 +59,10 @@ def _start(config: Path, out: Path, on_gpu: bool) -> subprocess.Popen:
         env.pop("DS_ACCELERATOR", None)  # DeepSpeed picks CUDA, init_distributed NCCL
     else:
         env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
+    worker = "tests/trainer/zero3_worker.py"  # recipes/dpo.py, saying its backend and device
     argv = [
         sys.executable,
-        "recipes/dpo.py",
+        worker,
         "--config",
         str(config),
         "--output-dir",
@@ -85,7 +86,8 @@ def test_zero3_on_one_gpu_matches_the_cpu(tmp_path):
             rc = None
         log = (tmp_path / f"{name}.log").read_text()
         assert rc == 0, f"{name} run: exit {rc}\n{log[-4000:]}"
-    assert "nccl" in (tmp_path / "gpu.log").read_text().lower()
+    assert "ZERO3_WORKER backend=nccl device=cuda:0" in (tmp_path / "gpu.log").read_text()
+    assert "ZERO3_WORKER backend=gloo device=cpu" in (tmp_path / "cpu.log").read_text()
     values = {
         name: {key: [r[key] for r in read_metrics(out)] for key in TOLERANCES} for name, out in runs.items()
     }
