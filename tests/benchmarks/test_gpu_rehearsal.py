@@ -137,6 +137,14 @@ def test_the_mirror_holds_the_image_packages_and_nothing_else(tmp_path):
     assert gone.returncode != 0 and "PackageNotFoundError" in gone.stderr
 
 
+def test_a_mirror_without_the_carried_packages_misses_them(tmp_path):
+    """What a wheel left out of .whl/ costs shows in the mirror as on the device (kornia was left out once)."""
+    python, _ = gpu_image.build_mirror(tmp_path / "bare", set(), [])
+    for name in ("diffusers", "deepspeed", "kornia"):
+        done = _run(python, f"import {name}", tmp_path)
+        assert done.returncode != 0 and f"No module named '{name}'" in done.stderr
+
+
 def _probe_wheel(folder):
     """A one-module wheel, so the install step is exercised without the carried wheels (CI has none)."""
     folder.mkdir()
