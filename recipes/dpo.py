@@ -48,24 +48,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        if "OMP_NUM_THREADS" not in os.environ:  # CPU ranks share the cores; small ops only contend
-            torch.set_num_threads(1)
-    # DeepSpeed still calls the collectives torch renamed; the warning repeats every step.
-    warnings.filterwarnings(
-        "ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)", category=FutureWarning
-    )
     from videogpa.engine.core.cli import run_recipe
-    from videogpa.engine.core.config import load_config
-    from videogpa.engine.train.trainer import Trainer
+    from videogpa.engine.core.config import check_input_paths, parse_config, require_real_paths, validate
 
     def body() -> int:
-        cfg = load_config(args.config, args.overrides)
+        # the config's keys, types, placeholders and input folders first: seconds, before the model stack loads
+        cfg = parse_config(args.config, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
+        require_real_paths(cfg)
+        check_input_paths(cfg)
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            if "OMP_NUM_THREADS" not in os.environ:  # CPU ranks share the cores; small ops only contend
+                torch.set_num_threads(1)
+        # DeepSpeed still calls the collectives torch renamed; the warning repeats every step.
+        warnings.filterwarnings(
+            "ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)", category=FutureWarning
+        )
+        from videogpa.engine.train.trainer import Trainer
+
+        try:
+            validate(cfg)
+        except ValueError as err:
+            raise ValueError(f"{args.config}: {err}") from None
         trainer = Trainer(
             cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change
         )

@@ -1,4 +1,4 @@
-"""Build the training shards from the pair index: latents (reused from generation, else VAE-encoded), text
+r"""Build the training shards from the pair index: latents (reused from generation, else VAE-encoded), text
 embeddings from the model's own text encoder, image latents for image-to-video.
 
     python recipes/encode.py --model tiny --pipeline RUN/model --pairs RUN/pairs/pairs.jsonl \

@@ -1,4 +1,4 @@
-"""Before/after evaluation: held-out prompts generated with the same seeds without and with a trained LoRA,
+r"""Before/after evaluation: held-out prompts generated with the same seeds without and with a trained LoRA,
 both scored; prints and saves a side-by-side table in the paper's columns (PSNR, SSIM, LPIPS, MVCS, 3DCS, Epi;
 then MSE, motion) with each difference's bootstrap CI, per-prompt win rates and a bar plot.
 
@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         help="score metrics, comma-separated: reprojection, epipolar (= loop.score.metrics)",
     )
     add_shard_flag(p)
-    p.add_argument(
-        "--in-loop", action="store_true", help=argparse.SUPPRESS
-    )  # launched by the loop: it holds the lock
+    # launched by the loop: it holds the lock
+    p.add_argument("--in-loop", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.metrics is not None:
         args.overrides.append(f"loop.score.metrics={json.dumps(args.metrics)}")

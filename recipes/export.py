@@ -1,4 +1,4 @@
-"""Export a finished training run's weights: the LoRA in diffusers format (with the run's metadata), in the
+r"""Export a finished training run's weights: the LoRA in diffusers format (with the run's metadata), in the
 key format ComfyUI loads for the run's model family, and the merged transformer (LoRA folded in) as a
 diffusers folder.
 

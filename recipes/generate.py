@@ -1,10 +1,10 @@
-"""Generate N candidate videos per prompt (several seeds, same prompt/image otherwise).
+r"""Generate N candidate videos per prompt (several seeds, same prompt/image otherwise).
 
     python recipes/generate.py --model tiny --pipeline runs/tiny_pipeline --build-tiny \
         --prompts prompts.txt --out-dir runs/gen --num-candidates 4
     python recipes/generate.py --model cogvideox-t2v --pipeline /models/CogVideoX-5b --prompts p.jsonl \
         --out-dir runs/gen --camera-motion [--lora runs/dpo --lora-scale 1]    # the trainer run folder
-    python recipes/generate.py --config my_loop.yaml --out-dir runs/gen --set steps=20   # loop.generation
+    python recipes/generate.py --config my_loop.yaml --out-dir runs/gen --set loop.generation.steps=20
 
 Each candidate is saved as videos/<prompt_id>_s<seed>.mp4, latents/<...>.safetensors (the final latents) and
 a manifest.jsonl row (prompt, seed, model, sampler settings). Rerunning resumes; settings that differ from

@@ -1,4 +1,4 @@
-"""Preference pairs from scores: per prompt, best (lowest 3DCS) vs worst, kept when the gap is large enough.
+r"""Preference pairs from scores: per prompt, best (lowest 3DCS) vs worst, kept when the gap is large enough.
 
     python recipes/pairs.py --scores RUN/generated/scores.jsonl --manifest RUN/generated/manifest.jsonl \
         --out-dir RUN/pairs [--min-gap 0.05] [--min-motion 0.001] [--overwrite]

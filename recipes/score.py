@@ -1,6 +1,7 @@
-"""Score videos' 3D consistency (3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion) and/or
-their epipolar error (Epi: SuperPoint + LightGlue matches, a robust fundamental matrix per frame pair,
-the mean Sampson distance of its inliers / max(H, W)).
+r"""Score videos' 3D consistency (3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion) and/or
+their epipolar error (Epi as the authors compute it: SuperPoint + LightGlue matches between consecutive
+frames, an 8-point fundamental matrix per pair on all its matches, the mean Sampson distance in pixels; and
+beside it our robust variant `epi_robust`, engine.geometry.epipolar).
 
     python recipes/score.py                              # synthetic set, oracle geometry, end to end
     python recipes/score.py --synthetic 12 --workdir runs/synth
@@ -89,11 +90,16 @@ def summarize(rows: list[dict]) -> None:
     epi = [r for r in ok if r.get("epi") is not None]
     if any("epi" in r for r in ok):
         unscored = sum(r["epi_pairs"] - r["epi_pairs_scored"] for r in ok if "epi_pairs" in r)
-        mean = f"mean Epi {statistics.mean(r['epi'] for r in epi):.5g}" if epi else "no Epi"
+        mean = f"mean Epi {statistics.mean(r['epi'] for r in epi):.5g} px" if epi else "mean Epi n/a"
         print(
-            f"{mean} ({len(ok) - len(epi)} videos without one; {unscored} frame pairs with too few matches)"
+            f"{mean} ({len(ok) - len(epi)} videos without a value, left out; {unscored} frame pairs with too few "
+            "matches)"
         )
         summarize_metric(epi, "epi", "Epi")
+        robust = [r for r in ok if r.get("epi_robust") is not None]
+        if robust:
+            print(f"mean Epi robust (ours) {statistics.mean(r['epi_robust'] for r in robust):.5g}")
+            summarize_metric(robust, "epi_robust", "Epi robust")
 
 
 def summarize_metric(ok: list[dict], metric: str, label: str) -> None:

@@ -94,8 +94,21 @@ def add_config_file_flags(parser: argparse.ArgumentParser, section: str) -> None
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a key of the {section} section, e.g. --set seed=3 (repeatable)",
+        help=f"override a config key, e.g. --set loop.{section}.seed=3 (repeatable; the flags are its aliases)",
     )
+
+
+def section_override(item: str, section: str) -> str:
+    """`loop.<section>.key=value` (the one override grammar: full dotted keys, as every recipe takes them) →
+    `key=value` within the section; a ValueError for a key outside it."""
+    prefix = f"loop.{section}."
+    if not item.startswith(prefix):
+        key = item.partition("=")[0]
+        raise ValueError(
+            f"override {item!r}: this recipe runs the loop.{section} section; expected --set {prefix}KEY=VALUE"
+            + (f" (e.g. --set {prefix}{item})" if "." not in key else "")
+        )
+    return item[len(prefix) :]
 
 
 def stage_config(cls: type, section: str, args: argparse.Namespace):
@@ -109,7 +122,7 @@ def stage_config(cls: type, section: str, args: argparse.Namespace):
         if whole and model is not None and "model" in {f.name for f in dataclasses.fields(cls)}:
             data.setdefault("model", model)  # a whole config's stages run its model
     for item in args.overrides:
-        apply_override(data, item)
+        apply_override(data, section_override(item, section))
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in vars(args).items():  # flags of nested sections have dests `section.field`
         *parents, leaf = key.split(".")

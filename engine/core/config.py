@@ -35,8 +35,9 @@ LR_SCHEDULES = ("cosine", "constant")
 @dataclass
 class ModelConfig:
     name: str = "tiny"  # adapter registry name (videogpa.engine.models.adapter_names())
-    path: str | None = None  # local diffusers transformer folder (None: the adapter's built-in tiny config)
-    gradient_checkpointing: bool = True
+    # local diffusers pipeline folder (or its transformer/); None: the built-in tiny model
+    path: str | None = None
+    gradient_checkpointing: bool = True  # torch's non-reentrant activation checkpointing of the blocks
     checkpoint_fraction: float = 1.0  # selective checkpointing: the first round(f·L) blocks are checkpointed
     # PyTorch SDPA's kernel (auto: PyTorch's choice; cudnn, flash, efficient, math), or a diffusers attention
     # backend "diffusers:<name>" (e.g. diffusers:flash for flash-attn) for families that dispatch through it
@@ -48,9 +49,9 @@ class ModelConfig:
 @dataclass
 class LoraConfig:
     enabled: bool = True  # False: full fine-tuning (needs reference: separate or precomputed)
-    rank: int = 64
-    alpha: float = 128.0
-    dropout: float = 0.0
+    rank: int = 64  # LoRA rank r (the paper: 64)
+    alpha: float = 128.0  # LoRA scale α (the paper: 128; the update is α/r·BA)
+    dropout: float = 0.0  # LoRA dropout on the adapter input
     targets: list[str] | None = None  # module-name suffixes; None: the adapter's defaults
     # the pipeline components that get LoRA (Wan 2.2 A14B: transformer, transformer_2); None: every one
     experts: list[str] | None = None
@@ -58,13 +59,14 @@ class LoraConfig:
 
 @dataclass
 class DPOConfig:
-    beta: float = 1.0
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
+    beta: float = 1.0  # β of the Diffusion-DPO loss (the authors: 1; image Diffusion-DPO: 2500-5000)
+    loss_type: str = "sigmoid"  # sigmoid (Diffusion-DPO), hinge or ipo
+    label_smoothing: float = 0.0  # ε of conservative DPO (sigmoid only)
+    # adapters_off (LoRA), separate (a frozen copy) or precomputed (a stored table)
     reference: str = "adapters_off"
     reference_offload: bool = False  # separate: keep the frozen copy's parameters on the CPU
     noise_cycle: int | None = None  # per-pair (noise, t) draws repeat every N epochs (None: never)
-    nan_policy: str = "skip"
+    nan_policy: str = "skip"  # a non-finite loss or gradient: skip the step (skip) or stop the run (stop)
     max_consecutive_skips: int = 3  # skip: a run stops after this many non-finite steps in a row
 
 
@@ -72,9 +74,9 @@ class DPOConfig:
 class SyntheticDataConfig:
     """The embedded default's scene pairs (engine.data.synthetic_pairs): clean clip vs corrupted clip."""
 
-    train_pairs: int = 160
-    heldout_pairs: int = 48
-    seed: int = 1234
+    train_pairs: int = 160  # training pairs of procedural scenes
+    heldout_pairs: int = 48  # held-out pairs (scenes never trained on)
+    seed: int = 1234  # the synthetic set's seed
     corruptions: list[str] = field(default_factory=lambda: ["jitter", "scale"])  # used in turn
     strength: float = 4.0  # engine.data.synthetic.corrupt's strength
 
@@ -88,27 +90,27 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-6
-    weight_decay: float = 1e-2
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    schedule: str = "cosine"
-    warmup_steps: int = 500
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
+    lr: float = 5e-6  # AdamW learning rate (the paper: 5e-6)
+    weight_decay: float = 1e-2  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    schedule: str = "cosine"  # cosine or constant, after the warm-up
+    warmup_steps: int = 500  # linear warm-up steps
+    min_lr_ratio: float = 0.0  # the cosine ends at lr × this
+    grad_clip: float = 1.0  # gradient-norm clip (0: off)
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 10_000
+    max_steps: int = 10_000  # optimizer steps
     # pairs per rank per forward (None: the global batch split over the ranks, no accumulation)
     micro_batch_size: int | None = 1
     global_batch_size: int = 16  # pairs per optimizer step (micro × accumulation × ranks)
-    precision: str = "bf16"
-    log_every: int = 10
+    precision: str = "bf16"  # bf16 or fp32 (every weight is loaded in this dtype)
+    log_every: int = 10  # steps between metrics lines and progress updates
     checkpoint_every: int = 500  # 0: only at the end
-    keep_checkpoints: int = 2
-    progress_bar: bool = True
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept
+    progress_bar: bool = True  # a tqdm bar on rank 0
     # the final export's formats (EXPORT_FORMATS); "diffusers" is always among them (the other formats, the
     # evaluate stage and recipes/export.py read it); comfyui and merged need LoRA
     export_formats: list[str] = field(default_factory=lambda: ["diffusers"])
@@ -116,9 +118,9 @@ class TrainConfig:
 
 @dataclass
 class DistributedConfig:
-    zero_stage: int = 3
-    offload_optimizer: bool = False
-    offload_params: bool = False
+    zero_stage: int = 3  # DeepSpeed ZeRO stage (3: parameters partitioned, loaded partitioned)
+    offload_optimizer: bool = False  # optimizer states on the CPU
+    offload_params: bool = False  # ZeRO-3 parameters on the CPU
     # Ulysses sequence parallelism: each sample's video tokens are split over groups of this many
     # consecutive ranks (engine/runtime/sequence_parallel.py); the data-parallel size is world / sequence_parallel.
     sequence_parallel: int = 1
@@ -128,8 +130,8 @@ class DistributedConfig:
 @dataclass
 class EvalConfig:
     draws: int = 4  # fixed (noise, t) draws per held-out pair
-    batch_size: int = 8
-    plot: bool = True
+    batch_size: int = 8  # held-out pairs per evaluation forward
+    plot: bool = True  # write heldout_accuracy.png and training_curves.png
     every: int = 0  # also evaluate (held-out accuracy, validation videos) every N steps; 0: before/after only
     validation: ValidationConfig | None = None  # videos sampled with the current weights (None: off)
 
@@ -141,15 +143,15 @@ WANDB_MODES = ("offline", "online")
 class WandbConfig:
     """Weights & Biases beside TensorBoard (engine.train.run_logs): the same scalars, figures, videos, config."""
 
-    project: str = "videogpa"
+    project: str = "videogpa"  # the W&B project
     mode: str = "offline"  # offline: files under <output_dir>/wandb (`wandb sync` them later); online
     name: str | None = None  # the run's name (None: the output folder's name)
-    entity: str | None = None
+    entity: str | None = None  # the W&B entity (None: your default)
 
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
+    tensorboard: bool = True  # TensorBoard events under <output_dir>/tensorboard
     wandb: WandbConfig | None = None  # None: off (the wandb package is needed only when it is on)
 
 
@@ -161,26 +163,25 @@ class GenerationConfig:
     model: str = "tiny"  # the loop sets it to model.name
     pipeline: str | None = None  # local diffusers pipeline folder
     prompts: str | None = None  # prompt file (plain text or JSONL)
-    num_candidates: int = 4
+    num_candidates: int = 4  # videos per prompt (seeds seed .. seed + N - 1)
     seed: int = 0  # candidate k of every prompt uses seed + k
     camera_motion: bool = False  # rewrite prompts with the camera-motion builder (seeded by `seed`)
-    batch_size: int = 2
+    batch_size: int = 2  # videos per pipeline call
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None  # fp32 / bf16 / fp16; None: bf16 on cuda, fp32 on cpu
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    max_sequence_length: int | None = None
-    negative_prompt: str | None = None
-    fps: int | None = None
+    num_frames: int | None = None  # sampler fields left None take the family's defaults
+    height: int | None = None  # frame height in pixels
+    width: int | None = None  # frame width in pixels
+    steps: int | None = None  # sampler steps
+    guidance_scale: float | None = None  # classifier-free guidance scale
+    max_sequence_length: int | None = None  # text tokens
+    negative_prompt: str | None = None  # None: the family default
+    fps: int | None = None  # frames per second of the saved mp4
     lora: str | None = None  # a trained LoRA (folder with pytorch_lora_weights.safetensors, or the file)
-    lora_scale: float = 1.0
+    lora_scale: float = 1.0  # the LoRA strength (the authors use 0.2 for Wan and CogVideoX 1.5)
     # fast sampling (engine.stages.fast_sampling), each off or neutral by default:
-    attention_backend: str = (
-        "auto"  # SDPA kernel (SDPA_KERNELS) or diffusers:<backend> (e.g. diffusers:flash)
-    )
+    # SDPA kernel (SDPA_KERNELS) or diffusers:<backend> (e.g. diffusers:flash)
+    attention_backend: str = "auto"
     compile: str | None = None  # torch.compile backend of the transformer's repeated blocks (e.g. inductor)
     vae_tiling: bool = False  # decode in tiles (less memory at large sizes)
     vae_slicing: bool = False  # decode the batch one video at a time
@@ -190,7 +191,7 @@ class GenerationConfig:
     step_cache_threshold: float = 0.05  # first_block: reuse the rest of the blocks below this change
 
 
-GEOMETRY_BACKENDS = ("auto", "oracle", "vggt")
+GEOMETRY_BACKENDS = ("auto", "oracle", "vggt", "da3")
 POINT_SOURCES = ("auto", "depth", "pointmap")
 KERNEL_BACKENDS = ("auto", "triton", "torch")
 SCORE_METRICS = ("reprojection", "epipolar")
@@ -198,18 +199,23 @@ SCORE_METRICS = ("reprojection", "epipolar")
 
 @dataclass
 class EpipolarConfig:
-    """The score stage's epipolar metric (Epi, engine.geometry.epipolar): keypoint matches per frame pair, a
-    robust fundamental-matrix fit, the mean Sampson distance of its inliers / max(H, W)."""
+    """The score stage's epipolar metric (engine.geometry.epipolar): keypoint matches between consecutive
+    sampled frames. `epi` is the authors' Epi (kornia's 8-point F on all of a pair's matches, the mean Sampson
+    distance in pixels); `epi_robust` is ours (a robust fit, the mean Sampson distance of its inliers
+    divided by max(H, W)). The defaults are the authors' settings (engine.geometry.lightglue and .epipolar
+    say which)."""
 
     matcher: str = "lightglue"  # SuperPoint + LightGlue (local folders); "oracle": the stored geometry
     lightglue_weights: str | None = None  # local LightGlueForKeypointMatching folder (transformers)
     superpoint_weights: str | None = None  # local SuperPoint folder (if the LightGlue one lacks it)
-    size: int | None = None  # longer side the frames are matched at (None: as scored)
-    stride: int | None = None  # also pair frames (i, i + stride) besides consecutive ones
-    min_matches: int = 16  # pairs with fewer matches are reported unscored (never 0)
-    inlier_threshold: float = 0.004  # Sampson inlier threshold, a fraction of max(H, W)
-    robust: str = "batched"  # "batched" MSAC over all pairs of a video, or "kornia" RANSAC per pair
-    seed: int = 0  # the robust fit's sampling seed (fixed: not the synthetic set's)
+    size: int | None = 1024  # longer side the frames are matched at (the authors': 1024; None: as scored)
+    max_keypoints: int | None = 2048  # SuperPoint keypoints per frame (the authors'; None: the folder's)
+    keypoint_threshold: float | None = 0.0005  # SuperPoint detection threshold (the authors'; None: folder's)
+    stride: int | None = None  # also pair frames (i, i + stride) besides consecutive ones (the authors: none)
+    min_matches: int = 20  # a pair with fewer matches has no error (skipped, never 0); the authors': 20
+    inlier_threshold: float = 0.004  # epi_robust: Sampson inlier threshold, a fraction of max(H, W)
+    robust: str = "batched"  # epi_robust: "batched" MSAC over all pairs at once, or "kornia" RANSAC per pair
+    seed: int = 0  # epi_robust's sampling seed (fixed: not the synthetic set's)
 
 
 @dataclass
@@ -217,13 +223,13 @@ class ScoreConfig:
     """The score stage (engine.stages.score): 3DCS = reprojection MSE + λ·LPIPS, plus PSNR/SSIM/MVCS/motion,
     and/or the epipolar error Epi."""
 
-    geometry: str = (
-        "auto"  # "vggt" (weights needed), "oracle" (videos with geometry sidecars); auto: by weights
-    )
+    # "vggt" or "da3" (weights needed), "oracle" (videos with geometry sidecars); auto: the model the weights
+    # file holds (vggt or da3), the oracle without weights
+    geometry: str = "auto"
     weights: str | None = None  # local VGGT weights file
     random_weights: bool = False  # the weights are random (tiny loop): rows and summaries say so
     num_frames: int = 10  # frames sampled uniformly per video (the paper: 10)
-    size: int | None = None  # square crop size (None: the model's input size)
+    size: int | None = None  # square crop size (None: the model's input size; epipolar alone: 518)
     batch_size: int | None = None  # videos per reconstruction call (None: 4 on cuda, 1 on cpu)
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None  # geometry model compute dtype (None: bf16 on cuda, fp32 on cpu)
@@ -231,9 +237,9 @@ class ScoreConfig:
     points: str = "auto"  # cloud source: world points + depth confidence (auto, the paper), depth, pointmap
     mse_only: bool = False  # only the reprojection MSE (fused kernel): no PSNR/SSIM/LPIPS, fastest
     vgg_weights: str | None = None  # LPIPS-VGG from local files (both or neither)
-    lpips_weights: str | None = None
+    lpips_weights: str | None = None  # LPIPS v0.1 linear layers (vgg.pth), with vgg_weights
     lpips_weight: float = 1.0  # λ in 3DCS = MSE + λ·LPIPS
-    kernel_backend: str = "auto"
+    kernel_backend: str = "auto"  # auto (Triton on CUDA), triton or torch
     scores_file: str = "scores.jsonl"  # the stage's output, in its output folder
     metrics: list[str] = field(default_factory=lambda: ["reprojection"])  # and/or "epipolar" (SCORE_METRICS)
     epipolar: EpipolarConfig = field(default_factory=EpipolarConfig)
@@ -248,17 +254,18 @@ class ValidationConfig:
     """eval.validation (engine.validation): fixed prompts × seeds sampled with the current weights at step 0, every
     eval.every steps and at the end, saved as mp4 under <output_dir>/validation/step_<n>/ and scored."""
 
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # the fixed validation prompts
     images: list[str] | None = None  # image-to-video: one first frame per prompt
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # one video per prompt and seed
     pipeline: str | None = None  # local pipeline folder (None: the built-in one, else model.path's folder)
     num_frames: int | None = None  # sampler fields left None take the model family's defaults
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    batch_size: int = 1
+    height: int | None = None  # frame height in pixels
+    width: int | None = None  # frame width in pixels
+    steps: int | None = None  # sampler steps
+    guidance_scale: float | None = None  # classifier-free guidance scale
+    batch_size: int = 1  # videos per sampling call
     grid_frames: int = 6  # frames per video in the logged frame grid
+    lora_scale: float = 1.0  # the trained LoRA's strength in the validation videos (the authors infer at 0.2)
     offload: bool = True  # between validations: the sampling pipeline on the CPU, the scorer not kept
     score: ScoreConfig | None = None  # the geometry scorer of the videos (None: not scored)
 
@@ -270,7 +277,7 @@ class PairsConfig:
     min_gap: float = 0.05  # keep a pair when worst − best ≥ this
     min_motion: float = 0.001  # drop videos whose camera-motion score is below this
     overwrite: bool = False  # replace an existing, different pair index
-    plots: bool = True
+    plots: bool = True  # write the score and gap histograms
 
 
 @dataclass
@@ -278,13 +285,12 @@ class EncodeConfig:
     """The encode stage (engine.stages.encode): pair index → training shards."""
 
     model: str = "tiny"  # the loop sets it to model.name
-    pipeline: str | None = (
-        None  # local diffusers pipeline folder (VAE + text encoder); the loop: generation's
-    )
+    # local diffusers pipeline folder (VAE + text encoder); the loop: generation's
+    pipeline: str | None = None
     max_sequence_length: int | None = None  # text tokens (None: the generation's, else the family's default)
     heldout_fraction: float = 0.0  # pairs kept out of training (the trainer reports their accuracy)
     seed: int = 0  # seed of the held-out draw
-    shard_size: int = 64
+    shard_size: int = 64  # pairs per safetensors shard
     device: str | None = None  # None: cuda when available, else cpu
 
 
@@ -294,8 +300,11 @@ class EvaluateConfig:
 
     prompts: str | None = None  # held-out prompt file (never used for training)
     num_candidates: int = 2  # seeds per prompt, the same with and without the LoRA
-    seed: int = 1000
-    lora_scale: float = 1.0
+    seed: int = 1000  # first seed of the held-out candidates
+    lora_scale: float = 1.0  # the LoRA strength when generating with it
+    # the evaluation's geometry scorer (None: loop.score's, the model that made the pairs); the authors score
+    # their pairs with VGGT-1B and evaluate with Depth Anything 3 (geometry da3, or auto with DA3 weights)
+    score: ScoreConfig | None = None
 
 
 @dataclass
@@ -303,9 +312,9 @@ class SyntheticCandidatesConfig:
     """loop.candidates synthetic: each "prompt" is one procedural scene (engine.scenes): its clean clip and
     corrupted versions, with exact geometry, so the oracle scores them meaningfully."""
 
-    scenes: int = 8
+    scenes: int = 8  # procedural scenes (each gives clean and corrupted candidates)
     kinds: list[str] | None = None  # corruption kinds (None: all)
-    seed: int = 0
+    seed: int = 0  # the scenes' seed
 
 
 CANDIDATE_SOURCES = ("generate", "synthetic")
@@ -337,8 +346,8 @@ class LoopConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
-    output_dir: str = "runs/dpo"
+    seed: int = 0  # seeds data order, LoRA init, noise draws and synthetic data: the same seed, the same run
+    output_dir: str = "runs/dpo"  # the run folder (recipes: --output-dir)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -570,16 +579,28 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _installed(package: str) -> bool:
+    """Whether `package` can be imported (a package that cannot even be looked up counts as missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _check_epipolar(epi: EpipolarConfig, where: str) -> None:
     # imported here: importing the config does not import the geometry package (the trainer needs none of it)
-    from videogpa.engine.geometry.epipolar_config import ROBUST_FITS, SAMPLE
+    from videogpa.engine.geometry.epipolar import ROBUST_FITS, SAMPLE
     from videogpa.engine.geometry.matching import MATCHERS
 
     _choice(epi.matcher, tuple(MATCHERS), f"{where}.matcher")
     _choice(epi.robust, ROBUST_FITS, f"{where}.robust")
-    for key in ("size", "stride"):
+    for key in ("size", "stride", "max_keypoints"):
         if getattr(epi, key) is not None:
             _positive(getattr(epi, key), f"{where}.{key}")
+    if epi.keypoint_threshold is not None and not 0 < epi.keypoint_threshold < 1:
+        raise ValueError(f"config key '{where}.keypoint_threshold': expected a score in (0, 1) or null")
     if epi.min_matches < SAMPLE:
         raise ValueError(
             f"config key '{where}.min_matches': expected at least {SAMPLE} (the 8-point sample), got {epi.min_matches}"
@@ -624,6 +645,11 @@ def validate_stage(section: object, where: str) -> None:
                 f"got {section.metrics}"
             )
         _check_epipolar(section.epipolar, f"{where}.epipolar")
+        if "epipolar" in section.metrics and not _installed("kornia"):
+            raise ValueError(
+                f"config key '{where}.metrics': 'epipolar' needs the kornia package (pip install kornia), "
+                "not installed"
+            )
         _positive(section.figures, f"{where}.figures", allow_zero=True)
         if (section.figures or section.figure_videos) and "reprojection" not in section.metrics:
             raise ValueError(f"config key '{where}.figures': the pictures need the 'reprojection' metric")
@@ -643,6 +669,8 @@ def validate_loop(loop: LoopConfig, model: str) -> None:
     _choice(loop.candidates, CANDIDATE_SOURCES, "loop.candidates")
     for name in ("generation", "score", "pairs", "encode", "evaluate"):
         validate_stage(getattr(loop, name), f"loop.{name}")
+    if loop.evaluate.score is not None:
+        validate_stage(loop.evaluate.score, "loop.evaluate.score")
     for kind in loop.synthetic.kinds or []:
         _choice(kind, CORRUPTIONS, "loop.synthetic.kinds")
     _positive(loop.synthetic.scenes, "loop.synthetic.scenes")
@@ -692,13 +720,39 @@ def read_config_dict(path: str | Path, overrides: list[str] | None = None) -> di
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply overrides, validate it."""
+def parse_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config and apply overrides: keys and types checked, nothing else (no heavy import: a bad
+    --set is reported before torch's model stack is loaded); validate() does the cross-field checks."""
     data = read_config_dict(path, overrides)
     try:
-        return config_from_dict(data)
+        return build_dataclass(Config, data, "")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate it."""
+    cfg = parse_config(path, overrides)
+    try:
+        return validate(cfg)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def check_input_paths(cfg: Config) -> None:
+    """A ValueError naming the first input folder of the run (model.path, data.train, data.heldout) that does
+    not exist: cheap checks a recipe makes before it loads anything."""
+    for key, path, what in (
+        (
+            "model.path",
+            cfg.model.path,
+            f"checkpoint folder (a local diffusers folder for model {cfg.model.name!r})",
+        ),
+        ("data.train", cfg.data.train, "preference-shard folder (recipes/encode.py writes it)"),
+        ("data.heldout", cfg.data.heldout, "preference-shard folder (recipes/encode.py writes it)"),
+    ):
+        if path is not None and not Path(path).is_dir():
+            raise ValueError(f"config key {key!r}: {what} {path!r} does not exist")
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -755,3 +809,21 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# The shipped model configs leave local paths as placeholders under this prefix.
+PLACEHOLDER_PREFIX = "/path/to/"
+
+
+def require_real_paths(cfg: Config) -> None:
+    """A ValueError naming every key that still holds a /path/to/... placeholder, all in one message."""
+    found = [
+        f"{key} ({value})"
+        for key, value in _flatten(cfg.to_dict()).items()
+        if isinstance(value, str) and value.startswith(PLACEHOLDER_PREFIX)
+    ]
+    if found:
+        raise ValueError(
+            f"the config still holds {len(found)} placeholder path(s); set each to a local folder or file "
+            f"(--set KEY=PATH or in the YAML): {', '.join(found)}"
+        )

@@ -1,7 +1,7 @@
 """Geometry scoring: geometry models (GFM backends), point clouds, reprojection metrics.
 
 Knows nothing of training: imports videogpa.kernels, never models or the trainer. Backends are built by
-name with build_geometry_model ("oracle", "vggt"; VGGT is imported only when asked for).
+name with build_geometry_model ("oracle", "vggt", "da3"; VGGT and DA3 are imported only when asked for).
 """
 
 from videogpa.engine.geometry.base import Geometry, GeometryModel

@@ -1,5 +1,13 @@
 """The learned matcher: SuperPoint keypoints and LightGlue matches (transformers' own models, loaded offline
-from local folders), all frame pairs of a video in one batched call."""
+from local folders), all frame pairs of a video in one batched call. transformers is imported only when a
+matcher is loaded or written.
+
+Its defaults are the authors' matching (VideoGPA's Epi, which runs the cvg LightGlue package): 8-bit grey
+frames in [0, 1] (uint8 RGB, luma 0.299/0.587/0.114 rounded to 8 bits), the longer side resized to 1024
+before SuperPoint (bilinear, antialiased; keypoints mapped back to the frames' pixels), at most 2,048
+SuperPoint keypoints above a detection threshold of 0.0005, and LightGlue's own match filtering (mutual best,
+score above the folder's filter_threshold, 0.1 by default). One difference remains: LightGlue's adaptive
+depth and width (early stop, point pruning) are off, see LightGlueMatcher."""
 
 from __future__ import annotations
 
@@ -12,6 +20,9 @@ from videogpa.engine.geometry.base import Geometry
 from videogpa.engine.geometry.matching import FeatureMatcher, PairMatches, pad_matches
 
 GRAY = (0.299, 0.587, 0.114)  # NTSC luma weights (SuperPoint sees one channel)
+MATCH_SIZE = 1024  # the authors' SuperPoint sees the frames with their longer side resized to 1024
+MAX_KEYPOINTS = 2048  # the authors' SuperPoint keypoints per frame
+KEYPOINT_THRESHOLD = 0.0005  # the authors' SuperPoint detection threshold (transformers' default is 0.005)
 
 
 def _load(kind: str, path: str | os.PathLike, loader):
@@ -30,17 +41,31 @@ def _load(kind: str, path: str | os.PathLike, loader):
 
 
 class LightGlueMatcher(FeatureMatcher):
-    """LightGlueForKeypointMatching (its keypoint detector is SuperPoint) on grey frames; `size` resizes the
-    frames' longer side before matching (None: as given); keypoints come back in the frames' pixels."""
+    """LightGlueForKeypointMatching (its keypoint detector is SuperPoint) on 8-bit grey frames; `size` resizes
+    the frames' longer side before matching (None: as given); keypoints come back in the frames' pixels.
+    `max_keypoints` and `keypoint_threshold` replace the SuperPoint folder's settings (None: keep them)."""
 
     name = "lightglue"
 
-    def __init__(self, model, *, size: int | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        size: int | None = MATCH_SIZE,
+        max_keypoints: int | None = MAX_KEYPOINTS,
+        keypoint_threshold: float | None = KEYPOINT_THRESHOLD,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.model = model.to(device).eval()
         # Adaptive depth and width off: with several pairs per call, transformers 5.24's early stop raised an
         # IndexError (measured on random tiny weights), and per-pair stopping would tie a pair's matches to the
         # other pairs of its batch.
         self.model.depth_confidence = self.model.width_confidence = -1.0
+        decoder = self.model.keypoint_detector.keypoint_decoder
+        if max_keypoints is not None:
+            decoder.max_keypoints = max_keypoints
+        if keypoint_threshold is not None:
+            decoder.keypoint_threshold = keypoint_threshold
         self.size, self.device = size, torch.device(device)
 
     @classmethod
@@ -49,7 +74,9 @@ class LightGlueMatcher(FeatureMatcher):
         lightglue_path: str | os.PathLike | None = None,
         superpoint_path: str | os.PathLike | None = None,
         *,
-        size: int | None = None,
+        size: int | None = MATCH_SIZE,
+        max_keypoints: int | None = MAX_KEYPOINTS,
+        keypoint_threshold: float | None = KEYPOINT_THRESHOLD,
         device: torch.device | str = "cpu",
     ) -> LightGlueMatcher:
         """LightGlue from its folder; SuperPoint from its own folder when given, else the LightGlue folder must
@@ -77,11 +104,20 @@ class LightGlueMatcher(FeatureMatcher):
             raise ValueError(
                 f"LightGlue weights folder {lightglue_path} lacks weights: {sorted(missing)[:3]}{hint}"
             )
-        return cls(model, size=size, device=device)
+        return cls(
+            model,
+            size=size,
+            max_keypoints=max_keypoints,
+            keypoint_threshold=keypoint_threshold,
+            device=device,
+        )
 
     def _gray(self, frames: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """Grey frames [T, 3, h, w] (three equal channels) at the matching size and the pixel scale factors."""
-        gray = (frames.float() * torch.tensor(GRAY, device=frames.device)[:, None, None]).sum(1, keepdim=True)
+        """Grey frames [T, 3, h, w] (three equal channels) at the matching size and the pixel scale factors:
+        the frames in [0, 1] truncated to 8 bits, their luma rounded to 8 bits, then resized."""
+        rgb = (frames.float().clamp(0, 1) * 255).floor()
+        luma = (rgb * torch.tensor(GRAY, device=frames.device)[:, None, None]).sum(1, keepdim=True)
+        gray = luma.round() / 255
         height, width = frames.shape[-2:]
         if self.size is not None and max(height, width) != self.size:
             scale = self.size / max(height, width)

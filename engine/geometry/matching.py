@@ -136,7 +136,8 @@ MATCHERS = {
 
 
 def build_matcher(name: str, **kwargs) -> FeatureMatcher:
-    """oracle: grid_stride=, depth_tolerance=; lightglue: lightglue_path=, superpoint_path=, device=, size=."""
+    """oracle: grid_stride=, depth_tolerance=; lightglue: lightglue_path=, superpoint_path=, device=, size=,
+    max_keypoints=, keypoint_threshold=."""
     if name not in MATCHERS:
         raise ValueError(f"matcher must be one of {sorted(MATCHERS)}, got {name!r}")
     module, cls = MATCHERS[name]

@@ -36,9 +36,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     commit(tmp, path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_as_umask_allows(path: str | os.PathLike) -> None:
+    """Give a file (or every file in a folder) the read/write bits the umask allows, as open() would: some
+    writers (safetensors' save_file) create their files 0600, unreadable by the user's group."""
+    allowed = 0o666 & ~_umask()
+    root = Path(path)
+    files = [root] if not root.is_dir() else [p for p in root.rglob("*") if p.is_file()]
+    for file in files:
+        if not file.is_symlink():
+            os.chmod(file, file.stat().st_mode | allowed)
+
+
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Rename a finished temporary file or folder onto `path` and make the rename durable (the parent folder
-    is fsynced). For writers that cannot use atomic_path, e.g. several ranks filling one folder."""
+    """Rename a finished temporary file or folder onto `path` (its files readable as the umask allows) and make
+    the rename durable (the parent folder is fsynced). For writers that cannot use atomic_path, e.g. several
+    ranks filling one folder."""
+    share_as_umask_allows(tmp)
     os.replace(tmp, path)
     fd = os.open(Path(path).parent, os.O_RDONLY)
     try:

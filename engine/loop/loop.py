@@ -16,7 +16,7 @@ With a model that ships a built-in pipeline (the tiny one) and no `loop:` sectio
 prompts with a random-weights VGGT: it exercises every stage on a CPU in minutes, and its scores (hence its
 pairs and its evaluation) mean nothing.
 
-A real model's config adds, for example (model.path: /models/CogVideoX-5b/transformer):
+A real model's config adds, for example (model.path: /models/CogVideoX-5b, the pipeline folder):
 
     loop:
       generation: {prompts: prompts.txt, num_candidates: 4, camera_motion: true, batch_size: 4}
@@ -49,53 +49,31 @@ import yaml
 from videogpa.engine.core.config import (
     Config,
     ModelConfig,
-    ScoreConfig,
     apply_override,
     config_from_dict,
     merge_dicts,
     read_config_dict,
+    require_real_paths,
 )
 from videogpa.engine.core.report import write_report
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 from videogpa.engine.io.sharded import read_sharded
-from videogpa.engine.models import adapter_class
+from videogpa.engine.loop.demo import (
+    BUILTIN_LOOP,
+    TINY_EVAL_PROMPTS,
+    TINY_PROMPTS,
+    has_builtin_model,
+    prepare_models,
+)
+from videogpa.engine.loop.launch import launch_recipe
 from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
 
-TINY_PROMPTS = (
-    "a red barn in a green field",
-    "an old stone bridge over a river",
-    "a quiet library with tall shelves",
-    "a lighthouse on a rocky coast",
-    "a kitchen with a wooden table",
-    "a narrow street in an old town",
-    "a greenhouse full of plants",
-    "a snowy mountain cabin",
-)
-TINY_EVAL_PROMPTS = ("a sunlit museum hall", "a harbour with fishing boats", "a desert canyon")
-# The built-in model's loop: every stage on a CPU in minutes. Scores from a random VGGT are noise, so no
-# pair filter.
-BUILTIN_LOOP: dict = {
-    "generation": {"num_candidates": 3, "camera_motion": True, "batch_size": 3, "steps": 4},
-    "score": {"geometry": "vggt", "num_frames": 8, "random_weights": True},
-    "pairs": {"min_gap": 0.0, "min_motion": 0.0},
-    "encode": {"heldout_fraction": 0.25},
-    "evaluate": {"num_candidates": 2},
-    "train_overrides": ["train.max_steps=30", "train.checkpoint_every=15", "train.log_every=10"],
-}
 LOCK_NAME = ".loop.lock"
-
-
-def has_builtin_model(model: object) -> bool:
-    """A family that ships its pipeline built in code (the tiny model): the loop can run with no files."""
-    try:
-        return adapter_class(model).ships_pipeline
-    except (ValueError, TypeError):
-        return False  # an unknown model: the config's validation names it
 
 
 def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
@@ -124,29 +102,11 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
     return cfg
 
 
-def tiny_matcher(builtin: bool, cfg: ScoreConfig, models: Path, seed: int) -> list[str]:
-    """A built-in model's loop asking for the epipolar metric without LightGlue weights gets a random tiny
-    LightGlue + SuperPoint (written once into `models`; its scores are flagged as not meaningful); a real
-    model's loop gets a clear error instead. Returns what was built."""
-    epi = cfg.epipolar
-    if "epipolar" not in cfg.metrics or epi.matcher != "lightglue" or epi.lightglue_weights:
-        return []
-    if not builtin:
-        raise ValueError("loop: set loop.score.epipolar.lightglue_weights (a local LightGlue folder)")
-    from videogpa.engine.geometry.lightglue import write_random_lightglue
-
-    folder = models / "lightglue_tiny_random"
-    built = [] if (folder / "config.json").is_file() else ["tiny random LightGlue"]
-    if built:
-        write_random_lightglue(folder, seed=seed)
-    epi.lightglue_weights, cfg.random_weights = str(folder), True
-    return built
-
-
 class Loop:
     """Runs the stages of one loop folder."""
 
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.PathLike):
+        require_real_paths(cfg)
         self.config, self.cfg = cfg, cfg.loop
         self.builtin = has_builtin_model(cfg.model.name)
         self.out = Path(out_dir)
@@ -154,6 +114,7 @@ class Loop:
         self.report: dict[str, str] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._scorer: score.Scorer | None = None
+        self._evaluation_scorer: score.Scorer | None = None
         self.trained_pipeline: str | None = None  # engine.loop.rounds: the pipeline this round trains on
 
     @property
@@ -191,52 +152,29 @@ class Loop:
             self._scorer = score.Scorer.build(self.cfg.score)
         return self._scorer
 
+    def evaluation_scorer(self) -> score.Scorer:
+        """The evaluation's scorer: loop.evaluate.score's geometry model when set (the authors evaluate with
+        Depth Anything 3), else the one that scored the pairs."""
+        if self.cfg.evaluate.score is None:
+            return self.scorer()
+        if self._evaluation_scorer is None:
+            self._evaluation_scorer = score.Scorer.build(self.cfg.evaluate.score)
+        return self._evaluation_scorer
+
     # ---------------------------------------------------------------------------------------- stages
     def prepare_models(self) -> None:
         """A built-in model's pipeline, random VGGT and random LightGlue (written once); real models: check the
         folders. Shards of a sharded evaluate in one folder take turns: one builds, the others find them."""
         with one_at_a_time(self.out, "models"):
-            built = self._prepare_models()
+            built = prepare_models(
+                self.cfg, self.config.model.path, self.builtin, self.out / "models", self.config.seed
+            )
         gen, sc = self.cfg.generation, self.cfg.score
         self._say(
             "models",
             f"pipeline {gen.pipeline}; geometry {sc.geometry} {sc.weights or ''}"
             + (f" (built: {', '.join(built)})" if built else ""),
         )
-
-    def _prepare_models(self) -> list[str]:
-        from videogpa.engine.models.pipelines import pipeline_folder, save_pipeline
-
-        gen, sc = self.cfg.generation, self.cfg.score
-        model_path = self.config.model.path
-        if gen.pipeline is None and model_path is not None:
-            gen.pipeline = str(pipeline_folder(model_path))
-        built = []
-        if gen.pipeline is None:
-            if not self.builtin:
-                raise ValueError("loop: set loop.generation.pipeline (a local diffusers pipeline folder)")
-            folder = self.out / "models" / "pipeline"
-            if not (folder / "model_index.json").is_file():
-                save_pipeline(adapter_class(gen.model).builtin_pipeline(), folder)
-                built.append("built-in random pipeline")
-            gen.pipeline = str(folder)
-        self.cfg.encode.pipeline = self.cfg.encode.pipeline or gen.pipeline
-        if sc.geometry == "vggt" and sc.weights is None:
-            if not self.builtin:
-                raise ValueError("loop: set loop.score.weights (a local VGGT safetensors file)")
-            weights = self.out / "models" / "vggt_tiny_random.safetensors"
-            if not weights.is_file():
-                import torch
-
-                from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
-
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.config.seed)
-                    save_vggt(random_vggt(TINY_CONFIG), weights)
-                built.append("tiny random VGGT")
-            sc.weights, sc.random_weights = str(weights), True
-        built += tiny_matcher(self.builtin, sc, self.out / "models", self.config.seed)
-        return built
 
     def generate(self) -> Path:
         if self.cfg.candidates == "synthetic":
@@ -412,23 +350,15 @@ class Loop:
             return result
         generation = dataclasses.replace(self.cfg.generation, pipeline=self.model_pipeline)
         inputs = evaluate.EvaluateInputs(prompts, lora, generation)
-        summary = evaluate.run(ev, inputs, self.out, self.scorer, shard=shard)
+        summary = evaluate.run(ev, inputs, self.out, self.evaluation_scorer, shard=shard)
         self._say("evaluate", str(summary))
         return summary.result
 
     def _launch(self, recipe: str, *args, config: Config | None = None) -> None:
-        """recipes/RECIPE.py under loop.launcher with this loop's resolved config (or `config`), written to
-        DIR/stage_config.yaml."""
-        path = self.out / "stage_config.yaml"
-        write_atomic(path, yaml.safe_dump((config or self.config).to_dict(), sort_keys=False))
-        script = self.dpo_script.parent / f"{recipe}.py"
-        command = [*self.cfg.launcher, str(script), "--config", str(path), *map(str, args)]
-        print(f"[{recipe}] {' '.join(command)}", flush=True)
-        done = subprocess.run(command, env=child_env(PYTHONUNBUFFERED="1"))
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"{recipe}: {' '.join(command)} failed (exit {done.returncode}); rerun to resume"
-            )
+        """recipes/RECIPE.py under loop.launcher with this loop's resolved config (or `config`)."""
+        launch_recipe(
+            self.cfg.launcher, self.dpo_script.parent / f"{recipe}.py", config or self.config, self.out, *args
+        )
 
     def lock(self, shard: Shard = WHOLE):
         """One loop per folder at a time (engine.io.lock); a shard of a sharded stage run (recipes/evaluate.py

@@ -105,9 +105,8 @@ class ModelAdapter(abc.ABC):
     default_lora_targets: ClassVar[tuple[str, ...]]  # module-name suffixes that take LoRA
     pipelines: ClassVar[PipelineClasses]
     sampler_defaults: ClassVar[SamplerSettings]
-    image_per_video: ClassVar[bool] = (
-        True  # the I2V pipeline takes one first frame per video (else one per call)
-    )
+    # the I2V pipeline takes one first frame per video (else one per call)
+    image_per_video: ClassVar[bool] = True
 
     @property
     def latent_layout(self) -> str:

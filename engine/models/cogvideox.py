@@ -54,9 +54,14 @@ LATENTS = LatentConvention(
     layout="BFCHW",
     temporal_compression=lambda config: config.temporal_compression_ratio,
     spatial_compression=lambda config: 2 ** (len(config.block_out_channels) - 1),
+    frame_multiple=lambda transformer_config: transformer_config.patch_size_t or 1,
 )
 SAMPLER = SamplerSettings(
     num_frames=49, height=480, width=720, steps=50, guidance_scale=6.0, max_sequence_length=226
+)
+# CogVideoX1.5-5B's published settings: 81 frames (5 s at 16 fps) of 768 × 1360, prompts of up to 224 tokens.
+SAMPLER_15 = SamplerSettings(
+    num_frames=81, height=768, width=1360, steps=50, guidance_scale=6.0, max_sequence_length=224, fps=16
 )
 I2V_OFS = 2.0  # the offset-conditioning value the CogVideoX 1.5 I2V pipeline passes when ofs_embed_dim is set
 
@@ -214,3 +219,14 @@ class CogVideoXI2VAdapter(CogVideoXAdapter):
     name: ClassVar[str] = "cogvideox-i2v"
     image_conditioned: ClassVar[bool] = True
     pipelines: ClassVar[PipelineClasses] = PipelineClasses(None, "CogVideoXImageToVideoPipeline")
+
+
+@register_adapter
+class CogVideoX15T2VAdapter(CogVideoXAdapter):
+    """CogVideoX 1.5 text-to-video (CogVideoX1.5-5B): the same maths and transformer class as CogVideoX; what
+    differs lives in its transformer config (patch_size_t = 2, rotary embeddings on a sliced grid, no learned
+    positional embeddings, no patch bias), which the shared code reads, and in its sampler defaults. Its latent
+    frames must be even: encoded videos get their first latent frame repeated in front (LatentConvention)."""
+
+    name: ClassVar[str] = "cogvideox1.5-t2v"
+    sampler_defaults: ClassVar[SamplerSettings] = SAMPLER_15

@@ -21,6 +21,8 @@ class LatentConvention:
     # image-to-video's image latents: "first_frame" (the first frame's latent, one latent frame) or "video"
     # (the VAE encoding of the first frame followed by zero frames, every latent frame: Wan's latent-concat I2V)
     image_condition: str = "first_frame"
+    # transformer config -> the multiple its latent frame count must be (CogVideoX 1.5: patch_size_t = 2)
+    frame_multiple: Callable[[Any], int] = lambda transformer_config: 1
 
     def __post_init__(self):
         if self.image_condition not in ("first_frame", "video"):
@@ -44,6 +46,13 @@ class LatentConvention:
         if image and getattr(config, "invert_scale_latents", False):
             return z / config.scaling_factor
         return z * config.scaling_factor
+
+    def pad_frames(self, z: torch.Tensor, multiple: int) -> torch.Tensor:
+        """Latents [B, C, F, H, W] with copies of their first frame put in front until F is a multiple of
+        `multiple`: what the CogVideoX 1.5 sampler generates (it samples the extra frames and drops them when
+        decoding) and how its authors' fine-tuning pads encoded videos."""
+        missing = -z.shape[2] % multiple
+        return torch.cat([z[:, :, :1].expand(-1, -1, missing, -1, -1), z], dim=2) if missing else z
 
     def to_native(self, z: torch.Tensor) -> torch.Tensor:
         """[B, C, F, H, W] → the native layout."""

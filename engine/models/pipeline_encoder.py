@@ -1,7 +1,8 @@
 """Encoding with a loaded pipeline's own VAE and text encoder, as its sampler decodes and conditions.
 
 Videos: frames mapped from [0, 1] to [-1, 1], the posterior's mode, then the family's latent normalisation
-(engine.models.latents.LatentConvention), in the model's native layout. Prompts: the pipeline's
+(engine.models.latents.LatentConvention), padded to the transformer's latent-frame multiple (CogVideoX 1.5), in
+the model's native layout. Prompts: the pipeline's
 `encode_prompt` without classifier-free guidance, at a given max_sequence_length. First frames: the family's
 image condition (LatentConvention.image_condition) and, for pipelines with a CLIP image encoder (Wan 2.1
 I2V), its image embeddings as the pipeline's `encode_image` computes them.
@@ -41,8 +42,10 @@ class PipelineEncoder:
         if frames.min() < 0 or frames.max() > 1:
             raise ValueError("encode_videos: frames must be in [0, 1]")
         x = (frames * 2 - 1).transpose(1, 2).to(self.device, self.vae.dtype)  # [B, 3, T, H, W]
-        z = self.vae.encode(x).latent_dist.mode()
-        return self.convention.to_native(self.convention.normalize(self.vae, z.float(), image)).cpu()
+        z = self.convention.normalize(self.vae, self.vae.encode(x).latent_dist.mode().float(), image)
+        if not image:
+            z = self.convention.pad_frames(z, self.convention.frame_multiple(self.pipe.transformer.config))
+        return self.convention.to_native(z).cpu()
 
     def encode_image(self, image: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """First frame [3, H, W] in [0, 1] → its image latents in the native layout (4-D): one latent frame, or

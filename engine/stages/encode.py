@@ -169,9 +169,8 @@ class PairEncoder:
 
     @staticmethod
     def _image_key(image_path: Path, size: tuple[int, int], frames: int | None, kind: str) -> str:
-        extra = (
-            [] if (kind, frames) == ("latents", None) else [kind, str(frames)]
-        )  # first-frame keys as before
+        # first-frame keys as before
+        extra = [] if (kind, frames) == ("latents", None) else [kind, str(frames)]
         return _key("image", str(image_path.resolve()), *map(str, size), *extra)
 
     def image(

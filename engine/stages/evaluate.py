@@ -33,7 +33,8 @@ METRICS = {
     "lpips": True,
     "mvcs": False,
     "score": True,
-    "epi": True,
+    "epi": True,  # the authors' Epi, pixels (engine.geometry.epipolar)
+    "epi_robust": True,  # ours beside it: the robust fit's inlier Sampson distance / max(H, W)
     "mse": True,
     "motion": None,
 }
@@ -45,7 +46,14 @@ LABELS = {
     "ssim": "SSIM",
     "mvcs": "MVCS",
     "epi": "Epi",
+    "epi_robust": "Epi robust (ours)",
     "motion": "motion",
+}
+
+# metrics a scored video may lack a value of (None in its row), and why: counted apart in the table's notes
+NO_VALUE = {
+    "epi": "no frame pair with enough matches",
+    "epi_robust": "no frame pair with enough matches and inliers",
 }
 
 
@@ -60,9 +68,19 @@ def _by_candidate(rows: list[dict], where: str) -> dict[tuple[str, int], dict]:
     return out
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _mean(values: list[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
+    finite = [v for v in values if _finite(v)]
     return sum(finite) / len(finite) if finite else None
+
+
+def _without_value(rows: dict, keys: list, metric: str) -> int:
+    """Videos whose row has the metric's key but no value (None or NaN: e.g. Epi without a valid frame pair);
+    they are left out of the metric's means and differences, never counted as 0 or −1."""
+    return sum(metric in rows[k] and not _finite(rows[k][metric]) for k in keys)
 
 
 def _score_rows(scores: str | os.PathLike | list[dict]) -> list[dict]:
@@ -93,6 +111,10 @@ def compare_scores(base: str | os.PathLike | list[dict], tuned: str | os.PathLik
             "lora": after,
             "lower_is_better": lower,
             "improved": better,
+            "without_value": {
+                "base": _without_value(b, common, metric),
+                "lora": _without_value(t, common, metric),
+            },
             **paired_metric(b, t, metric, lower),
         }
     per_prompt = defaultdict(lambda: {"base": [], "lora": []})
@@ -152,6 +174,14 @@ def format_table(result: dict) -> str:
             f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} | {difference_cell(m)} |"
         )
     lines.append("")
+    geometry = result.get("geometry")
+    if geometry:
+        weights = f" ({geometry['weights']})" if geometry["weights"] else ""
+        lines.append(
+            f"Geometry columns (MVCS, 3DCS, PSNR, SSIM, LPIPS) scored by {geometry['backend']}{weights} on "
+            f"{geometry['num_frames']} frames; MVCS is in that model's depth units: compare it only with tables "
+            "scored by the same model"
+        )
     lines.append(
         f"Δ: mean per-prompt difference, 95% percentile-bootstrap CI over prompts ({RESAMPLES} resamples, "
         "seed 0); * where the CI excludes 0 (a real change at that level)"
@@ -170,6 +200,14 @@ def format_table(result: dict) -> str:
         lines.append(
             "NOTE: Epi was computed, but no video had a frame pair with enough matches (see epi_pair_matches)"
         )
+    for metric, why in NO_VALUE.items():
+        missing = result["metrics"].get(metric, {}).get("without_value") or {}
+        if any(missing.values()):
+            lines.append(
+                f"NOTE: {LABELS[metric]} has no value for {missing['base']} of {result['videos']} base videos and "
+                f"{missing['lora']} of {result['videos']} LoRA videos ({why}); they are left out of its means, "
+                "differences and win rates, never counted as 0"
+            )
     lines += [f"NOTE: {n}" for n in result["notes"]]
     return "\n".join(lines)
 
@@ -259,7 +297,7 @@ def run(
     wanted = {c.stem for c in (generate.CandidateSpec(item, s) for item in items for s in seeds)}
     batches = generate.shard_batches(get_adapter(base.model), items, seeds, base.batch_size, shard)
     mine = {c.stem for batch in batches for c in batch}
-    scores = {}
+    scores, scorer = {}, None
     for name, adapter in (("base", None), ("lora", lora)):
         folder = out_dir / "eval" / name
         gen = dataclasses.replace(base, lora=adapter and str(adapter))
@@ -284,17 +322,24 @@ def run(
             return EvaluateSummary(path, {}, waiting=True)
         if path.is_file():  # another shard reported meanwhile
             return EvaluateSummary(path, json.loads(path.read_text()), skipped=True)
-        return _report(cfg, inputs, out_dir, scores, lora)
+        return _report(cfg, inputs, out_dir, scores, lora, scorer.cfg)
+
+
+def geometry_description(score_cfg) -> dict:
+    """Which geometry model made the table's columns (MVCS is in its depth units, 3DCS from its clouds)."""
+    weights = score_cfg.weights and Path(score_cfg.weights).name
+    return {"backend": score_cfg.geometry, "weights": weights, "num_frames": score_cfg.num_frames}
 
 
 def _report(
-    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: Path, scores: dict, lora: Path
+    cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: Path, scores: dict, lora: Path, score_cfg
 ) -> EvaluateSummary:
     """The table of the two scored runs: evaluation.json, .md and .png in out_dir."""
     path = out_dir / EVALUATION_FILE
     result = compare_scores(scores["base"], scores["lora"])
     result.update(
         {
+            "geometry": geometry_description(score_cfg),
             "lora": str(lora),
             "lora_scale": cfg.lora_scale,
             "prompts_file": str(inputs.prompts),

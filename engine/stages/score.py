@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -235,9 +236,13 @@ def score_videos(
 
 
 def resolve_geometry(cfg: ScoreConfig) -> ScoreConfig:
-    """The config with `auto` settled (vggt when weights are given, else the oracle) and the device chosen
-    (cuda:LOCAL_RANK under a launcher)."""
-    geometry = cfg.geometry if cfg.geometry != "auto" else ("vggt" if cfg.weights else "oracle")
+    """The config with `auto` settled (the backend the weights file is for, else the oracle) and the device
+    chosen (cuda:LOCAL_RANK under a launcher)."""
+    from videogpa.engine.geometry.registry import detect_backend
+
+    geometry = (
+        cfg.geometry if cfg.geometry != "auto" else (detect_backend(cfg.weights) if cfg.weights else "oracle")
+    )
     device = shard_device(cfg.device, default_device())
     return dataclasses.replace(cfg, geometry=geometry, device=device)
 
@@ -260,9 +265,10 @@ class Scorer:
         epipolar = build_epipolar(cfg)
         if "reprojection" not in cfg.metrics:  # no reconstruction, but the oracle matcher's stored geometry
             return cls(cfg, None if epipolar.needs_geometry else NoGeometry(), None, epipolar)
-        if cfg.geometry == "vggt" and not cfg.weights:
+        if cfg.geometry != "oracle" and not cfg.weights:
             raise ValueError(
-                "score: geometry 'vggt' needs weights (a local VGGT safetensors file; nothing is downloaded)"
+                f"score: geometry {cfg.geometry!r} needs weights (a local safetensors file or folder; nothing "
+                "is downloaded)"
             )
         model = None
         if cfg.geometry != "oracle":
@@ -384,11 +390,16 @@ class ScoreSummary:
     errors: int
     mean_score: float | None
     random_weights: bool
-    mean_epi: float | None = None
+    mean_epi: float | None = None  # the authors' Epi (pixels) over the videos that have one
+    epi_missing: int = 0  # ok videos scored for Epi without a value (no valid frame pair): never averaged in
+    mean_epi_robust: float | None = None  # ours, beside it
 
     def __str__(self) -> str:
         mean = f", mean 3DCS {self.mean_score:.5f}" if self.mean_score is not None else ""
-        mean += f", mean Epi {self.mean_epi:.5g}" if self.mean_epi is not None else ""
+        if self.mean_epi is not None or self.epi_missing:
+            epi = "n/a" if self.mean_epi is None else f"{self.mean_epi:.4g} px"
+            mean += f", mean Epi {epi} ({self.epi_missing} videos without a value)"
+        mean += f", mean Epi robust {self.mean_epi_robust:.4g}" if self.mean_epi_robust is not None else ""
         note = " [random-weights geometry: not meaningful]" if self.random_weights else ""
         return f"{self.ok} videos scored, {self.errors} errors{mean}{note} ({self.new_rows} in this run)"
 
@@ -397,6 +408,7 @@ def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSumma
     """Counts of videos (not rows) over a scores file and its shard files; a video counts once (latest_rows)."""
     rows = latest_rows(scores)
     ok = [r for r in rows if r.get("status") == "ok"]
+    missing = sum("epi_pairs" in r and _mean_of([r], "epi") is None for r in ok)
     return ScoreSummary(
         Path(scores),
         new_rows,
@@ -405,12 +417,15 @@ def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSumma
         _mean_of(ok, "score"),
         any(r.get("note") for r in rows),
         _mean_of(ok, "epi"),
+        missing,
+        _mean_of(ok, "epi_robust"),
     )
 
 
 def _mean_of(rows: list[dict], key: str) -> float | None:
-    """The mean of a metric over the rows that have it (Epi is None for a video with no scored pair)."""
-    values = [r[key] for r in rows if r.get(key) is not None]
+    """The mean of a metric over the rows that have a finite value (a video without an Epi has None there: it
+    is left out, never counted as 0); None when no row has one."""
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     return sum(values) / len(values) if values else None
 
 

@@ -12,13 +12,15 @@ import torch
 
 from videogpa.engine.core.config import ScoreConfig
 from videogpa.engine.geometry.base import Geometry, GeometryModel
-from videogpa.engine.geometry.epipolar_config import build_epipolar_scorer
+from videogpa.engine.geometry.epipolar import FRAME_SIZE, build_epipolar_scorer
 
 
 class NoGeometry(GeometryModel):
-    """The geometry model when no metric needs a reconstruction: every video's geometry is None."""
+    """The geometry model when no metric needs a reconstruction: every video's geometry is None. Its input
+    size is the authors' Epi frames': the sampled frames centre-cropped to a square and resized to 518."""
 
     name = "none"
+    input_size = FRAME_SIZE
 
     def reconstruct(self, frames: torch.Tensor) -> None:
         return None

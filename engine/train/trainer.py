@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine.core.config import Config
+from videogpa.engine.core.config import Config, require_real_paths
 from videogpa.engine.core.report import write_report
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.models.lora import export_trained_weights
@@ -46,6 +46,7 @@ class Trainer:
     ):
         """Validate everything (model folder, data, weights, the checkpoint to resume) before the output folder
         is written; one trainer per folder (a lock); a fresh run never mixes with another run's files."""
+        require_real_paths(cfg)
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         D.init_distributed()
         D.init_sequence_parallel(cfg.distributed.sequence_parallel)
@@ -54,9 +55,8 @@ class Trainer:
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
         self.gas = D.accumulation_steps(cfg, self.world)
         D.seed_everything(cfg.seed)
-        self.adapter = model_adapter(
-            cfg
-        )  # read-only checks first: the model folder, shard data, validation inputs
+        # read-only checks first: the model folder, shard data, validation inputs
+        self.adapter = model_adapter(cfg)
         self.videos = cfg.eval.validation and ValidationVideos(
             cfg, self.adapter, self.out, self.device, self.dtype
         )

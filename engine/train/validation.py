@@ -94,7 +94,7 @@ class ValidationVideos:
             D.barrier()
             with contextlib.suppress(ValueError):
                 pipe.unload_lora_weights()
-            attach_lora(pipe, folder)
+            attach_lora(pipe, folder, self.val.lora_scale)
             return str(folder)
         import deepspeed
 
@@ -121,6 +121,7 @@ class ValidationVideos:
                 sampler=self.sampler,
                 model=self.cfg.model.name,
                 lora=lora,
+                lora_scale=self.val.lora_scale,
                 batch_size=self.val.batch_size,
                 progress=False,
                 shard=shard,

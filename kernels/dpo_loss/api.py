@@ -23,9 +23,8 @@ class DPOOutput:
     """
 
     loss: torch.Tensor  # 0-d: mean over pairs of weight_b · loss_b
-    accuracy: (
-        torch.Tensor
-    )  # implicit-reward accuracy: pairs with logits > 0, a zero logit (a tie) counting 1/2
+    # implicit-reward accuracy: pairs with logits > 0, a zero logit (a tie) counting 1/2
+    accuracy: torch.Tensor
     reward_margin: torch.Tensor  # mean_b(E_θ(l_b) - E_θ(w_b)), the authors' definition (policy only)
     logits_mean: torch.Tensor  # mean_b(logits_b)
     policy_err_w: torch.Tensor  # mean_b E_θ(w_b)

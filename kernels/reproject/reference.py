@@ -66,9 +66,8 @@ def quantize(colors: torch.Tensor) -> torch.Tensor:
 def resolve(zbuf: torch.Tensor, colors: torch.Tensor):
     """(images [T, 3, H, W] in [−1, 1], hit [T, H, W] bool) from a z-buffer of keys."""
     hit = zbuf != EMPTY_KEY
-    palette = torch.cat(
-        [quantize(colors), colors.new_zeros(1, 3, dtype=torch.float32)]
-    )  # last row: background
+    # last row: background
+    palette = torch.cat([quantize(colors), colors.new_zeros(1, 3, dtype=torch.float32)])
     levels = palette[torch.where(hit, zbuf & 0xFFFFFFFF, colors.shape[0])]  # [T, H, W, 3]
     images = levels / 255.0 * 2.0 - 1.0
     return images.permute(0, 3, 1, 2).contiguous(), hit

@@ -1,5 +1,7 @@
-"""The epipolar score: Sampson distance against a NumPy reference, the true fundamental matrix of the synthetic
-scenes' cameras, the batched robust fit, too-few-match reporting, and clean clips ranked above corrupted ones."""
+"""The epipolar scores: the authors' Epi against kornia's functions written out here (fixed matches with
+outliers), our robust score (Sampson distance against a NumPy reference, the true fundamental matrix of the
+synthetic scenes' cameras, the batched robust fit), the < 20-match skip and the no-value video, and clean
+clips ranked above corrupted ones by both."""
 
 import random
 
@@ -8,13 +10,20 @@ import pytest
 import torch
 
 from videogpa.engine.geometry.epipolar import (
+    MIN_MATCHES,
     EpipolarScorer,
     fit_fundamental_batched,
     fundamental_from_cameras,
     sampson_distance,
     score_matches,
 )
-from videogpa.engine.geometry.matching import GeometryMatcher, PairMatches, build_matcher, frame_pairs
+from videogpa.engine.geometry.matching import (
+    GeometryMatcher,
+    PairMatches,
+    build_matcher,
+    frame_pairs,
+    pad_matches,
+)
 from videogpa.engine.geometry.pointcloud import unproject_depth
 from videogpa.engine.scenes.matches import true_matches
 from videogpa.engine.scenes.procedural import corrupt, make_scene, render_clip
@@ -125,29 +134,83 @@ def test_batched_fit_finds_the_inliers_among_outliers_and_is_deterministic():
     assert torch.equal(fit.fundamental, again.fundamental) and torch.equal(fit.inliers, again.inliers)
 
 
-def test_too_few_matches_are_reported_never_zero():
-    x1, x2, _ = _scene_matches(40, 0, 0)
-    valid = torch.ones(3, 40, dtype=torch.bool)
-    valid[1, 10:] = False  # 10 matches: below min_matches = 16
-    valid[2, 5:] = False  # 5: below even the 8-point sample
-    matches = PairMatches(
-        torch.tensor([[0, 1], [1, 2], [2, 3]]), x1.expand(3, -1, -1), x2.expand(3, -1, -1), valid
-    )
+def kornia_epi(points1: torch.Tensor, points2: torch.Tensor) -> float:
+    """One pair's error as the authors compute it, written out: kornia's 8-point F on all matches (no weights,
+    no RANSAC), then the mean of sqrt(squared Sampson distance + 1e-8), in pixels."""
+    from kornia.geometry.epipolar import find_fundamental, sampson_epipolar_distance
+
+    p1, p2 = points1.float()[None], points2.float()[None]
+    f = find_fundamental(p1, p2)
+    return float(torch.sqrt(sampson_epipolar_distance(p1, p2, f, squared=True) + 1e-8).mean())
+
+
+def _padded(found: list[tuple[torch.Tensor, torch.Tensor]]) -> PairMatches:
+    return pad_matches([(k, k + 1) for k in range(len(found))], found)
+
+
+def test_authors_epi_on_matches_with_outliers_is_the_direct_kornia_computation():
+    """Pairs of different lengths (padded in one PairMatches) with 0, 15, 40 and 10 outliers: each pair's error
+    is kornia's 8-point fit on exactly its matches, outliers included, and the video's Epi is the mean over
+    pairs; pixels, whatever frame size the scorer is told."""
+    found = []
+    for seed, (n, outliers) in enumerate([(100, 0), (100, 15), (100, 40), (60, 10)]):
+        x1, x2, _ = _scene_matches(n, outliers, seed)
+        found.append((x1, x2))
+    score = score_matches(_padded(found), 64, 64)
+    direct = [kornia_epi(a, b) for a, b in found]
+    assert score.epi_pair_errors == pytest.approx(direct, rel=1e-6, abs=0)
+    assert score.epi == pytest.approx(sum(direct) / 4, rel=1e-6) and score.epi_px == score.epi
+    assert score.epi_pairs == score.epi_pairs_scored == 4 and score.epi_pair_matches == [100, 100, 100, 60]
+    # outliers are averaged in (no RANSAC): they dominate; exact matches give about the 1e-4 px floor
+    assert direct[0] < 1e-3 and min(direct[1:]) > 0.3
+    clean = [kornia_epi(a[o:], b[o:]) for (a, b), o in zip(found[1:], (15, 40, 10))]
+    assert all(c < 1e-3 for c in clean)
+    # pixels, not normalised: the frame size does not enter, and scaling the image scales Epi
+    assert score_matches(_padded(found), 640, 480).epi == score.epi
+    doubled = score_matches(_padded([(2 * a, 2 * b) for a, b in found]), 128, 128)
+    assert doubled.epi == pytest.approx(2 * score.epi, rel=1e-3)
+    # ours differs by definition: robust, normalised by max(H, W), and it ignores the outliers
+    assert score.epi_robust is not None and score.epi_robust_px == pytest.approx(64 * score.epi_robust)
+    assert score.epi_robust_px < 0.1 * score.epi
+
+
+def test_fewer_than_20_matches_skip_the_pair_and_no_valid_pair_is_no_value():
+    assert MIN_MATCHES == 20
+    x1, x2, _ = _scene_matches(40, 5, 0)
+    valid = torch.ones(5, 40, dtype=torch.bool)
+    for k, n in enumerate([40, 20, 19, 10, 5]):  # 20 is kept, 19 is not; 5 is below even the 8-point sample
+        valid[k, n:] = False
+    pairs = torch.tensor([[k, k + 1] for k in range(5)])
+    matches = PairMatches(pairs, x1.expand(5, -1, -1), x2.expand(5, -1, -1), valid)
     score = score_matches(matches, 64, 64)
-    assert score.epi_pairs == 3 and score.epi_pairs_scored == 1
-    assert score.epi_pair_errors[1] is None and score.epi_pair_errors[2] is None
-    assert score.epi_pair_matches == [40, 10, 5]
-    assert score.epi == pytest.approx(score.epi_pair_errors[0]) and score.epi_px == pytest.approx(
-        64 * score.epi
+    assert (
+        score.epi_pairs == 5 and score.epi_pairs_scored == 2 and score.epi_pair_matches == [40, 20, 19, 10, 5]
     )
-    none = PairMatches(
-        torch.tensor([[0, 1]]),
-        torch.zeros(1, 1, 2),
-        torch.zeros(1, 1, 2),
-        torch.zeros(1, 1, dtype=torch.bool),
+    assert score.epi_pair_errors[2:] == [None] * 3
+    assert score.epi_pair_errors[:2] == pytest.approx([kornia_epi(x1, x2), kornia_epi(x1[:20], x2[:20])])
+    assert score.epi == pytest.approx(sum(score.epi_pair_errors[:2]) / 2)  # the skipped pairs are not 0
+    assert score.epi_robust_pair_errors[2:] == [None] * 3
+    # every pair below 20 matches: no value at all (None, never 0 or -1), for both scores
+    valid[:2, 19:] = False
+    none = score_matches(PairMatches(pairs, matches.points1, matches.points2, valid), 64, 64)
+    assert none.epi is None and none.epi_px is None and none.epi_pairs_scored == 0
+    assert none.epi_pair_errors == [None] * 5 and none.epi_pair_matches == [19, 19, 19, 10, 5]
+    assert none.epi_robust is None and none.epi_robust_px is None and none.epi_inlier_ratio is None
+    empty = PairMatches(
+        pairs[:1], torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), torch.zeros(1, 1, dtype=torch.bool)
     )
-    empty = score_matches(none, 64, 64)
-    assert empty.epi is None and empty.epi_px is None and empty.epi_pair_errors == [None]
+    nothing = score_matches(empty, 64, 64)
+    assert nothing.epi is None and nothing.epi_pair_errors == [None] and nothing.epi_robust is None
+
+
+def test_a_pair_whose_fit_is_not_finite_is_skipped():
+    x1, x2, _ = _scene_matches(40, 0, 0)
+    bad = x1.clone()
+    bad[3, 0] = torch.nan
+    score = score_matches(_padded([(x1, x2), (bad, x2)]), 64, 64)
+    assert score.epi_pair_errors[1] is None and score.epi_pairs_scored == 1
+    assert score.epi == pytest.approx(kornia_epi(x1, x2))
+    assert score.epi_robust_pair_errors[1] is None and score.epi_robust_pairs_scored == 1
 
 
 def test_oracle_matcher_agrees_with_the_true_matches_of_a_clean_clip():
@@ -165,35 +228,41 @@ def test_oracle_matcher_agrees_with_the_true_matches_of_a_clean_clip():
             for a, b in zip(true.points1[k][true.valid[k]], true.points2[k][true.valid[k]])
         }
         common = mine.keys() & exact.keys()
-        assert (
-            len(common) >= 0.95 * max(len(mine), len(exact)) and len(common) > 50
-        )  # visibility edges differ
+        # visibility edges differ
+        assert len(common) >= 0.95 * max(len(mine), len(exact)) and len(common) > 50
         torch.testing.assert_close(
             torch.stack([mine[c] for c in common]), torch.stack([exact[c] for c in common]), atol=1e-3, rtol=0
         )
     score = EpipolarScorer(build_matcher("oracle"))(clip.frames, clip_geometry(clip))
     assert score.epi_pairs_scored == FRAMES - 1 and score.epi_px < 0.01
+    # the scorer's defaults are the authors' Epi: consecutive pairs, every match, kornia's fit
+    direct = [
+        kornia_epi(oracle.points1[k][oracle.valid[k]], oracle.points2[k][oracle.valid[k]])
+        for k in range(len(pairs))
+    ]
+    assert score.epi_pair_errors == pytest.approx(direct, rel=1e-6, abs=0)
+    assert score.epi_px == pytest.approx(sum(direct) / len(direct), rel=1e-6)
     with pytest.raises(ValueError, match="needs the video's geometry"):
         EpipolarScorer(GeometryMatcher())(clip.frames)
 
 
-def _epi(clip, **settings) -> float:
-    return score_matches(true_matches(clip, frame_pairs(FRAMES)), SIZE, SIZE, **settings).epi
+def _score(clip, **settings):
+    return score_matches(true_matches(clip, frame_pairs(FRAMES)), SIZE, SIZE, **settings)
 
 
 def test_clean_clips_score_better_than_warped_and_drifting_ones():
-    """Warp (non-rigid) and drift (an object moving) break epipolar geometry. Drift needs a baseline: under a
-    pure rotation (the "pan" path) every match obeys a homography, which a fundamental matrix also fits."""
+    """Warp (non-rigid) and drift (an object moving) break epipolar geometry, in both scores. Drift needs a
+    baseline: under a pure rotation (the "pan" path) every match obeys a homography, which F also fits."""
     rng = random.Random(2024)
     cases = [(kind, path) for kind in ("warp", "drift") for path in ("dolly", "orbit")] + [("warp", "pan")]
-    correct = n_pairs = 0
+    correct = {"epi": 0, "epi_robust": 0}
     for i in range(30):
         kind, path = cases[i % len(cases)]
         clip = render_clip(make_scene(1000 + i), path, FRAMES, SIZE, SIZE)
-        bad = corrupt(clip, kind, rng.uniform(0.3, 1.0), seed=i)
-        correct += _epi(clip) < _epi(bad)
-        n_pairs += 1
-    assert correct / n_pairs >= 0.9
+        clean, bad = _score(clip), _score(corrupt(clip, kind, rng.uniform(0.3, 1.0), seed=i))
+        for key in correct:
+            correct[key] += getattr(clean, key) < getattr(bad, key)
+    assert correct["epi"] / 30 >= 0.9 and correct["epi_robust"] / 30 >= 0.9, correct
 
 
 @pytest.mark.parametrize("kind", ["scale", "jitter"])
@@ -201,18 +270,20 @@ def test_per_frame_similarities_are_invisible_to_the_epipolar_error(kind):
     """A per-frame zoom or shift is a projective change of one image, which F absorbs (F' = A⁻ᵀ F): with exact
     matches such clips score like clean ones, far below a warp (the reprojection score does see them)."""
     clip = render_clip(make_scene(5), "orbit", FRAMES, SIZE, SIZE)
-    warped = _epi(corrupt(clip, "warp", 0.6, seed=0))
-    assert _epi(corrupt(clip, kind, 1.0, seed=0)) < 0.1 * warped
+    warped, similar = _score(corrupt(clip, "warp", 0.6, seed=0)), _score(corrupt(clip, kind, 1.0, seed=0))
+    assert similar.epi < 0.1 * warped.epi and similar.epi_robust < 0.1 * warped.epi_robust
 
 
 def test_kornia_ransac_agrees_on_the_ranking():
     clip = render_clip(make_scene(3), "dolly", FRAMES, SIZE, SIZE)
     bad = corrupt(clip, "warp", 0.8, seed=1)
-    clean, warped = _epi(clip, robust="kornia"), _epi(bad, robust="kornia")
+    clean, warped = _score(clip, robust="kornia").epi_robust, _score(bad, robust="kornia").epi_robust
     assert clean < 0.2 * warped
-    assert _epi(bad) == pytest.approx(warped, rel=0.5)  # the batched MSAC measures the same thing
+    assert _score(bad).epi_robust == pytest.approx(
+        warped, rel=0.5
+    )  # the batched MSAC measures the same thing
     with pytest.raises(ValueError, match="robust must be one of"):
-        _epi(clip, robust="lmeds")
+        _score(clip, robust="lmeds")
 
 
 @pytest.mark.gpu
@@ -226,3 +297,12 @@ def test_batched_fit_on_the_gpu_is_deterministic_and_agrees_with_the_cpu():
     assert torch.equal(gpu.fundamental, again.fundamental) and torch.equal(gpu.inliers, again.inliers)
     # different random streams on the two devices: the same inliers up to a few borderline matches
     assert (gpu.inliers.cpu() != cpu.inliers).sum(dim=1).max() <= 10
+
+
+@pytest.mark.gpu
+def test_authors_epi_on_the_gpu_agrees_with_the_cpu():
+    found = [_scene_matches(300, outliers, seed)[:2] for seed, outliers in enumerate((0, 30, 60, 90))]
+    cpu = score_matches(_padded(found), 64, 64)
+    gpu = score_matches(_padded([(a.cuda(), b.cuda()) for a, b in found]), 64, 64)
+    assert gpu.epi_pairs_scored == cpu.epi_pairs_scored == 4
+    assert gpu.epi_pair_errors == pytest.approx(cpu.epi_pair_errors, rel=1e-3, abs=1e-5)

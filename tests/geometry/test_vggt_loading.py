@@ -38,9 +38,8 @@ def test_safetensors_round_trip_reads_the_config_from_metadata(tmp_path, tiny_mo
 
 def test_torch_checkpoint_with_sidecar_config_and_track_head_keys(tmp_path, tiny_model, images):
     state = dict(tiny_model.state_dict())
-    state["track_head.tracker.query_ref_token"] = torch.zeros(
-        1, 2, 8
-    )  # dropped, like the public checkpoint's
+    # dropped, like the public checkpoint's
+    state["track_head.tracker.query_ref_token"] = torch.zeros(1, 2, 8)
     torch.save(state, tmp_path / "model.pt")
     (tmp_path / "vggt_config.json").write_text(json.dumps(TINY_CONFIG.to_dict()))
     loaded = load_vggt(tmp_path / "model.pt")

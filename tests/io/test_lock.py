@@ -29,9 +29,8 @@ def test_a_dead_owners_lock_is_taken_over_and_reported(tmp_path, capsys):
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     lock = tmp_path / ".lock"
-    lock.write_text(
-        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()})
-    )  # a killed run's lock
+    # a killed run's lock
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     with folder_lock(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert f"{lock}: taking over a stale lock (its process on this host is gone)" in capsys.readouterr().err

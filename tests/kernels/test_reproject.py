@@ -106,9 +106,8 @@ def test_kernel_matches_reference_and_brute_force(n_points, n_views, height, wid
 
 
 def test_ties_go_to_lower_index():
-    points = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 2.0], [0.0, 0.0, 3.0]], device=DEVICE).flip(
-        0
-    )  # 1, 2 tie
+    # 1, 2 tie
+    points = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 2.0], [0.0, 0.0, 3.0]], device=DEVICE).flip(0)
     colors = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.6, 0.6, 0.6]], device=DEVICE)
     intr = torch.tensor([[[4.0, 0.0, 2.0], [0.0, 4.0, 2.0], [0.0, 0.0, 1.0]]], device=DEVICE)
     extr = torch.eye(4, device=DEVICE)[None]

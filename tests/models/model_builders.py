@@ -44,6 +44,19 @@ def cogvideox_i2v(**overrides) -> CogVideoXTransformer3DModel:
     return cogvideox_t2v(**config)
 
 
+def cogvideox15_t2v(**overrides) -> CogVideoXTransformer3DModel:
+    """CogVideoX1.5-5B-like (its public config's distinguishing fields): temporal patch 2, rotary embeddings
+    on a sliced grid, no learned positional embeddings, no patch bias, no ofs embedding; latents [B, 4, 4, 8, 8]."""
+    config = dict(
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False,
+        patch_size_t=2,
+        patch_bias=False,
+    )
+    config.update(overrides)
+    return cogvideox_t2v(**config)
+
+
 def wan_ti2v(**overrides) -> WanTransformer3DModel:
     """Wan-2.2-TI2V-like: patch (1, 2, 2), latents [B, 4, 3, 8, 8]."""
     config = dict(

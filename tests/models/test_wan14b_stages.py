@@ -160,9 +160,8 @@ def test_wan21_i2v_generation_and_shards_carry_the_pipelines_image_conditioning(
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
         _, condition = pipe.prepare_latents(image, 1, 4, 32, 32, 9, torch.float32, "cpu")
         embeds = pipe.encode_image(Image.fromarray(pixels), "cpu")
-    torch.testing.assert_close(
-        pair.image_latents, condition[0, 4:], atol=1e-4, rtol=1e-4
-    )  # every latent frame
+    # every latent frame
+    torch.testing.assert_close(pair.image_latents, condition[0, 4:], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(pair.image_embeds, embeds[0], atol=1e-5, rtol=1e-5)
     assert data.records[0]["has_image_embeds"] is True
     _trains_on("wan2.1-i2v", wan21_i2v_folder, data)

@@ -72,7 +72,7 @@ def test_a_recipe_reports_invalid_yaml_in_one_line_and_exit_2(tmp_path, capsys, 
     config.write_text("num_frames: 4\nsize: [64\n" if bad == "file" else "num_frames: 4\n")
     args = ["--config", str(config), "--workdir", str(tmp_path / "run")]
     if bad == "override":
-        args += ["--set", "size=[64"]
+        args += ["--set", "loop.score.size=[64"]
     assert load_recipe("score").main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

@@ -7,7 +7,7 @@ import torch
 from tests.stages.stage_helpers import load_recipe
 from videogpa.engine.core.config import ScoreConfig
 from videogpa.engine.io.records import read_jsonl
-from videogpa.engine.loop.loop import tiny_matcher
+from videogpa.engine.loop.demo import tiny_matcher
 
 
 def test_evaluate_scores_the_epipolar_metric_too(tmp_path, capsys):
@@ -26,6 +26,7 @@ def test_evaluate_scores_the_epipolar_metric_too(tmp_path, capsys):
     (row,) = read_jsonl(tmp_path / "run" / "eval" / "base" / "scores.jsonl")
     assert row["status"] == "ok" and "score" in row and row["epi_matcher"] == "lightglue"
     assert row["epi_pairs"] == 7 and len(row["epi_pair_errors"]) == 7 and "NOT meaningful" in row["note"]
+    assert len(row["epi_robust_pair_errors"]) == 7 and "epi_px" in row and "epi_robust" in row
     assert (tmp_path / "run" / "models" / "lightglue_tiny_random" / "config.json").is_file()
 
 
@@ -43,6 +44,7 @@ def test_tiny_matcher_is_built_once_and_a_real_loop_needs_weights(tmp_path):
     cfg = ScoreConfig(metrics=["reprojection", "epipolar"])
     assert tiny_matcher(True, cfg, tmp_path, 0) == ["tiny random LightGlue"] and cfg.random_weights
     assert cfg.epipolar.lightglue_weights == str(tmp_path / "lightglue_tiny_random")
+    assert cfg.epipolar.size is None and cfg.epipolar.max_keypoints is None  # fast: at the scored size, 256
     again = ScoreConfig(metrics=["epipolar"])
     assert tiny_matcher(True, again, tmp_path, 0) == []
     assert again.epipolar.lightglue_weights == cfg.epipolar.lightglue_weights

@@ -64,6 +64,32 @@ def test_epi_missing_from_the_rows_is_n_a():
     )
 
 
+def test_a_video_without_an_epi_is_counted_apart_never_averaged_in():
+    """A video whose Epi has no value (None, or NaN from elsewhere) is left out of the means, differences and
+    win rates (never 0 or -1) and counted in a note; a column without any value reads n/a."""
+    base, tuned = _rows(0.0, 3), _rows(-0.05, 3)
+    base[0]["epi"] = None  # p0, seed 0: no frame pair with 20 matches
+    tuned[3]["epi"] = float("nan")  # p1, seed 1
+    result = compare_scores(base, tuned)
+    epi = result["metrics"]["epi"]
+    assert epi["base"] == pytest.approx(sum(r["epi"] for r in base[1:]) / 5)
+    assert epi["lora"] == pytest.approx(sum(r["epi"] for r in tuned if r is not tuned[3]) / 5)
+    assert epi["without_value"] == {"base": 1, "lora": 1} and epi["prompts_compared"] == 3
+    assert epi["delta"] == pytest.approx(-0.005) and result["metrics"]["score"]["without_value"] == {
+        "base": 0,
+        "lora": 0,
+    }
+    table = format_table(result)
+    assert "NOTE: Epi has no value for 1 of 6 base videos and 1 of 6 LoRA videos" in table
+    assert "never counted as 0" in table and "NOTE: MVCS" not in table
+    for r in base:
+        r["epi"] = None
+    result = compare_scores(base, tuned)
+    assert result["metrics"]["epi"]["base"] is None and result["metrics"]["epi"]["delta"] is None
+    assert "| Epi | n/a |" in format_table(result)
+    assert "NOTE: Epi has no value for 6 of 6 base videos and 1 of 6 LoRA videos" in format_table(result)
+
+
 def synthetic_rows(n_scenes: int = 12):
     """Score rows of clean synthetic clips and their warped versions (same prompt = scene, same seed): every
     column computed for real (oracle reprojection; Epi from the scenes' true surface matches)."""
@@ -95,7 +121,7 @@ def test_a_real_improvement_is_flagged_in_3dcs_and_epi():
     better with intervals that exclude 0, and the clean side must win most prompts."""
     torch.set_num_threads(1)  # small tensors: faster on the shared CPU
     result = compare_scores(*synthetic_rows())
-    for metric in ("score", "epi"):
+    for metric in ("score", "epi", "epi_robust"):
         m = result["metrics"][metric]
         assert m["improved"] and m["ci"][1] < 0 and m["prompt_win_rate"] >= 0.9, (metric, m)
     assert result["metrics"]["psnr"]["improved"] and result["metrics"]["psnr"]["ci"][0] > 0

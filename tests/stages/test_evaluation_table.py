@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from tests.stages.stage_helpers import REPO, write_rows
-from videogpa.engine.loop.loop import BUILTIN_LOOP, load_loop_config
+from videogpa.engine.loop.demo import BUILTIN_LOOP
+from videogpa.engine.loop.loop import load_loop_config
 from videogpa.engine.stages.evaluate import compare_scores, format_table, plot_comparison
 
 

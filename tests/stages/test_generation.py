@@ -222,9 +222,8 @@ def test_image_to_video_generation_and_missing_images(tmp_path, monkeypatch):
     assert summary.generated == 2
     row = read_jsonl(tmp_path / "gen" / MANIFEST)[0]
     assert row["image"] == str((tmp_path / "first.png").resolve()) and row["model"] == "cogvideox-i2v"
-    assert (
-        generate.run(cfg, None, tmp_path / "gen", progress=False).skipped == 2
-    )  # resumes with the same image
+    # resumes with the same image
+    assert generate.run(cfg, None, tmp_path / "gen", progress=False).skipped == 2
     write_rows(prompts, [{"prompt": "a kitchen", "image": "gone.png"}])
     with pytest.raises(ValueError, match=r"p.jsonl:1: field 'image': file .*gone.png does not exist"):
         generate.run(cfg, None, tmp_path / "gen2", progress=False)

@@ -74,7 +74,8 @@ def test_tiny_loop_runs_resumes_and_is_consistent(tmp_path, capsys):
 
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["videos"] == 2 and evaluation["prompts"] == 2
-    assert set(evaluation["metrics"]) == {"score", "mse", "lpips", "psnr", "ssim", "mvcs", "epi", "motion"}
+    metrics = {"score", "mse", "lpips", "psnr", "ssim", "mvcs", "epi", "epi_robust", "motion"}
+    assert set(evaluation["metrics"]) == metrics
     assert 0 <= evaluation["prompt_win_rate"] <= 1 and evaluation["notes"]
     base = read_jsonl(out / "eval" / "base" / "manifest.jsonl")
     lora = read_jsonl(out / "eval" / "lora" / "manifest.jsonl")

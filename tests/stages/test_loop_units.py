@@ -6,7 +6,8 @@ import os
 import pytest
 
 from tests.stages.stage_helpers import REPO
-from videogpa.engine.loop.loop import BUILTIN_LOOP, Loop, load_loop_config
+from videogpa.engine.loop.demo import BUILTIN_LOOP
+from videogpa.engine.loop.loop import Loop, load_loop_config
 
 
 def test_one_loop_per_folder(tmp_path):

@@ -53,7 +53,7 @@ def test_list_and_nested_flags_reach_the_config():
         "lightglue",
     )
     args = parser_for(ScoreConfig, "score").parse_args(
-        ["--set", "epipolar.robust=kornia", "--epipolar-size", "9"]
+        ["--set", "loop.score.epipolar.robust=kornia", "--epipolar-size", "9"]
     )
     cfg = stage_config(ScoreConfig, "score", args)
     assert (cfg.epipolar.robust, cfg.epipolar.size, cfg.size) == ("kornia", 9, None)  # --set and flag merge
@@ -74,10 +74,14 @@ def test_config_file_then_set_then_flags(tmp_path):
     )
     p = parser_for(GenerationConfig, "generation")
     cfg = stage_config(
-        GenerationConfig, "generation", p.parse_args(["--config", str(whole), "--set", "seed=5"])
+        GenerationConfig,
+        "generation",
+        p.parse_args(["--config", str(whole), "--set", "loop.generation.seed=5"]),
     )
     assert (cfg.model, cfg.steps, cfg.seed) == ("wan2.2-ti2v", 7, 5)  # the whole config's model and section
-    args = p.parse_args(["--config", str(whole), "--set", "seed=5", "--seed", "9", "--camera-motion"])
+    args = p.parse_args(
+        ["--config", str(whole), "--set", "loop.generation.seed=5", "--seed", "9", "--camera-motion"]
+    )
     cfg = stage_config(GenerationConfig, "generation", args)
     assert (cfg.seed, cfg.camera_motion) == (9, True)  # flags last
     section = tmp_path / "pairs.yaml"
@@ -97,13 +101,35 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
     )
     recipe = load_recipe("pairs")
     assert (
-        recipe.main(["--scores", str(scores), "--out-dir", str(tmp_path / "p"), "--set", "min_gap=-1"]) == 2
+        recipe.main(
+            ["--scores", str(scores), "--out-dir", str(tmp_path / "p"), "--set", "loop.pairs.min_gap=-1"]
+        )
+        == 2
     )
     err = capsys.readouterr().err.strip()
     assert err == "error: config key 'loop.pairs.min_gap': expected a non-negative value"
-    assert recipe.main(["--scores", str(scores), "--out-dir", str(tmp_path / "p"), "--set", "gap=1"]) == 2
+    assert (
+        recipe.main(["--scores", str(scores), "--out-dir", str(tmp_path / "p"), "--set", "loop.pairs.gap=1"])
+        == 2
+    )
     assert "unknown config key(s) ['loop.pairs.gap']" in capsys.readouterr().err
     assert recipe.main(["--scores", str(tmp_path / "missing.jsonl"), "--out-dir", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.jsonl does not exist" in err
     assert not (tmp_path / "p" / "pairs.jsonl").exists()
+
+
+def test_one_override_grammar_full_keys_everywhere(tmp_path, capsys):
+    """Stage recipes take --set with the same full dotted keys as dpo.py and pipeline.py."""
+    scores = write_rows(tmp_path / "scores.jsonl", [])
+    recipe = load_recipe("pairs")
+    assert (
+        recipe.main(["--scores", str(scores), "--out-dir", str(tmp_path / "p"), "--set", "min_gap=0.1"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "expected --set loop.pairs.KEY=VALUE (e.g. --set loop.pairs.min_gap=0.1)" in err
+    assert (
+        recipe.main(["--scores", str(scores), "--out-dir", str(tmp_path / "p"), "--set", "loop.score.size=4"])
+        == 2
+    )
+    assert "this recipe runs the loop.pairs section" in capsys.readouterr().err

@@ -41,9 +41,13 @@ def test_score_stage_rows_errors_and_completeness(tmp_path):
 
 
 def test_score_stage_configuration_errors(tmp_path):
+    weights = save_vggt(random_vggt(TINY_CONFIG), tmp_path / "vggt.safetensors")
     with pytest.raises(ValueError, match="'vggt' needs weights"):
         Scorer.build(ScoreConfig(geometry="vggt"))
     assert resolve_geometry(ScoreConfig()).geometry == "oracle"  # auto: no weights, the stored geometry
-    assert resolve_geometry(ScoreConfig(weights="w.safetensors")).geometry == "vggt"
+    # auto with weights: the backend the file holds, a missing file named
+    assert resolve_geometry(ScoreConfig(weights=str(weights))).geometry == "vggt"
+    with pytest.raises(ValueError, match="w.safetensors"):
+        resolve_geometry(ScoreConfig(weights="w.safetensors"))
     with pytest.raises(ValueError, match="both vgg_weights and lpips_weights"):
         Scorer.build(ScoreConfig(geometry="oracle", vgg_weights=str(tmp_path / "vgg.pth")))

@@ -103,9 +103,8 @@ def test_two_concurrent_shards_write_disjoint_files_equal_to_one_process(inputs,
     out = inputs[0] / "two"
     finish(generate(inputs, out, "--shard", "0/2"), generate(inputs, out, "--shard", "1/2"))
     zero, one = (written_by(out, f"manifest.shard-{i}-of-2.jsonl") for i in (0, 1))
-    assert zero.isdisjoint(one) and zero | one == files(
-        out
-    )  # no lock, temp or shared file left, none unnamed
+    # no lock, temp or shared file left, none unnamed
+    assert zero.isdisjoint(one) and zero | one == files(out)
     assert zero - {"manifest.shard-0-of-2.jsonl"} == {
         "videos/barn_s0.mp4",
         "videos/barn_s1.mp4",

@@ -29,6 +29,8 @@ def _case(name: str, pairs: int = 2):
         return adapter, model, w, lo, Conditioning(text)
     if name == "cogvideox-t2v":
         model, shape = builders.cogvideox_t2v(), (3, 4, 8, 8)
+    elif name == "cogvideox1.5-t2v":
+        model, shape = builders.cogvideox15_t2v(), (4, 4, 8, 8)
     elif name == "cogvideox-i2v":
         model, shape = builders.cogvideox_i2v(), (4, 4, 8, 8)
         image = torch.randn(pairs, 1, 4, 8, 8, generator=gen)
@@ -58,7 +60,14 @@ def _perturb_lora(model: torch.nn.Module) -> None:
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
 
 
-ADAPTER_CASES = ["tiny", "cogvideox-t2v", "cogvideox-i2v", "wan2.2-ti2v", "wan2.2-ti2v/i2v"]
+ADAPTER_CASES = [
+    "tiny",
+    "cogvideox-t2v",
+    "cogvideox1.5-t2v",
+    "cogvideox-i2v",
+    "wan2.2-ti2v",
+    "wan2.2-ti2v/i2v",
+]
 
 
 @pytest.mark.parametrize("name", ADAPTER_CASES)

@@ -40,7 +40,14 @@ def _torchrun(args: list[str], **env: str) -> str:
 
 
 def test_split_step_equals_the_unsplit_step_for_every_family():
-    families = ["cogvideox-t2v", "cogvideox-t2v-rope", "cogvideox-i2v", "wan2.2-ti2v", "wan2.2-ti2v-i2v"]
+    families = [
+        "cogvideox-t2v",
+        "cogvideox-t2v-rope",
+        "cogvideox1.5-t2v",
+        "cogvideox-i2v",
+        "wan2.2-ti2v",
+        "wan2.2-ti2v-i2v",
+    ]
     out = _torchrun(["fp32", *families])
     for family in families:
         assert all(f"<rank {r} ok {family}>" in out for r in (0, 1)), (family, out[-2000:])

@@ -149,10 +149,22 @@ def test_nan_loss_stops_when_configured(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["cogvideox_5b_t2v", "cogvideox_5b_i2v", "wan22_ti2v_5b"])
-def test_real_model_configs_name_the_missing_checkpoint_folder(name, tmp_path):
+def test_real_model_configs_name_every_placeholder_at_once(name, tmp_path):
     path = Path(__file__).resolve().parents[2] / "recipes" / "configs" / f"{name}.yaml"
     cfg = load_config(path, [f"output_dir={tmp_path / 'out'}"])
-    with pytest.raises(ValueError, match=f"model.path.*{cfg.model.path}.*does not exist"):
+    with pytest.raises(ValueError, match=r"2 placeholder.*model\.path \(/path/to/.*data\.train \(/path/to/"):
+        Trainer(cfg)
+    cfg = load_config(path, [f"output_dir={tmp_path / 'out'}", f"data.train={tmp_path}"])
+    with pytest.raises(ValueError, match=r"1 placeholder.*model\.path") as err:
+        Trainer(cfg)
+    assert "data.train" not in str(err.value)
+    overrides = [
+        f"output_dir={tmp_path / 'out'}",
+        f"model.path={tmp_path / 'nowhere'}",
+        f"data.train={tmp_path}",
+    ]
+    cfg = load_config(path, overrides)
+    with pytest.raises(ValueError, match=f"model.path.*{tmp_path / 'nowhere'}.*does not exist"):
         Trainer(cfg)
     assert not (tmp_path / "out").exists()  # nothing written before the inputs are checked
 

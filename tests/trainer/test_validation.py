@@ -68,9 +68,8 @@ def test_heldout_accuracy_every_n_steps(full_run):
     out, result = full_run
     history = result["heldout_history"]
     assert [h["step"] for h in history] == [0, 2, 4]
-    assert (
-        history[0]["accuracy"] == result["heldout_accuracy_before"] == 0.5
-    )  # LoRA B = 0: policy = reference
+    # LoRA B = 0: policy = reference
+    assert history[0]["accuracy"] == result["heldout_accuracy_before"] == 0.5
     assert history[-1]["accuracy"] == result["heldout_accuracy_after"]
     assert json.loads((out / "heldout_history.json").read_text()) == history
     scalars, acc = _scalars(out, "eval/heldout_accuracy")
@@ -131,9 +130,8 @@ def test_step_0_is_the_base_model_and_training_changes_the_videos(full_run):
 def test_resumed_run_keeps_finished_evaluations(full_run, tmp_path, vggt):
     out, result = full_run
     cfg = _config(tmp_path, vggt)
-    assert (
-        Trainer(cfg).run(stop_after=3) is None
-    )  # killed after step 3: checkpoint at 2, evaluations 0 and 2 done
+    # killed after step 3: checkpoint at 2, evaluations 0 and 2 done
+    assert Trainer(cfg).run(stop_after=3) is None
     kept = {s: (tmp_path / f"validation/step_{s}/validation.json").stat().st_mtime_ns for s in (0, 2)}
     resumed = Trainer(cfg, resume=True)
     assert resumed.start_step == 2
@@ -277,3 +275,18 @@ def test_bad_validation_inputs_are_named_before_anything_is_written(tmp_path):
             )
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_scale_zero_samples_the_base_model(tmp_path, vggt):
+    cfg = _config(tmp_path / "run", vggt)
+    cfg.train.max_steps, cfg.eval.every = 2, 2
+    cfg.eval.validation.lora_scale, cfg.eval.validation.score = 0.0, None
+    Trainer(cfg).run()
+    steps = [tmp_path / "run" / "validation" / f"step_{n}" for n in (0, 2)]
+    rows = [json.loads(line) for line in (steps[1] / "manifest.jsonl").read_text().splitlines()]
+    assert rows and all(row["lora_scale"] == 0.0 for row in rows)
+    files = sorted(p.name for p in (steps[0] / "latents").glob("*.safetensors"))
+    assert files
+    for name in files:
+        before, after = (load_file(str(step / "latents" / name))["latents"] for step in steps)
+        torch.testing.assert_close(after, before)

@@ -50,28 +50,64 @@ def conv3x3(cin: int, cout: int, bias: bool = True, stride: int = 1) -> nn.Conv2
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=bias)
 
 
-class ResidualUnit(nn.Module):
-    """conv(ReLU(conv(ReLU(x)))) + ReLU(x): the reference's in-place ReLU also rectifies the skip."""
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of [N, C, h, w] to `size` with align_corners=True (every DPT resize)."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
-    def __init__(self, features: int) -> None:
+
+def make_resize_layers(out_channels: tuple[int, ...]) -> nn.ModuleList:
+    """Per level: 4× and 2× transposed convs, identity, a stride-2 3×3 conv (the checkpoint's resize_layers)."""
+    oc = out_channels
+    return nn.ModuleList(
+        [
+            nn.ConvTranspose2d(oc[0], oc[0], kernel_size=4, stride=4),
+            nn.ConvTranspose2d(oc[1], oc[1], kernel_size=2, stride=2),
+            nn.Identity(),
+            conv3x3(oc[3], oc[3], stride=2),
+        ]
+    )
+
+
+def token_levels(
+    tokens: list[torch.Tensor],
+    projects: nn.ModuleList,
+    resize_layers: nn.ModuleList,
+    grid_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    position_embedding: bool = True,
+) -> list[torch.Tensor]:
+    """Four token sets [N, h·w, C] → maps: 1×1 projection, (+0.1·sin-cos embedding), per-level resize."""
+    levels = []
+    for x, project, resize in zip(tokens, projects, resize_layers):
+        x = project(x.transpose(1, 2).reshape(x.shape[0], -1, *grid_hw))
+        levels.append(resize(add_position_embedding(x, image_hw) if position_embedding else x))
+    return levels
+
+
+class ResidualUnit(nn.Module):
+    """conv(ReLU(conv(ReLU(x)))) + ReLU(x) with `rectified_skip` (VGGT's in-place ReLU also rectifies the
+    skip), else + x (Depth Anything 3)."""
+
+    def __init__(self, features: int, rectified_skip: bool = True) -> None:
         super().__init__()
         self.conv1 = conv3x3(features, features)
         self.conv2 = conv3x3(features, features)
+        self.rectified_skip = rectified_skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(x)
-        return self.conv2(F.relu(self.conv1(x))) + x
+        rectified = F.relu(x)
+        return self.conv2(F.relu(self.conv1(rectified))) + (rectified if self.rectified_skip else x)
 
 
 class FusionBlock(nn.Module):
     """[skip + residual(skip input)] → residual → bilinear resize (align_corners) → 1×1 conv."""
 
-    def __init__(self, features: int, has_skip: bool) -> None:
+    def __init__(self, features: int, has_skip: bool, rectified_skip: bool = True) -> None:
         super().__init__()
         self.out_conv = nn.Conv2d(features, features, kernel_size=1)
         if has_skip:
-            self.resConfUnit1 = ResidualUnit(features)
-        self.resConfUnit2 = ResidualUnit(features)
+            self.resConfUnit1 = ResidualUnit(features, rectified_skip)
+        self.resConfUnit2 = ResidualUnit(features, rectified_skip)
 
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int] | None
@@ -81,18 +117,20 @@ class FusionBlock(nn.Module):
         x = self.resConfUnit2(x)
         if size is None:
             size = (2 * x.shape[-2], 2 * x.shape[-1])
-        return self.out_conv(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
+        return self.out_conv(upsample(x, size))
 
 
 class Scratch(nn.Module):
     """Container named as in the checkpoint: per-level 3×3 convs, fusion blocks, output convs."""
 
-    def __init__(self, out_channels: tuple[int, ...], features: int, output_dim: int) -> None:
+    def __init__(
+        self, out_channels: tuple[int, ...], features: int, output_dim: int, rectified_skip: bool = True
+    ) -> None:
         super().__init__()
         for i, channels in enumerate(out_channels, start=1):
             self.add_module(f"layer{i}_rn", conv3x3(channels, features, bias=False))
         for i in range(1, 5):
-            self.add_module(f"refinenet{i}", FusionBlock(features, has_skip=i != 4))
+            self.add_module(f"refinenet{i}", FusionBlock(features, i != 4, rectified_skip))
         self.output_conv1 = conv3x3(features, features // 2)
         self.output_conv2 = nn.Sequential(
             conv3x3(features // 2, OUTPUT_HIDDEN),
@@ -100,14 +138,21 @@ class Scratch(nn.Module):
             nn.Conv2d(OUTPUT_HIDDEN, output_dim, kernel_size=1),
         )
 
+    def project(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Four maps (fine → coarse) → the same maps with `features` channels (the layer*_rn convs)."""
+        return [getattr(self, f"layer{i}_rn")(x) for i, x in enumerate(levels, start=1)]
+
+    def refine(self, maps: list[torch.Tensor], suffix: str = "") -> torch.Tensor:
+        """Projected maps → fused by refinenet4{suffix} … refinenet1{suffix}, at twice the finest size."""
+        block = lambda i: getattr(self, f"refinenet{i}{suffix}")
+        out = block(4)(maps[3], None, maps[2].shape[-2:])
+        out = block(3)(out, maps[2], maps[1].shape[-2:])
+        out = block(2)(out, maps[1], maps[0].shape[-2:])
+        return block(1)(out, maps[0], None)
+
     def fuse(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        """Four maps (fine → coarse) → fused map [N, features/2, h1, w1] at the finest level's size."""
-        maps = [getattr(self, f"layer{i}_rn")(x) for i, x in enumerate(levels, start=1)]
-        out = self.refinenet4(maps[3], None, maps[2].shape[-2:])
-        out = self.refinenet3(out, maps[2], maps[1].shape[-2:])
-        out = self.refinenet2(out, maps[1], maps[0].shape[-2:])
-        out = self.refinenet1(out, maps[0], None)
-        return self.output_conv1(out)
+        """Four maps (fine → coarse) → fused map [N, features/2, 2·h1, 2·w1]."""
+        return self.output_conv1(self.refine(self.project(levels)))
 
 
 class DPTHead(nn.Module):
@@ -123,14 +168,7 @@ class DPTHead(nn.Module):
         self.activation = activation
         self.norm = nn.LayerNorm(dim_in)
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, kernel_size=1) for c in oc)
-        self.resize_layers = nn.ModuleList(
-            [
-                nn.ConvTranspose2d(oc[0], oc[0], kernel_size=4, stride=4),
-                nn.ConvTranspose2d(oc[1], oc[1], kernel_size=2, stride=2),
-                nn.Identity(),
-                conv3x3(oc[3], oc[3], stride=2),
-            ]
-        )
+        self.resize_layers = make_resize_layers(oc)
         self.scratch = Scratch(oc, config.dpt_features, output_dim)
 
     def forward(
@@ -154,15 +192,8 @@ class DPTHead(nn.Module):
     def _dense(self, selected: list[torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
         """Patch tokens of the four layers for some frames → raw output [N, output_dim, H, W]."""
         grid_h, grid_w = image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
-        levels = []
-        for x, project, resize in zip(selected, self.projects, self.resize_layers):
-            x = self.norm(x).transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
-            levels.append(resize(add_position_embedding(project(x), image_hw)))
-        out = self.scratch.fuse(levels)
-        out = F.interpolate(
-            out,
-            size=(grid_h * self.patch_size, grid_w * self.patch_size),
-            mode="bilinear",
-            align_corners=True,
+        levels = token_levels(
+            [self.norm(x) for x in selected], self.projects, self.resize_layers, (grid_h, grid_w), image_hw
         )
+        out = upsample(self.scratch.fuse(levels), (grid_h * self.patch_size, grid_w * self.patch_size))
         return self.scratch.output_conv2(add_position_embedding(out, image_hw))

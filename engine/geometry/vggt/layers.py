@@ -60,7 +60,7 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with LayerScale on both residual branches."""
+    """Pre-norm transformer block with LayerScale on both residual branches (`ffn` replaces the GELU Mlp)."""
 
     def __init__(
         self,
@@ -70,13 +70,14 @@ class Block(nn.Module):
         init_values: float,
         qk_norm: bool = False,
         eps: float = 1e-5,
+        ffn: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qk_norm)
         self.ls1 = LayerScale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = ffn if ffn is not None else Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values)
 
     def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""recipes/dpo.py reports a bad --set, a placeholder or a missing input folder before it imports the model
+stack (DeepSpeed, diffusers, transformers): seconds, not the minute those imports take on a busy machine."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("deepspeed", "diffusers", "transformers", "peft")
+PROBE = """
+import sys
+sys.argv = ["dpo.py", *{args!r}]
+sys.path.insert(0, {recipes!r})
+import dpo
+status = dpo.main(sys.argv[1:])
+print("STATUS", status, "HEAVY", sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def _run(*args: str) -> tuple[str, str]:
+    code = PROBE.format(args=list(args), recipes=str(REPO / "recipes"), heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.max_stepz=3"], "train.max_stepz"),
+        (["--set", "train.max_steps=many"], "train.max_steps"),
+        (["--config", str(REPO / "recipes/configs/cogvideox_5b_t2v.yaml")], "2 placeholder"),
+        (["--set", "model.path=/nowhere/model"], "'model.path'.*'/nowhere/model' does not exist"),
+    ],
+)
+def test_config_errors_come_before_the_model_stack_is_imported(args, message, tmp_path):
+    stdout, stderr = _run(*args, "--output-dir", str(tmp_path / "out"))
+    assert "STATUS 2 HEAVY []" in stdout, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+
+    assert not (tmp_path / "out").exists()
