@@ -23,10 +23,10 @@ def _order() -> list[str]:
         "dpo_loss triton",
         "reproject",
         "gpu tests",
-        "zero3 smoke",
         "bench_step",
         "bench_vggt",
         *geometry,
+        "zero3 smoke",
         "dpo_loss compile",
     ]
 
