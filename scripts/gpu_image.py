@@ -79,12 +79,11 @@ IMAGE_PACKAGES = frozenset(
 )
 # Requirement floors on image packages whose version there is not recorded, and why the image meets them.
 ASSUMED = {
-    "packaging": "the image's pip and setuptools (2026) vendor and need packaging >= 24",
+    "packaging": "huggingface_hub 1.33 (in the image) needs packaging >= 20.9, above every other floor",
     "pyyaml": "pyyaml 6.0 (2021) is older than every other package of the image",
     "tqdm": "tqdm 4.60 is from 2021; transformers 5.17 itself needs tqdm >= 4.60 (it imports there)",
     "regex": "transformers 5.17 (in the image) needs regex >= 2025.10.22, past every other floor",
-    "pillow": "torchvision 0.26 (in the image) needs pillow >= 5.3.0, matplotlib >= 8; floors up to 10 are "
-    "from 2023",
+    "pillow": "matplotlib in the image needs pillow >= 8; our floor, 10, is from 2023, the image from 2026",
     "matplotlib": "seaborn and scikit-image in the image; matplotlib 3.7 is from 2023",
     "tensorboard": "tensorboard 2.14 is from 2023; the image's pytorch-lightning 2.6.6 is from 2026",
     "imageio": "scikit-image in the image needs imageio >= 2.33",

@@ -171,7 +171,7 @@ def test_dry_run_in_a_mirror_of_the_image(tmp_path):
     argv = [str(python), "scripts/gpu_check.py", "--dry-run", "--wheels", str(wheels), "--site", str(site)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OUT")}
     proc = subprocess.run(
-        [*argv, "--results", str(rows)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        [*argv, "--results", str(rows)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1000
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     summary = [json.loads(line) for line in (rows / "gpu_check.jsonl").read_text().splitlines()]
