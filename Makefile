@@ -12,7 +12,7 @@ export DS_BUILD_OPS ?= 0
 LOCK ?= requirements-cpu.lock
 CONSTRAINTS = $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup run test lint bench score aot gpu-check gpu-wheels lock test-latest
+.PHONY: setup run test lint bench score aot aot-rows gpu-check gpu-wheels gpu-fixtures gpu-rehearsal lock test-latest
 
 setup: $(VENV)/.installed
 
@@ -72,20 +72,52 @@ score: setup
 aot: setup
 	env -u TRITON_INTERPRET $(PY) -m videogpa.kernels.aot --arch 80,90
 
-# On a bare GPU machine with this checkout and .whl/ (see gpu-wheels): install the wheels, run the GPU
-# tests and every benchmark at full size, rows under benchmarks/results/ (8 minutes at most).
+# The AOT rows under both Tritons, committed: 3.6.0 (the GPU image's, in a venv of its own) and 3.7.1 (.venv's).
+# Every variant's register ceiling must hold under both (kernels/dpo_loss/launch.py, kernels/reproject/launch.py).
+TRITON36_VENV ?= .venv-triton36
+$(TRITON36_VENV)/.installed: pyproject.toml setup.py
+	test -x $(TRITON36_VENV)/bin/python || python3 -m venv $(TRITON36_VENV)
+	$(TRITON36_VENV)/bin/python -m pip install -q triton==3.6.0 torch==$$(grep -E '^torch==' requirements-cpu.txt | cut -d= -f3) numpy
+	$(TRITON36_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+aot-rows: setup $(TRITON36_VENV)/.installed
+	env -u TRITON_INTERPRET $(TRITON36_VENV)/bin/python -m videogpa.kernels.aot --arch 80,90 > benchmarks/results/aot_triton36.jsonl
+	env -u TRITON_INTERPRET $(PY) -m videogpa.kernels.aot --arch 80,90 > benchmarks/results/aot_triton37.jsonl
+
+# ---- The GPU call (docs/gpu.md): one command on a lent GPU machine, rehearsed here first ----------------------
+
+# On the GPU machine, with this checkout, .whl/ and .gpu-fixtures/ carried: install the wheels, run the GPU tests
+# and every benchmark at full size, rows and log under $OUT (else benchmarks/results/), 6 minutes at most.
 # Uses the machine's python3 (with its CUDA torch), not .venv. `--dry-run` runs the same steps on a CPU.
 GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) scripts/gpu_check.py
 
-# Wheels for gpu-check, into .whl/ (ignored by git; carried to the GPU machine): what its image lacks, at
-# the versions in .venv, for CPython 3.12 manylinux, plus deepspeed built here without its ops.
+# Wheels for gpu-check, into .whl/ (ignored by git; carried): what the image lacks (gpu_check.WHEELS), at the
+# versions in .venv, for CPython 3.12 manylinux, plus deepspeed built here without its ops. Their listing goes to
+# scripts/gpu_wheels.json (commit it: CI checks it against the image). The image's own transformers and
+# huggingface_hub go to .gpu-image/ (ignored, not carried): the rehearsal's mirror of the image uses them.
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+PIP_DOWNLOAD_312 = $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	$(WHEEL_PLATFORMS)
 gpu-wheels: setup
-	rm -rf .whl && mkdir -p .whl
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		$(WHEEL_PLATFORMS) -d .whl $$($(PY) scripts/gpu_check.py --wheel-pins)
+	rm -rf .whl .gpu-image && mkdir -p .whl .gpu-image
+	$(PIP_DOWNLOAD_312) -d .whl $$($(PY) scripts/gpu_check.py --wheel-pins)
 	DS_BUILD_OPS=0 $(PY) -m pip wheel -q --no-deps --no-build-isolation \
 		deepspeed==$$($(PY) -c "import importlib.metadata as m; print(m.version('deepspeed'))") -w .whl
-	ls -l .whl
+	$(PIP_DOWNLOAD_312) -d .gpu-image $$($(PY) scripts/gpu_check.py --image-wheel-pins)
+	$(PY) scripts/gpu_check.py --record-wheels --wheels .whl
+	ls -l .whl .gpu-image
+
+# The reference fixtures the GPU tests read, into .gpu-fixtures/ (ignored by git; carried): ../shared does not
+# travel with the checkout, nor does .git (the commit is stamped beside them for the rows).
+gpu-fixtures:
+	test -d ../shared/fixtures || { echo "gpu-fixtures: no ../shared/fixtures beside this checkout"; exit 1; }
+	rm -rf .gpu-fixtures && cp -r ../shared/fixtures .gpu-fixtures
+	git describe --always --dirty --abbrev=40 > .gpu-fixtures/COMMIT  # the device's copy has no .git
+
+# Before a GPU call: the rehearsal against a mirror of the image, with the wheels and fixtures that will travel
+# (strict: it fails if .whl/, .gpu-image/ or .gpu-fixtures/ is missing or stale).
+gpu-rehearsal: setup gpu-fixtures
+	VIDEOGPA_GPU_REHEARSAL=strict $(PY) -m pytest -q -p no:cacheprovider tests/benchmarks/test_gpu_rehearsal.py \
+		tests/benchmarks/test_gpu_check.py

@@ -10,7 +10,8 @@ FLOPs are negligible (≈ 8 per element): the op is memory-bound, so L2 is flush
 Times: one synchronised call (launch overhead included) and the device time (CUDA-graph replay, or the
 profiler's kernel sum where a variant cannot be captured); extra memory includes the gradient.
 
-    python benchmarks/bench_dpo_loss.py [--size small|cogvideox|wan|wan_i2v|all] [--no-compile] [--no-save]
+    python benchmarks/bench_dpo_loss.py [--size small|cogvideox|wan|wan_i2v|all] [--variants eager,triton,compile]
+                                        [--no-compile] [--no-save]
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ if not torch.cuda.is_available():  # the kernel can only run through the interpr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, copy_bandwidth, environment, measure, print_table  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    append_results,
+    copy_bandwidth,
+    environment,
+    measure,
+    print_table,
+)
 
 from videogpa.kernels.dpo_loss import diffusion_dpo_loss  # noqa: E402
 
@@ -59,55 +67,53 @@ def make_step(backend: str, policy, ref, target, mask, compiled: bool):
     return step
 
 
-def bench_shape(name: str, device, dtype, compile_baseline: bool, bandwidth: float) -> list[dict]:
+VARIANTS = {"eager": ("torch", False), "triton": ("triton", False), "compile": ("torch", True)}
+LABELS = {"eager": "eager", "triton": "triton", "compile": "torch.compile"}
+
+
+def make_inputs(name: str, device, dtype):
     shape, mask_kind = SHAPES[name]
     gen = torch.Generator(device=device).manual_seed(0)
     policy = torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(True)
     ref = torch.randn(shape, generator=gen, device=device, dtype=dtype)
     target = torch.randn(shape, generator=gen, device=device, dtype=dtype)
-    mask = make_mask(mask_kind, shape, device)
+    return policy, ref, target, make_mask(mask_kind, shape, device)
+
+
+def bench_variant(name: str, variant: str, inputs, device, bandwidth: float) -> dict | None:
+    """One row: the variant's fwd+bwd on the shape's inputs, or None when it fails (printed; a missing
+    compiler must not hide the other rows)."""
+    shape, mask_kind = SHAPES[name]
+    policy, ref, target, mask = inputs
+    backend, compiled = VARIANTS[variant]
     floor_bytes = 6 * policy.numel() * policy.element_size()
     floor_s = floor_bytes / bandwidth
-    variants = [("eager", "torch", False)]
-    if compile_baseline:
-        variants.append(("torch.compile", "torch", True))
-    variants.append(("triton", "triton", False))
-    rows = []
-    iters = 20 if device.type == "cuda" else 3
-    for label, backend, compiled in variants:
-        try:
-            step = make_step(backend, policy, ref, target, mask, compiled)
-            fields, seconds = measure(
-                step,
-                device,
-                iters=iters,
-                warmup=3 if compiled else 2,
-                flush=True,
-                reset=lambda: setattr(policy, "grad", None),
-                capturable=not compiled,
-            )
-        except Exception as err:  # a missing compiler must not hide the other rows
-            print(f"[{label}] failed: {type(err).__name__}: {err}", file=sys.stderr)
-            continue
-        rows.append(
-            {
-                "bench": "dpo_loss_fwd_bwd",
-                "variant": label,
-                "shape": name + str(list(shape)),
-                "mask": mask_kind,
-                "dtype": str(dtype).removeprefix("torch."),
-                **fields,
-                "floor_bytes": floor_bytes,
-                "floor_us": floor_s * 1e6,
-                "x_floor": seconds / floor_s,
-                "achieved_GBps": floor_bytes / seconds / 1e9,
-            }
+    try:
+        step = make_step(backend, policy, ref, target, mask, compiled)
+        fields, seconds = measure(
+            step,
+            device,
+            iters=20 if device.type == "cuda" else 3,
+            warmup=3 if compiled else 2,
+            flush=True,
+            reset=lambda: setattr(policy, "grad", None),
+            capturable=not compiled,
         )
-    eager = next((r for r in rows if r["variant"] == "eager"), None)
-    key = "device_us" if device.type == "cuda" else "call_us"
-    for row in rows:
-        row["speedup_vs_eager"] = None if eager is None else eager[key] / row[key]
-    return rows
+    except Exception as err:
+        print(f"[{LABELS[variant]} {name}] failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+    return {
+        "bench": "dpo_loss_fwd_bwd",
+        "variant": LABELS[variant],
+        "shape": name + str(list(shape)),
+        "mask": mask_kind,
+        "dtype": str(policy.dtype).removeprefix("torch."),
+        **fields,
+        "floor_bytes": floor_bytes,
+        "floor_us": floor_s * 1e6,
+        "x_floor": seconds / floor_s,
+        "achieved_GBps": floor_bytes / seconds / 1e9,
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -117,24 +123,53 @@ def main(argv=None) -> list[dict]:
     parser.add_argument(
         "--size", choices=[*SHAPES, "all"], default=None, help="default: all on GPU, small on CPU"
     )
+    parser.add_argument(
+        "--variants",
+        default="eager,triton,compile",
+        help="comma-separated subset of eager, triton, compile (default: all). Every shape's eager and "
+        "triton rows come first; the compile rows (slow to compile) after them",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-save", action="store_true", help="do not append rows to benchmarks/results/")
     args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
+    if args.no_compile:
+        variants = [v for v in variants if v != "compile"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = args.size or ("all" if device.type == "cuda" else "small")
     names = ["cogvideox", "wan", "wan_i2v"] if size == "all" else [size]
     bandwidth = copy_bandwidth(device)
     print(f"device: {environment(device)}")
     print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s")
+    key = "device_us" if device.type == "cuda" else "call_us"
+    eager: dict[str, float] = {}  # shape -> eager time, for the speed-ups
     rows = []
-    for name in names:
-        rows += bench_shape(name, device, torch.bfloat16, not args.no_compile, bandwidth)
+    # Each row is appended as soon as it is measured: a run stopped by a time limit keeps what it has.
+    passes = [[v for v in variants if v != "compile"], [v for v in variants if v == "compile"]]
+    for pass_variants in passes:
+        for name in names:
+            if not pass_variants:
+                continue
+            inputs = make_inputs(name, device, torch.bfloat16)
+            for variant in pass_variants:
+                row = bench_variant(name, variant, inputs, device, bandwidth)
+                if row is None:
+                    continue
+                if variant == "eager":
+                    eager[name] = row[key]
+                row["speedup_vs_eager"] = eager[name] / row[key] if name in eager else None
+                rows.append(row)
+                if not args.no_save:
+                    append_results("dpo_loss", [row], device)
+            del inputs
     columns = ["variant", "shape", "mask", "call_us", "device_us", "device_us_p90", "extra_MB", "floor_us"]
     print_table(rows, columns + ["x_floor", "achieved_GBps", "speedup_vs_eager"])
     if device.type == "cpu":
         print("note: on a CPU the Triton row runs through the interpreter; it checks the path, not speed.")
     if not args.no_save:
-        print(f"appended {len(rows)} rows to {append_results('dpo_loss', rows, device)}")
+        print(f"appended {len(rows)} rows, one at a time, to {RESULTS_DIR / 'dpo_loss.jsonl'}")
     return rows
 
 

@@ -30,7 +30,14 @@ if not torch.cuda.is_available():  # the kernel can only run through the interpr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, copy_bandwidth, environment, measure, print_table  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    append_results,
+    copy_bandwidth,
+    environment,
+    measure,
+    print_table,
+)
 
 from videogpa.kernels.reproject import render_point_cloud, reprojection_error  # noqa: E402
 from videogpa.kernels.reproject.reference import project  # noqa: E402
@@ -139,23 +146,23 @@ def main(argv=None) -> list[dict]:
         wrong = None
         if images.shape == truth.shape:
             wrong = float(((images != truth).any(dim=1) & hit).sum() / hit.sum())
-        rows.append(
-            {
-                "bench": "reproject",
-                "variant": label,
-                "shape": f"T{n_views}x{height}x{width} N{points.shape[0]}",
-                **fields,
-                "time_ms": seconds * 1e3,
-                "output_MB": output_bytes / 1e6,
-                "floor_MB": floor / 1e6,
-                "floor_ms": floor / bandwidth * 1e3,
-                "x_floor": seconds / (floor / bandwidth),
-                "wrong_pixel_frac": wrong,
-            }
-        )
-    base = next((r["time_ms"] for r in rows if r["variant"].startswith("painter")), None)
-    for row in rows:
+        row = {
+            "bench": "reproject",
+            "variant": label,
+            "shape": f"T{n_views}x{height}x{width} N{points.shape[0]}",
+            **fields,
+            "time_ms": seconds * 1e3,
+            "output_MB": output_bytes / 1e6,
+            "floor_MB": floor / 1e6,
+            "floor_ms": floor / bandwidth * 1e3,
+            "x_floor": seconds / (floor / bandwidth),
+            "wrong_pixel_frac": wrong,
+        }
+        base = next((r["time_ms"] for r in rows if r["variant"].startswith("painter")), None)
         row["speedup_vs_painter"] = None if base is None else base / row["time_ms"]
+        rows.append(row)
+        if not args.no_save:  # as soon as measured: a run stopped by a time limit keeps what it has
+            append_results("reproject", [row], device)
     columns = [
         "variant",
         "shape",
@@ -176,7 +183,7 @@ def main(argv=None) -> list[dict]:
     if device.type == "cpu":
         print("note: on a CPU the Triton rows run through the interpreter; they check the path, not speed.")
     if not args.no_save:
-        print(f"appended {len(rows)} rows to {append_results('reproject', rows, device)}")
+        print(f"appended {len(rows)} rows, one at a time, to {RESULTS_DIR / 'reproject.jsonl'}")
     return rows
 
 

@@ -9,7 +9,8 @@ and, measured in the same run as a baseline, the whole score with the plain-PyTo
 (what a scorer sees; videos/s come from it) and the device time (CUDA-graph replay, or the profiler's
 kernel sum where the score synchronises with the host), each a median with its 10th-90th percentiles.
 
-    python benchmarks/bench_vggt.py [--small] [--frames 10] [--batches 1,4] [--dtype bf16] [--no-save]
+    python benchmarks/bench_vggt.py [--small] [--frames 10] [--batches 1,4] [--dtype bf16] [--iters N]
+                                    [--warmup N] [--no-save]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if not torch.cuda.is_available():  # the reprojection kernel can only run throug
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, measure, print_table  # noqa: E402
+from _common import RESULTS_DIR, append_results, measure, print_table  # noqa: E402
 
 from videogpa.engine.geometry.scoring import score_reconstruction  # noqa: E402
 from videogpa.engine.geometry.vggt import TINY_CONFIG, VGGT, VGGTConfig  # noqa: E402
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--dtype", default=None, help="trunk autocast dtype: bf16, fp16, fp32 (default per device)"
     )
     parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3 GPU, 2 CPU)")
     parser.add_argument("--no-save", action="store_true", help="do not append rows to benchmarks/results")
     args = parser.parse_args(argv)
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = TINY_CONFIG if args.small else VGGTConfig()
     dtype = resolve_compute_dtype(args.dtype, device)
     iters = args.iters or (10 if device.type == "cuda" else 2)
+    warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 2)
     torch.manual_seed(0)
     with torch.device(device):
         model = VGGT(config).eval()  # random weights: the network's cost does not depend on them
@@ -92,30 +95,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name, (image_metrics, backend) in RUNS.items():
             fn = make_run(model, videos, dtype, image_metrics, backend)
             # scoring selects points by confidence (host syncs): profiler times, not graphs
-            fields, _ = measure(
-                fn, device, iters=iters, warmup=2 if device.type == "cpu" else 3, capturable=False
-            )
+            fields, _ = measure(fn, device, iters=iters, warmup=warmup, capturable=False)
             seconds = fields["call_us"] / 1e6
-            rows.append(
-                {
-                    "bench": name,
-                    "config": "tiny" if args.small else "vggt-1b",
-                    "videos_per_call": batch,
-                    "frames": args.frames,
-                    "size": size,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "ms_per_video": 1e3 * seconds / batch,
-                    "videos_per_s": batch / seconds,
-                    **fields,
-                }
-            )
+            row = {
+                "bench": name,
+                "config": "tiny" if args.small else "vggt-1b",
+                "videos_per_call": batch,
+                "frames": args.frames,
+                "size": size,
+                "dtype": str(dtype).removeprefix("torch."),
+                "ms_per_video": 1e3 * seconds / batch,
+                "videos_per_s": batch / seconds,
+                **fields,
+            }
+            rows.append(row)
+            if not args.no_save:  # as soon as measured: a run stopped by a time limit keeps what it has
+                append_results("bench_vggt", [row], device)
     print_table(
         rows,
         ["bench", "config", "videos_per_call", "frames", "size", "dtype", "ms_per_video"]
         + ["videos_per_s", "device_us", "extra_MB"],
     )
     if not args.no_save:
-        print("appended to", append_results("bench_vggt", rows, device))
+        print(f"appended {len(rows)} rows, one at a time, to {RESULTS_DIR / 'bench_vggt.jsonl'}")
     return rows
 
 

@@ -2,13 +2,16 @@
 
     python -m videogpa.kernels.aot [--arch 80,90] [--jobs N]   # a JSON line per variant and arch; exit 1 on a failure
 
+`make aot-rows` runs it under triton 3.6.0 (the GPU image's, in .venv-triton36) and 3.7.1 (.venv's) and writes
+benchmarks/results/aot_triton36.jsonl and aot_triton37.jsonl: every ceiling must hold under both.
+
 Each op's `launch.aot_variants()` builds the launches its launchers make on a GPU (from meta tensors of the
 trainer's shapes); their arguments are specialised by Triton's own JIT binder (dtypes, 16-divisibility,
 ints equal to 1), compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`
 (ptxas ships with triton), and checked: no spills (cuobjdump's resource usage: no stack or local memory)
 and each property the variant's design relies on, read from the SASS or the PTX (see Variant.expect).
 Needs TRITON_INTERPRET unset: the interpreter replaces the JIT functions. The binder and `_pack_args` are
-Triton's JIT internals (as of triton 3.7): a Triton upgrade that changes them fails this check visibly.
+Triton's JIT internals (as of triton 3.6 and 3.7): a Triton upgrade that changes them fails this check visibly.
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max(1, min(args.jobs, len(jobs)))) as pool:
         reports = list(pool.map(_check_nth, jobs))
     for r in reports:
-        print(json.dumps(asdict(r)))
+        print(json.dumps({**asdict(r), "triton": triton.__version__}))
     bad = [r for r in reports if not r.ok]
     for r in bad:
         print(f"FAILED sm_{r.arch} {r.name}: {', '.join(r.failed)}", file=sys.stderr)

@@ -44,11 +44,21 @@ def _read_gif(path: Path) -> np.ndarray:
         return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(image)])
 
 
+def _pyav(purpose: str):
+    """PyAV, imported only where a video is decoded or encoded (gifs and frame folders need none, and the GPU
+    image has none): without it, that one feature fails with this error, not every import of this module."""
+    try:
+        import av
+    except ImportError:
+        raise ImportError(f"{purpose} needs PyAV (pip install av), which is not installed") from None
+    return av
+
+
 def _read_av(path: Path) -> np.ndarray:
     """Every frame of the first video stream. A stream that decodes fewer frames than its container declares
     (a file cut short at a packet boundary decodes without a decoder error) is a VideoReadError: scoring
     the part that survived would silently score another video."""
-    import av
+    av = _pyav(f"reading video {path}")
 
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -77,7 +87,7 @@ def read_frames(path: str | os.PathLike) -> torch.Tensor:
             frames = _read_gif(path)
         else:
             frames = _read_av(path)
-    except VideoReadError:
+    except (VideoReadError, ImportError):  # a missing PyAV is no bad video: it must not be skipped as one
         raise
     except Exception as err:  # decoders raise many types (av.error.*, PIL.UnidentifiedImageError, OSError)
         raise VideoReadError(f"video {path} could not be read: {type(err).__name__}: {err}") from err
@@ -164,8 +174,7 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: int = 8) -> 
         raise ValueError(
             f"write_video: {path} must end in one of {sorted(_ENCODERS)}, .gif, or have no suffix"
         )
-    import av
-
+    av = _pyav(f"writing video {path}")
     codec, pix_fmt, options = _ENCODERS[path.suffix.lower()]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)

@@ -18,13 +18,20 @@ from videogpa.kernels.dpo_loss import triton_kernels as K
 from videogpa.kernels.dpo_loss.reference import STAT_NAMES
 
 _LOSS_IDS = {"sigmoid": K.LOSS_SIGMOID, "hinge": K.LOSS_HINGE, "ipo": K.LOSS_IPO}
-_MAX_MASK_DIMS = 4
-CUDA_BLOCK = 2048  # elements per step on a GPU: 8 per thread of 8 warps, i.e. 1-2 16-byte vectors
 CUDA_NUM_WARPS = 8
-# AOT-checked ceiling: ≥ 3 resident 8-warp programs per SM (24 warps: ≥ 36 KB of 16-byte loads in flight per
-# SM: more than the bandwidth-latency product needs); a ptxas cap of 64 (maxnreg) spills on sm_80.
+CUDA_VECTOR_BYTES = 16  # per thread and tensor per step: one 16-byte vector (8 bf16/fp16 or 4 fp32 elements)
+# AOT-checked ceiling, under triton 3.6 and 3.7: ≥ 3 resident 8-warp programs per SM (24 warps: ≥ 36 KB of
+# 16-byte loads in flight per SM: more than the bandwidth-latency product needs); a ptxas cap of 64
+# (maxnreg) spills on sm_80. Two vectors per thread (the block before) took fp32 with a mask to 75-80
+# registers under triton 3.6.
 STREAM_MAX_REGISTERS = 72
-CUDA_OPTIONS = (CUDA_BLOCK, CUDA_NUM_WARPS)
+
+
+def cuda_block(itemsize: int) -> int:
+    """Elements per step on a GPU: one 16-byte vector per thread of CUDA_NUM_WARPS warps."""
+    return CUDA_VECTOR_BYTES // itemsize * 32 * CUDA_NUM_WARPS
+
+
 INTERPRETER_BLOCK = 1024  # the interpreter's cost grows with the number of programs and steps
 FINALIZE_BLOCKS = dict(BLOCK_B=16, BLOCK_C=64)  # pairs and chunks per step of the one finalize program
 MAX_PER_SAMPLE = 2**30  # sample-local index math is 32-bit (index + one chunk < 2**31)
@@ -59,36 +66,42 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def device_plan(n_per_sample: int, n_samples: int, device: torch.device) -> LaunchPlan:
+def device_plan(n_per_sample: int, n_samples: int, device: torch.device, itemsize: int) -> LaunchPlan:
     """≈ 4 programs per SM of one block size on a GPU (one compiled variant); few, wide programs in the
     interpreter."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return plan_launch(n_per_sample, n_samples, 4 * _sm_count(index), *CUDA_OPTIONS)
+        return plan_launch(
+            n_per_sample, n_samples, 4 * _sm_count(index), cuda_block(itemsize), CUDA_NUM_WARPS
+        )
     block = max(16, min(INTERPRETER_BLOCK, triton.next_power_of_2(n_per_sample)))
     return plan_launch(n_per_sample, n_samples, 4 * n_samples, block)
 
 
 @dataclass(frozen=True)
 class MaskView:
-    """A per-element mask described as a strided [d0, d1, d2, d3] view per sample (no materialised copy)."""
+    """A per-element mask described per sample as a sum of ≤ 3 terms (no materialised copy): the mask's offset
+    of the sample-local flat index i is Σ (i // div % size)·stride over its non-broadcast dims."""
 
     tensor: torch.Tensor
-    sizes: tuple[int, int, int]  # d1, d2, d3
-    strides: tuple[int, int, int, int]  # element strides of d0..d3 (0 where broadcast)
+    terms: tuple[tuple[int, int, int], ...]  # (div, size, stride) per non-broadcast dim, outermost first
     sample_stride: int
 
     @property
     def args(self) -> tuple[int, ...]:
-        return (*self.sizes, self.sample_stride, *self.strides)
+        padded = (*self.terms, *[_NO_TERM] * (_MAX_MASK_TERMS - len(self.terms)))
+        return (self.sample_stride, *(x for term in padded for x in term))
 
 
-NO_MASK_ARGS = (1, 1, 1, 0, 0, 0, 0, 0)
+_MAX_MASK_TERMS = 3
+_NO_TERM = (1, 1, 0)
+NO_MASK_ARGS = (0, *_NO_TERM * _MAX_MASK_TERMS)
 
 
 def mask_view(mask: torch.Tensor, shape: torch.Size) -> MaskView:
-    """Collapse the broadcast mask's per-sample dims to ≤ 4: merge dims that are contiguous together and drop
-    broadcast dims outside every real one (they add nothing to an offset)."""
+    """Collapse the broadcast mask's per-sample dims (merge dims that are contiguous together, drop size-1 dims
+    and broadcast dims outside every real one), then keep one term per dim that moves the mask: only those
+    cost the kernel a division. More than 3 such dims (rare): a contiguous copy in the mask's own dtype."""
     if mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)
     expanded = mask.expand(shape)
@@ -100,13 +113,19 @@ def mask_view(mask: torch.Tensor, shape: torch.Size) -> MaskView:
             dims[-1] = [dims[-1][0] * size, stride]
         else:
             dims.append([size, stride])
-    if len(dims) > _MAX_MASK_DIMS:  # rare: an irregular mask; a copy in the mask's own dtype
+    terms, div = [], 1
+    for size, stride in reversed(dims):
+        if stride:
+            terms.insert(0, (div, size, stride))
+        div *= size
+    if len(terms) > _MAX_MASK_TERMS:
         expanded = expanded.contiguous()
-        dims = [[expanded[0].numel(), 1]]
-    dims = [[1, 0]] * (_MAX_MASK_DIMS - len(dims)) + dims
-    sizes = tuple(d[0] for d in dims[1:])
-    strides = tuple(d[1] for d in dims)
-    return MaskView(expanded, sizes, strides, expanded.stride(0))
+        terms = [(1, expanded[0].numel(), 1)]
+    return MaskView(expanded, tuple(terms), expanded.stride(0))
+
+
+def _mask_flags(mask: MaskView | None) -> dict:
+    return dict(HAS_MASK=mask is not None, MASK_TERMS=0 if mask is None else len(mask.terms))
 
 
 def partial_sums_launch(policy, ref, target, mask: MaskView | None, plan: LaunchPlan, out) -> Launch:
@@ -125,9 +144,7 @@ def partial_sums_launch(policy, ref, target, mask: MaskView | None, plan: Launch
         n_samples,
         *(NO_MASK_ARGS if mask is None else mask.args),
     )
-    flags = dict(
-        HAS_REF=ref is not None, HAS_MASK=mask is not None, BLOCK=plan.block, num_warps=plan.num_warps
-    )
+    flags = dict(HAS_REF=ref is not None, **_mask_flags(mask), BLOCK=plan.block, num_warps=plan.num_warps)
     return Launch(K.dpo_partial_sums_kernel, (n_samples, plan.n_chunks), args, flags)
 
 
@@ -172,7 +189,7 @@ def grad_launch(policy, target, mask: MaskView | None, scale, grad_loss, plan: L
         n_samples,
         *(NO_MASK_ARGS if mask is None else mask.args),
     )
-    flags = dict(HAS_MASK=mask is not None, BLOCK=plan.block, num_warps=plan.num_warps)
+    flags = dict(**_mask_flags(mask), BLOCK=plan.block, num_warps=plan.num_warps)
     return Launch(K.dpo_grad_kernel, (n_samples, plan.n_chunks), args, flags)
 
 
@@ -192,7 +209,7 @@ class _FusedDPOLoss(torch.autograd.Function):
     def forward(ctx, policy, ref, target, ref_err, weight, mask, beta, loss_type, label_smoothing):
         ctx.set_materialize_grads(False)  # unused outputs get no zero-filled gradients
         n_samples, n = policy.shape[0], policy[0].numel()
-        plan = device_plan(n, n_samples, policy.device)
+        plan = device_plan(n, n_samples, policy.device, policy.element_size())
         mview = None if mask is None else mask_view(mask, policy.shape)
         partials = torch.empty((3, n_samples, plan.n_chunks), dtype=torch.float32, device=policy.device)
         partial_sums_launch(policy, ref, target, mview, plan, partials)()
@@ -264,10 +281,10 @@ def aot_variants() -> list[Variant]:
     variants = []
     for case, (shape, make_mask) in AOT_CASES.items():
         n_samples, n = shape[0], torch.Size(shape[1:]).numel()
-        plan = plan_launch(n, n_samples, 4 * AOT_SM_COUNT, *CUDA_OPTIONS)
         mview = None if make_mask is None else mask_view(make_mask(shape), torch.Size(shape))
         for dtype in AOT_DTYPES:
             x = torch.empty(shape, dtype=dtype, device=meta)
+            plan = plan_launch(n, n_samples, 4 * AOT_SM_COUNT, cuda_block(x.element_size()), CUDA_NUM_WARPS)
             partials = torch.empty((3, n_samples, plan.n_chunks), device=meta)
             for ref in (x, None):
                 launch = partial_sums_launch(x, ref, x, mview, plan, partials)

@@ -29,16 +29,21 @@ ALIGN = tl.constexpr(16)  # elements: 16-byte vectors for every dtype of ≥ 1 b
 
 
 @triton.jit
-def _mask_offsets(local, d1, d2, d3, s0, s1, s2, s3):
-    """Element offset into a broadcast mask of the sample-local flat index `local` of a [d0, d1, d2, d3] view
-    (32-bit: the launcher keeps the per-sample index range below 2**31)."""
-    i3 = local % d3
-    rest = local // d3
-    i2 = rest % d2
-    rest = rest // d2
-    i1 = rest % d1
-    i0 = rest // d1
-    return i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
+def _mask_offsets(
+    local, mdiv0, msize0, mstride0, mdiv1, msize1, mstride1, mdiv2, msize2, mstride2, MASK_TERMS: tl.constexpr
+):
+    """Element offset into a broadcast mask of the sample-local flat index `local`: the sum over the mask's
+    MASK_TERMS (≤ 3) non-broadcast dims of (local // div % size)·stride (32-bit: the launcher keeps the
+    per-sample index range below 2**31). Only the dims that move the mask cost a division: Wan's first-frame
+    mask [1, 1, F, 1, 1] is one term."""
+    offset = local * 0
+    if MASK_TERMS > 0:
+        offset += local // mdiv0 % msize0 * mstride0
+    if MASK_TERMS > 1:
+        offset += local // mdiv1 % msize1 * mstride1
+    if MASK_TERMS > 2:
+        offset += local // mdiv2 % msize2 * mstride2
+    return offset
 
 
 @triton.jit
@@ -65,21 +70,26 @@ def _step_sums(
     local,
     lo,
     hi,
-    md1,
-    md2,
-    md3,
-    ms0,
-    ms1,
-    ms2,
-    ms3,
+    mdiv0,
+    msize0,
+    mstride0,
+    mdiv1,
+    msize1,
+    mstride1,
+    mdiv2,
+    msize2,
+    mstride2,
     HAS_REF: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    MASK_TERMS: tl.constexpr,
 ):
     """One step's masked terms m(p-t)², m(r-t)², m of the elements whose sample-local index is in [lo, hi)."""
     sq, sq_ref = _squares(policy, ref, target, o, limit, HAS_REF)
     keep = (o < limit) & (local >= lo) & (local < hi)
     if HAS_MASK:
-        moff = _mask_offsets(local, md1, md2, md3, ms0, ms1, ms2, ms3)
+        moff = _mask_offsets(
+            local, mdiv0, msize0, mstride0, mdiv1, msize1, mstride1, mdiv2, msize2, mstride2, MASK_TERMS
+        )
         m = tl.load(mask + moff, mask=keep, other=0).to(tl.float32)
         sq = sq * m
         sq_ref = sq_ref * m
@@ -105,16 +115,19 @@ def dpo_partial_sums_kernel(
     chunk,
     n_chunks,
     n_samples,
-    md1,
-    md2,
-    md3,
     ms_sample,
-    ms0,
-    ms1,
-    ms2,
-    ms3,
+    mdiv0,
+    msize0,
+    mstride0,
+    mdiv1,
+    msize1,
+    mstride1,
+    mdiv2,
+    msize2,
+    mstride2,
     HAS_REF: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    MASK_TERMS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     sample = tl.program_id(0)
@@ -146,15 +159,18 @@ def dpo_partial_sums_kernel(
             shift + o,
             lo,
             hi,
-            md1,
-            md2,
-            md3,
-            ms0,
-            ms1,
-            ms2,
-            ms3,
+            mdiv0,
+            msize0,
+            mstride0,
+            mdiv1,
+            msize1,
+            mstride1,
+            mdiv2,
+            msize2,
+            mstride2,
             HAS_REF,
             HAS_MASK,
+            MASK_TERMS,
         )
         acc_policy += sq
         acc_ref += sq_ref
@@ -176,15 +192,18 @@ def dpo_partial_sums_kernel(
             shift + o,
             lo,
             hi,
-            md1,
-            md2,
-            md3,
-            ms0,
-            ms1,
-            ms2,
-            ms3,
+            mdiv0,
+            msize0,
+            mstride0,
+            mdiv1,
+            msize1,
+            mstride1,
+            mdiv2,
+            msize2,
+            mstride2,
             HAS_REF,
             HAS_MASK,
+            MASK_TERMS,
         )
         sum_policy += tl.sum(sq, axis=0)
         sum_ref += tl.sum(sq_ref, axis=0)
@@ -377,14 +396,17 @@ def _grad_step(
     scale_cur,
     scale_prev,
     ms_sample,
-    md1,
-    md2,
-    md3,
-    ms0,
-    ms1,
-    ms2,
-    ms3,
+    mdiv0,
+    msize0,
+    mstride0,
+    mdiv1,
+    msize1,
+    mstride1,
+    mdiv2,
+    msize2,
+    mstride2,
     HAS_MASK: tl.constexpr,
+    MASK_TERMS: tl.constexpr,
 ):
     """grad[o] <- scale·m·(p - t) at offsets o < limit; local < 0 marks the previous sample's elements."""
     ok = o < limit
@@ -395,7 +417,9 @@ def _grad_step(
     g = g * tl.where(prev, scale_prev, scale_cur)
     if HAS_MASK:
         in_sample = tl.where(prev, local + n_per_sample, local)
-        moff = tl.where(prev, -ms_sample, 0) + _mask_offsets(in_sample, md1, md2, md3, ms0, ms1, ms2, ms3)
+        moff = tl.where(prev, -ms_sample, 0) + _mask_offsets(
+            in_sample, mdiv0, msize0, mstride0, mdiv1, msize1, mstride1, mdiv2, msize2, mstride2, MASK_TERMS
+        )
         g = g * tl.load(mask + moff, mask=ok, other=0).to(tl.float32)
     tl.store(grad + o, g.to(grad.dtype.element_ty), mask=ok)
 
@@ -413,15 +437,18 @@ def dpo_grad_kernel(
     chunk,
     n_chunks,
     n_samples,
-    md1,
-    md2,
-    md3,
     ms_sample,
-    ms0,
-    ms1,
-    ms2,
-    ms3,
+    mdiv0,
+    msize0,
+    mstride0,
+    mdiv1,
+    msize1,
+    mstride1,
+    mdiv2,
+    msize2,
+    mstride2,
     HAS_MASK: tl.constexpr,
+    MASK_TERMS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # Program (s, c) writes the flat range [A(s, c), A(s, c + 1)) with A(s, c) = the aligned index at or
@@ -452,14 +479,17 @@ def dpo_grad_kernel(
             scale_cur,
             scale_prev,
             ms_sample,
-            md1,
-            md2,
-            md3,
-            ms0,
-            ms1,
-            ms2,
-            ms3,
+            mdiv0,
+            msize0,
+            mstride0,
+            mdiv1,
+            msize1,
+            mstride1,
+            mdiv2,
+            msize2,
+            mstride2,
             HAS_MASK,
+            MASK_TERMS,
         )
     if (sample == n_samples - 1) & (chunk_id == n_chunks - 1):  # the tensor's last < 16 elements
         o = length + tl.arange(0, ALIGN)
@@ -475,12 +505,15 @@ def dpo_grad_kernel(
             scale_cur,
             scale_prev,
             ms_sample,
-            md1,
-            md2,
-            md3,
-            ms0,
-            ms1,
-            ms2,
-            ms3,
+            mdiv0,
+            msize0,
+            mstride0,
+            mdiv1,
+            msize1,
+            mstride1,
+            mdiv2,
+            msize2,
+            mstride2,
             HAS_MASK,
+            MASK_TERMS,
         )

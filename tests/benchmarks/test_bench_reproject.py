@@ -3,10 +3,12 @@
 from tests.benchmarks.scripts import load_script
 
 
-def test_benchmark_runs_and_reports_every_variant(capsys):
-    rows = load_script("benchmarks/bench_reproject.py").main(
-        ["--views", "2", "--height", "16", "--width", "20", "--no-save"]
-    )
+def test_benchmark_runs_and_reports_every_variant(capsys, monkeypatch):
+    bench = load_script("benchmarks/bench_reproject.py")
+    saved = []  # each row saved as soon as it is measured
+    monkeypatch.setattr(bench, "append_results", lambda name, rows, device: saved.append((name, list(rows))))
+    rows = bench.main(["--views", "2", "--height", "16", "--width", "20"])
+    assert saved == [("reproject", [row]) for row in rows]
     assert [r["variant"] for r in rows] == [
         "painter (authors)",
         "torch z-buffer",

@@ -49,8 +49,11 @@ def test_peak_table_by_device_name():
     assert peak("NVIDIA GeForce RTX 4090") is None
 
 
-def test_small_step_runs_baseline_and_ours(capsys):
-    rows = bench.main(["--small", "--no-save", "--warmup", "0", "--iters", "1"])
+def test_small_step_runs_baseline_and_ours(capsys, monkeypatch):
+    saved = []  # each row saved as soon as it is measured
+    monkeypatch.setattr(bench, "append_results", lambda name, rows, device: saved.append((name, list(rows))))
+    rows = bench.main(["--small", "--warmup", "0", "--iters", "1"])
+    assert saved == [("bench_step", [row]) for row in rows]
     assert [r["variant"].split(":")[0] for r in rows] == ["baseline", "videogpa"]
     for row in rows:
         assert row["step_s"] > 0 and row["tokens"] == 16 + 3 * 8 * 8

@@ -3,9 +3,12 @@
 from tests.benchmarks.scripts import load_script
 
 
-def test_small_benchmark_scores_videos():
+def test_small_benchmark_scores_videos(monkeypatch):
     bench = load_script("benchmarks/bench_vggt.py")
-    rows = bench.main(["--small", "--no-save", "--batches", "1,2", "--frames", "2", "--iters", "1"])
+    saved = []  # each row saved as soon as it is measured
+    monkeypatch.setattr(bench, "append_results", lambda name, rows, device: saved.append((name, list(rows))))
+    rows = bench.main(["--small", "--batches", "1,2", "--frames", "2", "--iters", "1", "--warmup", "1"])
+    assert saved == [("bench_vggt", [row]) for row in rows]
     names = ("vggt", "vggt+score", "vggt+score+images", "vggt+score+images [torch render]")
     assert [(r["bench"], r["videos_per_call"]) for r in rows] == [(n, b) for b in (1, 2) for n in names]
     for row in rows:

@@ -1,7 +1,10 @@
 """Every kernel variant the launchers launch compiles for sm_80 and sm_90 without a GPU (ptxas and cuobjdump
 from triton's wheel), without spills, and with the machine-code properties its design relies on.
 
-The compiles run in a subprocess without TRITON_INTERPRET (the interpreter replaces the JIT functions).
+The compiles run in a subprocess without TRITON_INTERPRET (the interpreter replaces the JIT functions). The
+rows of both Tritons (3.6.0, the GPU image's, and 3.7.1, this environment's) are committed under
+benchmarks/results/ by `make aot-rows`: every ceiling holds under both, and the 3.7.1 rows are what compiles
+here today (a kernel changed without new rows fails).
 """
 
 import json
@@ -17,6 +20,8 @@ from videogpa.kernels.dpo_loss.launch import aot_variants as dpo_variants
 from videogpa.kernels.reproject.launch import aot_variants as reproject_variants
 
 ARCHS = (80, 90)
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+TRITONS = {"3.6.0": "aot_triton36.jsonl", "3.7.1": "aot_triton37.jsonl"}
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
@@ -72,3 +77,30 @@ def test_the_checks_catch_a_kernel_without_the_properties():
         expected = {"vector_loads", "vector_stores", "no_membar", "no_int64_div", "one_instruction_round"}
         assert expected <= set(failed)
         assert any(f.startswith("registers") for f in failed)
+
+
+@pytest.mark.parametrize("version", sorted(TRITONS))
+def test_committed_rows_hold_every_ceiling_under_both_tritons(version):
+    rows = [json.loads(line) for line in (RESULTS / TRITONS[version]).read_text().splitlines()]
+    variants = {v.name: v for v in dpo_variants() + reproject_variants()}
+    assert {r["triton"] for r in rows} == {version}
+    assert sorted((r["arch"], r["name"]) for r in rows) == sorted((a, n) for a in ARCHS for n in variants), (
+        "stale rows: run `make aot-rows`"
+    )
+    for r in rows:
+        ceiling = variants[r["name"]].max_registers
+        assert not r["failed"] and r["stack_bytes"] == r["local_bytes"] == 0, r
+        assert ceiling is None or r["registers"] <= ceiling, r
+
+
+def test_committed_rows_are_what_compiles_today(compiled):
+    import triton
+
+    proc, rows = compiled
+    assert proc.returncode == 0
+    if triton.__version__ != "3.7.1":
+        pytest.skip(f"the committed rows are 3.7.1's; this is triton {triton.__version__}")
+    committed = [json.loads(line) for line in (RESULTS / TRITONS["3.7.1"]).read_text().splitlines()]
+    key = lambda r: (r["arch"], r["name"])
+    today = {key(r): r["registers"] for r in rows}
+    assert {key(r): r["registers"] for r in committed} == today, "kernels changed: run `make aot-rows`"

@@ -1,4 +1,8 @@
-"""The fused Diffusion-DPO loss kernel against its plain-PyTorch reference."""
+"""The fused Diffusion-DPO loss kernel against its plain-PyTorch reference.
+
+Tensors live on the GPU when there is one (the compiled kernel, `make gpu-check` runs this file in full there),
+else on the CPU (the interpreter). Comparisons use tolerances, never bit-exact agreement between the kernel
+and the reference (the GPU contracts multiply-adds; summation orders differ)."""
 
 import math
 
@@ -9,14 +13,15 @@ from videogpa.kernels._backend import resolve_backend
 from videogpa.kernels.dpo_loss import DiffusionDPOLoss, diffusion_dpo_loss, launch, per_sample_mse
 from videogpa.kernels.dpo_loss.reference import STAT_NAMES, reference_dpo_loss
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LOSSES = [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0), ("ipo", 0.0)]
 
 
 def _inputs(shape, dtype, beta=2.0, scale=1.0):
-    policy = (torch.randn(shape) * scale).to(dtype).requires_grad_(True)
-    ref = (torch.randn(shape) * scale).to(dtype)
-    target = (torch.randn(shape) * scale).to(dtype)
+    policy = (torch.randn(shape) * scale).to(DEVICE, dtype).requires_grad_(True)
+    ref = (torch.randn(shape) * scale).to(DEVICE, dtype)
+    target = (torch.randn(shape) * scale).to(DEVICE, dtype)
     return policy, ref, target
 
 
@@ -45,7 +50,7 @@ def _assert_outputs_match(got, want, grad_got, grad_want, dtype):
 def test_kernel_matches_reference(dtype, pairs, loss_type, smoothing, weighted):
     shape = (2 * pairs, 3, 5, 7, 11)
     policy, ref, target = _inputs(shape, dtype)
-    weight = torch.rand(pairs) + 0.5 if weighted else None
+    weight = torch.rand(pairs, device=DEVICE) + 0.5 if weighted else None
     kw = dict(loss_type=loss_type, label_smoothing=smoothing, weight=weight)
     want, grad_want = _run("torch", policy, ref, target, 3.0, **kw)
     got, grad_got = _run("triton", policy, ref, target, 3.0, **kw)
@@ -57,7 +62,7 @@ def test_many_pairs_span_several_finalize_blocks(precomputed):
     """B = 37 pairs: the finalize program walks its pairs in several fixed-size blocks."""
     pairs = 37
     policy, ref, target = _inputs((2 * pairs, 3, 13), torch.float32)
-    kw = dict(weight=torch.rand(pairs) + 0.5, mask=torch.rand(1, 3, 13))
+    kw = dict(weight=torch.rand(pairs, device=DEVICE) + 0.5, mask=torch.rand(1, 3, 13, device=DEVICE))
     if precomputed:
         ref, kw["ref_err"] = None, per_sample_mse(ref, target, kw["mask"])
     want, grad_want = _run("torch", policy, ref, target, 3.0, **kw)
@@ -79,18 +84,22 @@ MASKS = {
 def test_kernel_matches_reference_with_mask(dtype, mask_name):
     shape = (6, 4, 3, 7, 9)
     policy, ref, target = _inputs(shape, dtype)
-    mask = MASKS[mask_name](shape)
+    mask = MASKS[mask_name](shape).to(DEVICE)
     want, grad_want = _run("torch", policy, ref, target, 2.0, mask=mask)
     got, grad_got = _run("triton", policy, ref, target, 2.0, mask=mask)
     _assert_outputs_match(got, want, grad_got, grad_want, dtype)
 
 
-def test_irregular_mask_with_many_broadcast_dims():
-    # 6 trailing dims alternating broadcast / real: cannot collapse to 4 dims, so the kernel reads a copy.
-    shape = (4, 2, 3, 2, 3, 2, 3)
+@pytest.mark.parametrize("real_dims,copied", [(3, False), (4, True)])
+def test_irregular_mask_with_many_broadcast_dims(real_dims, copied):
+    """Trailing dims alternating real / broadcast: 3 real dims are 3 terms; 4 cannot be, so the kernel reads a
+    contiguous copy."""
+    shape = (4, *[2, 3] * real_dims)[:-1]
     policy, ref, target = _inputs(shape, torch.float32)
-    mask = torch.rand(1, 2, 1, 2, 1, 2, 1)
-    assert launch.mask_view(mask, policy.shape).tensor.is_contiguous()
+    mask = torch.rand((1, *[2, 1] * real_dims)[:-1], device=DEVICE)
+    view = launch.mask_view(mask, policy.shape)
+    assert len(view.terms) == (1 if copied else real_dims)
+    assert (view.tensor.data_ptr() != mask.data_ptr()) == copied
     want, grad_want = _run("torch", policy, ref, target, 1.5, mask=mask)
     got, grad_got = _run("triton", policy, ref, target, 1.5, mask=mask)
     _assert_outputs_match(got, want, grad_got, grad_want, torch.float32)
@@ -100,22 +109,33 @@ def test_mask_view_collapses_without_copy():
     mask = torch.rand(1, 5, 1, 1, 1)
     view = launch.mask_view(mask, torch.Size((4, 5, 3, 7, 9)))
     assert view.tensor.data_ptr() == mask.data_ptr()
-    assert view.sizes == (1, 5, 3 * 7 * 9) and view.strides == (0, 0, 1, 0)
+    assert view.terms == ((3 * 7 * 9, 5, 1),)  # one division: (i // 189 % 5)·1
 
 
 def test_mask_view_drops_outer_broadcast_dims():
     """Wan image-to-video's first-frame mask [1, 1, F, 1, 1]: only the frame index is computed per element."""
     view = launch.mask_view(torch.ones(1, 1, 5, 1, 1), torch.Size((4, 16, 5, 6, 7)))
-    assert view.sizes == (1, 5, 42) and view.strides == (0, 0, 1, 0) and view.sample_stride == 0
+    assert view.terms == ((42, 5, 1),) and view.sample_stride == 0
+
+
+def test_mask_view_keeps_one_term_per_moving_dim():
+    """Channel-and-width mask [1, 1, C, 1, W]: two terms; a per-sample scalar: none; > 3 terms: a copy."""
+    mask = torch.ones(1, 1, 3, 1, 9)
+    view = launch.mask_view(mask, torch.Size((4, 2, 3, 7, 9)))
+    assert view.terms == ((63, 3, 9), (1, 9, 1)) and view.tensor.data_ptr() == mask.data_ptr()
+    scalar = launch.mask_view(torch.ones(4, 1, 1), torch.Size((4, 5, 6)))
+    assert scalar.terms == () and scalar.sample_stride == 1
+    irregular = launch.mask_view(torch.rand(1, 2, 1, 2, 1, 2, 1, 2), torch.Size((4, 2, 3, 2, 3, 2, 3, 2)))
+    assert irregular.terms == ((1, 2 * 3 * 2 * 3 * 2 * 3 * 2, 1),) and irregular.tensor.is_contiguous()
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("z", [20.0, 40.0, 80.0])
 def test_sigmoid_loss_keeps_its_tail_for_large_logits(backend, z):
     """loss = log(1 + e^-z) ≈ e^-z, not 0, when the pair is already well separated (float64 truth)."""
-    target = torch.zeros(2, 4)
-    policy = torch.tensor([[1.0] * 4, [2.0] * 4], requires_grad=True)  # E_θ(w) = 1, E_θ(l) = 4
-    ref = torch.tensor([[2.0] * 4, [1.0] * 4])  # E_ref(w) = 4, E_ref(l) = 1: h = 6
+    target = torch.zeros(2, 4, device=DEVICE)
+    policy = torch.tensor([[1.0] * 4, [2.0] * 4], device=DEVICE, requires_grad=True)  # E_θ(w) = 1, E_θ(l) = 4
+    ref = torch.tensor([[2.0] * 4, [1.0] * 4], device=DEVICE)  # E_ref(w) = 4, E_ref(l) = 1: h = 6
     beta = z / 6.0
     out = diffusion_dpo_loss(policy, ref, target, beta, backend=backend)
     out.loss.backward()
@@ -133,10 +153,10 @@ def test_poisoned_buffers_are_fully_written_across_many_chunks(dtype, n, masked)
     cross sample boundaries (n not a multiple of 16) and a tensor tail (2B·n not a multiple of 16)."""
     pairs = 3
     policy, ref, target = (t.detach() for t in _inputs((2 * pairs, n), dtype))
-    mask = launch.mask_view(torch.rand(1, n), policy.shape) if masked else None
+    mask = launch.mask_view(torch.rand(1, n, device=DEVICE), policy.shape) if masked else None
     mask_tensor = None if mask is None else mask.tensor
     plan = launch.LaunchPlan(block=64, chunk=192, n_chunks=math.ceil(n / 192))
-    partials = torch.full((3, 2 * pairs, plan.n_chunks), float("nan"))
+    partials = torch.full((3, 2 * pairs, plan.n_chunks), float("nan"), device=DEVICE)
     launch.partial_sums_launch(policy, ref, target, mask, plan, partials)()
     assert torch.isfinite(partials).all()
     if masked:
@@ -144,7 +164,7 @@ def test_poisoned_buffers_are_fully_written_across_many_chunks(dtype, n, masked)
             partials[2].sum(1), mask_tensor.expand(policy.shape).sum(1), rtol=1e-5, atol=1e-5
         )
 
-    nan = lambda *s: torch.full(s, float("nan"))
+    nan = lambda *s: torch.full(s, float("nan"), device=DEVICE)
     outputs = (nan(), nan(len(STAT_NAMES) - 1), nan(pairs), nan(2, 2 * pairs), nan(2 * pairs))
     launch.finalize_launch(partials, None, None, n, 2.0, "sigmoid", 0.0, masked, outputs)()
     for t in outputs:
@@ -154,7 +174,7 @@ def test_poisoned_buffers_are_fully_written_across_many_chunks(dtype, n, masked)
     torch.testing.assert_close(errors[1], per_sample_mse(ref, target, mask_tensor), rtol=1e-5, atol=1e-6)
 
     grad = torch.full_like(policy, float("nan"))
-    launch.grad_launch(policy, target, mask, scale, torch.ones(()), plan, grad)()
+    launch.grad_launch(policy, target, mask, scale, torch.ones((), device=DEVICE), plan, grad)()
     p = policy.clone().requires_grad_(True)
     reference_dpo_loss(p, ref, target, 2.0, "sigmoid", 0.0, None, mask_tensor, None)["loss"].backward()
     tol = 1e-5 if dtype == torch.float32 else 1e-2
@@ -174,7 +194,7 @@ def test_upstream_gradient_scales_the_kernel_gradient():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_precomputed_reference_errors_equal_online_reference(backend):
     policy, ref, target = _inputs((6, 2, 9, 5), torch.float32)
-    mask = torch.rand(1, 2, 9, 1)
+    mask = torch.rand(1, 2, 9, 1, device=DEVICE)
     online, g_online = _run(backend, policy, ref, target, 4.0, mask=mask)
     ref_err = per_sample_mse(ref, target, mask)
     pre, g_pre = _run(backend, policy, None, target, 4.0, mask=mask, ref_err=ref_err)
@@ -210,9 +230,9 @@ def test_reference_gradcheck_float64():
 
 def test_reference_loss_formulas_against_closed_form():
     """One pair, errors known by construction: check each loss type's formula by hand."""
-    target = torch.zeros(2, 4)
-    policy = torch.tensor([[1.0] * 4, [2.0] * 4])  # E_θ(w) = 1, E_θ(l) = 4
-    ref = torch.tensor([[2.0] * 4, [1.0] * 4])  # E_ref(w) = 4, E_ref(l) = 1
+    target = torch.zeros(2, 4, device=DEVICE)
+    policy = torch.tensor([[1.0] * 4, [2.0] * 4], device=DEVICE)  # E_θ(w) = 1, E_θ(l) = 4
+    ref = torch.tensor([[2.0] * 4, [1.0] * 4], device=DEVICE)  # E_ref(w) = 4, E_ref(l) = 1
     h = (4 - 1) - (1 - 4)  # 6
     beta = 0.25
     for backend in ("torch", "triton"):

@@ -2,7 +2,8 @@
 
 Their loss takes winners and losers as separate tensors; ours takes [w; l] along dim 0. Their logit is
 β·[(r_w - m_w) - (r_l - m_l)] (the same sign as ours); their hinge ignores label smoothing, ours rejects
-it, so hinge cases run with ε = 0. Their reward metrics use the policy errors only.
+it, so hinge cases run with ε = 0. Their reward metrics use the policy errors only. On a GPU the tensors live
+there (the compiled kernel).
 """
 
 import json
@@ -12,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from videogpa.kernels.dpo_loss import diffusion_dpo_loss
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _cases(fixtures_dir):
@@ -32,9 +35,9 @@ def test_matches_authors_loss(fixtures_dir, backend):
         g, name = case["inputs_prefix"], case["name"]
         beta, loss_type = case["beta"], case["loss_type"]
         smoothing = case["label_smoothing"] if loss_type == "sigmoid" else 0.0
-        policy = torch.cat([tensors[f"{g}.v_win"], tensors[f"{g}.v_lose"]]).requires_grad_(True)
-        ref = torch.cat([tensors[f"{g}.v_win_ref"], tensors[f"{g}.v_lose_ref"]])
-        target = torch.cat([tensors[f"{g}.v_win_target"], tensors[f"{g}.v_lose_target"]])
+        policy = torch.cat([tensors[f"{g}.v_win"], tensors[f"{g}.v_lose"]]).to(DEVICE).requires_grad_(True)
+        ref = torch.cat([tensors[f"{g}.v_win_ref"], tensors[f"{g}.v_lose_ref"]]).to(DEVICE)
+        target = torch.cat([tensors[f"{g}.v_win_target"], tensors[f"{g}.v_lose_target"]]).to(DEVICE)
         out = diffusion_dpo_loss(
             policy, ref, target, beta, loss_type=loss_type, label_smoothing=smoothing, backend=backend
         )
@@ -51,9 +54,9 @@ def test_matches_authors_loss(fixtures_dir, backend):
         # The fixture's logits are float32 debug values: allow for fp32 summation-order noise times β.
         logits_tol = 1e-6 + 4e-7 * beta
         torch.testing.assert_close(
-            out.logits, torch.tensor(case["logits"]), rtol=1e-5, atol=logits_tol, msg=name
+            out.logits.cpu(), torch.tensor(case["logits"]), rtol=1e-5, atol=logits_tol, msg=name
         )
         grad = torch.cat([tensors[f"{name}.grad_v_win"], tensors[f"{name}.grad_v_lose"]])
         scale = grad.abs().max().item()
-        torch.testing.assert_close(policy.grad, grad, rtol=1e-3, atol=1e-3 * scale + 1e-12, msg=name)
+        torch.testing.assert_close(policy.grad.cpu(), grad, rtol=1e-3, atol=1e-3 * scale + 1e-12, msg=name)
     assert n_cases > 0, "fixture folders hold no cases"
