@@ -8,6 +8,7 @@ from pathlib import Path
 
 from videogpa.engine import checkpoint as ckpt
 from videogpa.engine import distributed as D
+from videogpa.engine.checkpoint_files import read_manifest
 from videogpa.engine.config import config_changes
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import append_jsonl
@@ -43,6 +44,7 @@ def resume_point(out: Path, config: dict, allow_config_change: bool) -> tuple[Pa
     if path is None:
         found = "; ".join(passed) or f"no checkpoint folder under {ckpt.checkpoint_root(out)}"
         raise ValueError(f"--resume: no intact checkpoint in {out} ({found})")
+    ckpt.check_world_size(path, read_manifest(path).get("world_size"))
     changes = config_changes(ckpt.read_trainer_state(path)["config"], config)
     if changes and not allow_config_change:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())

@@ -60,15 +60,17 @@ class Trainer:
             raise
 
     def _set_up(self, sets, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
-        cfg = self.cfg  # synthetic sets are written into the (claimed) output folder
+        cfg = self.cfg
+        resumed = self._read_resume_point(allow_config_change) if resume else None  # before any work
+        # synthetic sets are written into the (claimed) output folder
         self.train_set, self.heldout_set = sets or load_training_sets(cfg, self.adapter, self.out)
         self.sampler = PreferenceSampler(
             len(self.train_set), cfg.train.global_batch_size, D.data_parallel_rank(), self.world, cfg.seed
         )
         self.engine, self.ref_model = build_policy(cfg, self.adapter, self.dtype, self.world)
         self.start_step, self.nan_skipped, self.skips_in_row = 0, 0, 0
-        if resume:
-            self._resume(allow_config_change)
+        if resumed is not None:
+            self._resume(*resumed)
         elif overwrite and D.is_main():
             ckpt.clear_run_files(self.out)
         if D.is_main():
@@ -92,12 +94,16 @@ class Trainer:
         return R.split_reference(self.cfg, self.adapter, self.engine, self.ref_model, dataset, train, make,
                                  self.sampler.batches_per_epoch, self.out, self.start_step > 0, self.device)  # fmt: skip
 
-    def _resume(self, allow_config_change: bool) -> None:
+    def _read_resume_point(self, allow_config_change: bool) -> tuple[ckpt.ReadCheckpoint, dict]:
+        """The checkpoint to resume from, verified and read (data only) before any model is built."""
         path, changes = resume_point(self.out, self.cfg.to_dict(), allow_config_change)
-        state = ckpt.load_checkpoint(self.engine, path, verified=True)
+        return ckpt.read_checkpoint(path, verified=True), changes
+
+    def _resume(self, read: ckpt.ReadCheckpoint, changes: dict) -> None:
+        state = ckpt.restore(self.engine, read)
         self.start_step, self.nan_skipped = state["step"], state["nan_skipped"]
         self.skips_in_row = state.get("skips_in_row", 0)
-        record_resume(self.out, path, self.start_step, changes)
+        record_resume(self.out, read.path, self.start_step, changes)
 
     def train_step(self, step: int) -> dict:
         """One optimizer step (all accumulation micro-steps); returns its metrics record."""
