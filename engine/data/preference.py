@@ -362,6 +362,11 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def describe_pair(self, i: int) -> str:
+        """How messages name pair i: its shard, index and pair_id."""
+        record = self.records[i]
+        return _pair_where(self.root / record["shard"], record)
+
     def __getitem__(self, i: int) -> PreferencePair:
         if not 0 <= i < len(self.records):
             raise IndexError(

@@ -4,6 +4,7 @@ points, a truncated video; a rerun replaces a video's error row; bad stage argum
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,21 @@ def test_truncated_mp4_is_an_error_row(tmp_path):
     assert row["video"] == str(path.resolve()) and row["status"] == "error", row
     assert "decodes 6 of the 12 frames its container declares" in row["error"]
     assert str(path) in row["error"]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_truncated_matroska_is_an_error_row(tmp_path, suffix):
+    """Audit s11: mkv and webm declare no frame count (0), but a duration; a file cut in half decodes without a
+    decoder error and used to be scored "ok"."""
+    path = video(tmp_path / f"cut{suffix}", 12)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    video(tmp_path / f"whole{suffix}", 12)  # an intact file of the same kind stays "ok"
+    rows = {Path(row["video"]).name: row for row in score_folder(tmp_path, tmp_path / "scores.jsonl")}
+    assert rows[f"whole{suffix}"]["status"] == "ok", rows
+    assert rows[f"cut{suffix}"]["status"] == "error"
+    expected = rf"video {path} decodes \d+ frames .* of the 1.500 s its container declares, about 12 frames"
+    assert re.search(expected, rows[f"cut{suffix}"]["error"]), rows
 
 
 def test_rerun_replaces_error_rows_and_summary_counts_videos(tmp_path):
