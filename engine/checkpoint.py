@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from videogpa.engine import distributed as D
-from videogpa.engine.checkpoint_files import MANIFEST, VerifiedFiles, verified_loads
+from videogpa.engine.checkpoint_files import MANIFEST, VerifiedFiles, naming_saves, verified_loads
 from videogpa.engine.io.atomic import commit, write_atomic
 
 DIR_NAME = "checkpoints"
@@ -177,7 +177,8 @@ def save_checkpoint(
                 shutil.rmtree(stale)
             tmp.mkdir()
         D.barrier()
-        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
+        with naming_saves(engine):
+            engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
         _save_rng(tmp / f"rng_rank{D.rank()}.safetensors")
         if D.is_main():
             write_atomic(tmp / "trainer.json", json.dumps({"step": step, **trainer_state}, indent=1))
@@ -193,10 +194,13 @@ def save_checkpoint(
             commit(tmp, final)
             for old in list_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # a full disk, a read-only folder (torch.save's: naming_saves)
         if D.is_main():
             shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f"could not write checkpoint {err.filename or tmp}: {err.strerror or err}") from None
+        where = getattr(err, "filename", None) or tmp
+        raise ValueError(
+            f"could not write checkpoint {where}: {getattr(err, 'strerror', None) or err}"
+        ) from None
     D.barrier()
     return final
 

@@ -13,11 +13,13 @@ file still runs nothing. The hash check stays as an integrity check.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import pickle
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +144,44 @@ def verified_loads(engine, files: VerifiedFiles, preloaded: dict[str, object]) -
         )
     inner = engine.checkpoint_engine
     engine.checkpoint_engine = VerifiedCheckpointEngine(inner, files, preloaded)
+    try:
+        yield
+    finally:
+        engine.checkpoint_engine = inner
+
+
+class NamingCheckpointEngine:
+    """Stands in for a DeepSpeed engine's checkpoint engine while a checkpoint is written: torch.save's writer
+    reports a full disk as a RuntimeError without a path ("[enforce fail at inline_container.cc:...]"); here it
+    becomes an OSError naming the file and the cause."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def save(self, state_dict, path: str):
+        try:
+            return self._inner.save(state_dict, path)
+        except RuntimeError as err:
+            free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.is_dir() else None
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            if free is not None and free < (1 << 20):
+                raise OSError(
+                    errno.ENOSPC, f"No space left on device ({free} bytes free; torch: {first})", path
+                ) from None
+            raise OSError(errno.EIO, f"torch.save could not write it ({first})", path) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def naming_saves(engine) -> Iterator[None]:
+    """Within the block, `engine`'s state files are written through NamingCheckpointEngine."""
+    inner = getattr(engine, "checkpoint_engine", None)
+    if inner is None:
+        yield
+        return
+    engine.checkpoint_engine = NamingCheckpointEngine(inner)
     try:
         yield
     finally:
