@@ -193,3 +193,17 @@ def test_score_recipe_rejects_non_positive_sizes(tmp_path, capsys, flag, value, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and f"loop.score.{key}" in err[0], err
     assert not workdir.exists()
+
+
+def test_non_finite_geometry_weights_name_the_weights_file(tmp_path):
+    """A NaN in VGGT's weights made every video an error row and never named the weights file."""
+    from videogpa.engine.geometry.vggt import TINY_CONFIG, load_vggt, random_vggt, save_vggt
+
+    model = random_vggt(TINY_CONFIG)
+    name, tensor = next(iter(model.state_dict().items()))
+    tensor.view(-1)[0] = float("nan")
+    path = save_vggt(model, tmp_path / "vggt.safetensors")
+    with pytest.raises(
+        ValueError, match=rf"VGGT weights file {path}: 1 tensor\(s\) hold non-finite .*{name}"
+    ):
+        load_vggt(path)
