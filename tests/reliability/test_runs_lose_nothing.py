@@ -146,3 +146,24 @@ def test_a_disk_filling_up_during_torch_save_is_one_line_naming_the_file(tmp_pat
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002"]
     assert ckpt.damage(ckpt.latest_checkpoint(tmp_path)) is None
     assert sorted(p.name for p in ckpt.checkpoint_root(tmp_path).iterdir()) == ["step_00000002"]
+
+
+def test_a_shape_changing_key_is_refused_even_when_changes_are_allowed(run_copy):
+    """Audit N32: --allow-config-change let lora.rank 4 -> 2 through, into DeepSpeed's size-mismatch traceback."""
+    changed = tiny_config(run_copy, lora={"rank": 2}, train=STEPS)
+    refused = r"^--resume: lora.rank: 4 -> 2 \(the LoRA matrices' shapes\) cannot change in a resumed run"
+    with pytest.raises(ValueError, match=refused + ", not even with --allow-config-change"):
+        Trainer(changed, resume=True, allow_config_change=True)
+
+
+def test_resuming_with_more_ranks_than_wrote_the_checkpoint_is_one_line(run_copy, monkeypatch):
+    """Audit N31 (in-process; test_two_rank_resume launches it): every rank reads the manifest's world size and
+    gives the same verdict before anyone loads."""
+    from videogpa.engine import distributed as D
+    from videogpa.engine.run_folder import resume_point
+
+    monkeypatch.setattr(D, "world_size", lambda: 2)
+    with pytest.raises(
+        ValueError, match=r"checkpoint .*step_00000004 was written by 1 rank\(s\) and this run has 2"
+    ):
+        resume_point(run_copy, tiny_config(run_copy, train=STEPS).to_dict(), False)

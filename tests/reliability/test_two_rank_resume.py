@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 TRAIN = {"max_steps": 4, "micro_batch_size": 1, "global_batch_size": 2, "checkpoint_every": 2}
 
 
-def _launch(config, *extra):
+def _launch(config, *extra, status: int = 0):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -30,7 +30,7 @@ def _launch(config, *extra):
            "--config", str(config), *extra]  # fmt: skip
     env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == status, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -52,3 +52,10 @@ def test_two_ranks_killed_and_resumed_equal_one_rank(tmp_path):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-9), ra["step"]
     result = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert result["heldout_accuracy_after"] == pytest.approx(expected["heldout_accuracy_after"], abs=1e-9)
+    # Audit N31: one rank's checkpoint resumed on two ranks is the same one line on both, before any load.
+    save_config(one, tmp_path / "one.yaml")
+    done = _launch(tmp_path / "one.yaml", "--resume", status=2)
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 2 and "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]
+    verdict = "was written by 1 rank(s) and this run has 2: ZeRO's partitioned states load only into the same"
+    assert all(verdict in line for line in errors), errors
