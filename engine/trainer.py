@@ -17,7 +17,13 @@ from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.dpo_step import LossSettings, dpo_forward, inputs_for_pairs
 from videogpa.engine.exports import export_after_training
 from videogpa.engine.heldout import Evaluations, heldout_accuracy
-from videogpa.engine.logging_utils import MetricsLogger, StepReporter, write_final_report, write_run_records
+from videogpa.engine.logging_utils import (
+    MetricsLogger,
+    StepReporter,
+    wandb_login_problem,
+    write_final_report,
+    write_run_records,
+)
 from videogpa.engine.models.lora import export_trained_weights
 from videogpa.engine.policy import build_policy, model_adapter
 from videogpa.engine.report import write_report
@@ -41,6 +47,8 @@ class Trainer:
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         D.init_distributed()
         D.init_sequence_parallel(cfg.distributed.sequence_parallel)
+        problem = wandb_login_problem(cfg) if D.is_main() else None  # rank 0 logs; checked before any work
+        D.raise_together(ValueError(problem) if problem else None)
         self.device, self.world = D.device(), D.data_parallel_size()  # world: data-parallel ranks
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)

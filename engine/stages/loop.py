@@ -60,6 +60,7 @@ from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 from videogpa.engine.io.sharded import read_sharded
+from videogpa.engine.logging_utils import wandb_login_problem
 from videogpa.engine.models import adapter_class
 from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.report import write_report
@@ -113,6 +114,9 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
         if has_builtin_model(model):
             data["loop"] = merge_dicts(BUILTIN_LOOP, given or {})
         cfg = config_from_dict(data)
+        problem = wandb_login_problem(cfg)  # the training stage logs to W&B: known before any generation
+        if problem:
+            raise ValueError(problem)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     cfg.loop.encode.seed = cfg.seed
