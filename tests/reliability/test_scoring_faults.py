@@ -207,3 +207,41 @@ def test_non_finite_geometry_weights_name_the_weights_file(tmp_path):
         ValueError, match=rf"VGGT weights file {path}: 1 tensor\(s\) hold non-finite .*{name}"
     ):
         load_vggt(path)
+
+
+def test_a_copied_or_moved_scored_folder_is_not_scored_again(tmp_path):
+    """Audit N21: rows were keyed by absolute path, so a copied scored folder was scored again in full and
+    its summary counted each video twice. Rows carry the video's relative path and content hash."""
+    import shutil
+
+    from videogpa.engine.stages.score import score_videos
+
+    first = tmp_path / "first"
+    first.mkdir()
+    for i in range(3):
+        write_video(first / f"v{i}.mp4", torch.rand(T, 3, S, S, generator=torch.Generator().manual_seed(i)))
+    assert len(score_folder(first, first / "scores.jsonl")) == 3
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    write_video(copy / "v2.mp4", torch.rand(T, 3, S, S))  # changed in the copy: scored again
+    calls = []
+
+    class Counting(FixedGeometry):
+        def reconstruct(self, frames):
+            calls.append(1)
+            return super().reconstruct(frames)
+
+    def rescore(folder):
+        model = Counting(plain_geometry())
+        return score_videos(list_videos(folder), folder / "scores.jsonl", model=model, n_frames=T, size=None)
+
+    new = rescore(copy)
+    assert [Path(r["video"]).name for r in new] == ["v2.mp4"] and len(calls) == 1
+    rows = read_jsonl(copy / "scores.jsonl")
+    assert sorted(r["video"] for r in rows) == [str(copy.resolve() / f"v{i}.mp4") for i in range(3)]
+    summary = summarize_scores(copy / "scores.jsonl")
+    assert (summary.ok, summary.errors) == (3, 0)
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    assert rescore(moved) == [] and len(calls) == 1
+    assert all(r["video"].startswith(str(moved.resolve())) for r in read_jsonl(moved / "scores.jsonl"))
