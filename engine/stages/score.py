@@ -36,7 +36,7 @@ from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, sel
 from videogpa.engine.geometry.oracle import OracleGeometryModel
 from videogpa.engine.geometry.scoring import score_reconstruction
 from videogpa.engine.io.records import append_jsonl, read_jsonl, write_jsonl_atomic
-from videogpa.engine.io.sharded import read_sharded, sharded_exists, sharded_rows
+from videogpa.engine.io.sharded import sharded_exists, sharded_rows
 from videogpa.engine.io.video import LoadedVideo, is_video, load_video
 from videogpa.engine.logging_utils import package_version
 from videogpa.engine.stages.score_metrics import NoGeometry, build_epipolar, metric_scores
@@ -103,12 +103,32 @@ def list_videos(source: str | os.PathLike) -> list[VideoJob]:
     return [jobs[k] for k in sorted(jobs)]
 
 
+def score_rows(scores: str | os.PathLike) -> list[dict]:
+    """Every row of a scores file and its shard files, each checked: an object with a string 'video', a
+    'status' of "ok" or "error", and string 'video_key' / 'video_sha256' when present; else a ValueError
+    naming the file and line."""
+    rows = []
+    for file, number, row in sharded_rows(scores):
+        where = f"scores file {file}, line {number}"
+        if not isinstance(row, dict) or not isinstance(row.get("video"), str):
+            raise ValueError(f"{where}: expected an object with a string field 'video', got {str(row)[:80]}")
+        if row.get("status") not in ("ok", "error"):
+            raise ValueError(
+                f"{where}: field 'status' must be 'ok' or 'error', got {str(row.get('status'))[:40]}"
+            )
+        for name in ("video_key", "video_sha256"):
+            if name in row and not isinstance(row[name], str):
+                raise ValueError(f"{where}: field {name!r} must be a string, got {str(row[name])[:40]}")
+        rows.append(row)
+    return rows
+
+
 def latest_rows(scores: str | os.PathLike) -> list[dict]:
     """One row per video (its identity: a moved or copied video counts once) of a scores file and its shard
     files: its latest "ok" row if it has one, else its last row; in the order the videos first appear; []
     when no file exists."""
     rows: dict[str, dict] = {}
-    for row in read_sharded(scores):
+    for row in score_rows(scores):
         if row.get("status") == "ok" or rows.get(identity(row), {}).get("status") != "ok":
             rows[identity(row)] = row
     return list(rows.values())
@@ -208,7 +228,7 @@ def score_videos(
     logical = Path(out_path)
     out_path = shard.path(logical)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    existing = read_sharded(logical)
+    existing = score_rows(logical)
     done = {row["video"] for row in existing if row.get("status") == "ok"}  # errors are retried
     mine = read_jsonl(out_path) if out_path.is_file() else []
     retried = {row["video"] for row in mine} - done
@@ -403,7 +423,7 @@ class Scorer:
 
 def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:
     """Videos of a folder or manifest without any score row (ok or error) in `scores` or its shard files."""
-    have = {r.get("video") for r in read_sharded(scores)}
+    have = {r.get("video") for r in score_rows(scores)}
     return [str(job.video) for job in list_videos(videos) if str(job.video) not in have]
 
 

@@ -3,6 +3,7 @@ hashes its own files), are killed, resume from it, and end where one uninterrupt
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -55,7 +56,6 @@ def test_two_ranks_killed_and_resumed_equal_one_rank(tmp_path):
     # Audit N31: one rank's checkpoint resumed on two ranks is the same one line on both, before any load.
     save_config(one, tmp_path / "one.yaml")
     done = _launch(tmp_path / "one.yaml", "--resume", status=2)
-    errors = [line for line in done.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 2 and "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]
-    verdict = "was written by 1 rank(s) and this run has 2: ZeRO's partitioned states load only into the same"
-    assert all(verdict in line for line in errors), errors
+    verdict = "error: checkpoint .*?step_00000004 was written by 1 rank\\(s\\) and this run has 2: ZeRO's"
+    assert len(re.findall(verdict, done.stderr)) == 2, done.stderr[-3000:]  # one each (lines may interleave)
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]
