@@ -170,6 +170,7 @@ def save_checkpoint(
     root = checkpoint_root(output_dir)
     name = f"{PREFIX}{step:08d}"
     tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+    writing = tmp  # what is being written, for the error (DeepSpeed's files: the folder, unless torch.save's)
     try:
         if D.is_main():
             root.mkdir(parents=True, exist_ok=True)
@@ -179,16 +180,18 @@ def save_checkpoint(
         D.barrier()
         with naming_saves(engine):
             engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
-        _save_rng(tmp / f"rng_rank{D.rank()}.safetensors")
+        writing = tmp / f"rng_rank{D.rank()}.safetensors"
+        _save_rng(writing)
         if D.is_main():
-            write_atomic(tmp / "trainer.json", json.dumps({"step": step, **trainer_state}, indent=1))
-            write_atomic(tmp / "config.json", json.dumps(config, indent=1, sort_keys=True))
+            writing = tmp / "trainer.json"
+            write_atomic(writing, json.dumps({"step": step, **trainer_state}, indent=1))
+            writing = tmp / "config.json"
+            write_atomic(writing, json.dumps(config, indent=1, sort_keys=True))
         D.barrier()
         hashes = D.gather_dicts(_hash_mine(tmp))
         if D.is_main():
-            write_atomic(
-                tmp / MANIFEST, json.dumps({"files": hashes, "world_size": D.world_size()}, indent=1)
-            )
+            writing = tmp / MANIFEST
+            write_atomic(writing, json.dumps({"files": hashes, "world_size": D.world_size()}, indent=1))
             if final.exists():  # a previous run reached the same step: replace it
                 shutil.rmtree(final)
             commit(tmp, final)
@@ -197,7 +200,7 @@ def save_checkpoint(
     except (OSError, SafetensorError) as err:  # a full disk, a read-only folder (torch.save's: naming_saves)
         if D.is_main():
             shutil.rmtree(tmp, ignore_errors=True)
-        where = getattr(err, "filename", None) or tmp
+        where = getattr(err, "filename", None) or writing
         raise ValueError(
             f"could not write checkpoint {where}: {getattr(err, 'strerror', None) or err}"
         ) from None
