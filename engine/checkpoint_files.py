@@ -65,15 +65,17 @@ class VerifiedFiles:
     """The files of one checkpoint folder, each read once, checked against the manifest read at the start."""
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         manifest = read_manifest(self.folder)
         self.recorded: dict[str, str] = manifest["files"]
         self.world_size = manifest.get("world_size")
 
     def relative(self, path: str | Path) -> str:
-        path = Path(path)
+        """A file's name in the folder, from that name or from the file's absolute path; a ValueError for a
+        path that leads out of the folder."""
+        full = Path(path) if Path(path).is_absolute() else self.folder / path
         try:
-            return str((path if path.is_absolute() else self.folder / path).relative_to(self.folder))
+            return full.resolve().relative_to(self.folder).as_posix()
         except ValueError:
             raise ValueError(f"{path} is outside checkpoint {self.folder}: not loaded") from None
 
@@ -124,7 +126,7 @@ class VerifiedCheckpointEngine:
         self._inner, self._files, self._preloaded = inner, files, dict(preloaded or {})
 
     def load(self, path: str, map_location=None):
-        name = self._files.relative(path)
+        name = self._files.relative(Path(path).resolve())  # DeepSpeed's path: from the working directory
         if name in self._preloaded:
             return self._preloaded.pop(name)
         return self._files.torch_state(name, map_location)

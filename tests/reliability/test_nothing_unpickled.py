@@ -2,7 +2,9 @@
 place (checkpoint RNG state, DeepSpeed's states, VGGT / LPIPS weights, a model folder) runs nothing, and the
 error names the file."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +109,22 @@ def test_a_file_swapped_after_its_check_is_not_loaded(run_copy, tmp_path, monkey
     ):
         Trainer(tiny_config(run_copy, train=STEPS), resume=True)
     assert not marker.exists()
+
+
+def test_states_load_through_the_verified_engine_from_a_relative_output_folder(tmp_path, monkeypatch):
+    """`--output-dir runs/dpo`: DeepSpeed asks for runs/dpo/checkpoints/.../state/*.pt, relative to the working
+    directory; the verified engine finds it in the manifest (and refuses a path that leads out)."""
+    from videogpa.engine.checkpoint_files import VerifiedCheckpointEngine
+
+    folder = tmp_path / "runs" / "dpo" / "checkpoints" / "step_00000002"
+    (folder / "state").mkdir(parents=True)
+    torch.save({"module": {"w": torch.ones(2)}}, folder / "state" / "model_states.pt")
+    data = (folder / "state" / "model_states.pt").read_bytes()
+    files = {"state/model_states.pt": hashlib.sha256(data).hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps({"files": files, "world_size": 1}))
+    monkeypatch.chdir(tmp_path)
+    relative = Path("runs/dpo/checkpoints/step_00000002")
+    engine = VerifiedCheckpointEngine(None, VerifiedFiles(relative))
+    assert torch.equal(engine.load(str(relative / "state" / "model_states.pt"))["module"]["w"], torch.ones(2))
+    with pytest.raises(ValueError, match="is outside checkpoint"):
+        VerifiedFiles(relative).read("../step_00000001/trainer.json")
