@@ -789,6 +789,21 @@ BOOKKEEPING_KEYS = (
 )
 
 
+# Keys no resume may change, even with --allow-config-change: the checkpoint's tensors would not fit (their
+# shapes, which parameters train, the optimizer's state layout), and DeepSpeed's load would fail half-way.
+STRUCTURAL_KEYS = {
+    "model.name": "another model family's weights",
+    "lora.enabled": "LoRA or full fine-tuning trains other parameters",
+    "lora.rank": "the LoRA matrices' shapes",
+    "lora.targets": "which modules carry LoRA",
+    "lora.experts": "which experts carry LoRA",
+    "train.precision": "the optimizer states' precision and files",
+    "distributed.zero_stage": "how the optimizer states are partitioned",
+    "distributed.offload_optimizer": "the optimizer (DeepSpeed's CPU Adam or torch's AdamW) and its states",
+    "distributed.sequence_parallel": "the data-parallel ranks the states are partitioned over",
+}
+
+
 def _flatten(data: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in data.items():

@@ -362,6 +362,11 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def describe_pair(self, i: int) -> str:
+        """How messages name pair i: its shard, index and pair_id."""
+        record = self.records[i]
+        return _pair_where(self.root / record["shard"], record)
+
     def __getitem__(self, i: int) -> PreferencePair:
         if not 0 <= i < len(self.records):
             raise IndexError(
@@ -418,18 +423,26 @@ def _check_pair_layout(where: str, info: dict[str, TensorInfo]) -> None:
 
 
 def _check_against_model(
-    where: str, info: dict[str, TensorInfo], latent_shape, text_length: int | None, text_dim: int | None
+    where: str,
+    info: dict[str, TensorInfo],
+    latent_shape,
+    text_length: int | None,
+    text_dim: int | None,
+    expected_by: str = "the model",
 ) -> None:
-    """One pair's shapes against the model's: latent_shape (one sample, native layout), text L and D."""
+    """One pair's shapes against the model's (or, per `expected_by`, another set's): latent_shape (one sample,
+    native layout), text L and D."""
     latents, (length, dim) = info["latents_w"].shape, info["text_embeds"].shape
     if latent_shape is not None and latents != tuple(latent_shape):
         raise ValueError(
-            f"{where}: latents have shape {list(latents)}, but the model expects {list(latent_shape)}"
+            f"{where}: latents have shape {list(latents)}, but {expected_by} expects {list(latent_shape)}"
         )
     if text_dim is not None and dim != text_dim:
-        raise ValueError(f"{where}: text_embeds have dimension {dim}, but the model expects {text_dim}")
+        raise ValueError(f"{where}: text_embeds have dimension {dim}, but {expected_by} expects {text_dim}")
     if text_length is not None and length != text_length:
-        raise ValueError(f"{where}: text_embeds have {length} tokens, but the model expects {text_length}")
+        raise ValueError(
+            f"{where}: text_embeds have {length} tokens, but {expected_by} expects {text_length}"
+        )
 
 
 def check_preference_set(
@@ -438,6 +451,7 @@ def check_preference_set(
     text_dim: int | None = None,
     text_length: int | None = None,
     where: str = "preference set",
+    expected_by: str = "the model",
 ) -> PreferenceLayout:
     """Check a whole preference set before training, from its shard headers only (no tensor is read):
     every pair's latents (winner, loser), text embeddings and image latents have a floating dtype, the
@@ -446,7 +460,8 @@ def check_preference_set(
     e.g. the adapter's latent shape), the text embeddings have `text_dim` features and `text_length` tokens.
 
     `dataset` is an open PreferenceDataset or its folder (opened here, checksums verified). `where` prefixes
-    every message (e.g. the config key, "data.train"). Raises a one-line ValueError naming the shard, the
+    every message (e.g. the config key, "data.train"); `expected_by` says whose shapes were given (the model,
+    or another set's: the held-out set is checked against the training set's). Raises a one-line ValueError naming the shard, the
     pair's index and pair_id, what it has and what was expected; returns the set's PreferenceLayout.
     Non-finite values are found when a pair is read (PreferenceDataset.__getitem__)."""
     if not isinstance(dataset, PreferenceDataset):
@@ -458,7 +473,7 @@ def check_preference_set(
         info = dataset.tensor_info(i)
         pair = f"{where}: {_pair_where(dataset.root / record['shard'], record)}"
         _check_pair_layout(pair, info)
-        _check_against_model(pair, info, latent_shape, text_length, text_dim)
+        _check_against_model(pair, info, latent_shape, text_length, text_dim, expected_by)
         for name in TENSOR_NAMES:
             if info.get(name) != first_info.get(name):  # shape, dtype, or present in only one
                 raise ValueError(

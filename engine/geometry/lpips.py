@@ -94,6 +94,12 @@ class LPIPS(nn.Module):
                     f"LPIPS: {lin_path} {keys[0]} has shape {tuple(lins[keys[0]].shape)}, expected (1, {channels}, 1, 1)"
                 )
             model.lins[k].copy_(lins[keys[0]])
+        for name, tensor in model.state_dict().items():
+            if not torch.isfinite(tensor).all():
+                source = lin_path if name.startswith("lins") else vgg_path
+                raise ValueError(
+                    f"LPIPS: {source} holds non-finite values (NaN/inf) in the weights of {name}"
+                )
         return model
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:

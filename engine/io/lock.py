@@ -1,5 +1,6 @@
-"""One process per output folder (or per shard of one): an exclusive lock file holding the owner's pid and
-host. Shards of one stage share a folder: each holds its own lock (e.g. `.lock.generate.shard-I-of-N`), and
+"""One process per output folder (or per shard of one): an exclusive lock file holding the owner's pid, host
+and process start time (so a lock whose owner was killed, even one not yet reaped or whose pid was reused, is
+reliably stale; it is created with its content in one step, so it never reads as empty). Shards of one stage share a folder: each holds its own lock (e.g. `.lock.generate.shard-I-of-N`), and
 a lock refuses every other live lock of the folder (`.lock`, `.lock.*`) but those it may share it with."""
 
 from __future__ import annotations
@@ -15,32 +16,86 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, /proc/<pid>/stat field 22); None when it does not exist
+    or has exited (a zombie: killed, not yet reaped) or where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _gone(pid: int, started: str | None) -> str | None:
+    """Why the owner `pid` (which started at `started`, when known) is gone, or None while it runs."""
+    if Path("/proc/self/stat").is_file():
+        now = _started(pid)
+        if now is None:
+            return f"its process (pid {pid}) has exited"
+        if started is not None and now != started:
+            return f"pid {pid} now belongs to another process (the owner started at {started}, this one at {now})"
+        return None
     try:
         os.kill(pid, 0)  # PermissionError: alive, owned by another user
     except ProcessLookupError:
-        return False
+        return f"its process (pid {pid}) has exited"
     except PermissionError:
         pass
-    return True
+    return None
 
 
-def _check_owner(folder: Path, path: Path, me: dict) -> None:
-    """ValueError naming the owner of the lock file `path` when it is alive or on another host; returns when
-    the lock is stale (its process on this host is gone) or was just released."""
+def _me() -> dict:
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    started = _started(os.getpid())
+    return {**me, "started": started} if started is not None else me
+
+
+def _check_owner(folder: Path, path: Path, me: dict) -> str | None:
+    """ValueError naming the owner of the lock file `path` when it is alive or on another host; else why the
+    lock is stale (None when it was just released)."""
     try:
         owner = json.loads(path.read_text() or "{}")
     except FileNotFoundError:
-        return
+        return None
     except (json.JSONDecodeError, OSError):
+        owner = {}
+    if not isinstance(owner, dict):
         owner = {}
     pid, host = owner.get("pid"), owner.get("host")
     if host not in (None, me["host"]):
         raise ValueError(
             f"{folder} is locked by pid {pid} on host {host} ({path}); remove the lock if that run is gone"
         )
-    if isinstance(pid, int) and _alive(pid):
+    if not isinstance(pid, int):
+        return "it names no owner"
+    reason = _gone(pid, owner.get("started"))
+    if reason is None:
         raise ValueError(f"{folder} is in use by another process (pid {pid}; lock {path})")
+    return reason
+
+
+def _create(path: Path, me: dict) -> bool:
+    """Create the lock file with its content in one step (False when it exists): written beside it, then
+    hard-linked into place, which fails when the name is taken (where hard links are not supported: created
+    exclusively, then written)."""
+    tmp = path.with_name(f".tmp{path.name}.{me['pid']}")
+    tmp.write_text(json.dumps(me))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some network or FUSE file systems)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _others(folder: Path, name: str, shares_with: str | None) -> list[Path]:
@@ -67,22 +122,16 @@ def folder_lock(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    me = _me()
     for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        if _create(path, me):
             break
-        except FileExistsError:
-            _check_owner(folder, path, me)
-            print(
-                f"warning: {path}: taking over a stale lock (its process on this host is gone)",
-                file=sys.stderr,
-            )
-            path.unlink(missing_ok=True)
+        reason = _check_owner(folder, path, me)
+        if reason is not None:
+            print(f"warning: {path}: taking over a stale lock ({reason})", file=sys.stderr)
+        path.unlink(missing_ok=True)
     else:
         raise ValueError(f"could not take the lock {path}")
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
     try:
         if name == ".lock" or name.startswith(".lock."):
             for other in _others(folder, name, shares_with):

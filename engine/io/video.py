@@ -54,17 +54,40 @@ def _pyav(purpose: str):
     return av
 
 
+def _declared_seconds(container, stream) -> float | None:
+    """How long the video stream says it is: its own duration, Matroska/WebM's per-track DURATION tag, or the
+    container's when the video is its only stream; None when nothing says."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")
+    if tag:
+        try:
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            pass
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1e6
+    return None
+
+
 def _read_av(path: Path) -> np.ndarray:
     """Every frame of the first video stream. A stream that decodes fewer frames than its container declares
     (a file cut short at a packet boundary decodes without a decoder error) is a VideoReadError: scoring
-    the part that survived would silently score another video."""
+    the part that survived would silently score another video. Containers that declare no frame count (mkv,
+    webm) declare a duration: the decoded frames must reach its end (within 1.5 frames)."""
     av = _pyav(f"reading video {path}")
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise VideoReadError(f"video {path} has no video stream")
-        declared = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        stream = container.streams.video[0]
+        declared = stream.frames  # 0 when the container does not say (webm, mkv)
+        frames, end = [], None
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            end = frame.time
+        seconds, rate = _declared_seconds(container, stream), stream.average_rate or stream.guessed_rate
     if not frames:
         raise VideoReadError(f"video {path} decodes to no frames")
     if len(frames) < declared:
@@ -72,6 +95,13 @@ def _read_av(path: Path) -> np.ndarray:
             f"video {path} decodes {len(frames)} of the {declared} frames its container declares "
             "(truncated file?)"
         )
+    if not declared and seconds and rate and end is not None:
+        step = 1 / float(rate)
+        if end + step < seconds - 1.5 * step:
+            raise VideoReadError(
+                f"video {path} decodes {len(frames)} frames ({end + step:.3f} s) of the {seconds:.3f} s its "
+                f"container declares, about {round(seconds * float(rate))} frames (truncated file?)"
+            )
     return np.stack(frames)
 
 

@@ -72,6 +72,7 @@ from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
+from videogpa.engine.train.run_logs import wandb_login_problem
 
 LOCK_NAME = ".loop.lock"
 
@@ -96,6 +97,9 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
         if has_builtin_model(model):
             data["loop"] = merge_dicts(BUILTIN_LOOP, given or {})
         cfg = config_from_dict(data)
+        problem = wandb_login_problem(cfg)  # the training stage logs to W&B: known before any generation
+        if problem:
+            raise ValueError(problem)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     cfg.loop.encode.seed = cfg.seed

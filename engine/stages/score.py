@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ from videogpa.engine.geometry.io import crop_resize_geometry, load_geometry, sel
 from videogpa.engine.geometry.oracle import OracleGeometryModel
 from videogpa.engine.geometry.scoring import score_reconstruction
 from videogpa.engine.io.records import append_jsonl, read_jsonl, write_jsonl_atomic
-from videogpa.engine.io.sharded import read_sharded, sharded_exists, sharded_rows
+from videogpa.engine.io.sharded import sharded_exists, sharded_rows
 from videogpa.engine.io.video import LoadedVideo, is_video, load_video
 from videogpa.engine.stages.score_metrics import NoGeometry, build_epipolar, metric_scores
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_process_per_shard, shard_device
@@ -56,6 +57,32 @@ class VideoJob:
     video: Path
     geometry: Path
     extra: tuple[tuple[str, object], ...] = ()
+
+
+def video_digest(path: Path) -> str:
+    """The SHA-256 of a video's bytes (a frame folder: of its image files' names and bytes, in order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def video_key(video: Path, scores: Path) -> str:
+    """A video's path relative to its scores file's folder: with its content's SHA-256, its identity in the
+    scores file (a scored folder copied or moved with its scores is not scored again)."""
+    return Path(os.path.relpath(Path(video).resolve(), Path(scores).resolve().parent)).as_posix()
+
+
+def identity(row: dict) -> str:
+    """What a score row is the row of: its video's relative path and content, else (older rows) its path."""
+    if row.get("video_key") and row.get("video_sha256"):
+        return f"{row['video_key']}#{row['video_sha256']}"
+    return row["video"]
 
 
 def list_videos(source: str | os.PathLike) -> list[VideoJob]:
@@ -77,20 +104,73 @@ def list_videos(source: str | os.PathLike) -> list[VideoJob]:
     return [jobs[k] for k in sorted(jobs)]
 
 
+def score_rows(scores: str | os.PathLike) -> list[dict]:
+    """Every row of a scores file and its shard files, each checked: an object with a string 'video', a
+    'status' of "ok" or "error", and string 'video_key' / 'video_sha256' when present; else a ValueError
+    naming the file and line."""
+    rows = []
+    for file, number, row in sharded_rows(scores):
+        where = f"scores file {file}, line {number}"
+        if not isinstance(row, dict) or not isinstance(row.get("video"), str):
+            raise ValueError(f"{where}: expected an object with a string field 'video', got {str(row)[:80]}")
+        if row.get("status") not in ("ok", "error"):
+            raise ValueError(
+                f"{where}: field 'status' must be 'ok' or 'error', got {str(row.get('status'))[:40]}"
+            )
+        for name in ("video_key", "video_sha256"):
+            if name in row and not isinstance(row[name], str):
+                raise ValueError(f"{where}: field {name!r} must be a string, got {str(row[name])[:40]}")
+        rows.append(row)
+    return rows
+
+
 def latest_rows(scores: str | os.PathLike) -> list[dict]:
-    """One row per video of a scores file and its shard files: its "ok" row if it has one, else its last row;
-    in the order the videos first appear; [] when no file exists."""
+    """One row per video (its identity: a moved or copied video counts once) of a scores file and its shard
+    files: its latest "ok" row if it has one, else its last row; in the order the videos first appear; []
+    when no file exists."""
     rows: dict[str, dict] = {}
-    for row in read_sharded(scores):
-        if rows.get(row["video"], {}).get("status") != "ok":
-            rows[row["video"]] = row
+    for row in score_rows(scores):
+        if row.get("status") == "ok" or rows.get(identity(row), {}).get("status") != "ok":
+            rows[identity(row)] = row
     return list(rows.values())
 
 
+def _same_video(a: dict, b: dict) -> bool:
+    return a.get("video") == b["video"] or (bool(b.get("video_key")) and a.get("video_key") == b["video_key"])
+
+
 def replace_row(out_path: Path, row: dict) -> None:
-    """Rewrite out_path atomically with `row` in place of its video's earlier rows (a retried video)."""
-    kept = [r for r in read_jsonl(out_path) if r.get("video") != row["video"]]
+    """Rewrite out_path atomically with `row` in place of its video's earlier rows (a retried video, also at
+    its earlier path when the folder moved)."""
+    kept = [r for r in read_jsonl(out_path) if not _same_video(r, row)]
     write_jsonl_atomic(out_path, [*kept, row])
+
+
+def _relocate(jobs: list[VideoJob], rows: list[dict], out_path: Path, key_of) -> set[str]:
+    """The jobs' paths whose video was scored "ok" at another path with the same relative path and content
+    (a copied or moved folder): their rows now name the new path (rewritten in this shard's file, or added
+    to it when the row is in another's), so they are not scored again."""
+    ok = [
+        row for row in rows if row.get("status") == "ok" and row.get("video_key") and row.get("video_sha256")
+    ]
+    found = {row["video_key"]: row for row in ok}
+    moved: dict[tuple[str, str], dict] = {}
+    for job in jobs:
+        row = found.get(key_of(job))
+        if row is not None and row["video"] != str(job.video) and job.video.exists():
+            if video_digest(job.video) == row["video_sha256"]:
+                moved[(row["video"], row["video_key"])] = {**row, "video": str(job.video)}
+    if not moved:
+        return set()
+    relocated = {row["video"] for row in moved.values()}
+    mine = read_jsonl(out_path) if out_path.is_file() else []
+    renamed = []
+    for r in mine:
+        old = (r.get("video"), r.get("video_key"))
+        renamed.append(moved.pop(old) if r.get("status") == "ok" and old in moved else r)
+    write_jsonl_atomic(out_path, [*renamed, *moved.values()])
+    log.info("%d scored videos found at a new path (moved or copied): not scored again", len(relocated))
+    return relocated
 
 
 def oracle_for(job: VideoJob, loaded: LoadedVideo) -> OracleGeometryModel:
@@ -149,8 +229,15 @@ def score_videos(
     logical = Path(out_path)
     out_path = shard.path(logical)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {row["video"] for row in read_sharded(logical) if row.get("status") == "ok"}  # errors are retried
-    retried = {row["video"] for row in read_jsonl(out_path)} - done if out_path.is_file() else set()
+    existing = score_rows(logical)
+    done = {row["video"] for row in existing if row.get("status") == "ok"}  # errors are retried
+    mine = read_jsonl(out_path) if out_path.is_file() else []
+    retried = {row["video"] for row in mine} - done
+
+    def key_of(job: VideoJob) -> str:
+        return video_key(job.video, logical)
+
+    stale = {row["video_key"] for row in mine if row.get("video_key")}  # rows of a video at its earlier path
     if select is not None:  # the caller's share (evaluate: the videos this shard generated)
         jobs = select(jobs)
     else:
@@ -159,6 +246,7 @@ def score_videos(
             for batch in shard.select([jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)])
             for j in batch
         ]
+    done |= _relocate([j for j in jobs if str(j.video) not in done], existing, out_path, key_of)
     todo = [j for j in jobs if str(j.video) not in done]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d videos already scored in %s", len(jobs) - len(todo), len(jobs), out_path)
@@ -168,7 +256,7 @@ def score_videos(
     bar = tqdm(total=len(todo), desc="scoring", unit="video", disable=not progress)
 
     def write(row: dict) -> None:
-        if row["video"] in retried:
+        if row["video"] in retried or row["video_key"] in stale:
             replace_row(out_path, row)  # a retried video: its new row replaces the error row
         else:
             append_jsonl(out_path, row)  # cuts off a line left half-written by a killed run first
@@ -179,6 +267,7 @@ def score_videos(
         log.error("%s: %s", job.video, err)
         return {
             "video": str(job.video),
+            "video_key": key_of(job),
             **dict(job.extra),
             "status": "error",
             "error": f"{type(err).__name__}: {err}",
@@ -209,6 +298,8 @@ def score_videos(
                 continue
             row = {
                 "video": str(job.video),
+                "video_key": key_of(job),
+                "video_sha256": video_digest(job.video),
                 **dict(job.extra),
                 "status": "ok",
                 **scores.as_dict(),
@@ -378,7 +469,7 @@ class Scorer:
 
 def unscored(videos: str | os.PathLike, scores: str | os.PathLike) -> list[str]:
     """Videos of a folder or manifest without any score row (ok or error) in `scores` or its shard files."""
-    have = {r.get("video") for r in read_sharded(scores)}
+    have = {r.get("video") for r in score_rows(scores)}
     return [str(job.video) for job in list_videos(videos) if str(job.video) not in have]
 
 

@@ -6,9 +6,12 @@ it into place once all ranks are done, so a folder named step_* is always comple
 checkpoints are kept.
 
 A checkpoint folder is data, never code: everything this project writes is safetensors or JSON (loaded
-without unpickling), and DeepSpeed's own files (which it reads with pickle) are loaded only when their SHA-256
-matches the one recorded in manifest.json when they were written; each rank hashes and verifies the files it
-owns. Resuming takes the newest intact checkpoint and says which newer ones it passed over and why.
+without unpickling), and DeepSpeed's own pickled states are unpickled with weights_only=True and an allow-list
+of the three DeepSpeed types they hold (engine.checkpoint_files), so even a planted file whose hash was written
+into the manifest runs nothing. The SHA-256s in manifest.json are the integrity check: each rank hashes and
+verifies the files it owns before choosing a checkpoint, and every file is hashed again from the very bytes
+that are then parsed (a file swapped after the check is refused, never loaded unchecked). Resuming takes the
+newest intact checkpoint and says which newer ones it passed over and why.
 """
 
 from __future__ import annotations
@@ -18,21 +21,23 @@ import json
 import random
 import re
 import shutil
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from videogpa.engine.io.atomic import commit, write_atomic
 from videogpa.engine.runtime import distributed as D
+from videogpa.engine.train.checkpoint_files import MANIFEST, VerifiedFiles, naming_saves, verified_loads
 
 DIR_NAME = "checkpoints"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 ENGINE_TAG = "state"
-MANIFEST = "manifest.json"
 _RANK_OF = re.compile(r"(?:zero_pp_rank_|rng_rank)(\d+)")
 
 
@@ -86,15 +91,24 @@ def _save_rng(path: Path) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
 
 
-def _load_rng(path: Path) -> None:
-    from safetensors import safe_open
-
+def _parse_rng(data: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of an RNG state file's (already verified) bytes."""
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        set_rng_tensors(load_file(str(path)), meta)
-    except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError) as err:
+        (size,) = struct.unpack("<Q", data[:8])
+        meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        tensors = load(data)
+        if not {"python", "numpy", "torch"} <= set(tensors) or not {"python", "numpy"} <= set(meta):
+            raise KeyError("python, numpy and torch states expected")
+    except (SafetensorError, struct.error, KeyError, ValueError, AttributeError) as err:
         raise ValueError(f"checkpoint RNG state {path}: not a valid safetensors RNG file ({err})") from None
+    return tensors, meta
+
+
+def _set_rng(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
+    try:
+        set_rng_tensors(tensors, meta)
+    except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint RNG state {path}: not a valid RNG state ({err})") from None
 
 
 # ------------------------------------------------------------------------------------------- manifest
@@ -156,6 +170,7 @@ def save_checkpoint(
     root = checkpoint_root(output_dir)
     name = f"{PREFIX}{step:08d}"
     tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+    writing = tmp  # what is being written, for the error (DeepSpeed's files: the folder, unless torch.save's)
     try:
         if D.is_main():
             root.mkdir(parents=True, exist_ok=True)
@@ -163,26 +178,32 @@ def save_checkpoint(
                 shutil.rmtree(stale)
             tmp.mkdir()
         D.barrier()
-        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
-        _save_rng(tmp / f"rng_rank{D.rank()}.safetensors")
+        with naming_saves(engine):
+            engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
+        writing = tmp / f"rng_rank{D.rank()}.safetensors"
+        _save_rng(writing)
         if D.is_main():
-            write_atomic(tmp / "trainer.json", json.dumps({"step": step, **trainer_state}, indent=1))
-            write_atomic(tmp / "config.json", json.dumps(config, indent=1, sort_keys=True))
+            writing = tmp / "trainer.json"
+            write_atomic(writing, json.dumps({"step": step, **trainer_state}, indent=1))
+            writing = tmp / "config.json"
+            write_atomic(writing, json.dumps(config, indent=1, sort_keys=True))
         D.barrier()
         hashes = D.gather_dicts(_hash_mine(tmp))
         if D.is_main():
-            write_atomic(
-                tmp / MANIFEST, json.dumps({"files": hashes, "world_size": D.world_size()}, indent=1)
-            )
+            writing = tmp / MANIFEST
+            write_atomic(writing, json.dumps({"files": hashes, "world_size": D.world_size()}, indent=1))
             if final.exists():  # a previous run reached the same step: replace it
                 shutil.rmtree(final)
             commit(tmp, final)
             for old in list_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # a full disk, a read-only folder (torch.save's: naming_saves)
         if D.is_main():
             shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f"could not write checkpoint {err.filename or tmp}: {err.strerror or err}") from None
+        where = getattr(err, "filename", None) or writing
+        raise ValueError(
+            f"could not write checkpoint {where}: {getattr(err, 'strerror', None) or err}"
+        ) from None
     D.barrier()
     return final
 
@@ -208,26 +229,74 @@ def newest_intact(output_dir: str | Path) -> tuple[Path | None, list[str]]:
     return None, passed
 
 
-def load_checkpoint(engine, path: str | Path, verified: bool = False) -> dict:
-    """Collective: restore engine, optimizer, scheduler and this rank's RNG from a checkpoint, verified first
-    unless `verified` (newest_intact just did); returns trainer.json (the checkpoint's config under "config")."""
+@dataclass
+class ReadCheckpoint:
+    """A checkpoint read and checked before any model exists (read_checkpoint); restore() applies it."""
+
+    path: Path
+    files: VerifiedFiles
+    state: dict  # trainer.json, with config.json under "config"
+    rng: tuple[dict[str, torch.Tensor], dict[str, str]]
+    preloaded: dict[str, object]  # DeepSpeed's states this rank owns, parsed (as data) from verified bytes
+
+
+def read_checkpoint(path: str | Path, verified: bool = False) -> ReadCheckpoint:
+    """Collective: verify (unless `verified`: newest_intact just did) and read a checkpoint: its trainer
+    state, this rank's RNG, and the DeepSpeed states this rank owns, each file read once, hashed and parsed
+    from the same bytes (DeepSpeed's unpickled with an allow-list, engine.checkpoint_files). A refused file is
+    the same one-line ValueError, naming it, on every rank."""
     path = Path(path)
     reason = None if verified else damage(path)
     if reason is not None:
         raise ValueError(f"checkpoint {path} is damaged, not loaded: {reason}")
-    state = read_trainer_state(path)
-    rng = path / f"rng_rank{D.rank()}.safetensors"
-    if not rng.is_file():
-        raise ValueError(
-            f"checkpoint {str(path)!r} has no {rng.name}: it was written by fewer ranks than this run has"
+    error, read = None, None
+    try:
+        files = VerifiedFiles(path)
+        check_world_size(path, files.world_size)
+        rng_name = f"rng_rank{D.rank()}.safetensors"
+        state = files.json("trainer.json")
+        state["config"] = files.json("config.json")
+        rng = _parse_rng(files.read(rng_name), path / rng_name)
+        rank, world = D.rank(), D.world_size()
+        preloaded = {
+            name: files.torch_state(name, map_location="cpu")
+            for name in sorted(files.recorded)
+            if name.startswith(f"{ENGINE_TAG}/") and name.endswith(".pt") and _owner(name) % world == rank
+        }
+        read = ReadCheckpoint(path, files, state, rng, preloaded)
+    except ValueError as err:
+        error = err
+    D.raise_together(error)
+    return read
+
+
+def restore(engine, read: ReadCheckpoint) -> dict:
+    """Collective: restore engine, optimizer, scheduler and this rank's RNG from a read checkpoint (DeepSpeed
+    loads every state through engine.checkpoint_files.VerifiedCheckpointEngine); returns its trainer state."""
+    with verified_loads(engine, read.files, read.preloaded):
+        loaded, _ = engine.load_checkpoint(
+            str(read.path), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
-    loaded, _ = engine.load_checkpoint(
-        str(path), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    read.preloaded.clear()
     if loaded is None:
-        raise ValueError(f"checkpoint {str(path)!r}: DeepSpeed could not load {path / ENGINE_TAG}")
-    _load_rng(rng)
-    return state
+        raise ValueError(f"checkpoint {str(read.path)!r}: DeepSpeed could not load {read.path / ENGINE_TAG}")
+    _set_rng(*read.rng, read.path / f"rng_rank{D.rank()}.safetensors")
+    return read.state
+
+
+def load_checkpoint(engine, path: str | Path, verified: bool = False) -> dict:
+    """Collective: read_checkpoint, then restore into `engine`; returns trainer.json (config under "config")."""
+    return restore(engine, read_checkpoint(path, verified))
+
+
+def check_world_size(path: Path, written_by: object) -> None:
+    """A checkpoint loads only into as many ranks as wrote it (ZeRO partitions its states by rank); every
+    rank reads the same manifest, so every rank gives the same verdict."""
+    if isinstance(written_by, int) and written_by != D.world_size():
+        raise ValueError(
+            f"checkpoint {path} was written by {written_by} rank(s) and this run has {D.world_size()}: ZeRO's "
+            "partitioned states load only into the same number of ranks (resume with that many)"
+        )
 
 
 def clear_run_files(output_dir: str | Path) -> None:

@@ -62,8 +62,19 @@ def with_component(path: Path, component: str) -> Path:
     return path if component == LORA_PREFIX else path.with_name(f"{path.stem}_{component}{path.suffix}")
 
 
+def refuse_non_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """A one-line ValueError naming the first tensor holding NaN or inf: no export carries one."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{what}: tensor {name!r} holds {count} non-finite value(s) (NaN/inf); not exporting"
+            )
+
+
 def _read_checked_lora(path: Path, cfg: Config) -> LoraFile:
     lora = read_lora(path)
+    refuse_non_finite(lora.state, f"LoRA {path}")
     if (lora.rank, lora.alpha) != (cfg.lora.rank, float(cfg.lora.alpha)):
         raise ValueError(
             f"{path}: rank {lora.rank}, alpha {lora.alpha} differ from the run's config "
@@ -144,6 +155,7 @@ def export_info(run: FinishedRun) -> dict:
 
 
 def _save_lora(state: dict[str, torch.Tensor], metadata: dict[str, str], info: dict, path: Path) -> Path:
+    refuse_non_finite(state, f"export {path}")
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={**metadata, INFO_KEY: json.dumps(info, sort_keys=True)})
     return path
@@ -183,6 +195,9 @@ def write_merged(run: FinishedRun, info: dict, out: Path) -> list[Path]:
     for component, lora in run.loras():
         model = merge_lora(parts[component], lora)
         folder = with_component(out / MERGED_NAME, component)
+        refuse_non_finite(
+            model.state_dict(), f"merged export {folder} (base model {cfg.model.path or cfg.model.name})"
+        )
         with atomic_path(folder) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if folder.exists():

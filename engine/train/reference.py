@@ -5,12 +5,16 @@ Each strategy is a callable StepInputs -> (ref_pred, None) or (None, ref_err [2P
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import nn
 
 from videogpa.engine.io.atomic import atomic_path
@@ -45,14 +49,15 @@ class Separate:
 
 
 class Precomputed:
-    """Reference errors looked up in a table [pairs, draws, 2] (winner, loser); no forward at all."""
+    """Reference errors looked up in a table [pairs, draws, 2] (winner, loser); no forward at all. `sha256`:
+    the table file's, recorded in every checkpoint so that a resumed run verifies it."""
 
-    def __init__(self, table: torch.Tensor):
+    def __init__(self, table: torch.Tensor, sha256: str | None = None):
         if table.ndim != 3 or table.shape[2] != 2:
             raise ValueError(
                 f"precomputed reference table must be [pairs, draws, 2], got {tuple(table.shape)}"
             )
-        self.table = table
+        self.table, self.sha256 = table, sha256
 
     def __call__(self, s: StepInputs) -> tuple[None, torch.Tensor]:
         pairs, draws = s.pair_index.long(), s.draw.long()
@@ -104,23 +109,53 @@ def compute_table(
     return D.sum_over_data_parallel(table).cpu()
 
 
-def save_table(table: torch.Tensor, path: str | Path, meta: dict[str, str]) -> None:
-    """Atomically write a reference table (safetensors, with the metadata that identifies it)."""
+def save_table(table: torch.Tensor, path: str | Path, meta: dict[str, str]) -> str:
+    """Atomically write a reference table (safetensors, with the metadata that identifies it); returns the
+    file's SHA-256."""
+    data = save({"ref_err": table.contiguous()}, metadata=meta)
     with atomic_path(path) as tmp:
-        save_file({"ref_err": table.contiguous()}, str(tmp), metadata=meta)
+        Path(tmp).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def load_table(path: str | Path, meta: dict[str, str]) -> torch.Tensor | None:
-    """The stored table if it exists and was computed for the same metadata, else None."""
-    from safetensors import safe_open
+def _table_meta(data: bytes) -> dict[str, str]:
+    (size,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
+
+def load_table(path: str | Path) -> tuple[torch.Tensor, dict[str, str], str] | None:
+    """(the stored table, its metadata, its file's SHA-256), or None when there is no file; the bytes are
+    read once, hashed and parsed. A damaged file is a ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         return None
-    with safe_open(str(path), "pt") as f:
-        if f.metadata() != meta:
-            return None
-    return load_file(str(path))["ref_err"]
+    try:
+        data = path.read_bytes()
+        meta = _table_meta(data)
+        table = load(data)["ref_err"]
+    except (OSError, SafetensorError, struct.error, ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"precomputed reference table {path}: not a readable table ({err})") from None
+    return table, meta, hashlib.sha256(data).hexdigest()
+
+
+def check_table(
+    table: torch.Tensor, path: Path, pairs: int, draws: int, name_pair: Callable[[int], str]
+) -> None:
+    """A table's shape [pairs, draws, 2], dtype float32 and finiteness; a ValueError naming the table (and the
+    first pair whose entries are not finite)."""
+    expected = (pairs, draws, 2)
+    if tuple(table.shape) != expected or table.dtype != torch.float32:
+        raise ValueError(
+            f"precomputed reference table {path}: {list(table.shape)} {table.dtype}, expected "
+            f"{list(expected)} torch.float32 (pairs, draws, winner/loser)"
+        )
+    bad = (~torch.isfinite(table)).flatten(1).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"precomputed reference table {path}: non-finite reference errors for {len(bad)} of {pairs} "
+            f"pair(s), first {name_pair(bad[0])}"
+            + (" (every pair: are the reference model's weights finite?)" if len(bad) == pairs else "")
+        )
 
 
 def online_reference(adapter: ModelAdapter, policy: nn.Module, frozen: nn.Module | None, lora: bool):
@@ -132,19 +167,41 @@ def online_reference(adapter: ModelAdapter, policy: nn.Module, frozen: nn.Module
 
 
 def precomputed_reference(
-    path: Path, meta: dict[str, str], compute: Callable[[], torch.Tensor], resuming: bool
+    path: Path,
+    meta: dict[str, str],
+    compute: Callable[[], torch.Tensor],
+    resuming: bool,
+    recorded: str | None = None,
+    name_pair: Callable[[int], str] = lambda i: f"pair {i}",
 ) -> Precomputed:
-    """The stored table at `path` if it was computed for `meta`; otherwise computed now (collective: every
-    rank calls `compute`) and written by rank 0. A resumed run never recomputes it (the policy has moved)."""
-    table = load_table(path, meta)
-    if table is None:
-        if resuming:
-            raise ValueError(f"resuming a precomputed-reference run needs {path} (missing or stale)")
-        table = compute()
-        if D.is_main():
-            save_table(table, path, meta)
-        D.barrier()
-    return Precomputed(table)
+    """A fresh run computes the table (collective: every rank calls `compute`; the policy is where the run
+    starts) and rank 0 writes it. A resumed run never recomputes it (the policy has moved): it loads the stored
+    one, which must be the file the checkpoint recorded (`recorded`: its SHA-256, None for checkpoints that
+    predate the record). Either way the table is checked (shape, finiteness, the pairs it was computed for,
+    in `meta`); every error names the table file."""
+    pairs, draws = int(meta["pairs"]), int(meta["draws"])
+    if resuming:
+        found = load_table(path)
+        if found is None:
+            raise ValueError(f"resuming a precomputed-reference run needs {path}, which is missing")
+        table, stored, sha = found
+        differ = sorted(k for k in meta if stored.get(k) != meta[k])
+        if differ:
+            raise ValueError(
+                f"precomputed reference table {path} was computed for another {', '.join(differ)} than this run "
+                f"has ({', '.join(f'{k} {stored.get(k)!r}, expected {meta[k]!r}' for k in differ)})"
+            )
+        if recorded is not None and sha != recorded:
+            raise ValueError(
+                f"precomputed reference table {path} differs from the SHA-256 the checkpoint recorded: "
+                "it changed since the run computed it (restore it, or start afresh with --overwrite)"
+            )
+        check_table(table, path, pairs, draws, name_pair)
+        return Precomputed(table, sha)
+    table = compute()
+    check_table(table, path, pairs, draws, name_pair)
+    sha = save_table(table, path, meta) if D.is_main() else None
+    return Precomputed(table, D.first_message(sha))
 
 
 def split_reference(
@@ -159,10 +216,12 @@ def split_reference(
     out_dir: Path,
     resuming: bool,
     device: torch.device,
+    recorded: dict[str, str] | None = None,
 ):
     """The configured reference (dpo.reference) for the training or the held-out split. `precomputed` tables
-    are keyed by seed, pairs, draws and model: training uses one draw per epoch (or the noise cycle), held-out
-    evaluation eval.draws, at its own seed offset. make_inputs(idx, draws, seed) gives StepInputs."""
+    are keyed by seed, pairs (their pair_ids), draws and model: training uses one draw per epoch (or the noise
+    cycle), held-out evaluation eval.draws, at its own seed offset. make_inputs(idx, draws, seed) gives
+    StepInputs; `recorded`: the table files' SHA-256 by name, from the checkpoint a resumed run loaded."""
     lora = cfg.lora.enabled
     online = online_reference(adapter, engine.module if lora else engine, frozen, lora)
     if cfg.dpo.reference != "precomputed":
@@ -170,8 +229,15 @@ def split_reference(
     seed = cfg.seed if train else cfg.seed + EVAL_SEED_OFFSET
     epochs = math.ceil(cfg.train.max_steps / batches_per_epoch)
     draws = min(epochs, cfg.dpo.noise_cycle or epochs) if train else cfg.eval.draws
-    meta = {"seed": str(seed), "pairs": str(len(dataset)), "draws": str(draws), "model": cfg.model.name}
-    name = "reference_errors.safetensors" if train else "reference_errors_heldout.safetensors"
+    ids = hashlib.sha256("\n".join(r["pair_id"] for r in dataset.records).encode()).hexdigest()
+    meta = {
+        "seed": str(seed),
+        "pairs": str(len(dataset)),
+        "draws": str(draws),
+        "model": cfg.model.name,
+        "pair_ids_sha256": ids,
+    }
+    name = table_name(train)
 
     def compute() -> torch.Tensor:
         make = lambda idx, draw: make_inputs(idx, [draw] * len(idx), seed)
@@ -180,4 +246,10 @@ def split_reference(
         engine.train()
         return table
 
-    return precomputed_reference(out_dir / name, meta, compute, resuming)
+    recorded = (recorded or {}).get(name)
+    return precomputed_reference(out_dir / name, meta, compute, resuming, recorded, dataset.describe_pair)
+
+
+def table_name(train: bool) -> str:
+    """The file name of a split's precomputed reference table in the run folder."""
+    return "reference_errors.safetensors" if train else "reference_errors_heldout.safetensors"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from videogpa.engine.core.config import config_changes
+from videogpa.engine.core.config import STRUCTURAL_KEYS, config_changes
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import append_jsonl
 from videogpa.engine.runtime import distributed as D
 from videogpa.engine.train import checkpoint as ckpt
+from videogpa.engine.train.checkpoint_files import read_manifest
 
 LOCK_NAME = ".train.lock"
 CHANGES_FILE = "config_changes.jsonl"
@@ -45,7 +46,17 @@ def resume_point(out: Path, config: dict, allow_config_change: bool) -> tuple[Pa
     if path is None:
         found = "; ".join(passed) or f"no checkpoint folder under {ckpt.checkpoint_root(out)}"
         raise ValueError(f"--resume: no intact checkpoint in {out} ({found})")
+    ckpt.check_world_size(path, read_manifest(path).get("world_size"))
     changes = config_changes(ckpt.read_trainer_state(path)["config"], config)
+    fixed = [key for key in changes if key in STRUCTURAL_KEYS]
+    if fixed:
+        listed = "; ".join(
+            f"{k}: {changes[k][0]!r} -> {changes[k][1]!r} ({STRUCTURAL_KEYS[k]})" for k in fixed
+        )
+        raise ValueError(
+            f"--resume: {listed} cannot change in a resumed run, not even with --allow-config-change: "
+            f"{path.name}'s tensors would not fit; start a new run for it"
+        )
     if changes and not allow_config_change:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
         raise ValueError(

@@ -102,6 +102,33 @@ class MetricsLogger:
 WANDB_ID_FILE = "wandb_run_id.txt"
 
 
+def wandb_login_problem(cfg) -> str | None:
+    """Why logging.wandb cannot work on this machine, found before any work (None when it can): online mode
+    needs credentials (WANDB_API_KEY, an identity token file, or a netrc entry for the W&B host, which `wandb
+    login` writes); without them wandb.init fails only once training starts."""
+    import netrc
+    import os
+    from urllib.parse import urlsplit
+
+    settings = cfg.logging.wandb
+    if settings is None or settings.mode != "online":
+        return None
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return None
+    host = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    path = Path(os.environ.get("NETRC") or Path.home() / (".netrc" if os.name != "nt" else "_netrc"))
+    try:
+        if netrc.netrc(str(path)).authenticators(urlsplit(host).netloc or host):
+            return None
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return (
+        f"config key 'logging.wandb.mode': online, but this machine is not logged in to W&B at {host} (no "
+        f"WANDB_API_KEY, no entry in {path}): run `wandb login`, or set logging.wandb.mode: offline and "
+        "`wandb sync` the run folder's wandb/ later"
+    )
+
+
 def wandb_run(cfg, out_dir: Path, resume_step: int):
     """A W&B run for the output folder (offline files under out_dir/wandb; one run id per folder, so a resumed
     run continues it), carrying the resolved config."""

@@ -21,7 +21,13 @@ from videogpa.engine.train.exports import export_after_training
 from videogpa.engine.train.heldout import Evaluations, heldout_accuracy
 from videogpa.engine.train.policy import build_policy, model_adapter
 from videogpa.engine.train.run_folder import claim_output_dir, record_resume, resume_point
-from videogpa.engine.train.run_logs import MetricsLogger, StepReporter, write_final_report, write_run_records
+from videogpa.engine.train.run_logs import (
+    MetricsLogger,
+    StepReporter,
+    wandb_login_problem,
+    write_final_report,
+    write_run_records,
+)
 from videogpa.engine.train.training_data import load_training_sets
 from videogpa.engine.train.validation import ValidationVideos
 
@@ -50,6 +56,8 @@ class Trainer:
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         D.init_distributed()
         D.init_sequence_parallel(cfg.distributed.sequence_parallel)
+        problem = wandb_login_problem(cfg) if D.is_main() else None  # rank 0 logs; checked before any work
+        D.raise_together(ValueError(problem) if problem else None)
         self.device, self.world = D.device(), D.data_parallel_size()  # world: data-parallel ranks
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.loss = LossSettings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
@@ -70,15 +78,17 @@ class Trainer:
             raise
 
     def _set_up(self, sets, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
-        cfg = self.cfg  # synthetic sets are written into the (claimed) output folder
+        cfg = self.cfg
+        resumed = self._read_resume_point(allow_config_change) if resume else None  # before any work
+        # synthetic sets are written into the (claimed) output folder
         self.train_set, self.heldout_set = sets or load_training_sets(cfg, self.adapter, self.out)
         self.sampler = PreferenceSampler(
             len(self.train_set), cfg.train.global_batch_size, D.data_parallel_rank(), self.world, cfg.seed
         )
         self.engine, self.ref_model = build_policy(cfg, self.adapter, self.dtype, self.world)
-        self.start_step, self.nan_skipped, self.skips_in_row = 0, 0, 0
-        if resume:
-            self._resume(allow_config_change)
+        self.start_step, self.nan_skipped, self.skips_in_row, self.recorded_tables = 0, 0, 0, {}
+        if resumed is not None:
+            self._resume(*resumed)
         elif overwrite and D.is_main():
             ckpt.clear_run_files(self.out)
         if D.is_main():
@@ -114,14 +124,20 @@ class Trainer:
             self.out,
             self.start_step > 0,
             self.device,
+            self.recorded_tables,
         )
 
-    def _resume(self, allow_config_change: bool) -> None:
+    def _read_resume_point(self, allow_config_change: bool) -> tuple[ckpt.ReadCheckpoint, dict]:
+        """The checkpoint to resume from, verified and read (data only) before any model is built."""
         path, changes = resume_point(self.out, self.cfg.to_dict(), allow_config_change)
-        state = ckpt.load_checkpoint(self.engine, path, verified=True)
+        return ckpt.read_checkpoint(path, verified=True), changes
+
+    def _resume(self, read: ckpt.ReadCheckpoint, changes: dict) -> None:
+        state = ckpt.restore(self.engine, read)
         self.start_step, self.nan_skipped = state["step"], state["nan_skipped"]
         self.skips_in_row = state.get("skips_in_row", 0)
-        record_resume(self.out, path, self.start_step, changes)
+        self.recorded_tables = state.get("reference_tables", {})  # precomputed references' SHA-256
+        record_resume(self.out, read.path, self.start_step, changes)
 
     def train_step(self, step: int) -> dict:
         """One optimizer step (all accumulation micro-steps); returns its metrics record."""
@@ -129,38 +145,33 @@ class Trainer:
         epoch, batch = divmod(step, self.sampler.batches_per_epoch)
         draw = epoch if cfg.dpo.noise_cycle is None else epoch % cfg.dpo.noise_cycle
         micro = D.micro_batch_size(cfg, self.world)
-        stats, bad = [], False
+        stats, culprits = [], []
         for k in range(self.gas):
             pairs = self.sampler.rank_batch(epoch, batch)[k * micro : (k + 1) * micro]
-            inputs = inputs_for_pairs(
-                self.adapter, self.train_set, pairs, [draw] * len(pairs), cfg.seed, self.device, self.dtype
-            )
+            inputs = self._inputs(pairs, draw)
             out = dpo_forward(self.adapter, self.engine, self.reference, inputs, self.loss)
             nonfinite = D.all_reduce_max(
                 torch.tensor(float(not torch.isfinite(out.loss)), device=self.device)
             )
-            if nonfinite.item() > 0 and cfg.dpo.nan_policy == "stop":
-                raise FloatingPointError(
-                    f"non-finite DPO loss at step {step + 1} (pairs {pairs}); "
-                    "set dpo.nan_policy: skip to skip such steps"
-                )
+            if nonfinite.item() > 0:
+                culprits += self._non_finite_pairs(out, pairs)
+                if cfg.dpo.nan_policy == "stop":
+                    raise FloatingPointError(
+                        f"non-finite DPO loss at step {step + 1}, from {'; '.join(culprits)}; set "
+                        "dpo.nan_policy: skip to skip such steps"
+                    )
             # A non-finite loss gives non-finite gradients; DeepSpeed then discards the whole optimizer step.
             self.engine.backward(out.loss)
             self.engine.step()
             stats.append(torch.stack([getattr(out, name).float() for name in METRIC_NAMES]))
-            bad |= bool(nonfinite.item() > 0)
         mean = D.all_reduce_mean(torch.stack(stats).mean(0))
         record = {"step": step + 1, **dict(zip(METRIC_NAMES, mean.tolist()))}
-        self.skips_in_row = self.skips_in_row + 1 if bad else 0
-        if bad:
+        self.skips_in_row = self.skips_in_row + 1 if culprits else 0
+        if culprits:
             self.nan_skipped += 1
-            record.update(loss=None, skipped=True)
-        if self.skips_in_row > cfg.dpo.max_consecutive_skips:
-            raise FloatingPointError(
-                f"stopped at step {step + 1}: {self.skips_in_row} steps in a row had a non-finite "
-                f"loss or gradients (dpo.max_consecutive_skips {cfg.dpo.max_consecutive_skips}); "
-                "the last checkpoint and the exported weights are the last finite ones"
-            )
+            record.update(loss=None, skipped=True, non_finite_pairs=culprits)
+            if D.is_main():
+                print(f"step {step + 1} skipped: non-finite loss from {'; '.join(culprits)}", flush=True)
         grad_norm = self.engine.get_global_grad_norm()
         record.update(
             lr=lr,
@@ -169,6 +180,42 @@ class Trainer:
             nan_skipped=self.nan_skipped,
         )
         return record
+
+    def _inputs(self, pairs: list[int], draw: int):
+        """Collective: the step inputs of this rank's pairs; a pair that cannot be read (non-finite or damaged
+        data) is the same ValueError, naming its shard and pair, on every rank (none waits in a forward)."""
+        inputs, error = None, None
+        try:
+            draws = [draw] * len(pairs)
+            inputs = inputs_for_pairs(
+                self.adapter, self.train_set, pairs, draws, self.cfg.seed, self.device, self.dtype
+            )
+        except ValueError as err:
+            error = err
+        if D.all_reduce_max(torch.tensor(float(error is not None), device=self.device)).item() > 0:
+            D.raise_together(error)
+        return inputs
+
+    def _non_finite_pairs(self, out, pairs: list[int]) -> list[str]:
+        """Collective: every rank's pairs whose DPO logits are not finite (all of a rank's pairs when its loss
+        is non-finite with finite logits), each named by its shard and pair_id, and which side went bad."""
+        mine = []
+        if not torch.isfinite(out.loss):
+            logits = out.logits.detach().float().cpu()
+            bad = [b for b in range(len(pairs)) if not torch.isfinite(logits[b])] or list(range(len(pairs)))
+            n = len(pairs)
+            errs = {"policy": out.policy_err.detach().cpu(), "reference": out.ref_err.detach().cpu()}
+            for b in bad:
+                sides = [
+                    f"{who} error of the {side}"
+                    for who, e in errs.items()
+                    for side, j in (("winner", b), ("loser", n + b))
+                    if not torch.isfinite(e[j])
+                ]
+                mine.append(
+                    self.train_set.describe_pair(pairs[b]) + (f" ({', '.join(sides)})" if sides else "")
+                )
+        return [name for part in D.gather_dicts({str(D.rank()): mine}).values() for name in part]
 
     def heldout_accuracy(self) -> float:
         """Implicit-reward accuracy on the held-out pairs (engine.heldout)."""
@@ -206,10 +253,21 @@ class Trainer:
             ),
             False,
         )
+        self.saved_step = self.start_step
         for step in range(self.start_step, cfg.train.max_steps):
-            record = self.train_step(step)
+            try:
+                record = self.train_step(step)
+            except (ValueError, FloatingPointError) as err:  # bad data or a non-finite loss: nothing lost
+                raise self._stop(step, err) from None
             self.logger.log(record)
             report.step(record)
+            if self.skips_in_row > cfg.dpo.max_consecutive_skips:
+                limit, last = cfg.dpo.max_consecutive_skips, "; ".join(record["non_finite_pairs"])
+                message = (
+                    f"stopped at step {step + 1}: {self.skips_in_row} steps in a row had a non-finite loss "
+                    f"or gradients (dpo.max_consecutive_skips {limit}), the last from {last}"
+                )
+                raise self._stop(record["step"], FloatingPointError(message))
             self.evals.after_step(record["step"])
             every = cfg.train.checkpoint_every
             if every and record["step"] % every == 0 and record["step"] < cfg.train.max_steps:
@@ -229,11 +287,35 @@ class Trainer:
             print(f"report (open it in a browser): {write_report(self.out)}", flush=True)
         return result
 
-    def _save(self, step: int) -> None:
-        state = {"nan_skipped": self.nan_skipped, "skips_in_row": self.skips_in_row}
-        ckpt.save_checkpoint(
-            self.engine, self.out, step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints
-        )
+    def _stop(self, done: int, err: Exception) -> Exception:
+        """Collective: a run stopped by bad data or non-finite values keeps its last good state: the state after
+        `done` steps is saved as a checkpoint (unless one holds it already); the error says so. Skipped steps
+        changed no weight, so the state is the last finite one."""
+        self.logger.close()
+        if done > self.saved_step:
+            try:
+                kept = f"the last good state (step {done}) is saved as checkpoint {self._save(done)}"
+            except ValueError as save_err:
+                kept = f"saving the last good state (step {done}) failed too: {save_err}"
+        elif done:
+            kept = f"the last good state (step {done}) is checkpoint {ckpt.latest_checkpoint(self.out)}"
+        else:
+            kept = "no step had finished"
+        message = f"{err}; {kept}" + ("; continue with --resume once fixed" if done else "")
+        return type(err)(message)
+
+    def _save(self, step: int) -> Path:
+        splits = ((True, self.reference), (False, self.heldout_reference))
+        tables = {R.table_name(train): ref.sha256 for train, ref in splits if isinstance(ref, R.Precomputed)}
+        state = {
+            "nan_skipped": self.nan_skipped,
+            "skips_in_row": self.skips_in_row,
+            "reference_tables": tables,
+        }
+        keep = self.cfg.train.keep_checkpoints
+        path = ckpt.save_checkpoint(self.engine, self.out, step, state, self.cfg.to_dict(), keep)
+        self.saved_step = step
+        return path
 
     def _finish(self, before: float | None) -> dict | None:
         result, after = None, self.evals.final()

@@ -52,9 +52,23 @@ def load_training_sets(
     spec = getattr(adapter, "spec", None)  # the built-in model knows its text width (its frame count is free)
     expect = {} if spec is None else {"text_dim": spec.text_shape[1]}
     layout = check_preference_set(train_set, where="data.train", **expect)
+    if spec is not None:  # the training set first: a wrong one must not blame a correct held-out set
+        axis = adapter.latent_layout.index("C") - 1  # one sample's latents: [F, C, H, W] or [C, F, H, W]
+        have, want = layout.latent_shape[axis], spec.latent_shape[axis]
+        if have != want:
+            raise ValueError(
+                f"data.train: {train_set.describe_pair(0)} (like every pair of the set): latents have {have} "
+                f"channels (shape {list(layout.latent_shape)}), but model {cfg.model.name!r} takes {want}"
+            )
     heldout_set = PreferenceDataset(heldout) if heldout is not None else None
     if heldout_set is not None:
         if len(heldout_set) == 0:
             raise ValueError(f"held-out preference set {str(heldout)!r} is empty")
-        check_preference_set(heldout_set, layout.latent_shape, layout.text_shape[1], where="data.heldout")
+        check_preference_set(
+            heldout_set,
+            layout.latent_shape,
+            layout.text_shape[1],
+            where="data.heldout",
+            expected_by=f"the training set (data.train {str(train)!r})",
+        )
     return train_set, heldout_set

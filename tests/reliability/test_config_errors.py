@@ -79,3 +79,29 @@ def test_a_recipe_reports_invalid_yaml_in_one_line_and_exit_2(tmp_path, capsys, 
     culprit = f"config file {str(config)!r}" if bad == "file" else "override 'size=[64'"
     assert err[0].startswith(f"error: {culprit}: invalid YAML") and "line " in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_wandb_online_without_a_login_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Audit N47: logging.wandb.mode online on a machine not logged in failed with a traceback after the
+    loop had generated its data. Now one line from the loop and the trainer, before anything is written."""
+    from tests.trainer.trainer_helpers import tiny_config
+    from videogpa.engine.train.trainer import Trainer
+
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    out, online = tmp_path / "loop", "logging.wandb={mode: online}"
+    assert load_recipe("pipeline").main(["--output-dir", str(out), "--set", online]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "'logging.wandb.mode': online, but this machine is not logged in to W&B" in err[0]
+    )
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(ValueError, match=r"not logged in to W&B at https://api.wandb.ai \(no WANDB_API_KEY"):
+        Trainer(tiny_config(tmp_path / "run", logging={"wandb": {"mode": "online"}}))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "no-netrc").write_text("machine api.wandb.ai login user password " + "0" * 40 + "\n")
+    tmp_path.joinpath("no-netrc").chmod(0o600)
+    from videogpa.engine.train.run_logs import wandb_login_problem
+
+    assert wandb_login_problem(tiny_config(tmp_path / "run", logging={"wandb": {"mode": "online"}})) is None

@@ -4,10 +4,14 @@ input is one line."""
 
 import errno
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.reliability.conftest import STEPS
 from tests.stages.stage_helpers import REPO
@@ -110,3 +114,62 @@ def test_the_checkpoint_records_the_config_it_was_made_with(finished_run):
         "config.json",
         "state/zero_pp_rank_0_mp_rank_00_model_states.pt",
     }
+
+
+class TorchSavingEngine:
+    """Writes its state through its checkpoint engine, as DeepSpeed's engine does (torch.save underneath)."""
+
+    def __init__(self):
+        from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+        self.checkpoint_engine = TorchCheckpointEngine()
+
+    def save_checkpoint(self, save_dir, tag, save_latest):
+        (Path(save_dir) / tag).mkdir()
+        for name in ("model_states.pt", "optim_states.pt"):
+            self.checkpoint_engine.save({"w": torch.zeros(4)}, str(Path(save_dir) / tag / name))
+
+
+def test_a_disk_filling_up_during_torch_save_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """Audit f10: torch.save reports a full disk as a RuntimeError without a path. The error names the file
+    and the cause; the earlier checkpoints stay intact and no temporary is left."""
+    ckpt.save_checkpoint(TorchSavingEngine(), tmp_path, 2, {"nan_skipped": 0}, {"seed": 0}, keep=2)
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith("optim_states.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 320 vs 256")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=0))
+    expected = (
+        rf"could not write checkpoint {tmp_path}/checkpoints/.tmp-step_00000004/state/optim_states.pt: "
+        r"No space left on device \(0 bytes free; torch: \[enforce fail at inline_container.cc:672\]"
+    )
+    with pytest.raises(ValueError, match=expected):
+        ckpt.save_checkpoint(TorchSavingEngine(), tmp_path, 4, {"nan_skipped": 0}, {"seed": 0}, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002"]
+    assert ckpt.damage(ckpt.latest_checkpoint(tmp_path)) is None
+    assert sorted(p.name for p in ckpt.checkpoint_root(tmp_path).iterdir()) == ["step_00000002"]
+
+
+def test_a_shape_changing_key_is_refused_even_when_changes_are_allowed(run_copy):
+    """Audit N32: --allow-config-change let lora.rank 4 -> 2 through, into DeepSpeed's size-mismatch traceback."""
+    changed = tiny_config(run_copy, lora={"rank": 2}, train=STEPS)
+    refused = r"^--resume: lora.rank: 4 -> 2 \(the LoRA matrices' shapes\) cannot change in a resumed run"
+    with pytest.raises(ValueError, match=refused + ", not even with --allow-config-change"):
+        Trainer(changed, resume=True, allow_config_change=True)
+
+
+def test_resuming_with_more_ranks_than_wrote_the_checkpoint_is_one_line(run_copy, monkeypatch):
+    """Audit N31 (in-process; test_two_rank_resume launches it): every rank reads the manifest's world size and
+    gives the same verdict before anyone loads."""
+    from videogpa.engine import distributed as D
+    from videogpa.engine.train.run_folder import resume_point
+
+    monkeypatch.setattr(D, "world_size", lambda: 2)
+    with pytest.raises(
+        ValueError, match=r"checkpoint .*step_00000004 was written by 1 rank\(s\) and this run has 2"
+    ):
+        resume_point(run_copy, tiny_config(run_copy, train=STEPS).to_dict(), False)

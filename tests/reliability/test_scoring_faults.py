@@ -4,6 +4,7 @@ points, a truncated video; a rerun replaces a video's error row; bad stage argum
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,6 +137,21 @@ def test_truncated_mp4_is_an_error_row(tmp_path):
     assert str(path) in row["error"]
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_truncated_matroska_is_an_error_row(tmp_path, suffix):
+    """Audit s11: mkv and webm declare no frame count (0), but a duration; a file cut in half decodes without a
+    decoder error and used to be scored "ok"."""
+    path = video(tmp_path / f"cut{suffix}", 12)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    video(tmp_path / f"whole{suffix}", 12)  # an intact file of the same kind stays "ok"
+    rows = {Path(row["video"]).name: row for row in score_folder(tmp_path, tmp_path / "scores.jsonl")}
+    assert rows[f"whole{suffix}"]["status"] == "ok", rows
+    assert rows[f"cut{suffix}"]["status"] == "error"
+    expected = rf"video {path} decodes \d+ frames .* of the 1.500 s its container declares, about 12 frames"
+    assert re.search(expected, rows[f"cut{suffix}"]["error"]), rows
+
+
 def test_rerun_replaces_error_rows_and_summary_counts_videos(tmp_path):
     videos, out = tmp_path / "videos", tmp_path / "scores.jsonl"
     videos.mkdir()
@@ -179,3 +195,55 @@ def test_score_recipe_rejects_non_positive_sizes(tmp_path, capsys, flag, value, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and f"loop.score.{key}" in err[0], err
     assert not workdir.exists()
+
+
+def test_non_finite_geometry_weights_name_the_weights_file(tmp_path):
+    """A NaN in VGGT's weights made every video an error row and never named the weights file."""
+    from videogpa.engine.geometry.vggt import TINY_CONFIG, load_vggt, random_vggt, save_vggt
+
+    model = random_vggt(TINY_CONFIG)
+    name, tensor = next(iter(model.state_dict().items()))
+    tensor.view(-1)[0] = float("nan")
+    path = save_vggt(model, tmp_path / "vggt.safetensors")
+    with pytest.raises(
+        ValueError, match=rf"VGGT weights file {path}: 1 tensor\(s\) hold non-finite .*{name}"
+    ):
+        load_vggt(path)
+
+
+def test_a_copied_or_moved_scored_folder_is_not_scored_again(tmp_path):
+    """Audit N21: rows were keyed by absolute path, so a copied scored folder was scored again in full and
+    its summary counted each video twice. Rows carry the video's relative path and content hash."""
+    import shutil
+
+    from videogpa.engine.stages.score import score_videos
+
+    first = tmp_path / "first"
+    first.mkdir()
+    for i in range(3):
+        write_video(first / f"v{i}.mp4", torch.rand(T, 3, S, S, generator=torch.Generator().manual_seed(i)))
+    assert len(score_folder(first, first / "scores.jsonl")) == 3
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    write_video(copy / "v2.mp4", torch.rand(T, 3, S, S))  # changed in the copy: scored again
+    calls = []
+
+    class Counting(FixedGeometry):
+        def reconstruct(self, frames):
+            calls.append(1)
+            return super().reconstruct(frames)
+
+    def rescore(folder):
+        model = Counting(plain_geometry())
+        return score_videos(list_videos(folder), folder / "scores.jsonl", model=model, n_frames=T, size=None)
+
+    new = rescore(copy)
+    assert [Path(r["video"]).name for r in new] == ["v2.mp4"] and len(calls) == 1
+    rows = read_jsonl(copy / "scores.jsonl")
+    assert sorted(r["video"] for r in rows) == [str(copy.resolve() / f"v{i}.mp4") for i in range(3)]
+    summary = summarize_scores(copy / "scores.jsonl")
+    assert (summary.ok, summary.errors) == (3, 0)
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    assert rescore(moved) == [] and len(calls) == 1
+    assert all(r["video"].startswith(str(moved.resolve())) for r in read_jsonl(moved / "scores.jsonl"))

@@ -211,6 +211,26 @@ def test_the_trainer_checks_its_sets_before_it_builds_anything(tmp_path):
                 lat = torch.zeros(frames, 4, 8, 8)
                 writer.add(f"{name}{i}", lat, lat + 1, torch.zeros(8, 32), 0.1, 0.2)
     data = {"synthetic": None, "train": str(tmp_path / "train"), "heldout": str(tmp_path / "heldout")}
-    with pytest.raises(ValueError, match=r"data.heldout: .*heldout0.*latents"):
+    with pytest.raises(
+        ValueError, match=r"data.heldout: .*heldout0.*latents .*but the training set \(data.train"
+    ):
         Trainer(tiny_config(tmp_path / "run", data=data))
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_training_latents_with_the_wrong_channels_blame_the_training_set(tmp_path):
+    """Audit: training latents with 5 channels (the tiny model takes 4) blamed the correct held-out set."""
+    from tests.trainer.trainer_helpers import tiny_config
+    from videogpa.engine.train.trainer import Trainer
+
+    for name, channels in (("train", 5), ("heldout", 4)):
+        with PreferenceShardWriter(tmp_path / name) as writer:
+            for i in range(2):
+                lat = torch.zeros(4, channels, 8, 8)
+                writer.add(f"{name}{i}", lat, lat + 1, torch.zeros(8, 32), 0.1, 0.2)
+    data = {"synthetic": None, "train": str(tmp_path / "train"), "heldout": str(tmp_path / "heldout")}
+    named = (
+        r"^data.train: preference shard .*train0'\) \(like every pair of the set\): latents have 5 channels"
+    )
+    with pytest.raises(ValueError, match=named + r" \(shape \[4, 5, 8, 8\]\), but model 'tiny' takes 4$"):
+        Trainer(tiny_config(tmp_path / "run", data=data))

@@ -3,6 +3,7 @@ hashes its own files), are killed, resume from it, and end where one uninterrupt
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 TRAIN = {"max_steps": 4, "micro_batch_size": 1, "global_batch_size": 2, "checkpoint_every": 2}
 
 
-def _launch(config, *extra):
+def _launch(config, *extra, status: int = 0):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -39,7 +40,7 @@ def _launch(config, *extra):
     ]
     env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == status, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -61,3 +62,9 @@ def test_two_ranks_killed_and_resumed_equal_one_rank(tmp_path):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-9), ra["step"]
     result = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert result["heldout_accuracy_after"] == pytest.approx(expected["heldout_accuracy_after"], abs=1e-9)
+    # Audit N31: one rank's checkpoint resumed on two ranks is the same one line on both, before any load.
+    save_config(one, tmp_path / "one.yaml")
+    done = _launch(tmp_path / "one.yaml", "--resume", status=2)
+    verdict = "error: checkpoint .*?step_00000004 was written by 1 rank\\(s\\) and this run has 2: ZeRO's"
+    assert len(re.findall(verdict, done.stderr)) == 2, done.stderr[-3000:]  # one each (lines may interleave)
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]

@@ -1,6 +1,7 @@
 """The trainer under DeepSpeed ZeRO-3 on one in-process CPU rank (gloo): resume, references, NaN, export."""
 
 import contextlib
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -113,7 +114,10 @@ def test_separate_and_precomputed_references_match_adapters_off(tmp_path):
     for a, b in zip(runs["adapters_off"], runs["precomputed"]):
         for key in ("loss", "ref_err_w", "ref_err_l", "policy_err_w"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
-    assert (tmp_path / "precomputed" / "reference_errors.safetensors").is_file()
+    run = tmp_path / "precomputed"  # a resume checks the tables against the SHA-256s its checkpoint recorded
+    recorded = ckpt.read_trainer_state(ckpt.latest_checkpoint(run))["reference_tables"]
+    names = {"reference_errors.safetensors", "reference_errors_heldout.safetensors"}
+    assert recorded == {name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in names}
 
 
 def _nan_at_step(monkeypatch, bad_step: int) -> None:
