@@ -165,7 +165,7 @@ def test_a_shape_changing_key_is_refused_even_when_changes_are_allowed(run_copy)
 def test_resuming_with_more_ranks_than_wrote_the_checkpoint_is_one_line(run_copy, monkeypatch):
     """Audit N31 (in-process; test_two_rank_resume launches it): every rank reads the manifest's world size and
     gives the same verdict before anyone loads."""
-    from videogpa.engine import distributed as D
+    from videogpa.engine.runtime import distributed as D
     from videogpa.engine.train.run_folder import resume_point
 
     monkeypatch.setattr(D, "world_size", lambda: 2)
