@@ -128,10 +128,14 @@ def latest_rows(scores: str | os.PathLike) -> list[dict]:
     """One row per video (its identity: a moved or copied video counts once) of a scores file and its shard
     files: its latest "ok" row if it has one, else its last row; in the order the videos first appear; []
     when no file exists."""
+    every = list(score_rows(scores))
+    # a row without a content hash (an older row, a shard's last words) is the keyed video's row at its path
+    keyed = {row["video"]: identity(row) for row in every if row.get("video_key") and row.get("video_sha256")}
     rows: dict[str, dict] = {}
-    for row in score_rows(scores):
-        if row.get("status") == "ok" or rows.get(identity(row), {}).get("status") != "ok":
-            rows[identity(row)] = row
+    for row in every:
+        key = keyed.get(row["video"], identity(row))
+        if row.get("status") == "ok" or rows.get(key, {}).get("status") != "ok":
+            rows[key] = row
     return list(rows.values())
 
 
