@@ -9,11 +9,20 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# One synthetic-pair cache for the session (engine.scenes.pair_cache), inherited by every subprocess: a set
+# is made once, not in every trainer test, and nothing is written to the user's ~/.cache.
+if "VIDEOGPA_CACHE_DIR" not in os.environ:
+    os.environ["VIDEOGPA_CACHE_DIR"] = tempfile.mkdtemp(prefix="videogpa-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["VIDEOGPA_CACHE_DIR"], True)
 
 
 def _fixtures_dir() -> Path:

@@ -3,6 +3,8 @@ pairs written into the run folder with the model's own built-in pipeline."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 
 from videogpa.engine.core.config import Config
@@ -12,8 +14,34 @@ from videogpa.engine.models.pipeline_encoder import PipelineEncoder
 from videogpa.engine.runtime import distributed as D
 
 
+def _synthetic_key(cfg: Config, adapter: ModelAdapter) -> str:
+    """The cache key of a synthetic set: its config, the model's shapes, the code and library versions."""
+    import diffusers
+    import torch
+
+    from videogpa.engine.data import preference
+    from videogpa.engine.models import pipeline_encoder
+    from videogpa.engine.scenes import pair_cache, preference_pairs, procedural
+
+    spec = adapter.spec
+    identity = {
+        "synthetic": dataclasses.asdict(cfg.data.synthetic),
+        "model": cfg.model.name,
+        "latent_shape": list(spec.latent_shape),
+        "text_shape": list(spec.text_shape),
+        "layout": adapter.latent_layout,
+        "versions": [torch.__version__, diffusers.__version__],
+    }
+    family = sys.modules[type(adapter).__module__]  # its built-in pipeline
+    modules = (pair_cache, preference_pairs, procedural, preference, pipeline_encoder, family)
+    sources = {Path(module.__file__) for module in modules}
+    return pair_cache.cache_key(identity, sources)
+
+
 def _write_synthetic(cfg: Config, adapter: ModelAdapter, root: Path) -> tuple[Path, Path]:
-    """Rank 0 writes the scene pairs (encoded by the family's built-in pipeline); every rank gets the paths."""
+    """Rank 0 writes the scene pairs (encoded by the family's built-in pipeline; made once per set and kept in
+    engine.scenes.pair_cache's cache); every rank gets the paths."""
+    from videogpa.engine.scenes.pair_cache import cached_sets
     from videogpa.engine.scenes.preference_pairs import write_synthetic_pairs
 
     spec = getattr(adapter, "spec", None)
@@ -22,10 +50,11 @@ def _write_synthetic(cfg: Config, adapter: ModelAdapter, root: Path) -> tuple[Pa
             f"config section 'data.synthetic': model {cfg.model.name!r} has no built-in pipeline and sample "
             "shapes; synthetic pairs are for the tiny model (set data.train to preference shards)"
         )
-    if D.is_main():
+
+    def build(folder: Path) -> None:
         encoder = PipelineEncoder(adapter.builtin_pipeline(), adapter.latent_convention, spec.text_shape[0])
         write_synthetic_pairs(
-            root,
+            folder,
             cfg.data.synthetic,
             encoder,
             spec.latent_shape,
@@ -33,6 +62,9 @@ def _write_synthetic(cfg: Config, adapter: ModelAdapter, root: Path) -> tuple[Pa
             spec.text_shape,
             progress=cfg.train.progress_bar,
         )
+
+    if D.is_main():
+        cached_sets(root, _synthetic_key(cfg, adapter), build)
     D.barrier()
     return root / "train", root / "heldout"
 

@@ -99,31 +99,34 @@ def test_two_ranks_with_sequence_parallel_2_equal_one_rank(tmp_path):
     assert json.loads((two / "run_info.json").read_text())["world_size"] == 2
 
 
-def test_four_ranks_dp2_sp2_equal_two_ranks_dp2(tmp_path):
-    """Full fine-tuning against the `separate` (frozen, also split) reference, same global batch."""
+def test_four_ranks_dp2_sp2_equal_one_rank(tmp_path):
+    """Full fine-tuning against the `separate` (frozen, also split) reference, same global batch: two
+    data-parallel groups of two sequence-parallel ranks each equal one rank accumulating two micro-steps."""
     sections = dict(
         train=TRAIN,
         lora={"enabled": False},
         dpo={"beta": 500.0, "reference": "separate"},
         optim={"lr": 1e-5, "warmup_steps": 2},
     )
-    dp = _launched(tmp_path, "dp", 2, **sections)
+    Trainer(tiny_config(tmp_path / "one", **sections)).run()
     sp = _launched(tmp_path, "sp", 4, **sections, distributed={"sequence_parallel": 2})
-    _assert_same_run(dp, sp, weights="transformer/diffusion_pytorch_model.safetensors")
+    _assert_same_run(tmp_path / "one", sp, weights="transformer/diffusion_pytorch_model.safetensors")
 
 
 def test_resumed_sequence_parallel_run_equals_an_uninterrupted_one(tmp_path):
-    """Precomputed reference; killed after 2 of 4 steps, resumed (the table is read back, not recomputed)."""
+    """Precomputed reference; killed after 2 of 4 steps, resumed (the table is read back, not recomputed). The
+    uninterrupted run is one rank: a sequence-parallel group of two is one data-parallel rank."""
     sections = dict(
         train={**TRAIN, "max_steps": 4, "checkpoint_every": 2},
         dpo={"beta": 500.0, "reference": "precomputed"},
-        distributed={"sequence_parallel": 2},
     )
-    whole = _launched(tmp_path, "whole", 2, **sections)
-    part = _launched(tmp_path, "part", 2, "--stop-after-steps", "2", **sections)
+    Trainer(tiny_config(tmp_path / "whole", **sections)).run()
+    part = _launched(
+        tmp_path, "part", 2, "--stop-after-steps", "2", **sections, distributed={"sequence_parallel": 2}
+    )
     assert [r["step"] for r in read_metrics(part)] == [1, 2]
     _launch(2, tmp_path / "part.yaml", "--resume")
-    _assert_same_run(whole, part)
+    _assert_same_run(tmp_path / "whole", part)
 
 
 def test_bad_sequence_parallel_settings_are_named(tmp_path):
