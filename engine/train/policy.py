@@ -17,6 +17,7 @@ from videogpa.engine.runtime.compiling import compile_blocks
 from videogpa.engine.runtime.partitioned_loading import load_transformer
 from videogpa.engine.runtime.sequence_parallel import enable_sequence_parallel
 from videogpa.engine.train.optim import build_optimizer
+from videogpa.engine.train.reference import needs_frozen_model
 
 
 def model_adapter(cfg: Config) -> ModelAdapter:
@@ -81,7 +82,7 @@ def build_policy(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: 
 def frozen_reference(cfg: Config, adapter: ModelAdapter, dtype: torch.dtype, world: int):
     """The `separate` reference's transformer (None for other strategies), frozen: a second load of the
     checkpoint, partitioned for its ZeRO-3 inference engine (no rank holds it whole), never a copy."""
-    if cfg.dpo.reference != "separate":
+    if not needs_frozen_model(cfg):
         return None
     ds_config = D.inference_config(cfg, world, cfg.dpo.reference_offload)
     return load_transformer(adapter, cfg.model.path, dtype, ds_config).requires_grad_(False).eval()

@@ -1,4 +1,4 @@
-"""The DPO reference model's strategies: adapters_off, separate, precomputed.
+"""The DPO reference model's strategies: adapters_off, separate, precomputed (build_reference chooses).
 
 Each strategy is a callable StepInputs -> (ref_pred, None) or (None, ref_err [2P]) (see dpo_step.Reference).
 """
@@ -10,6 +10,7 @@ import json
 import math
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,11 +18,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from videogpa.engine.core.config import Config
+from videogpa.engine.data.preference import PreferenceDataset
 from videogpa.engine.io.atomic import atomic_path
 from videogpa.engine.models.base import ModelAdapter
 from videogpa.engine.models.lora import adapters_disabled
 from videogpa.engine.runtime import distributed as D
-from videogpa.engine.train.dpo_step import EVAL_SEED_OFFSET, StepInputs
+from videogpa.engine.train.dpo_step import EVAL_SEED_OFFSET, StepInputs, inputs_for_pairs
 from videogpa.kernels.dpo_loss import per_sample_mse
 
 
@@ -158,14 +161,6 @@ def check_table(
         )
 
 
-def online_reference(adapter: ModelAdapter, policy: nn.Module, frozen: nn.Module | None, lora: bool):
-    """The reference as a forward pass: the policy with its adapters off (LoRA), the frozen copy
-    (`separate`), or, before any update, the policy itself (the source of a precomputed table)."""
-    if lora and frozen is None:
-        return AdaptersOff(adapter, policy)
-    return Separate(adapter, frozen if frozen is not None else policy)
-
-
 def precomputed_reference(
     path: Path,
     meta: dict[str, str],
@@ -204,31 +199,60 @@ def precomputed_reference(
     return Precomputed(table, D.first_message(sha))
 
 
-def split_reference(
-    cfg,
-    adapter: ModelAdapter,
-    engine,
-    frozen,
-    dataset,
-    train: bool,
-    make_inputs,
-    batches_per_epoch: int,
-    out_dir: Path,
-    resuming: bool,
-    device: torch.device,
-    recorded: dict[str, str] | None = None,
-):
-    """The configured reference (dpo.reference) for the training or the held-out split. `precomputed` tables
-    are keyed by seed, pairs (their pair_ids), draws and model: training uses one draw per epoch (or the noise
-    cycle), held-out evaluation eval.draws, at its own seed offset. make_inputs(idx, draws, seed) gives
-    StepInputs; `recorded`: the table files' SHA-256 by name, from the checkpoint a resumed run loaded."""
-    lora = cfg.lora.enabled
-    online = online_reference(adapter, engine.module if lora else engine, frozen, lora)
-    if cfg.dpo.reference != "precomputed":
-        return online
-    seed = cfg.seed if train else cfg.seed + EVAL_SEED_OFFSET
-    epochs = math.ceil(cfg.train.max_steps / batches_per_epoch)
-    draws = min(epochs, cfg.dpo.noise_cycle or epochs) if train else cfg.eval.draws
+def needs_frozen_model(cfg: Config) -> bool:
+    """`separate` runs a second, frozen copy of the transformer (loaded by engine.train.policy)."""
+    return cfg.dpo.reference == "separate"
+
+
+@dataclass(frozen=True)
+class ReferenceSite:
+    """What the strategies are built from: the run's config, the family adapter, the policy's DeepSpeed engine
+    and the frozen copy's (None unless `separate`), and, for precomputed tables, the run folder, whether the
+    run resumes, and the tables' SHA-256 by file name that the resumed checkpoint recorded."""
+
+    cfg: Config
+    adapter: ModelAdapter
+    policy: nn.Module
+    frozen: nn.Module | None
+    out_dir: Path
+    resuming: bool
+    recorded: dict[str, str]
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class Split:
+    """A preference set the reference serves: the training set (one draw per epoch) or the held-out set."""
+
+    dataset: PreferenceDataset
+    train: bool
+    batches_per_epoch: int = 1
+
+
+def build_reference(site: ReferenceSite, split: Split | None = None):
+    """The configured strategy (dpo.reference), chosen here and nowhere else: `adapters_off` (the policy with
+    its LoRA adapters off), `separate` (the frozen copy) or `precomputed` (a table of the split's reference
+    errors, computed before the first update by the policy as it starts: with its adapters off under LoRA)."""
+    cfg, adapter, policy = site.cfg, site.adapter, site.policy
+    strategy = cfg.dpo.reference
+    if strategy == "adapters_off":
+        return AdaptersOff(adapter, policy.module)
+    if strategy == "separate":
+        return Separate(adapter, site.frozen)
+    if split is None:
+        raise ValueError("dpo.reference 'precomputed' needs the preference set its table is computed for")
+    source = AdaptersOff(adapter, policy.module) if cfg.lora.enabled else Separate(adapter, policy)
+    return _precomputed(site, split, source)
+
+
+def _precomputed(site: ReferenceSite, split: Split, source: Callable) -> Precomputed:
+    """A split's precomputed table, keyed by seed, pairs (their pair_ids), draws and model: training uses one
+    draw per epoch (or the noise cycle), held-out evaluation eval.draws, at its own seed offset."""
+    cfg, dataset = site.cfg, split.dataset
+    seed = cfg.seed if split.train else cfg.seed + EVAL_SEED_OFFSET
+    epochs = math.ceil(cfg.train.max_steps / split.batches_per_epoch)
+    draws = min(epochs, cfg.dpo.noise_cycle or epochs) if split.train else cfg.eval.draws
     ids = hashlib.sha256("\n".join(r["pair_id"] for r in dataset.records).encode()).hexdigest()
     meta = {
         "seed": str(seed),
@@ -237,17 +261,23 @@ def split_reference(
         "model": cfg.model.name,
         "pair_ids_sha256": ids,
     }
-    name = table_name(train)
+    name = table_name(split.train)
 
     def compute() -> torch.Tensor:
-        make = lambda idx, draw: make_inputs(idx, [draw] * len(idx), seed)
-        engine.eval()
-        table = compute_table(len(dataset), draws, cfg.eval.batch_size, make, online, device)
-        engine.train()
+        def make(idx: list[int], draw: int) -> StepInputs:
+            return inputs_for_pairs(
+                site.adapter, dataset, idx, [draw] * len(idx), seed, site.device, site.dtype
+            )
+
+        site.policy.eval()
+        table = compute_table(len(dataset), draws, cfg.eval.batch_size, make, source, site.device)
+        site.policy.train()
         return table
 
-    recorded = (recorded or {}).get(name)
-    return precomputed_reference(out_dir / name, meta, compute, resuming, recorded, dataset.describe_pair)
+    recorded = site.recorded.get(name)
+    return precomputed_reference(
+        site.out_dir / name, meta, compute, site.resuming, recorded, dataset.describe_pair
+    )
 
 
 def table_name(train: bool) -> str:

@@ -107,25 +107,20 @@ class Trainer:
         self._lock.close()
 
     def _reference(self, train: bool):
-        """This split's reference strategy (engine.train.reference.split_reference)."""
-        dataset = self.train_set if train else self.heldout_set
-        make = lambda idx, draws, seed: inputs_for_pairs(
-            self.adapter, dataset, idx, draws, seed, self.device, self.dtype
-        )
-        return R.split_reference(
+        """This split's reference strategy (engine.train.reference.build_reference)."""
+        site = R.ReferenceSite(
             self.cfg,
             self.adapter,
             self.engine,
             self.ref_model,
-            dataset,
-            train,
-            make,
-            self.sampler.batches_per_epoch,
             self.out,
             self.start_step > 0,
-            self.device,
             self.recorded_tables,
+            self.device,
+            self.dtype,
         )
+        dataset = self.train_set if train else self.heldout_set
+        return R.build_reference(site, R.Split(dataset, train, self.sampler.batches_per_epoch))
 
     def _read_resume_point(self, allow_config_change: bool) -> tuple[ckpt.ReadCheckpoint, dict]:
         """The checkpoint to resume from, verified and read (data only) before any model is built."""

@@ -20,7 +20,7 @@ from videogpa.engine.core.config import config_from_dict
 from videogpa.engine.runtime import distributed as D
 from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.train.policy import build_policy, model_adapter
-from videogpa.engine.train.reference import online_reference
+from videogpa.engine.train.reference import ReferenceSite, build_reference
 from videogpa.engine.types import Conditioning
 
 LATENTS = (2, 4, 4, 4)  # one sample [F, C, H, W] (CogVideoX's BFCHW layout)
@@ -88,7 +88,10 @@ def train(cfg, text_shape) -> dict:
             "partitioned": all(p.numel() == 0 for _, p in params),
             "lora": any("lora_" in n for n, _ in params),
         }
-    reference, settings = online_reference(adapter, engine, frozen, lora=True), LossSettings(cfg.dpo.beta)
+    site = ReferenceSite(
+        cfg, adapter, engine, frozen, Path(cfg.output_dir), False, {}, D.device(), torch.float32
+    )
+    reference, settings = build_reference(site), LossSettings(cfg.dpo.beta)
     out = dpo_forward(adapter, engine, reference, batch(adapter, text_shape, 0), settings)
     engine.backward(out.loss)
     engine.step()

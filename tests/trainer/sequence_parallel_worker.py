@@ -21,7 +21,7 @@ from videogpa.engine.models.lora import apply_lora, enable_gradient_checkpointin
 from videogpa.engine.runtime.compiling import compile_blocks
 from videogpa.engine.runtime.sequence_parallel import enable_sequence_parallel
 from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward
-from videogpa.engine.train.reference import online_reference
+from videogpa.engine.train.reference import AdaptersOff
 from videogpa.engine.types import DTYPES
 
 GRID = (3, 6, 6)  # latent frames × height × width: 27 video tokens, uneven over 2 or 4 ranks
@@ -50,7 +50,7 @@ def _image(adapter, latents: torch.Tensor) -> torch.Tensor:
 def one_step(adapter, model, inputs, loss):
     """(loss, logits, {name: grad}) of one DPO forward + backward."""
     model.zero_grad(set_to_none=True)
-    out = dpo_forward(adapter, model, online_reference(adapter, model, None, lora=True), inputs, loss)
+    out = dpo_forward(adapter, model, AdaptersOff(adapter, model), inputs, loss)
     out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainable_parameters(model)}
     return out.loss.detach(), out.logits.detach(), grads

@@ -177,3 +177,27 @@ def test_precomputed_reference_equals_the_online_reference():
         torch.testing.assert_close(ref_err, per_sample_mse(ref_pred, inputs.target), rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="no entry"):
         pre(make([0], 2))
+
+
+def test_build_reference_chooses_each_strategy_from_the_config(tmp_path):
+    """dpo.reference decides alone: adapters_off runs the policy's module, separate the frozen copy (the only
+    strategy that needs one), precomputed needs the split its table is for."""
+    from tests.trainer.trainer_helpers import tiny_config
+
+    adapter, model, *_ = _case("tiny")
+    policy = torch.nn.Module()
+    policy.module = model  # as a DeepSpeed engine holds its model
+    frozen = copy.deepcopy(model)
+    chosen = {}
+    for strategy in ("adapters_off", "separate", "precomputed"):
+        lora = strategy != "separate"
+        cfg = tiny_config(tmp_path, dpo={"reference": strategy}, lora={"enabled": lora})
+        site = R.ReferenceSite(cfg, adapter, policy, frozen, tmp_path, False, {}, CPU, torch.float32)
+        assert R.needs_frozen_model(cfg) == (strategy == "separate")
+        if strategy == "precomputed":
+            with pytest.raises(ValueError, match="'precomputed' needs the preference set"):
+                R.build_reference(site)
+            continue
+        chosen[strategy] = R.build_reference(site)
+    assert isinstance(chosen["adapters_off"], R.AdaptersOff) and chosen["adapters_off"].model is model
+    assert isinstance(chosen["separate"], R.Separate) and chosen["separate"].model is frozen
