@@ -72,13 +72,15 @@ class DPOConfig:
 
 @dataclass
 class SyntheticDataConfig:
-    """The embedded default's scene pairs (engine.data.synthetic_pairs): clean clip vs corrupted clip."""
+    """The embedded default's scene pairs (engine.scenes.preference_pairs): clean clip vs corrupted clip. A set
+    is made once and copied from a cache after that (engine.scenes.pair_cache: $VIDEOGPA_CACHE_DIR, else
+    ~/.cache/videogpa; `VIDEOGPA_CACHE_DIR=off` turns it off)."""
 
     train_pairs: int = 160  # training pairs of procedural scenes
     heldout_pairs: int = 48  # held-out pairs (scenes never trained on)
     seed: int = 1234  # the synthetic set's seed
     corruptions: list[str] = field(default_factory=lambda: ["jitter", "scale"])  # used in turn
-    strength: float = 4.0  # engine.data.synthetic.corrupt's strength
+    strength: float = 4.0  # engine.scenes.procedural.corrupt's strength
 
 
 @dataclass
