@@ -203,7 +203,8 @@ def measure(
 
 
 def _git_commit() -> str | None:
-    """HEAD (with -dirty), or VIDEOGPA_GIT_COMMIT where the checkout is a copy without .git (the GPU call's)."""
+    """HEAD (with -dirty), or VIDEOGPA_GIT_COMMIT where the checkout is a copy without .git (the GPU
+    call's)."""
     if os.environ.get("VIDEOGPA_GIT_COMMIT"):
         return os.environ["VIDEOGPA_GIT_COMMIT"]
     try:

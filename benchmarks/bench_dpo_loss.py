@@ -10,8 +10,8 @@ FLOPs are negligible (≈ 8 per element): the op is memory-bound, so L2 is flush
 Times: one synchronised call (launch overhead included) and the device time (CUDA-graph replay, or the
 profiler's kernel sum where a variant cannot be captured); extra memory includes the gradient.
 
-    python benchmarks/bench_dpo_loss.py [--size small|cogvideox|wan|wan_i2v|all] [--variants eager,triton,compile]
-                                        [--no-compile] [--no-save]
+    python benchmarks/bench_dpo_loss.py [--size small|cogvideox|wan|wan_i2v|all]
+                                        [--variants eager,triton,compile] [--no-compile] [--no-save]
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from videogpa.engine.stages.fast_sampling import apply_sampling_options  # noqa:
 
 STEPS_EXTRAPOLATED = 50
 
-# The public 5B checkpoints' transformer, VAE and scheduler configs (their config.json files; the Wan 2.2 VAE's
-# latent mean / std are left at 0 / 1: the weights are random anyway), at their native sampling sizes.
+# The public 5B checkpoints' transformer, VAE and scheduler configs (their config.json files; the Wan 2.2
+# VAE's latent mean / std are left at 0 / 1: the weights are random anyway), at their native sampling sizes.
 MODELS = {
     "cogvideox-5b": {
         "adapter": "cogvideox-t2v",
@@ -176,7 +176,8 @@ def time_calls(
 
 
 def option_rows(models: list[str], steps: list[int], device: torch.device) -> list[dict]:
-    """Per model: the plain pipe(...) and each of OPTIONS, on a freshly built pipeline each (bf16 on a GPU)."""
+    """Per model: the plain pipe(...) and each of OPTIONS, on a freshly built pipeline each (bf16 on a
+    GPU)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = []
     for name in models:

@@ -44,7 +44,8 @@ SCORES = {
 
 
 def scorer(name: str, small: bool, da3_size: str, device: torch.device):
-    """(config name, frame side, forward: videos in [0, 1] → outputs, (outputs, i) → Geometry of video i)."""
+    """(config name, frame side, forward: videos in [0, 1] → outputs, (outputs, i) → Geometry of video
+    i)."""
     if name == "vggt":
         config = vggt.TINY_CONFIG if small else vggt.VGGTConfig()
         with torch.device(device):

@@ -112,7 +112,8 @@ def main(argv=None) -> list[dict]:
     bandwidth = copy_bandwidth(device)
     print(f"device: {environment(device)}")
     print(
-        f"T={n_views} views of {height}x{width}, {points.shape[0]:,} points; copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+        f"T={n_views} views of {height}x{width}, {points.shape[0]:,} points; "
+        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
 
     truth, hit = render_point_cloud(points, colors, intr, extr, height, width, backend="torch")

@@ -77,9 +77,9 @@ SMALL = dict(
 def step_flops(config: dict, latent: tuple[int, ...]) -> tuple[float, int, str]:
     """Model FLOPs of one DPO step on one pair, the token count, and the formula as text.
 
-    Per layer and sample, forward: 24·N·d² (q, k, v, out: 4·2Nd²; 4d-wide feed-forward: 16Nd²) + 4·N²·d
-    (QKᵀ and AV). A step = reference forward + policy forward + backward (2× forward) on [w; l] = 4 forwards
-    of 2 samples; recomputation under checkpointing is not counted (the usual MFU convention).
+    Per layer and sample, forward: 24·N·d² (q, k, v, out: 4·2Nd²; 4d-wide feed-forward: 16Nd²) +
+    4·N²·d (QKᵀ and AV). A step = reference forward + policy forward + backward (2× forward) on [w; l] =
+    4 forwards of 2 samples; recomputation under checkpointing is not counted (the usual MFU convention).
     """
     frames, _, h, w = latent
     p = config["patch_size"]

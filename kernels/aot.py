@@ -1,6 +1,7 @@
 """Ahead-of-time compile of every kernel variant the launchers launch, for a GPU, on a machine without one.
 
-    python -m videogpa.kernels.aot [--arch 80,90] [--jobs N]   # a JSON line per variant and arch; exit 1 on a failure
+    # a JSON line per variant and arch; exit 1 on a failure
+    python -m videogpa.kernels.aot [--arch 80,90] [--jobs N]
 
 `make aot-rows` runs it under triton 3.6.0 (the GPU image's, in .venv-triton36) and 3.7.1 (.venv's) and writes
 benchmarks/results/aot_triton36.jsonl and aot_triton37.jsonl: every ceiling must hold under both.
@@ -11,7 +12,8 @@ ints equal to 1), compiled with `triton.compile(ASTSource(...), target=GPUTarget
 (ptxas ships with triton), and checked: no spills (cuobjdump's resource usage: no stack or local memory)
 and each property the variant's design relies on, read from the SASS or the PTX (see Variant.expect).
 Needs TRITON_INTERPRET unset: the interpreter replaces the JIT functions. The binder and `_pack_args` are
-Triton's JIT internals (as of triton 3.6 and 3.7): a Triton upgrade that changes them fails this check visibly.
+Triton's JIT internals (as of triton 3.6 and 3.7): a Triton upgrade that changes them fails this check
+visibly.
 """
 
 from __future__ import annotations

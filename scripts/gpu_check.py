@@ -1,5 +1,5 @@
-"""One command on a bare GPU machine: install the carried wheels, run the GPU tests and every benchmark at full
-size, and bring every row back, within 6 minutes (docs/gpu.md gives the call and what it carries).
+"""One command on a bare GPU machine: install the carried wheels, run the GPU tests and every benchmark at
+full size, and bring every row back, within 6 minutes (docs/gpu.md gives the call and what it carries).
 
     python3 scripts/gpu_check.py               # on the GPU machine (`make gpu-check`); rows under $OUT
     python3 scripts/gpu_check.py --dry-run     # the same steps on a CPU at tiny sizes (the rehearsal runs it
@@ -44,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_image  # noqa: E402
 
 # What the GPU image lacks or holds at an unknown version (pure-Python or manylinux wheels; deepspeed is built
-# by `make gpu-wheels`), at the versions installed in .venv (the lock's). Every requirement of theirs is met by
-# the image or by another of them (gpu_image.check_wheels, tested from the recorded listing gpu_wheels.json).
+# by `make gpu-wheels`), at the versions installed in .venv (the lock's). Every requirement of theirs is met
+# by the image or by another of them (gpu_image.check_wheels, tested from the recorded listing
+# gpu_wheels.json).
 WHEELS = (
     "diffusers",
     "peft",  # the image has a peft of unrecorded version: carry the one the CPU tests use
@@ -206,7 +207,8 @@ def steps(dry_run: bool) -> list[Step]:
 
 
 def fixtures_folder() -> Path:
-    """VIDEOGPA_FIXTURES, else the carried .gpu-fixtures/, else ../shared/fixtures (a developer's checkout)."""
+    """VIDEOGPA_FIXTURES, else the carried .gpu-fixtures/, else ../shared/fixtures (a developer's
+    checkout)."""
     if os.environ.get("VIDEOGPA_FIXTURES"):
         return Path(os.environ["VIDEOGPA_FIXTURES"])
     return FIXTURES_DIR if FIXTURES_DIR.is_dir() else REPO.parent / "shared" / "fixtures"
@@ -328,7 +330,8 @@ def _drop_compiled(site: Path, wheels: list[Path], tee: Tee) -> None:
             path = site / top
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         tee(
-            f"(rehearsal) {wheel.name}: installed for CPython 3.12, then dropped (imported from this environment)"
+            f"(rehearsal) {wheel.name}: installed for CPython 3.12, then dropped "
+            "(imported from this environment)"
         )
 
 
@@ -492,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: list[dict] = []
     tee(
-        f"gpu_check {'dry run' if args.dry_run else ''} at {REPO}: python {sys.version.split()[0]}; rows -> {results}"
+        f"gpu_check {'dry run' if args.dry_run else ''} at {REPO}: python {sys.version.split()[0]}; "
+        f"rows -> {results}"
     )
     site = args.site or Path(tempfile.mkdtemp(prefix="videogpa-site-"))
     fixtures = fixtures_folder()

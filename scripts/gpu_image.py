@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LISTING = REPO / "scripts" / "gpu_wheels.json"
 
-# The image ('cuda'), as the device tool's KINDS.md describes it (pip list read on 2026-11-17; versions where a
-# session's pip list gave them). Its python3 is /opt/torch/.venv/bin/python3.
+# The image ('cuda'), as the device tool's KINDS.md describes it (pip list read on 2026-11-17; versions where
+# a session's pip list gave them). Its python3 is /opt/torch/.venv/bin/python3.
 IMAGE_PYTHON = (3, 12, 3)
 # glibc of the image is not recorded: the wheels are limited to the platforms `make gpu-wheels` asks for.
 IMAGE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
@@ -56,20 +56,20 @@ IMAGE_VERSIONS = {
 }
 IMAGE_PACKAGES = frozenset(
     """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build
-    certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
-    cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock
-    flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx
-    huggingface-hub humanize hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt
-    jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver lazy-loader lightning lightning-utilities
-    linear-operator lineax llvmlite lxml markdown markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes
-    mpi4py mpmath msgpack multidict multipledispatch mypy-extensions nanobind narwhals networkx ninja numba
-    numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime
-    nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse
-    nvidia-cusparselt-cu13 nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx
-    onnx-ir onnxruntime onnxscript opencv-python-headless optax opt-einsum opt-einsum-fx optimistix
-    orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy portalocker prometheus-client
-    propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing pyproject-hooks pyre-extensions
-    pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout pytest-xdist python-dateutil
+    certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings
+    cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils
+    execnet filelock flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet
+    httpcore httpx huggingface-hub humanize hypothesis idna imageio iniconfig interface-meta jax
+    jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver lazy-loader lightning
+    lightning-utilities linear-operator lineax llvmlite lxml markdown markdown-it-py markupsafe matplotlib
+    mdurl meson ml-dtypes mpi4py mpmath msgpack multidict multipledispatch mypy-extensions nanobind narwhals
+    networkx ninja numba numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc
+    nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver
+    nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13
+    nvidia-nvtx onnx onnx-ir onnxruntime onnxscript opencv-python-headless optax opt-einsum opt-einsum-fx
+    optimistix orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy portalocker
+    prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing pyproject-hooks
+    pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout pytest-xdist python-dateutil
     pytorch-lightning pyyaml regex requests rich sacrebleu safetensors scikit-build-core scikit-image
     scikit-learn scipy seaborn sentencepiece sentence-transformers setuptools shellingham simplejson six
     sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server tensorstore
@@ -174,8 +174,8 @@ def _problems_of_requirement(who: str, requirement, carried: dict[str, str]) -> 
         return []
     if spec and name not in ASSUMED:
         return [
-            f"{who} needs {requirement}: the image's {name} is at an unrecorded version; carry it, or record in "
-            "gpu_image.ASSUMED why the image's meets it"
+            f"{who} needs {requirement}: the image's {name} is at an unrecorded version; carry it, or "
+            "record in gpu_image.ASSUMED why the image's meets it"
         ]
     return []
 
@@ -225,7 +225,8 @@ def project_requirements() -> list[str]:
 
 
 def check_project(entries: list[dict]) -> list[str]:
-    """Problems of this project's own requirements on the image with the carried wheels (GPU_OPTIONAL aside)."""
+    """Problems of this project's own requirements on the image with the carried wheels (GPU_OPTIONAL
+    aside)."""
     from packaging.requirements import Requirement
 
     carried = {canonical(e["name"]): e["version"] for e in entries}
@@ -286,7 +287,8 @@ def _requirements_of(dist) -> list:
 def mirror_plan(carried: set[str], overridden: set[str]) -> tuple[dict, list[str]]:
     """(canonical name -> distribution of this environment to link into the mirror, notes). The image's
     packages and the carried ones; where this environment's version of an image package differs from the
-    image's (and no wheel of the image's version overrides it), its own requirements come along, each noted."""
+    image's (and no wheel of the image's version overrides it), its own requirements come along, each
+    noted."""
     installed = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]

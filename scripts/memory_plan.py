@@ -11,7 +11,8 @@ each published transformer config (no weights). The rest is a model, with these 
   block being computed (and the next, prefetched) is gathered whole.
 - Trainable state per trainable parameter: bf16 gradient (2 B) + fp32 master and AdamW moments (12 B).
   LoRA r64 on to_q/to_k/to_v/to_out.0 of every attention; full fine-tuning trains every parameter and keeps
-  the `separate` reference (a frozen bf16 ZeRO-3 copy: 2 B/param / 8); LoRA's reference is adapters-off (free).
+  the `separate` reference (a frozen bf16 ZeRO-3 copy: 2 B/param / 8); LoRA's reference is adapters-off
+  (free).
 - One preference pair per rank group: winner and loser in one forward (2 samples). Tokens per sample are the
   latent grid over the patch (text tokens are replicated on every rank; image-to-video adds no tokens).
   Each rank holds 1/S of a sample's video tokens; Ulysses all-to-all gives it every token of 1/S of the

@@ -3,12 +3,12 @@
     python scripts/run_cost.py     # prints the table that docs/performance.md shows (a test compares them)
 
 Assumptions, all stated in the printed notes: dense bf16 peak 989 TFLOP/s (H100 SXM) at an assumed 35% model
-FLOPs utilisation for every stage; a transformer forward costs 2·params·tokens for its matmuls plus 4·layers·
-tokens²·hidden for self-attention (cross-attention to text and the VAE are left out); 2,500 prompts × 4
-candidates, 50 sampler steps with classifier-free guidance (2 forwards a step); training 10,000 steps of 16
-pairs (32 samples), each sample costing 5 forwards (forward + backward = 3, the checkpointed forward again = 1,
-the adapters-off reference = 1); scoring VGGT-1B on 10 frames of 518² (24 frame + 24 global blocks of width
-1024, 1,374 tokens a frame, about 1.2 B parameters).
+FLOPs utilisation for every stage; a transformer forward costs 2·params·tokens for its matmuls plus
+4·layers·tokens²·hidden for self-attention (cross-attention to text and the VAE are left out); 2,500
+prompts × 4 candidates, 50 sampler steps with classifier-free guidance (2 forwards a step); training 10,000
+steps of 16 pairs (32 samples), each sample costing 5 forwards (forward + backward = 3, the checkpointed
+forward again = 1, the adapters-off reference = 1); scoring VGGT-1B on 10 frames of 518² (24 frame + 24
+global blocks of width 1024, 1,374 tokens a frame, about 1.2 B parameters).
 """
 
 from __future__ import annotations

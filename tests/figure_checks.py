@@ -120,8 +120,8 @@ def png(path: str | Path) -> np.ndarray:
 
 
 def image_axes_boxes(fig) -> list[tuple[int, int, int, int]]:
-    """(left, top, width, height) in PNG pixels of every axes that shows an image, in drawing order; the figure
-    drawn already at its save dpi (drawn_texts)."""
+    """(left, top, width, height) in PNG pixels of every axes that shows an image, in drawing order; the
+    figure drawn already at its save dpi (drawn_texts)."""
     height = fig.get_size_inches()[1] * fig.dpi
     out = []
     for ax in fig.axes:

@@ -52,7 +52,8 @@ def paired_metric(
     seed: int = 0,
 ) -> dict:
     """Per-prompt comparison of one metric over the videos (prompt_id, seed) scored in both runs: the mean
-    per-prompt difference (LoRA − base) with its bootstrap CI over prompts, and the prompts the LoRA wins."""
+    per-prompt difference (LoRA − base) with its bootstrap CI over prompts, and the prompts the LoRA
+    wins."""
     by_prompt = defaultdict(lambda: ([], []))
     for key in sorted(set(base) & set(tuned)):
         before, after = base[key].get(metric), tuned[key].get(metric)

@@ -24,7 +24,8 @@ def short(text: str, n: int = 64) -> str:
 
 
 def score_label(row: dict | None) -> str:
-    """'3DCS 0.0123 | MSE … | LPIPS … | motion …' of a score row (the values it has), '' when unscored."""
+    """'3DCS 0.0123 | MSE … | LPIPS … | motion …' of a score row (the values it has), '' when
+    unscored."""
     if not row or row.get("status") != "ok":
         return "" if not row else f"score error: {row.get('error', '?')}"[:80]
     parts = [("3DCS", "score"), ("MSE", "mse"), ("LPIPS", "lpips"), ("motion", "motion")]
@@ -258,9 +259,9 @@ PAIRS_TITLE = "preference pairs: each prompt's winner (lower 3DCS) above its los
 
 
 def pairs_figure(pairs: list[dict]):
-    """A few pairs: per pair the winner's frames and error maps, then the loser's (same colour scale per pair).
-    Each pair is {"title", "winner": (label, arrays), "loser": (label, arrays)}; arrays without an error map
-    (a video scored without figures) show frames only."""
+    """A few pairs: per pair the winner's frames and error maps, then the loser's (same colour scale per
+    pair). Each pair is {"title", "winner": (label, arrays), "loser": (label, arrays)}; arrays without an
+    error map (a video scored without figures) show frames only."""
     rows = []
     for pair in pairs:
         both = [a for _, a in (pair["winner"], pair["loser"]) if "error" in a]
@@ -306,9 +307,12 @@ def video_arrays(video: str | os.PathLike, figures: str | os.PathLike) -> dict[s
 def save_pairs_figure(
     pairs: list, figures: str | os.PathLike, path: str | os.PathLike, count: int = 3
 ) -> None:
-    """pairs_figure of the first `count` pairs (engine.stages.pairs.Pair), error maps where the score stage drew
-    the videos (ScoreConfig.figures)."""
-    label = lambda v: f"3DCS {v.score:.4g}" + (f", motion {v.motion:.3g}" if v.motion is not None else "")  # noqa: E731
+    """pairs_figure of the first `count` pairs (engine.stages.pairs.Pair), error maps where the score stage
+    drew the videos (ScoreConfig.figures)."""
+
+    def label(v):
+        return f"3DCS {v.score:.4g}" + (f", motion {v.motion:.3g}" if v.motion is not None else "")
+
     shown = []
     for p in pairs:
         winner, loser = video_arrays(p.winner.video, figures), video_arrays(p.loser.video, figures)
@@ -335,7 +339,8 @@ def save_before_after_grid(
     frames: int = 6,
 ) -> None:
     """The same prompts and seeds without and with the LoRA: frame rows of the first `count` (prompt, seed)
-    generated in both folders (each a generate-stage folder with its scores.jsonl), labelled with their 3DCS."""
+    generated in both folders (each a generate-stage folder with its scores.jsonl), labelled with their
+    3DCS."""
     from pathlib import Path
 
     from videogpa.engine.io.sharded import read_sharded

@@ -1,8 +1,8 @@
-"""DIR/report.html: one file that opens in a browser (images by relative path, no server) summarising a training
-run or a loop folder from the records they already hold: configuration and versions, counts per stage, score
-histograms and pictures, training curves, held-out accuracy over steps, validation frame grids, and the
-before/after table with win rates. Reads JSON, JSONL, YAML text and file names only (nothing is unpickled or
-recomputed); a section whose records are missing is left out."""
+"""DIR/report.html: one file that opens in a browser (images by relative path, no server) summarising a
+training run or a loop folder from the records they already hold: configuration and versions, counts per
+stage, score histograms and pictures, training curves, held-out accuracy over steps, validation frame grids,
+and the before/after table with win rates. Reads JSON, JSONL, YAML text and file names only (nothing is
+unpickled or recomputed); a section whose records are missing is left out."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ class _Page:
     def html(self, title: str) -> str:
         return (
             f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self.parts)}</body></html>\n"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"{''.join(self.parts)}</body></html>\n"
         )
 
 
@@ -188,7 +189,8 @@ def _evaluation(page: _Page, loop: Path) -> None:
                 "n/a" if won is None else f"{100 * won:.0f}%",
             ]
         )
-    page.add(_table(["metric", "base", "LoRA", "better is", "Δ LoRA − base", "95% CI", "prompts won"], rows))
+    header = ["metric", "base", "LoRA", "better is", "Δ LoRA − base", "95% CI", "prompts won"]
+    page.add(_table(header, rows))
     page.text(
         f"LoRA wins {100 * result['prompt_win_rate']:.1f}% of {result['prompts']} prompts "
         f"({100 * result['video_win_rate']:.1f}% of {result['videos']} videos) on 3DCS"
@@ -200,7 +202,8 @@ def _evaluation(page: _Page, loop: Path) -> None:
 
 
 def write_report(folder: str | os.PathLike) -> Path:
-    """Write folder/report.html for a loop folder (with train/ inside) or a training run folder; returns it."""
+    """Write folder/report.html for a loop folder (with train/ inside) or a training run folder; returns
+    it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"report: {folder} is not a folder")

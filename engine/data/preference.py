@@ -223,7 +223,8 @@ def _check_record(record: dict, where: str, expected_index: int) -> dict:
     unknown = sorted(set(record) - set(RECORD_FIELDS) - OPTIONAL_FIELDS)
     if unknown:
         raise ValueError(
-            f"{where}: unknown keys {unknown} (expected {sorted(RECORD_FIELDS)} and optionally {sorted(OPTIONAL_FIELDS)})"
+            f"{where}: unknown keys {unknown} (expected {sorted(RECORD_FIELDS)} and optionally "
+            f"{sorted(OPTIONAL_FIELDS)})"
         )
     if not isinstance(record.get(IMAGE_EMBEDS_FIELD, False), bool):
         raise ValueError(
@@ -300,8 +301,9 @@ def _verify_checksum(path: Path, records: list[dict]) -> None:
         ids = [r["pair_id"] for r in records]
         listed = ", ".join(repr(i) for i in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
         raise ValueError(
-            f"preference shard {str(path)!r} (pairs {listed}) has SHA-256 {actual}, but {INDEX_NAME} recorded "
-            f"{expected} when it was written: the file changed since (bit rot, a partial copy, an overwrite)"
+            f"preference shard {str(path)!r} (pairs {listed}) has SHA-256 {actual}, but {INDEX_NAME} "
+            f"recorded {expected} when it was written: the file changed since (bit rot, a partial copy, "
+            "an overwrite)"
         )
 
 
@@ -353,8 +355,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
                     )
 
     def tensor_info(self, i: int) -> dict[str, TensorInfo]:
-        """Pair i's stored tensors (latents_w, latents_l, text_embeds[, image_latents][, image_embeds]), from the
-        header read on open."""
+        """Pair i's stored tensors (latents_w, latents_l, text_embeds[, image_latents][, image_embeds]), from
+        the header read on open."""
         record = self.records[i]
         header = self.headers[record["shard"]]
         return {name: header[f"{i}/{name}"] for name in _tensor_names(record)}
@@ -461,9 +463,9 @@ def check_preference_set(
 
     `dataset` is an open PreferenceDataset or its folder (opened here, checksums verified). `where` prefixes
     every message (e.g. the config key, "data.train"); `expected_by` says whose shapes were given (the model,
-    or another set's: the held-out set is checked against the training set's). Raises a one-line ValueError naming the shard, the
-    pair's index and pair_id, what it has and what was expected; returns the set's PreferenceLayout.
-    Non-finite values are found when a pair is read (PreferenceDataset.__getitem__)."""
+    or another set's: the held-out set is checked against the training set's). Raises a one-line ValueError
+    naming the shard, the pair's index and pair_id, what it has and what was expected; returns the set's
+    PreferenceLayout. Non-finite values are found when a pair is read (PreferenceDataset.__getitem__)."""
     if not isinstance(dataset, PreferenceDataset):
         dataset = PreferenceDataset(dataset)
     if len(dataset) == 0:
@@ -560,7 +562,8 @@ class PreferenceSampler(torch.utils.data.Sampler[int]):
             or global_batch_size % world_size
         ):
             raise ValueError(
-                f"global_batch_size: expected a positive multiple of world_size={world_size}, got {global_batch_size!r}"
+                f"global_batch_size: expected a positive multiple of world_size={world_size}, "
+                f"got {global_batch_size!r}"
             )
         if num_pairs < global_batch_size:
             raise ValueError(

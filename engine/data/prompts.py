@@ -98,7 +98,8 @@ def iter_prompts(path: str | os.PathLike, require_images: bool = False) -> Itera
     for number, item in _entries(path):
         if item.prompt_id in first_line:
             raise ValueError(
-                f"{path}:{number}: duplicate id {item.prompt_id!r} (first used on line {first_line[item.prompt_id]})"
+                f"{path}:{number}: duplicate id {item.prompt_id!r} "
+                f"(first used on line {first_line[item.prompt_id]})"
             )
         first_line[item.prompt_id] = number
         if require_images:
@@ -136,9 +137,8 @@ class PromptFile:
 def camera_motion_prompt(scene: str, rng: random.Random, min_motions: int = 2, max_motions: int = 3) -> str:
     """The prefix, the scene, then min..max distinct camera motions drawn from CAMERA_MOTIONS."""
     if not 1 <= min_motions <= max_motions <= len(CAMERA_MOTIONS):
-        raise ValueError(
-            f"camera motions: need 1 ≤ min ({min_motions}) ≤ max ({max_motions}) ≤ {len(CAMERA_MOTIONS)}"
-        )
+        bounds = f"1 ≤ min ({min_motions}) ≤ max ({max_motions}) ≤ {len(CAMERA_MOTIONS)}"
+        raise ValueError(f"camera motions: need {bounds}")
     motions = rng.sample(CAMERA_MOTIONS, rng.randint(min_motions, max_motions))
     return f"{CAMERA_PREFIX} {scene.strip().rstrip('.')}. {', then '.join(motions).capitalize()}."
 

@@ -68,8 +68,9 @@ def skew(t: torch.Tensor) -> torch.Tensor:
 def fundamental_from_cameras(
     k1: torch.Tensor, e1: torch.Tensor, k2: torch.Tensor, e2: torch.Tensor
 ) -> torch.Tensor:
-    """F [..., 3, 3] with x2ᵀ F x1 = 0 from intrinsics [..., 3, 3] and world-to-camera extrinsics [..., 3, 4]:
-    R = R2 R1ᵀ, t = t2 − R t1, F = K2⁻ᵀ [t]× R K1⁻¹ (zero when the cameras share their centre)."""
+    """F [..., 3, 3] with x2ᵀ F x1 = 0 from intrinsics [..., 3, 3] and world-to-camera extrinsics
+    [..., 3, 4]: R = R2 R1ᵀ, t = t2 − R t1, F = K2⁻ᵀ [t]× R K1⁻¹ (zero when the cameras share
+    their centre)."""
     r1, t1, r2, t2 = e1[..., :3], e1[..., 3], e2[..., :3], e2[..., 3]
     rot = r2 @ r1.transpose(-1, -2)
     t = t2 - (rot @ t1[..., None])[..., 0]

@@ -1,4 +1,5 @@
-"""Geometry sidecar files: one video's Geometry as safetensors next to it (`<video stem>.geometry.safetensors`)."""
+"""Geometry sidecar files: one video's Geometry as safetensors next to it
+(`<video stem>.geometry.safetensors`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ _REQUIRED = _FIELDS[:4]
 
 
 def sidecar_path(video: str | os.PathLike) -> Path:
-    """Where a video's stored geometry lives: clip.mp4 -> clip.geometry.safetensors (folders: <dir>.geometry...)."""
+    """Where a video's stored geometry lives: clip.mp4 -> clip.geometry.safetensors (folders:
+    <dir>.geometry...)."""
     video = Path(video)
     return video.with_name(video.stem + SUFFIX) if video.suffix else video.with_name(video.name + SUFFIX)
 

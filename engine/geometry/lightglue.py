@@ -57,9 +57,9 @@ class LightGlueMatcher(FeatureMatcher):
         device: torch.device | str = "cpu",
     ) -> None:
         self.model = model.to(device).eval()
-        # Adaptive depth and width off: with several pairs per call, transformers 5.24's early stop raised an
-        # IndexError (measured on random tiny weights), and per-pair stopping would tie a pair's matches to the
-        # other pairs of its batch.
+        # Adaptive depth and width off: with several pairs per call, transformers 5.24's early stop raised
+        # an IndexError (measured on random tiny weights), and per-pair stopping would tie a pair's matches
+        # to the other pairs of its batch.
         self.model.depth_confidence = self.model.width_confidence = -1.0
         decoder = self.model.keypoint_detector.keypoint_decoder
         if max_keypoints is not None:
@@ -79,8 +79,8 @@ class LightGlueMatcher(FeatureMatcher):
         keypoint_threshold: float | None = KEYPOINT_THRESHOLD,
         device: torch.device | str = "cpu",
     ) -> LightGlueMatcher:
-        """LightGlue from its folder; SuperPoint from its own folder when given, else the LightGlue folder must
-        hold the keypoint detector's weights too (ValueError naming the folder otherwise)."""
+        """LightGlue from its folder; SuperPoint from its own folder when given, else the LightGlue folder
+        must hold the keypoint detector's weights too (ValueError naming the folder otherwise)."""
         from transformers import LightGlueForKeypointMatching, SuperPointForKeypointDetection
 
         if lightglue_path is None:
@@ -95,7 +95,8 @@ class LightGlueMatcher(FeatureMatcher):
             )
             if sp_info.get("missing_keys"):
                 raise ValueError(
-                    f"SuperPoint weights folder {superpoint_path} lacks weights: {sorted(sp_info['missing_keys'])[:3]}"
+                    f"SuperPoint weights folder {superpoint_path} lacks weights: "
+                    f"{sorted(sp_info['missing_keys'])[:3]}"
                 )
             model.keypoint_detector = detector
             missing = [k for k in missing if not k.startswith("keypoint_detector.")]

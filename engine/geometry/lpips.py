@@ -53,8 +53,8 @@ def _load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 class LPIPS(nn.Module):
-    """d(x, y) = Σ_l mean_hw ( w_l · (φ̂_l(x) − φ̂_l(y))² ), φ̂ = channel-unit-normalised VGG16 features
-    at relu1_2..relu5_3, inputs [T, 3, H, W] in [0, 1]; returns one distance per frame [T]."""
+    """d(x, y) = Σ_l mean_hw ( w_l · (φ̂_l(x) − φ̂_l(y))² ), φ̂ = channel-unit-normalised VGG16
+    features at relu1_2..relu5_3, inputs [T, 3, H, W] in [0, 1]; returns one distance per frame [T]."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,7 +91,8 @@ class LPIPS(nn.Module):
                 raise ValueError(f"LPIPS: {lin_path} needs exactly one lin{k}.model.*.weight, found {keys}")
             if tuple(lins[keys[0]].shape) != (1, channels, 1, 1):
                 raise ValueError(
-                    f"LPIPS: {lin_path} {keys[0]} has shape {tuple(lins[keys[0]].shape)}, expected (1, {channels}, 1, 1)"
+                    f"LPIPS: {lin_path} {keys[0]} has shape {tuple(lins[keys[0]].shape)}, "
+                    f"expected (1, {channels}, 1, 1)"
                 )
             model.lins[k].copy_(lins[keys[0]])
         for name, tensor in model.state_dict().items():

@@ -1,5 +1,6 @@
 """Keypoint matches between frame pairs, and the matchers that make them (pluggable): the learned
-SuperPoint + LightGlue (engine.geometry.lightglue) or the oracle below, which knows a video's true geometry."""
+SuperPoint + LightGlue (engine.geometry.lightglue) or the oracle below, which knows a video's true
+geometry."""
 
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def _gaussian_window(device: torch.device) -> torch.Tensor:
 def ssim(frames: torch.Tensor, reprojections: torch.Tensor) -> float:
     """Mean SSIM: 11×11 Gaussian window (σ = 1.5) per channel, valid positions only, data range 1.
 
-    SSIM = ((2μ_xμ_y + C1)(2σ_xy + C2)) / ((μ_x² + μ_y² + C1)(σ_x² + σ_y² + C2)), C1 = 0.01², C2 = 0.03².
+    SSIM = ((2μ_xμ_y + C1)(2σ_xy + C2)) / ((μ_x² + μ_y² + C1)(σ_x² + σ_y² + C2)),
+    C1 = 0.01², C2 = 0.03².
     """
     frames, reprojections = _pair(frames, reprojections, "ssim")
     if min(frames.shape[-2:]) < SSIM_WINDOW:
@@ -71,5 +72,6 @@ def ssim(frames: torch.Tensor, reprojections: torch.Tensor) -> float:
 
 
 def consistency_score(mse: float, lpips: float | None, lpips_weight: float = 1.0) -> float:
-    """3DCS = MSE + λ·LPIPS (λ = 1, the authors' default); lower is more 3D-consistent. LPIPS None -> MSE."""
+    """3DCS = MSE + λ·LPIPS (λ = 1, the authors' default); lower is more 3D-consistent. LPIPS None ->
+    MSE."""
     return mse if lpips is None else mse + lpips_weight * lpips

@@ -6,7 +6,8 @@ import torch
 
 
 def motion_score(extrinsics: torch.Tensor) -> float:
-    """mean_i ‖t_{i+1} − t_i‖ + 0.1 · mean_i arccos(clamp((tr(R_{i+1} R_iᵀ) − 1)/2, −1, 1)), in fp32.
+    """mean_i ‖t_{i+1} − t_i‖ + 0.1 · mean_i arccos(clamp((tr(R_{i+1} R_iᵀ) − 1)/2, −1, 1)),
+    in fp32.
 
     extrinsics [T, 3, 4] or [T, 4, 4] world-to-camera; uses the raw translations t (not camera centres) as
     the authors do. NaN (e.g. T = 1) becomes 0.

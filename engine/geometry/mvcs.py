@@ -18,9 +18,9 @@ def _as_4x4(extrinsics: torch.Tensor) -> torch.Tensor:
 def pair_depth_error(depth_i, depth_j, k_i, k_j, e_i, e_j) -> tuple[float, int]:
     """(mean squared depth disagreement, valid pixel count) of view i warped into view j.
 
-    P = K_i⁻¹·[u, v, 1]ᵀ·d_i, P' = (E_j E_i⁻¹)·P, d_proj = P'_z, (u', v') = (K_j P')_xy / max(w, 1e-8);
-    d_j sampled bilinearly (align_corners=True, zero padding) at (u', v'); valid where 0 ≤ u' < W,
-    0 ≤ v' < H and d_proj > 0.
+    P = K_i⁻¹·[u, v, 1]ᵀ·d_i, P' = (E_j E_i⁻¹)·P, d_proj = P'_z,
+    (u', v') = (K_j P')_xy / max(w, 1e-8); d_j sampled bilinearly (align_corners=True, zero padding) at
+    (u', v'); valid where 0 ≤ u' < W, 0 ≤ v' < H and d_proj > 0.
     """
     height, width = depth_i.shape
     v, u = torch.meshgrid(
@@ -53,7 +53,8 @@ def pair_depth_error(depth_i, depth_j, k_i, k_j, e_i, e_j) -> tuple[float, int]:
 def mvcs(
     depths: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor
 ) -> tuple[float, list[float]]:
-    """(MVCS, per-pair errors): MVCS = exp(−mean over consecutive pairs with valid pixels of pair_depth_error).
+    """(MVCS, per-pair errors): MVCS = exp(−mean over consecutive pairs with valid pixels of
+    pair_depth_error).
 
     depths [T, H, W] (or [T, H, W, 1]), intrinsics [T, 3, 3] (or 4×4), extrinsics [T, 3, 4] or [T, 4, 4]
     world-to-camera. Pairs without valid pixels are skipped; 0.0 when none has any. Higher is better.

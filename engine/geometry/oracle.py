@@ -28,6 +28,7 @@ class OracleGeometryModel(GeometryModel):
         expected = tuple(self.geometry.depth.shape)
         if frames.ndim != 4 or (frames.shape[0], *frames.shape[2:]) != expected:
             raise ValueError(
-                f"oracle: frames of shape {tuple(frames.shape)} do not match the stored geometry [T, H, W] = {expected}"
+                f"oracle: frames of shape {tuple(frames.shape)} do not match the stored geometry "
+                f"[T, H, W] = {expected}"
             )
         return self.geometry

@@ -17,7 +17,8 @@ def unproject_depth(
     extrinsics: torch.Tensor,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """World points [T, H, W, 3]: X_cam = ((u − c_x)·d/f_x, (v − c_y)·d/f_y, d), X_world = Rᵀ(X_cam − t).
+    """World points [T, H, W, 3]: X_cam = ((u − c_x)·d/f_x, (v − c_y)·d/f_y, d),
+    X_world = Rᵀ(X_cam − t).
 
     depth [T, H, W], intrinsics [T, 3, 3], extrinsics [T, 3, 4] or [T, 4, 4] world-to-camera; u is the
     column, v the row. Camera coordinates are rounded to float32 (as the authors' routine does); the world
@@ -46,7 +47,8 @@ def confidence_mask(conf: torch.Tensor, conf_thres: float) -> torch.Tensor:
     """Keep mask (same shape as conf) by the authors' conf_thres rule.
 
     Valid: finite and conf > 1e-5. conf_thres ≤ 0 keeps every valid point; conf_thres = p > 0 keeps the
-    valid points with conf ≥ the k-th largest valid confidence, k = max(1, ⌈N·clamp(1 − p/100, 0, 1)⌉).
+    valid points with conf ≥ the k-th largest valid confidence,
+    k = max(1, ⌈N·clamp(1 − p/100, 0, 1)⌉).
     """
     valid = torch.isfinite(conf) & (conf > MIN_VALID_CONF)
     n_valid = int(valid.sum())

@@ -54,9 +54,9 @@ def share_as_umask_allows(path: str | os.PathLike) -> None:
 
 
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Rename a finished temporary file or folder onto `path` (its files readable as the umask allows) and make
-    the rename durable (the parent folder is fsynced). For writers that cannot use atomic_path, e.g. several
-    ranks filling one folder."""
+    """Rename a finished temporary file or folder onto `path` (its files readable as the umask allows) and
+    make the rename durable (the parent folder is fsynced). For writers that cannot use atomic_path, e.g.
+    several ranks filling one folder."""
     share_as_umask_allows(tmp)
     os.replace(tmp, path)
     fd = os.open(Path(path).parent, os.O_RDONLY)

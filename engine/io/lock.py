@@ -1,7 +1,8 @@
 """One process per output folder (or per shard of one): an exclusive lock file holding the owner's pid, host
 and process start time (so a lock whose owner was killed, even one not yet reaped or whose pid was reused, is
-reliably stale; it is created with its content in one step, so it never reads as empty). Shards of one stage share a folder: each holds its own lock (e.g. `.lock.generate.shard-I-of-N`), and
-a lock refuses every other live lock of the folder (`.lock`, `.lock.*`) but those it may share it with."""
+reliably stale; it is created with its content in one step, so it never reads as empty). Shards of one stage
+share a folder: each holds its own lock (e.g. `.lock.generate.shard-I-of-N`), and a lock refuses every other
+live lock of the folder (`.lock`, `.lock.*`) but those it may share it with."""
 
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ def _gone(pid: int, started: str | None) -> str | None:
         if now is None:
             return f"its process (pid {pid}) has exited"
         if started is not None and now != started:
-            return f"pid {pid} now belongs to another process (the owner started at {started}, this one at {now})"
+            return (
+                f"pid {pid} now belongs to another process (the owner started at {started}, "
+                f"this one at {now})"
+            )
         return None
     try:
         os.kill(pid, 0)  # PermissionError: alive, owned by another user
@@ -99,7 +103,8 @@ def _create(path: Path, me: dict) -> bool:
 
 
 def _others(folder: Path, name: str, shares_with: str | None) -> list[Path]:
-    """The folder's other lock files of this family (`.lock`, `.lock.*`) that this lock may not coexist with."""
+    """The folder's other lock files of this family (`.lock`, `.lock.*`) that this lock may not coexist
+    with."""
     return sorted(
         p
         for p in folder.iterdir()

@@ -33,9 +33,9 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, bool]]:
 def iter_numbered_jsonl(
     path: str | os.PathLike, allow_truncated_tail: bool = True
 ) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of every object of a JSONL file (blank lines skipped), read lazily. A last line cut
-    short by a killed writer is dropped when allow_truncated_tail; any other bad line is a ValueError naming file
-    and line (raised when the reader reaches it)."""
+    """(line number, object) of every object of a JSONL file (blank lines skipped), read lazily. A last line
+    cut short by a killed writer is dropped when allow_truncated_tail; any other bad line is a ValueError
+    naming file and line (raised when the reader reaches it)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist")

@@ -1,4 +1,5 @@
-"""Video files in and out: read mp4/webm/gif/frame folders, sample T frames uniformly, centre-crop and resize."""
+"""Video files in and out: read mp4/webm/gif/frame folders, sample T frames uniformly, centre-crop and
+resize."""
 
 from __future__ import annotations
 
@@ -184,7 +185,8 @@ _ENCODERS = {
 
 
 def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: int = 8) -> None:
-    """Write frames [T, 3, H, W] in [0, 1] as lossless .mp4/.mkv (H.264 RGB) or .webm (VP9 4:4:4), .gif, or PNGs."""
+    """Write frames [T, 3, H, W] in [0, 1] as lossless .mp4/.mkv (H.264 RGB) or .webm (VP9 4:4:4), .gif, or
+    PNGs."""
     path = Path(path)
     data = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     if path.suffix == "":

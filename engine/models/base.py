@@ -85,7 +85,8 @@ class SamplerSettings:
 @dataclass(frozen=True)
 class SequenceParallelPlan:
     """Where a family's transformer blocks take, and give back, their video tokens (for sequence parallelism:
-    engine/runtime/sequence_parallel.py splits them before the first block and gathers them after the last)."""
+    engine/runtime/sequence_parallel.py splits them before the first block and gathers them after the
+    last)."""
 
     hidden_states: str  # the blocks' argument holding the video tokens [B, L, D]
     token_args: tuple[

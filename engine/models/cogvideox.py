@@ -1,10 +1,11 @@
 """CogVideoX (T2V and I2V): v-prediction on a DDPM-style schedule, latents [B, F, C, H, W].
 
 The schedule is the model's own `scheduler/scheduler_config.json` (CogVideoXDDIMScheduler: scaled-linear
-betas, SNR shift, zero-terminal-SNR rescale); t is uniform in {0, ..., T-1}; x_t = √ᾱ x₀ + √(1−ᾱ) ε and the
-target is v = √ᾱ ε − √(1−ᾱ) x₀. Rotary embeddings are computed for the latent grid when the transformer
-config asks for them, as the diffusers pipelines do. I2V: the clean first-frame image latent, zero-padded
-over the remaining frames, is concatenated with x_t along channels (the CogVideoX I2V pipeline's input).
+betas, SNR shift, zero-terminal-SNR rescale); t is uniform in {0, ..., T-1};
+x_t = √ᾱ x₀ + √(1−ᾱ) ε and the target is v = √ᾱ ε − √(1−ᾱ) x₀. Rotary embeddings
+are computed for the latent grid when the transformer config asks for them, as the diffusers pipelines do.
+I2V: the clean first-frame image latent, zero-padded over the remaining frames, is concatenated with x_t along
+channels (the CogVideoX I2V pipeline's input).
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
         channels = noisy.shape[2] * (2 if self.image_conditioned else 1)
         if channels != in_channels:
             raise ValueError(
-                f"noisy latents have {noisy.shape[2]} channels; model {self.name!r} needs {in_channels} input "
+                f"noisy latents have {noisy.shape[2]} channels; model {self.name!r} needs {in_channels} "
+                "input "
                 f"channels (expected {in_channels // (2 if self.image_conditioned else 1)} latent channels)"
             )
         if not self.image_conditioned:
@@ -154,7 +156,8 @@ class CogVideoXAdapter(DiffusersAdapterMixin, ModelAdapter):
 
     @staticmethod
     def rotary_embedding(config: Any, frames: int, height: int, width: int, device: torch.device):
-        """(cos, sin) rotary tables for a latent grid of frames × height × width, as the pipelines build them."""
+        """(cos, sin) rotary tables for a latent grid of frames × height × width, as the pipelines build
+        them."""
         p, p_t = config.patch_size, config.patch_size_t
         grid = (height // p, width // p)
         base_w, base_h = config.sample_width // p, config.sample_height // p
@@ -225,8 +228,9 @@ class CogVideoXI2VAdapter(CogVideoXAdapter):
 class CogVideoX15T2VAdapter(CogVideoXAdapter):
     """CogVideoX 1.5 text-to-video (CogVideoX1.5-5B): the same maths and transformer class as CogVideoX; what
     differs lives in its transformer config (patch_size_t = 2, rotary embeddings on a sliced grid, no learned
-    positional embeddings, no patch bias), which the shared code reads, and in its sampler defaults. Its latent
-    frames must be even: encoded videos get their first latent frame repeated in front (LatentConvention)."""
+    positional embeddings, no patch bias), which the shared code reads, and in its sampler defaults. Its
+    latent frames must be even: encoded videos get their first latent frame repeated in front
+    (LatentConvention)."""
 
     name: ClassVar[str] = "cogvideox1.5-t2v"
     sampler_defaults: ClassVar[SamplerSettings] = SAMPLER_15

@@ -36,7 +36,8 @@ def transformer_folder(path: str | Path) -> Path:
         if (folder / "config.json").is_file():
             return folder
     raise ValueError(
-        f"model folder {str(root)!r} has no transformer: expected {str(root / 'transformer' / 'config.json')!r} "
+        f"model folder {str(root)!r} has no transformer: "
+        f"expected {str(root / 'transformer' / 'config.json')!r} "
         f"or {str(root / 'config.json')!r}"
     )
 
@@ -139,8 +140,8 @@ class DiffusersAdapterMixin:
 
     @classmethod
     def load_transformer(cls, path: str | Path, dtype: torch.dtype, loader=None) -> nn.Module:
-        """Load `transformer_class` from a local diffusers folder (`path/transformer` or `path`), offline, with
-        `loader` (ModelAdapter.load_transformer; default load_diffusers_model)."""
+        """Load `transformer_class` from a local diffusers folder (`path/transformer` or `path`), offline,
+        with `loader` (ModelAdapter.load_transformer; default load_diffusers_model)."""
         if path is None:
             raise ValueError(f"model {cls.name!r}: a local diffusers folder path is required")
         return (loader or load_diffusers_model)(cls.transformer_class, path, dtype)

@@ -19,7 +19,8 @@ class LatentConvention:
     temporal_compression: Callable[[Any], int]  # vae.config -> frames per latent frame
     spatial_compression: Callable[[Any], int]  # vae.config -> pixels per latent pixel
     # image-to-video's image latents: "first_frame" (the first frame's latent, one latent frame) or "video"
-    # (the VAE encoding of the first frame followed by zero frames, every latent frame: Wan's latent-concat I2V)
+    # (the VAE encoding of the first frame followed by zero frames, every latent frame: Wan's latent-concat
+    # I2V)
     image_condition: str = "first_frame"
     # transformer config -> the multiple its latent frame count must be (CogVideoX 1.5: patch_size_t = 2)
     frame_multiple: Callable[[Any], int] = lambda transformer_config: 1
@@ -31,9 +32,10 @@ class LatentConvention:
             )
 
     def normalize(self, vae, z: torch.Tensor, image: bool = False) -> torch.Tensor:
-        """Raw VAE latents [B, C, F, H, W] → the diffusion model's latent space (still BCFHW): (z − mean) / std
-        when the VAE config has latents_mean/std (Wan), else z × scaling_factor; CogVideoX configs with
-        invert_scale_latents divide an I2V image latent by the scaling factor, as their pipeline does."""
+        """Raw VAE latents [B, C, F, H, W] → the diffusion model's latent space (still BCFHW):
+        (z − mean) / std when the VAE config has latents_mean/std (Wan), else z × scaling_factor; CogVideoX
+        configs with invert_scale_latents divide an I2V image latent by the scaling factor, as their
+        pipeline does."""
         config = vae.config
         if (
             getattr(config, "latents_mean", None) is not None

@@ -7,7 +7,8 @@ metadata under `lora_adapter_metadata` (keys prefixed `transformer.`). These cal
 exactly (scale alpha/r; checked with diffusers 0.42.1 in tests/reliability/test_lora_scaling.py):
 
     pipe.load_lora_weights(folder)  or  pipe.load_lora_weights(file)
-    transformer.load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors", prefix="transformer")
+    transformer.load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors",
+                                  prefix="transformer")
 
 Two-expert models (Wan 2.2 A14B, engine.models.wan22_a14b) export one file per expert, both with keys
 `transformer.<module path>...`: pytorch_lora_weights.safetensors for `transformer` and
@@ -54,7 +55,8 @@ def lora_weight_name(component: str) -> str:
 
 def trained_lora_file(folder: str | Path) -> Path:
     """A run folder's LoRA file: the first component's that exists (transformer, else transformer_2 of a
-    two-expert run trained with lora.experts: [transformer_2]); the transformer's path when none exists yet."""
+    two-expert run trained with lora.experts: [transformer_2]); the transformer's path when none exists
+    yet."""
     files = [Path(folder) / lora_weight_name(c) for c in (LORA_PREFIX, "transformer_2")]
     return next((f for f in files if f.is_file()), files[0])
 

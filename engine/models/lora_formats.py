@@ -86,7 +86,8 @@ class ComfyUILoraFormat:
     prefix: the key prefix (`diffusion_model` for ComfyUI's native models); modules: (regex on the diffusers
     module path, replacement) rules, the first full match wins, none means the diffusers names are kept;
     alpha_keys: write `<module>.alpha` (ComfyUI and diffusers' non-diffusers converters scale by alpha/rank),
-    in which case diffusers' `lora_adapter_metadata` must not be kept (the loader would apply alpha/r twice)."""
+    in which case diffusers' `lora_adapter_metadata` must not be kept (the loader would apply alpha/r
+    twice)."""
 
     prefix: str
     modules: tuple[tuple[str, str], ...] = ()
@@ -115,12 +116,14 @@ class ComfyUILoraFormat:
         return out
 
     def metadata(self, lora: LoraFile) -> dict[str, str]:
-        """The diffusers file's metadata to carry over (without diffusers' LoRA config if alpha is in keys)."""
+        """The diffusers file's metadata to carry over (without diffusers' LoRA config if alpha is in
+        keys)."""
         return {k: v for k, v in lora.metadata.items() if not (self.alpha_keys and k == METADATA_KEY)}
 
 
 def merge_lora(model: nn.Module, lora: LoraFile) -> nn.Module:
-    """Fold the LoRA into the model's Linear weights in place (W ← W + (alpha/r)·B·A, computed in float64)."""
+    """Fold the LoRA into the model's Linear weights in place (W ← W + (alpha/r)·B·A, computed in
+    float64)."""
     for module in lora.modules():
         try:
             layer = model.get_submodule(module)
@@ -133,9 +136,8 @@ def merge_lora(model: nn.Module, lora: LoraFile) -> nn.Module:
         down, up = lora.pair(module)
         delta = lora.scale * (up.double() @ down.double())
         if delta.shape != layer.weight.shape:
-            raise ValueError(
-                f"LoRA module {module!r}: B·A is {tuple(delta.shape)}, the weight {tuple(layer.weight.shape)}"
-            )
+            shapes = f"B·A is {tuple(delta.shape)}, the weight {tuple(layer.weight.shape)}"
+            raise ValueError(f"LoRA module {module!r}: {shapes}")
         with torch.no_grad():
             layer.weight.copy_((layer.weight.double() + delta).to(layer.weight.dtype))
     return model

@@ -1,8 +1,8 @@
 """Encoding with a loaded pipeline's own VAE and text encoder, as its sampler decodes and conditions.
 
 Videos: frames mapped from [0, 1] to [-1, 1], the posterior's mode, then the family's latent normalisation
-(engine.models.latents.LatentConvention), padded to the transformer's latent-frame multiple (CogVideoX 1.5), in
-the model's native layout. Prompts: the pipeline's
+(engine.models.latents.LatentConvention), padded to the transformer's latent-frame multiple (CogVideoX 1.5),
+in the model's native layout. Prompts: the pipeline's
 `encode_prompt` without classifier-free guidance, at a given max_sequence_length. First frames: the family's
 image condition (LatentConvention.image_condition) and, for pipelines with a CLIP image encoder (Wan 2.1
 I2V), its image embeddings as the pipeline's `encode_image` computes them.
@@ -48,9 +48,9 @@ class PipelineEncoder:
         return self.convention.to_native(z).cpu()
 
     def encode_image(self, image: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """First frame [3, H, W] in [0, 1] → its image latents in the native layout (4-D): one latent frame, or
-        for an image_condition "video" family the encoding of the frame followed by num_frames − 1 zero frames
-        (0 in [-1, 1]), as WanImageToVideoPipeline.prepare_latents builds its condition."""
+        """First frame [3, H, W] in [0, 1] → its image latents in the native layout (4-D): one latent frame,
+        or for an image_condition "video" family the encoding of the frame followed by num_frames − 1 zero
+        frames (0 in [-1, 1]), as WanImageToVideoPipeline.prepare_latents builds its condition."""
         if self.convention.image_condition == "first_frame":
             return self.encode_video(image[None], image=True)
         if not (isinstance(num_frames, int) and num_frames > 1):

@@ -3,10 +3,11 @@ tiny but real CogVideoX pipeline around it.
 
 The adapter is the CogVideoX T2V one with a tiny config (rotary embeddings on, CogVideoX-2B's schedule), so
 the embedded default and the tests exercise the real model class and the real adapter logic, with no files.
-`build_tiny_pipeline` / `write_tiny_pipeline(folder)` make CogVideoXPipeline (or CogVideoXImageToVideoPipeline)
-from that transformer (the same weights), a tiny AutoencoderKLCogVideoX, a tiny T5EncoderModel and a
-word-level T5Tokenizer made in code (nothing downloaded); the loop loads the written folder exactly like a
-real checkpoint. What it generates is noise-like: it exercises the machinery, its videos' scores mean nothing.
+`build_tiny_pipeline` / `write_tiny_pipeline(folder)` make CogVideoXPipeline (or
+CogVideoXImageToVideoPipeline) from that transformer (the same weights), a tiny AutoencoderKLCogVideoX, a tiny
+T5EncoderModel and a word-level T5Tokenizer made in code (nothing downloaded); the loop loads the written
+folder exactly like a real checkpoint. What it generates is noise-like: it exercises the machinery, its
+videos' scores mean nothing.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ class TinyAdapter(CogVideoXAdapter):
 
 # Whole-word pieces of the tiny tokenizer: the camera-motion builder's words and common scene words; other
 # words fall back to characters.
-_WORDS = """a an the of in on with and then only where nothing moves moving camera completely static scene slowly
-to slow left right up down forward back pans pan tilts tilt dollies dolly pulls pull orbits orbit around trucks
-truck sideways cranes crane arcs arc centre center red green blue old stone bridge over river quiet library
+_WORDS = """a an the of in on with and then only where nothing moves moving camera completely static scene
+slowly to slow left right up down forward back pans pan tilts tilt dollies dolly pulls pull orbits orbit
+around trucks truck sideways cranes crane arcs arc centre center red green blue old stone bridge over river
+quiet library
 tall shelves lighthouse rocky coast kitchen wooden table narrow street town greenhouse full plants snowy
 mountain cabin sunlit museum hall harbour fishing boats desert canyon field barn house room city park forest
 lake sea beach garden tree trees road building window door car light sky night day""".split()

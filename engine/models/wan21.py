@@ -1,12 +1,13 @@
 """Wan 2.1 T2V (1.3B / 14B) and the latent-concat image-to-video of Wan 2.1 I2V 14B (and Wan 2.2 A14B I2V).
 
-The flow-matching maths are Wan 2.2's (engine.models.wan22_ti2v: σ, x_t, target ε − x₀, timestep 1000·σ), but these
-transformers take one timestep per sample (no expand_timesteps) and every latent frame is noised and counts
-in the loss. Image-to-video, as diffusers' WanImageToVideoPipeline builds its input:
+The flow-matching maths are Wan 2.2's (engine.models.wan22_ti2v: σ, x_t, target ε − x₀, timestep
+1000·σ), but these transformers take one timestep per sample (no expand_timesteps) and every latent frame is
+noised and counts in the loss. Image-to-video, as diffusers' WanImageToVideoPipeline builds its input:
 
 - cond.image_latents [B, C, F, H, W]: the VAE encoding (mode, normalised) of the first frame followed by
   4·(F − 1) zero frames (in [-1, 1]) — every latent frame, not only the first;
-- a mask [B, s, F, H, W] (s = the VAE's temporal compression = in_channels − 2C): 1 on latent frame 0, else 0;
+- a mask [B, s, F, H, W] (s = the VAE's temporal compression = in_channels − 2C): 1 on latent frame 0,
+  else 0;
 - hidden_states = concat(x_t, mask, image_latents) on the channel axis (16 + 4 + 16 = 36 for Wan 2.1 I2V);
 - Wan 2.1 only (its transformer has `image_dim`): cond.image_embeds [B, 257, 1280], the CLIP vision
   encoder's penultimate hidden states, as `encoder_hidden_states_image` (projected by the transformer's
@@ -40,7 +41,8 @@ WAN_TEXT_TOKENS = 512  # diffusers' WanAttnProcessor splits image and text conte
 
 
 def first_frame_mask(noisy: torch.Tensor, channels: int) -> torch.Tensor:
-    """WanImageToVideoPipeline's mask [B, channels, F, H, W]: 1 on latent frame 0 (the given image), else 0."""
+    """WanImageToVideoPipeline's mask [B, channels, F, H, W]: 1 on latent frame 0 (the given image), else
+    0."""
     b, _, f, h, w = noisy.shape
     mask = noisy.new_zeros(b, channels, f, h, w)
     mask[:, :, 0] = 1
@@ -82,7 +84,8 @@ class Wan21T2VAdapter(WanTI2VAdapter):
 
 @register_adapter
 class Wan21I2VAdapter(Wan21T2VAdapter):
-    """Wan 2.1 image-to-video 14B (480p / 720p): latent-concat image conditioning and CLIP image embeddings."""
+    """Wan 2.1 image-to-video 14B (480p / 720p): latent-concat image conditioning and CLIP image
+    embeddings."""
 
     name: ClassVar[str] = "wan2.1-i2v"
     # diffusers' WanImageToVideoPipeline cleans every prompt with ftfy
@@ -95,14 +98,15 @@ class Wan21I2VAdapter(Wan21T2VAdapter):
         if mask_channels <= 0:
             raise ValueError(
                 f"noisy: {c} latent channels; model {self.name!r} takes {config.in_channels} input channels "
-                "(x_t, the first-frame mask and the image latents concatenated: expected fewer latent channels)"
+                "(x_t, the first-frame mask and the image latents concatenated: expected fewer latent "
+                "channels)"
             )
         image = cond.image_latents
         if image is None or tuple(image.shape) != (b, c, f, h, w):
             got = None if image is None else tuple(image.shape)
             raise ValueError(
-                f"cond.image_latents: expected [B, C, F, H, W] = {(b, c, f, h, w)} (the VAE encoding of the first "
-                f"frame followed by zero frames, every latent frame), got {got}"
+                f"cond.image_latents: expected [B, C, F, H, W] = {(b, c, f, h, w)} (the VAE encoding of "
+                f"the first frame followed by zero frames, every latent frame), got {got}"
             )
         hidden = torch.cat([noisy, first_frame_mask(noisy, mask_channels), image.to(noisy.dtype)], dim=1)
         inputs = self.common_inputs(noisy, timesteps, cond, hidden)
@@ -115,8 +119,9 @@ class Wan21I2VAdapter(Wan21T2VAdapter):
             return inputs
         if cond.text_embeds.shape[1] != WAN_TEXT_TOKENS:
             raise ValueError(
-                f"cond.text_embeds: {cond.text_embeds.shape[1]} tokens; Wan's image cross-attention takes all but "
-                f"the last {WAN_TEXT_TOKENS} context tokens as the image's, so expected {WAN_TEXT_TOKENS} "
+                f"cond.text_embeds: {cond.text_embeds.shape[1]} tokens; Wan's image cross-attention takes "
+                f"all but the last {WAN_TEXT_TOKENS} context tokens as the image's, so expected "
+                f"{WAN_TEXT_TOKENS} "
                 "(max_sequence_length 512)"
             )
         if embeds is None or embeds.ndim != 3 or embeds.shape[0] != b or embeds.shape[2] != config.image_dim:

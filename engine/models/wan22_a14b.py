@@ -78,8 +78,8 @@ class WanExperts(ModelMixin, ConfigMixin):
 
     @staticmethod
     def _frame_slice(expert: nn.Module, hidden_states: torch.Tensor, timestep: torch.Tensor, kwargs: dict):
-        """Sample 0 cut to its first latent frame: every parameter takes part, at a frame's compute (one frame,
-        not one token: sequence parallelism splits these tokens over its ranks too)."""
+        """Sample 0 cut to its first latent frame: every parameter takes part, at a frame's compute (one
+        frame, not one token: sequence parallelism splits these tokens over its ranks too)."""
         sliced = {k: v[:1] if torch.is_tensor(v) else v for k, v in kwargs.items()}
         return hidden_states[:1, :, : expert.config.patch_size[0]], timestep[:1], sliced
 
@@ -114,7 +114,8 @@ class WanExperts(ModelMixin, ConfigMixin):
 
 
 def boundary_ratio_of(path: str | Path) -> float:
-    """boundary_ratio from the pipeline folder's model_index.json (`path` or, for its transformer, its parent)."""
+    """boundary_ratio from the pipeline folder's model_index.json (`path` or, for its transformer, its
+    parent)."""
     root = Path(path)
     for folder in (root, root.parent):
         index = folder / "model_index.json"
@@ -130,8 +131,8 @@ def boundary_ratio_of(path: str | Path) -> float:
                 )
             return float(ratio)
     raise ValueError(
-        f"model folder {str(root)!r}: no model_index.json in it or its parent (Wan 2.2 A14B needs the pipeline "
-        "folder: model_index.json with boundary_ratio, transformer/ and transformer_2/)"
+        f"model folder {str(root)!r}: no model_index.json in it or its parent (Wan 2.2 A14B needs the "
+        "pipeline folder: model_index.json with boundary_ratio, transformer/ and transformer_2/)"
     )
 
 

@@ -1,10 +1,10 @@
 """Wan 2.2 TI2V: flow matching, latents [B, C, F, H, W], per-token timesteps.
 
 s ~ U(0, 1), σ = shift·s / (1 + (shift − 1)·s) (shift from the scheduler config's `flow_shift`, 5 by
-default), x_t = (1 − σ) x₀ + σ ε, target ε − x₀, and the model's timestep is 1000·σ. Wan 2.2 TI2V takes one
-timestep per patch token ([B, F·H/p·W/p], as diffusers' WanPipeline with expand_timesteps builds it).
-Image-to-video (cond.image_latents [B, C, 1, H, W] given): x_t's first latent frame is the clean image
-latent, its tokens get timestep 0, and it is excluded from the loss (`loss_mask`).
+default), x_t = (1 − σ) x₀ + σ ε, target ε − x₀, and the model's timestep is 1000·σ. Wan 2.2
+TI2V takes one timestep per patch token ([B, F·H/p·W/p], as diffusers' WanPipeline with expand_timesteps
+builds it). Image-to-video (cond.image_latents [B, C, 1, H, W] given): x_t's first latent frame is the clean
+image latent, its tokens get timestep 0, and it is excluded from the loss (`loss_mask`).
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
             )
 
     def token_timesteps(self, timesteps: torch.Tensor, noisy: torch.Tensor, patch: tuple, clean_first: bool):
-        """Per-token timesteps [B, F/p_t · H/p_h · W/p_w] (frame-major), 0 on the first frame if clean_first."""
+        """Per-token timesteps [B, F/p_t · H/p_h · W/p_w] (frame-major), 0 on the first frame if
+        clean_first."""
         b, _, f, h, w = noisy.shape
         p_t, p_h, p_w = patch
         grid = (
@@ -159,15 +160,15 @@ class WanTI2VAdapter(DiffusersAdapterMixin, ModelAdapter):
     def checked_config(
         self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
     ):
-        """The transformer's config once noisy, text and timesteps fit it (latent channels: transformer_inputs)."""
+        """The transformer's config once noisy, text and timesteps fit it (latent channels:
+        transformer_inputs)."""
         check_latents(noisy, "noisy", self.latent_layout)
         config = base_module(transformer).config
         b, _, f, h, w = noisy.shape
         p_t, p_h, p_w = config.patch_size
         if f % p_t or h % p_h or w % p_w:
-            raise ValueError(
-                f"noisy: latent grid F×H×W = {f}×{h}×{w} is not divisible by the patch {config.patch_size}"
-            )
+            grid = f"F×H×W = {f}×{h}×{w}"
+            raise ValueError(f"noisy: latent grid {grid} is not divisible by the patch {config.patch_size}")
         text = cond.text_embeds
         if text.ndim != 3 or text.shape[0] != b or text.shape[2] != config.text_dim:
             raise ValueError(

@@ -1,1 +1,2 @@
-"""Distributed runtime: process groups, attention backends, compile, sequence parallelism, partitioned loading."""
+"""Distributed runtime: process groups, attention backends, compile, sequence parallelism, partitioned
+loading."""

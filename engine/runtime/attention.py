@@ -33,8 +33,8 @@ def select_sdpa_kernel(backend: str, device: torch.device, key: str = "model.att
 def set_diffusers_attention(
     model: torch.nn.Module, adapter: ModelAdapter, name: str, key: str = "model.attention_backend"
 ) -> None:
-    """A diffusers attention backend (flash-attn, sage, ...) on every attention of the model; a ValueError when
-    the family's attention does not dispatch through diffusers or the backend's package is missing."""
+    """A diffusers attention backend (flash-attn, sage, ...) on every attention of the model; a ValueError
+    when the family's attention does not dispatch through diffusers or the backend's package is missing."""
     if not adapter.dispatches_attention:
         raise ValueError(
             f"config key {key!r}: model {adapter.name!r} calls PyTorch SDPA directly; "

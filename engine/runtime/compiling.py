@@ -1,5 +1,6 @@
 """Regional torch.compile: each of a transformer's repeated blocks compiled in place, so one block's graph
-serves every block and compile time stays short (training: model.compile; sampling: loop.generation.compile)."""
+serves every block and compile time stays short (training: model.compile; sampling:
+loop.generation.compile)."""
 
 from __future__ import annotations
 

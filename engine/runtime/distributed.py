@@ -100,7 +100,8 @@ def raise_together(error: Exception | None) -> None:
         raise ValueError(message)
 
 
-# Sequence parallelism (engine/runtime/sequence_parallel.py): groups of consecutive ranks share each sample's tokens.
+# Sequence parallelism (engine/runtime/sequence_parallel.py): groups of consecutive ranks share each sample's
+# tokens.
 _SEQUENCE_GROUP: tuple[int, object] = (1, None)  # (size, this rank's process group or None)
 
 
@@ -132,7 +133,8 @@ def sequence_group():
 
 
 def data_parallel_rank() -> int:
-    """This rank's data-parallel index: the ranks of one sequence-parallel group share it (and their pairs)."""
+    """This rank's data-parallel index: the ranks of one sequence-parallel group share it (and their
+    pairs)."""
     return rank() // sequence_parallel_size()
 
 

@@ -1,8 +1,8 @@
-"""Loading a transformer so that no rank ever holds a full copy (ZeRO-3): the model is built inside DeepSpeed's
-`zero.Init` (each module's parameters are split over the ranks as soon as the module is constructed), then
-each rank reads from the checkpoint's safetensors files only the elements of its own partitions (plain file
-reads, no memory map). The same for the `separate` reference, always a ZeRO-3 inference engine. ZeRO stages
-below 3, and the built-in tiny model (no files), load whole as before."""
+"""Loading a transformer so that no rank ever holds a full copy (ZeRO-3): the model is built inside
+DeepSpeed's `zero.Init` (each module's parameters are split over the ranks as soon as the module is
+constructed), then each rank reads from the checkpoint's safetensors files only the elements of its own
+partitions (plain file reads, no memory map). The same for the `separate` reference, always a ZeRO-3 inference
+engine. ZeRO stages below 3, and the built-in tiny model (no files), load whole as before."""
 
 from __future__ import annotations
 
@@ -104,8 +104,9 @@ def load_partitioned(
 def _module_subclassing_restored():
     """On exit, nn.Module's __init_subclass__ as it was on entry. zero.Init (DeepSpeed 0.19) patches it and on
     exit sets the inherited object.__init_subclass__, bound to Module, into Module's own dict: every nn.Module
-    subclass defined afterwards skips its other bases' __init_subclass__, so a `class M(nn.Module, Generic[T])`
-    (kornia's models, which diffusers' guiders import) loses its type parameters and `M[X]` raises."""
+    subclass defined afterwards skips its other bases' __init_subclass__, so a
+    `class M(nn.Module, Generic[T])` (kornia's models, which diffusers' guiders import) loses its type
+    parameters and `M[X]` raises."""
     had = "__init_subclass__" in vars(nn.Module)
     saved = vars(nn.Module).get("__init_subclass__")
     try:
@@ -119,9 +120,9 @@ def _module_subclassing_restored():
 
 def _config_building(ds_config: dict, dtype: torch.dtype) -> dict:
     """`ds_config` with its bf16/fp16 switches saying `dtype`, the one way to choose zero.Init's dtype that
-    holds on every CPU: DeepSpeed 0.19's Init ignores an explicit `dtype=` when the accelerator reports no fp16
-    support (`dtype or fp16 if fp16_supported else bf16 ...` in Init._set_dtype), so fp32 came out as bf16 on
-    CPUs without mkldnn fp16; with dtype=None it follows the config's switches."""
+    holds on every CPU: DeepSpeed 0.19's Init ignores an explicit `dtype=` when the accelerator reports no
+    fp16 support (`dtype or fp16 if fp16_supported else bf16 ...` in Init._set_dtype), so fp32 came out as
+    bf16 on CPUs without mkldnn fp16; with dtype=None it follows the config's switches."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"partitioned loading builds fp32, bf16 or fp16 weights, not {dtype}")
     return {
@@ -157,8 +158,9 @@ def fill_from_safetensors(model: nn.Module, files: dict[str, Path], folder: Path
     missing, unexpected = sorted(names - files.keys()), sorted(files.keys() - names)
     if missing or unexpected:
         raise ValueError(
-            f"the weights in {str(folder)!r} do not match a {type(model).__name__} built from its config.json: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            f"the weights in {str(folder)!r} do not match a {type(model).__name__} built from its "
+            f"config.json: {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]})"
         )
     headers = {file: read_header(file) for file in sorted(set(files.values()))}
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())

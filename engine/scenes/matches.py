@@ -60,8 +60,9 @@ def _on_box(clip: Clip, points: torch.Tensor, frame: int) -> torch.Tensor:
 def true_matches(
     clip: Clip, pairs: list[tuple[int, int]], grid_stride: int = 4, depth_tolerance: float = 0.01
 ) -> PairMatches:
-    """Matches of grid pixels of frame i to the sub-pixel positions in frame j that show the same surface point,
-    kept where that point is inside frame j and visible there. Needs a clip from render_clip/corrupt."""
+    """Matches of grid pixels of frame i to the sub-pixel positions in frame j that show the same surface
+    point, kept where that point is inside frame j and visible there. Needs a clip from
+    render_clip/corrupt."""
     if clip.scene is None:
         raise ValueError("true_matches: needs the clip's scene (a clip from render_clip or corrupt)")
     n_frames, _, height, width = clip.frames.shape

@@ -120,7 +120,8 @@ def write_synthetic_pairs(
     root = Path(root)
     if encoder.convention.layout != layout:
         raise ValueError(
-            f"synthetic pairs: the pipeline's VAE gives {encoder.convention.layout} latents, the model takes {layout}"
+            f"synthetic pairs: the pipeline's VAE gives {encoder.convention.layout} latents, "
+            f"the model takes {layout}"
         )
     sizes = {"train": cfg.train_pairs, "heldout": cfg.heldout_pairs}
     for split in SPLITS:

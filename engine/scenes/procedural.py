@@ -43,7 +43,8 @@ class Scene:
 
 @dataclass
 class Clip:
-    """A rendered clip: frames [T, 3, H, W] in [0, 1], depth [T, H, W], intrinsics [T, 3, 3], extrinsics [T, 3, 4]."""
+    """A rendered clip: frames [T, 3, H, W] in [0, 1], depth [T, H, W], intrinsics [T, 3, 3], extrinsics
+    [T, 3, 4]."""
 
     frames: torch.Tensor
     depth: torch.Tensor
@@ -265,10 +266,10 @@ def corrupt(clip: Clip, kind: str, strength: float, seed: int) -> Clip:
     """A geometry-corrupted re-render of `clip` (needs clip.scene), with the depth of what it shows.
 
     warp: a smooth non-rigid image warp growing from nothing at the first frame to 6%·strength of the image
-    size at the last; drift: the box nearest the view centre slides on its own (0.8·strength units by the last frame);
-    scale: per-frame zoom flicker of 6-12%·strength; jitter: per-frame image shifts of up to 4%·strength.
-    Every corruption is rendered exactly (perturbed rays or moved boxes, no resampling blur); the cameras
-    stay the clean clip's. strength 0 gives the clean clip.
+    size at the last; drift: the box nearest the view centre slides on its own (0.8·strength units by the
+    last frame); scale: per-frame zoom flicker of 6-12%·strength; jitter: per-frame image shifts of up to
+    4%·strength. Every corruption is rendered exactly (perturbed rays or moved boxes, no resampling blur);
+    the cameras stay the clean clip's. strength 0 gives the clean clip.
     """
     if kind not in CORRUPTIONS:
         raise ValueError(f"corrupt: kind must be one of {CORRUPTIONS}, got {kind!r}")

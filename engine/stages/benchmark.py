@@ -51,7 +51,8 @@ def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 def first_frame(folder: Path, caption_id: str, index: int, files: list[Path]) -> Path:
-    """The first frame of a caption: FOLDER/<id>.<png|jpg|jpeg|webp>, else the index-th image of the folder."""
+    """The first frame of a caption: FOLDER/<id>.<png|jpg|jpeg|webp>, else the index-th image of the
+    folder."""
     for suffix in IMAGE_SUFFIXES:
         if (folder / f"{caption_id}{suffix}").is_file():
             return folder / f"{caption_id}{suffix}"

@@ -51,7 +51,8 @@ def _load_tensor(path: Path, name: str, what: str) -> torch.Tensor:
 
 
 def _private_tmp(path: Path) -> Path:
-    """A temporary path beside `path` that no other process writes (the shards of a run write the same files)."""
+    """A temporary path beside `path` that no other process writes (the shards of a run write the same
+    files)."""
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
@@ -97,12 +98,12 @@ class EncodeSummary:
             return "shards already complete; nothing to do"
         if self.waiting:
             return (
-                f"{self.encoded_pairs} pairs encoded by this shard; the shard folders are written by the shard "
-                "that finds every pair encoded"
+                f"{self.encoded_pairs} pairs encoded by this shard; the shard folders are written by the "
+                "shard that finds every pair encoded"
             )
         return (
-            f"{self.train} training + {self.heldout} held-out pairs; latents: {self.reused_latents} reused from "
-            f"generation, {self.encoded_videos} encoded with the VAE"
+            f"{self.train} training + {self.heldout} held-out pairs; latents: {self.reused_latents} "
+            f"reused from generation, {self.encoded_videos} encoded with the VAE"
         )
 
 
@@ -164,7 +165,8 @@ class PairEncoder:
         return self.encoder.convention.clip_size(self.encoder.vae, shape)[0]
 
     def _image_kinds(self) -> tuple[str, ...]:
-        """The image tensors of a pair: its image latents, and image embeddings if the pipeline has an encoder."""
+        """The image tensors of a pair: its image latents, and image embeddings if the pipeline has an
+        encoder."""
         return ("latents", "embeds") if self.encoder.has_image_encoder else ("latents",)
 
     @staticmethod
@@ -201,7 +203,8 @@ class PairEncoder:
         return self.cache.get(self._text_key(prompt), lambda: self.encoder.encode_text(prompt))
 
     def tensors(self, row: dict) -> tuple:
-        """(winner latents, loser latents, text embedding, image latents or None, image embeddings or None)."""
+        """(winner latents, loser latents, text embedding, image latents or None, image embeddings or
+        None)."""
         where = f"pair {row['pair_id']}"
         w = self.latents(row["winner"], where)
         lo = self.latents(row["loser"], where)
@@ -254,7 +257,8 @@ def _check_source(out_dir: Path, split: dict[str, list[str]], rows: list[dict]) 
         old = json.loads(path.read_text())
         if old != source:
             raise ValueError(
-                f"{out_dir} holds shards of another pair index or split ({path}); use a new folder or move it away"
+                f"{out_dir} holds shards of another pair index or split ({path}); use a new folder or "
+                "move it away"
             )
         return
     tmp = _private_tmp(path)  # every shard writes the same content

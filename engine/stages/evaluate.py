@@ -172,7 +172,8 @@ def format_table(result: dict) -> str:
         direction = {True: "lower", False: "higher", None: "-"}[m["lower_is_better"]]
         mark = " ✓" if m["improved"] else ""
         lines.append(
-            f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} | {difference_cell(m)} |"
+            f"| {m['label']} | {fmt(m['base'])} | {fmt(m['lora'])}{mark} | {direction} | "
+            f"{difference_cell(m)} |"
         )
     lines.append("")
     geometry = result.get("geometry")
@@ -180,8 +181,8 @@ def format_table(result: dict) -> str:
         weights = f" ({geometry['weights']})" if geometry["weights"] else ""
         lines.append(
             f"Geometry columns (MVCS, 3DCS, PSNR, SSIM, LPIPS) scored by {geometry['backend']}{weights} on "
-            f"{geometry['num_frames']} frames; MVCS is in that model's depth units: compare it only with tables "
-            "scored by the same model"
+            f"{geometry['num_frames']} frames; MVCS is in that model's depth units: compare it only with "
+            "tables scored by the same model"
         )
     lines.append(
         f"Δ: mean per-prompt difference, 95% percentile-bootstrap CI over prompts ({RESAMPLES} resamples, "
@@ -195,7 +196,8 @@ def format_table(result: dict) -> str:
     if held and held.get("heldout_accuracy_before") is not None:
         lines.append(
             f"trainer's held-out preference pairs ({held['pairs']}): accuracy "
-            f"{100 * held['heldout_accuracy_before']:.1f}% before -> {100 * held['heldout_accuracy_after']:.1f}% after"
+            f"{100 * held['heldout_accuracy_before']:.1f}% before -> "
+            f"{100 * held['heldout_accuracy_after']:.1f}% after"
         )
     if result.get("epi_computed") and result["metrics"]["epi"]["delta"] is None:
         lines.append(
@@ -205,9 +207,9 @@ def format_table(result: dict) -> str:
         missing = result["metrics"].get(metric, {}).get("without_value") or {}
         if any(missing.values()):
             lines.append(
-                f"NOTE: {LABELS[metric]} has no value for {missing['base']} of {result['videos']} base videos and "
-                f"{missing['lora']} of {result['videos']} LoRA videos ({why}); they are left out of its means, "
-                "differences and win rates, never counted as 0"
+                f"NOTE: {LABELS[metric]} has no value for {missing['base']} of {result['videos']} base "
+                f"videos and {missing['lora']} of {result['videos']} LoRA videos ({why}); they are left "
+                "out of its means, differences and win rates, never counted as 0"
             )
     lines += [f"NOTE: {n}" for n in result["notes"]]
     return "\n".join(lines)
@@ -299,8 +301,8 @@ def _stems(scores: Path) -> set[str]:
 def run(
     cfg: EvaluateConfig, inputs: EvaluateInputs, out_dir: str | os.PathLike, make_scorer, *, shard: Shard
 ) -> EvaluateSummary:
-    """Generate this process's shard (engine.stages.sharding) of the held-out prompts × seeds without and with
-    the LoRA into out_dir/eval/{base,lora}, score those videos with the scorer `make_scorer()` gives
+    """Generate this process's shard (engine.stages.sharding) of the held-out prompts × seeds without and
+    with the LoRA into out_dir/eval/{base,lora}, score those videos with the scorer `make_scorer()` gives
     (engine.stages.score.Scorer; built only when needed), and, once every candidate of both runs is scored
     (rank 0 after a barrier, or the shard that completes the set), write out_dir/evaluation.{json,md,png}.
     A finished evaluation.json is kept."""

@@ -23,7 +23,8 @@ def step_cache_record(cfg: GenerationConfig) -> dict | None:
 
 
 def enable_step_cache(transformer: torch.nn.Module, cfg: GenerationConfig) -> None:
-    """diffusers' first-block cache on the transformer (a clear error where diffusers or the model lacks it)."""
+    """diffusers' first-block cache on the transformer (a clear error where diffusers or the model lacks
+    it)."""
     try:
         from diffusers import FirstBlockCacheConfig
     except ImportError:
@@ -33,7 +34,8 @@ def enable_step_cache(transformer: torch.nn.Module, cfg: GenerationConfig) -> No
     model = base_module(transformer)
     if not hasattr(model, "enable_cache"):
         raise ValueError(
-            f"config key '{KEY}.step_cache': {type(model).__name__} has no diffusers cache hooks (enable_cache)"
+            f"config key '{KEY}.step_cache': {type(model).__name__} has no diffusers cache hooks "
+            "(enable_cache)"
         )
     model.enable_cache(FirstBlockCacheConfig(threshold=cfg.step_cache_threshold))
 

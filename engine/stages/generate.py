@@ -4,8 +4,8 @@ latents (safetensors) and one manifest row; resumable.
 Layout of an output folder:
 
     manifest.jsonl                 one row per finished candidate (paths relative to the folder); a sharded
-                                   run's shards each write manifest.shard-I-of-N.jsonl (engine.stages.sharding)
-                                   and readers take the union of them all
+                                   run's shards each write manifest.shard-I-of-N.jsonl
+                                   (engine.stages.sharding) and readers take the union of them all
     videos/<prompt_id>_s<seed>.mp4
     latents/<prompt_id>_s<seed>.safetensors   tensor "latents": the pipeline's final latents of that video
                                               (the model's native layout without the batch dim, VAE
@@ -20,8 +20,8 @@ Candidates are made in fixed batches of the full candidate list (prompt-file ord
 every count-th batch, so a batch holds the same candidates whatever the number of shards: N processes write
 bit-identical latents to one process's. A resumed batch runs with the candidates it still lacks: a smaller
 batch, which on a CPU can change the last bits of a batched computation, as any other batch size does.
-The prompt file is streamed (engine.data.prompts.PromptFile) and the batches formed as it goes by, so a process
-holds a batch of prompts at a time, never the list.
+The prompt file is streamed (engine.data.prompts.PromptFile) and the batches formed as it goes by, so a
+process holds a batch of prompts at a time, never the list.
 """
 
 from __future__ import annotations
@@ -122,8 +122,9 @@ def _digest(value) -> bytes:
 
 class DoneCandidates:
     """The candidates already in out_dir's manifests (any shard's), held as what checking a candidate of this
-    run needs: per video stem its manifest, digests of its row's prompt and image, the settings keys that differ
-    from this run's, and its file names (never the rows' prompts: a resume holds little beside the stems)."""
+    run needs: per video stem its manifest, digests of its row's prompt and image, the settings keys that
+    differ from this run's, and its file names (never the rows' prompts: a resume holds little beside the
+    stems)."""
 
     def __init__(self, out_dir: Path, settings: dict):
         self.out_dir = out_dir
@@ -229,8 +230,8 @@ def _clean_image_latent(pipe, adapter: ModelAdapter, max_sequence_length: int):
 def _batches(
     candidates: Iterable[CandidateSpec], batch_size: int, per_prompt: bool
 ) -> Iterator[list[CandidateSpec]]:
-    """Consecutive candidates in batches of batch_size, formed lazily; per_prompt: never two prompts in one batch
-    (a prompt's candidates are consecutive)."""
+    """Consecutive candidates in batches of batch_size, formed lazily; per_prompt: never two prompts in one
+    batch (a prompt's candidates are consecutive)."""
     batch: list[CandidateSpec] = []
     for c in candidates:
         if len(batch) == batch_size or (
@@ -248,7 +249,8 @@ def shard_batches(
 ) -> Iterator[list[CandidateSpec]]:
     """`shard`'s batches of the full candidate list (prompt order × seeds, in fixed batches of batch_size;
     image-to-video with one image per call: never two prompts in a batch), formed as `items` streams by, so
-    one batch is held at a time. The prompts have an image each or none (load_items checks): the first tells."""
+    one batch is held at a time. The prompts have an image each or none (load_items checks): the first
+    tells."""
     candidates = (CandidateSpec(item, s) for item in items for s in seeds)
     first = next(candidates, None)
     if first is None:
@@ -299,10 +301,10 @@ def generate_candidates(
     step_cache: dict | None = None,
 ) -> GenerationSummary:
     """Generate every (prompt, seed) candidate of `shard`'s batches not yet in out_dir's manifests with the
-    family `adapter`'s pipeline `pipe`, which already carries the LoRA when `lora` is given (path/scale recorded
-    in the rows), and with the step cache `step_cache` describes (recorded in the rows) when given; the rows go to
-    the shard's manifest file. `items` (a list, or a PromptFile that streams the prompt file) is read twice and
-    never held: the process holds one batch of prompts and the stems already done."""
+    family `adapter`'s pipeline `pipe`, which already carries the LoRA when `lora` is given (path/scale
+    recorded in the rows), and with the step cache `step_cache` describes (recorded in the rows) when given;
+    the rows go to the shard's manifest file. `items` (a list, or a PromptFile that streams the prompt file)
+    is read twice and never held: the process holds one batch of prompts and the stems already done."""
     if batch_size < 1:
         raise ValueError(f"generation batch size: expected ≥ 1, got {batch_size}")
     if iter(items) is items:
@@ -381,8 +383,8 @@ def sampler_settings(cfg: GenerationConfig) -> SamplerSettings:
 
 def load_items(cfg: GenerationConfig, prompts: str | os.PathLike | None = None) -> tuple[PromptFile, bool]:
     """The prompts to generate from (camera-motion rewritten if asked), streamed from their file on every
-    iteration, and whether this is image-to-video. The whole file is checked here, one line at a time, so a bad
-    line is an error before any pipeline is loaded."""
+    iteration, and whether this is image-to-video. The whole file is checked here, one line at a time, so a
+    bad line is an error before any pipeline is loaded."""
     path = prompts or cfg.prompts
     if path is None:
         raise ValueError("generation: no prompt file given (prompts)")

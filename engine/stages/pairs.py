@@ -1,7 +1,8 @@
 """The pairs stage: scored candidates → the pair index (JSONL), a report (JSON) and histograms (PNG).
 
 The paper's rule: drop failed scores and static videos (camera-motion score below pairs.min_motion), then per
-prompt pair the best (lowest 3DCS) and the worst remaining candidate, kept when worst − best ≥ pairs.min_gap.
+prompt pair the best (lowest 3DCS) and the worst remaining candidate, kept when worst − best ≥
+pairs.min_gap.
 
 Score rows (recipes/score.py) are joined with the generation manifest by video path when a manifest is
 given: the manifest supplies what the score rows lack (prompt, prompt_id, seed, latents, ...). Relative
@@ -171,7 +172,8 @@ def load_candidates(
         prompt_key = row.get("prompt_id") or row.get("prompt")
         if not isinstance(prompt_key, str):
             raise ValueError(
-                f"{scores}: video {video} has no 'prompt_id' or 'prompt' (give the generation manifest to join)"
+                f"{scores}: video {video} has no 'prompt_id' or 'prompt' (give the generation manifest "
+                "to join)"
             )
         ok = row["status"] == "ok"
         score = row.get("score") if ok else None

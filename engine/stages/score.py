@@ -362,8 +362,8 @@ class Scorer:
             return cls(cfg, None if epipolar.needs_geometry else NoGeometry(), None, epipolar)
         if cfg.geometry != "oracle" and not cfg.weights:
             raise ValueError(
-                f"score: geometry {cfg.geometry!r} needs weights (a local safetensors file or folder; nothing "
-                "is downloaded)"
+                f"score: geometry {cfg.geometry!r} needs weights (a local safetensors file or folder; "
+                "nothing is downloaded)"
             )
         model = None
         if cfg.geometry != "oracle":
@@ -500,7 +500,8 @@ class ScoreSummary:
 
 
 def summarize_scores(scores: str | os.PathLike, new_rows: int = 0) -> ScoreSummary:
-    """Counts of videos (not rows) over a scores file and its shard files; a video counts once (latest_rows)."""
+    """Counts of videos (not rows) over a scores file and its shard files; a video counts once
+    (latest_rows)."""
     rows = latest_rows(scores)
     ok = [r for r in rows if r.get("status") == "ok"]
     missing = sum("epi_pairs" in r and _mean_of([r], "epi") is None for r in ok)

@@ -37,8 +37,8 @@ class VideoScores:
 
 
 def build_epipolar(cfg: ScoreConfig):
-    """The EpipolarScorer of a resolved config (engine.stages.score.resolve_geometry), or None when its metrics
-    leave "epipolar" out; ValueError naming the setting or folder that is wrong."""
+    """The EpipolarScorer of a resolved config (engine.stages.score.resolve_geometry), or None when its
+    metrics leave "epipolar" out; ValueError naming the setting or folder that is wrong."""
     if "epipolar" not in cfg.metrics:
         return None
     if cfg.epipolar.matcher == "oracle" and "reprojection" in cfg.metrics and cfg.geometry != "oracle":

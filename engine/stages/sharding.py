@@ -4,9 +4,9 @@ A stage run by a launcher (torchrun, the deepspeed launcher: RANK / WORLD_SIZE /
 environment) or given `--shard I/N` (independent processes, e.g. a Slurm array) takes every count-th item of
 its sorted item list (or of its fixed batches of it), starting at index; both together compose (`--shard I/N`
 on N nodes of W ranks each is shard I·W + rank of N·W). Each shard writes its own record files
-(engine.io.sharded: `manifest.shard-I-of-N.jsonl`), holds its own folder lock (`.lock.STAGE.shard-I-of-N`), and
-readers take the union, so an item's output depends on the item only and a rerun with any N finishes what a
-killed shard left. One process (no launcher, no --shard) is shard 0 of 1 and keeps the unsharded file names.
+(engine.io.sharded: `manifest.shard-I-of-N.jsonl`), holds its own folder lock (`.lock.STAGE.shard-I-of-N`),
+and readers take the union, so an item's output depends on the item only and a rerun with any N finishes what
+a killed shard left. One process (no launcher, no --shard) is shard 0 of 1 and keeps the unsharded file names.
 No process group is started for this; `barrier` uses one only if the caller already initialised it.
 """
 
@@ -59,7 +59,8 @@ class Shard:
         return self.count > 1
 
     def select(self, items: list[T]) -> list[T]:
-        """This shard's share: items[index], items[index + count], ... (the items in a deterministic order)."""
+        """This shard's share: items[index], items[index + count], ... (the items in a deterministic
+        order)."""
         return items[self.index :: self.count]
 
     def stream(self, items: Iterable[T]) -> Iterator[T]:

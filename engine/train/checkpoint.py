@@ -7,11 +7,11 @@ checkpoints are kept.
 
 A checkpoint folder is data, never code: everything this project writes is safetensors or JSON (loaded
 without unpickling), and DeepSpeed's own pickled states are unpickled with weights_only=True and an allow-list
-of the three DeepSpeed types they hold (engine.checkpoint_files), so even a planted file whose hash was written
-into the manifest runs nothing. The SHA-256s in manifest.json are the integrity check: each rank hashes and
-verifies the files it owns before choosing a checkpoint, and every file is hashed again from the very bytes
-that are then parsed (a file swapped after the check is refused, never loaded unchecked). Resuming takes the
-newest intact checkpoint and says which newer ones it passed over and why.
+of the three DeepSpeed types they hold (engine.checkpoint_files), so even a planted file whose hash was
+written into the manifest runs nothing. The SHA-256s in manifest.json are the integrity check: each rank
+hashes and verifies the files it owns before choosing a checkpoint, and every file is hashed again from the
+very bytes that are then parsed (a file swapped after the check is refused, never loaded unchecked). Resuming
+takes the newest intact checkpoint and says which newer ones it passed over and why.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def _hash_mine(folder: Path) -> dict[str, str]:
 
 def damage(folder: Path) -> str | None:
     """Collective: why the checkpoint folder cannot be loaded (missing manifest, a missing, extra or changed
-    file), or None when every file is intact. Each rank checks the files it owns; all ranks get the verdict."""
+    file), or None when every file is intact. Each rank checks the files it owns; all ranks get the
+    verdict."""
     reason = None
     manifest = folder / MANIFEST
     try:
@@ -285,7 +286,8 @@ def restore(engine, read: ReadCheckpoint) -> dict:
 
 
 def load_checkpoint(engine, path: str | Path, verified: bool = False) -> dict:
-    """Collective: read_checkpoint, then restore into `engine`; returns trainer.json (config under "config")."""
+    """Collective: read_checkpoint, then restore into `engine`; returns trainer.json (config under
+    "config")."""
     return restore(engine, read_checkpoint(path, verified))
 
 
@@ -294,13 +296,14 @@ def check_world_size(path: Path, written_by: object) -> None:
     rank reads the same manifest, so every rank gives the same verdict."""
     if isinstance(written_by, int) and written_by != D.world_size():
         raise ValueError(
-            f"checkpoint {path} was written by {written_by} rank(s) and this run has {D.world_size()}: ZeRO's "
-            "partitioned states load only into the same number of ranks (resume with that many)"
+            f"checkpoint {path} was written by {written_by} rank(s) and this run has {D.world_size()}: "
+            "ZeRO's partitioned states load only into the same number of ranks (resume with that many)"
         )
 
 
 def clear_run_files(output_dir: str | Path) -> None:
-    """A fresh run in a used folder (--overwrite): drop the old run's checkpoints and results (rank 0 only)."""
+    """A fresh run in a used folder (--overwrite): drop the old run's checkpoints and results (rank 0
+    only)."""
     out = Path(output_dir)
     shutil.rmtree(checkpoint_root(out), ignore_errors=True)
     for name in (*RUN_RESULTS, *RUN_EXPORTS):

@@ -141,8 +141,8 @@ def verified_loads(engine, files: VerifiedFiles, preloaded: dict[str, object]) -
     A DeepSpeed universal checkpoint (read by torch.load(weights_only=False) directly) is refused."""
     if getattr(engine, "load_universal_checkpoint", lambda: False)():
         raise ValueError(
-            "DeepSpeed's checkpoint.load_universal (distributed.deepspeed_config) is not supported: DeepSpeed "
-            "unpickles those files without restriction"
+            "DeepSpeed's checkpoint.load_universal (distributed.deepspeed_config) is not supported: "
+            "DeepSpeed unpickles those files without restriction"
         )
     inner = engine.checkpoint_engine
     engine.checkpoint_engine = VerifiedCheckpointEngine(inner, files, preloaded)
@@ -154,8 +154,8 @@ def verified_loads(engine, files: VerifiedFiles, preloaded: dict[str, object]) -
 
 class NamingCheckpointEngine:
     """Stands in for a DeepSpeed engine's checkpoint engine while a checkpoint is written: torch.save's writer
-    reports a full disk as a RuntimeError without a path ("[enforce fail at inline_container.cc:...]"); here it
-    becomes an OSError naming the file and the cause."""
+    reports a full disk as a RuntimeError without a path ("[enforce fail at inline_container.cc:...]"); here
+    it becomes an OSError naming the file and the cause."""
 
     def __init__(self, inner):
         self._inner = inner

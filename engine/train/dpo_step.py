@@ -1,4 +1,5 @@
-"""One Diffusion-DPO forward: winner and loser share noise and timestep, one policy pass on [w; l], fused loss.
+"""One Diffusion-DPO forward: winner and loser share noise and timestep, one policy pass on [w; l], fused
+loss.
 
 The (noise, timestep) of a pair is a pure function of (seed, pair index, draw index), so every rank
 layout, a resumed run and a precomputed reference all see the same draws.

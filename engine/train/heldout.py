@@ -114,7 +114,8 @@ class Evaluations:
         return before
 
     def after_step(self, step: int) -> None:
-        """Collective: the evaluations due after optimizer step `step` (every eval.every steps, before the end)."""
+        """Collective: the evaluations due after optimizer step `step` (every eval.every steps, before the
+        end)."""
         if not self.every or step % self.every or step >= self.max_steps:
             return
         if self.measure is not None and not any(h["step"] == step for h in self.history):
@@ -126,7 +127,8 @@ class Evaluations:
         self._videos(step)
 
     def final(self) -> float | None:
-        """Collective: the end of training; returns the final held-out accuracy (None without a held-out set)."""
+        """Collective: the end of training; returns the final held-out accuracy (None without a held-out
+        set)."""
         after = None
         if self.measure is not None:
             after = self.measure()

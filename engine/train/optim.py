@@ -1,4 +1,5 @@
-"""The optimizer and its learning-rate schedule: AdamW with linear warm-up, then cosine decay (or constant)."""
+"""The optimizer and its learning-rate schedule: AdamW with linear warm-up, then cosine decay (or
+constant)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""Validation videos during training (eval.validation): fixed prompts × seeds sampled with the current weights,
-saved under <output_dir>/validation/step_<n>/ by the generate stage's own code (videos/*.mp4, manifest, the
-step's LoRA), scored by the score stage's Scorer, and shown as a frame grid with each video's 3DCS
-(frames.png, TensorBoard / W&B) and a summary (validation.json, written last: a step with it is finished).
+"""Validation videos during training (eval.validation): fixed prompts × seeds sampled with the current
+weights, saved under <output_dir>/validation/step_<n>/ by the generate stage's own code (videos/*.mp4,
+manifest, the step's LoRA), scored by the score stage's Scorer, and shown as a frame grid with each video's
+3DCS (frames.png, TensorBoard / W&B) and a summary (validation.json, written last: a step with it is
+finished).
 
 Collective: every rank takes part. The trained weights are gathered from ZeRO-3 (the LoRA is written once by
-rank 0 and loaded into every rank's pipeline; a full fine-tune is copied into it), the videos and their scoring
-are sharded over the ranks (engine.stages.sharding), rank 0 writes the summary. The sampling pipeline is built
-once, from the local folder around the trained transformer (or the family's built-in one), and kept on the CPU
-between validations (eval.validation.offload)."""
+rank 0 and loaded into every rank's pipeline; a full fine-tune is copied into it), the videos and their
+scoring are sharded over the ranks (engine.stages.sharding), rank 0 writes the summary. The sampling pipeline
+is built once, from the local folder around the trained transformer (or the family's built-in one), and kept
+on the CPU between validations (eval.validation.offload)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def step_folder(out: Path, step: int) -> Path:
 
 
 class ValidationVideos:
-    """Samples, scores and shows eval.validation's videos at a step (call `run(step, module)` on every rank)."""
+    """Samples, scores and shows eval.validation's videos at a step (call `run(step, module)` on every
+    rank)."""
 
     def __init__(
         self, cfg: Config, adapter: ModelAdapter, out: Path, device: torch.device, dtype: torch.dtype
@@ -69,7 +71,8 @@ class ValidationVideos:
             pipeline_folder(self.val.pipeline or cfg.model.path)
 
     def drop_steps_after(self, step: int) -> None:
-        """Rank 0: remove the validations of steps after `step` (a resumed run redoes those steps' training)."""
+        """Rank 0: remove the validations of steps after `step` (a resumed run redoes those steps'
+        training)."""
         for folder in (self.out / FOLDER).glob("step_*/"):
             n = folder.name.removeprefix("step_")
             if n.isdigit() and int(n) > step:
@@ -87,7 +90,8 @@ class ValidationVideos:
         return self.pipe
 
     def _load_weights(self, module: torch.nn.Module, folder: Path) -> str | None:
-        """Collective: the current weights into the pipeline; returns the LoRA path (None: full fine-tuning)."""
+        """Collective: the current weights into the pipeline; returns the LoRA path (None: full
+        fine-tuning)."""
         pipe = self._pipeline()
         if self.cfg.lora.enabled:
             export_trained_weights(module, folder, lora=True)  # gathered from ZeRO-3, written by rank 0

@@ -80,8 +80,8 @@ def device_plan(n_per_sample: int, n_samples: int, device: torch.device, itemsiz
 
 @dataclass(frozen=True)
 class MaskView:
-    """A per-element mask described per sample as a sum of ≤ 3 terms (no materialised copy): the mask's offset
-    of the sample-local flat index i is Σ (i // div % size)·stride over its non-broadcast dims."""
+    """A per-element mask described per sample as a sum of ≤ 3 terms (no materialised copy): the mask's
+    offset of the sample-local flat index i is Σ (i // div % size)·stride over its non-broadcast dims."""
 
     tensor: torch.Tensor
     terms: tuple[tuple[int, int, int], ...]  # (div, size, stride) per non-broadcast dim, outermost first
@@ -99,9 +99,10 @@ NO_MASK_ARGS = (0, *_NO_TERM * _MAX_MASK_TERMS)
 
 
 def mask_view(mask: torch.Tensor, shape: torch.Size) -> MaskView:
-    """Collapse the broadcast mask's per-sample dims (merge dims that are contiguous together, drop size-1 dims
-    and broadcast dims outside every real one), then keep one term per dim that moves the mask: only those
-    cost the kernel a division. More than 3 such dims (rare): a contiguous copy in the mask's own dtype."""
+    """Collapse the broadcast mask's per-sample dims (merge dims that are contiguous together, drop size-1
+    dims and broadcast dims outside every real one), then keep one term per dim that moves the mask: only
+    those cost the kernel a division. More than 3 such dims (rare): a contiguous copy in the mask's own
+    dtype."""
     if mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)
     expanded = mask.expand(shape)

@@ -1,4 +1,5 @@
-"""Plain-PyTorch reference of the Diffusion-DPO loss (Wallace et al. 2023), the ground truth for the kernel."""
+"""Plain-PyTorch reference of the Diffusion-DPO loss (Wallace et al. 2023), the ground truth for the
+kernel."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ STAT_NAMES = (
 def per_sample_mse(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """E_s = Σ_i m_i (pred_si - target_si)² / Σ_i m_i over all trailing elements (m = 1 without mask), fp32."""
+    """E_s = Σ_i m_i (pred_si - target_si)² / Σ_i m_i over all trailing elements (m = 1 without mask),
+    fp32."""
     sq = (pred.float() - target.float()).square()
     if mask is None:
         return sq.flatten(1).mean(dim=1)
@@ -55,7 +57,8 @@ def reference_dpo_loss(
     mask: torch.Tensor | None,
     ref_err: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
-    """The loss on validated inputs ([w; l] along dim 0) as DPOOutput's fields; gradients reach policy_pred only."""
+    """The loss on validated inputs ([w; l] along dim 0) as DPOOutput's fields; gradients reach policy_pred
+    only."""
     batch = policy_pred.shape[0] // 2
     target = target.detach()
     policy_err = per_sample_mse(policy_pred, target, mask)

@@ -83,7 +83,8 @@ def _step_sums(
     HAS_MASK: tl.constexpr,
     MASK_TERMS: tl.constexpr,
 ):
-    """One step's masked terms m(p-t)², m(r-t)², m of the elements whose sample-local index is in [lo, hi)."""
+    """One step's masked terms m(p-t)², m(r-t)², m of the elements whose sample-local index is in
+    [lo, hi)."""
     sq, sq_ref = _squares(policy, ref, target, o, limit, HAS_REF)
     keep = (o < limit) & (local >= lo) & (local < hi)
     if HAS_MASK:
@@ -217,7 +218,8 @@ def dpo_partial_sums_kernel(
 
 @triton.jit
 def _log1p(u):
-    """log(1 + u) for u ≥ 0, accurate for tiny u (Goldberg's identity: log(w)·u/(w − 1) with w = fl(1 + u))."""
+    """log(1 + u) for u ≥ 0, accurate for tiny u (Goldberg's identity: log(w)·u/(w − 1) with
+    w = fl(1 + u))."""
     w = 1.0 + u
     return tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
 

@@ -67,8 +67,8 @@ def render_point_cloud(
     points [N, 3] world coordinates, colors [N, 3] in [0, 1], intrinsics [T, 3, 3], extrinsics [T, 3, 4] or
     [T, 4, 4] world-to-camera (x_cam = R·X + t). Pixel (u, v) = round(K·x_cam / z) (half to even), kept when
     inside the image and z > 0; the smallest z wins, equal depths go to the lower point index.
-    Returns images [T, 3, H, W] fp32 with values ⌊255·c⌋/255·2 − 1 (black = −1 where nothing lands) and
-    hit [T, H, W] bool. backend: "auto" (Triton on CUDA tensors, reference on CPU), "triton" or "torch".
+    Returns images [T, 3, H, W] fp32 with values ⌊255·c⌋/255·2 − 1 (black = −1 where nothing lands)
+    and hit [T, H, W] bool. backend: "auto" (Triton on CUDA tensors, reference on CPU), "triton" or "torch".
     """
     points, colors, intrinsics, extrinsics = prepare_inputs(
         points, colors, intrinsics, extrinsics, height, width
@@ -97,7 +97,8 @@ def reprojection_error(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Per-view mean over 3·H·W of (render in [0, 1] − frame)², fp32 [T], without materialising the images.
+    """Per-view mean over 3·H·W of (render in [0, 1] − frame)², fp32 [T], without materialising the
+    images.
 
     frames [T, 3, H, W] in [0, 1] (any float dtype); the render is render_point_cloud's images mapped by
     (x + 1)/2, i.e. ⌊255·c⌋/255 with black (0) where no point lands.

@@ -81,7 +81,8 @@ def triton_view_errors(points, colors, intrinsics, extrinsics, frames):
 
 
 def aot_variants() -> list[Variant]:
-    """Every (signature, constexprs) the launchers build on a GPU, at the paper's size (T=10 views of 518²)."""
+    """Every (signature, constexprs) the launchers build on a GPU, at the paper's size (T=10 views of
+    518²)."""
     meta = torch.device("meta")
     n_views, size = 10, 518
     n_points, n_pixels = n_views * size * size, size * size

@@ -20,7 +20,8 @@ DEPTH_EPS = 1e-8
 
 
 def projection_matrices(intrinsics: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:
-    """P = K·[R|t], [T, 3, 4] fp32, written out elementwise in the kernel's order (no matmul summation order)."""
+    """P = K·[R|t], [T, 3, 4] fp32, written out elementwise in the kernel's order (no matmul summation
+    order)."""
     k, e = intrinsics, extrinsics[:, :3, :]
     rows = [
         k[:, i, 0, None] * e[:, 0] + k[:, i, 1, None] * e[:, 1] + k[:, i, 2, None] * e[:, 2] for i in range(3)
@@ -29,7 +30,8 @@ def projection_matrices(intrinsics: torch.Tensor, extrinsics: torch.Tensor) -> t
 
 
 def project(points: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor):
-    """(z, u, v), each [T, N] fp32: projective depth and rounded pixel coordinates of every point in every view."""
+    """(z, u, v), each [T, N] fp32: projective depth and rounded pixel coordinates of every point in every
+    view."""
     x, y, w = (c[None, :] for c in points.unbind(-1))
     p = projection_matrices(intrinsics, extrinsics)
     px, py, pz = (
@@ -41,7 +43,8 @@ def project(points: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Te
 
 
 def depth_keys(z: torch.Tensor) -> torch.Tensor:
-    """int64 keys (float bits of z > 0, point index) whose minimum is the nearest point, lowest index on ties."""
+    """int64 keys (float bits of z > 0, point index) whose minimum is the nearest point, lowest index on
+    ties."""
     index = torch.arange(z.shape[-1], device=z.device, dtype=torch.int64)
     return (z.contiguous().view(torch.int32).to(torch.int64) << 32) | index
 

@@ -2,7 +2,8 @@
 
 --gpu-select gpu              keep the GPU-marked tests only (the old `-m gpu`)
 --gpu-select kernels-and-gpu  keep every test of tests/kernels/ (the kernel suite in full on CUDA; the AOT
-                              compile aside: it needs no GPU and its rows are committed) and the GPU-marked ones
+                              compile aside: it needs no GPU and its rows are committed) and the GPU-marked
+                              ones
 --fail-on-skip                a skipped test fails the run (on the GPU nothing may skip: a missing fixture or
                               package there is a failure to see, not a pass)
 """

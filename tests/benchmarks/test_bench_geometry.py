@@ -1,4 +1,5 @@
-"""benchmarks/bench_geometry.py runs end to end at the tiny configs and reports sensible rows for both models."""
+"""benchmarks/bench_geometry.py runs end to end at the tiny configs and reports sensible rows for both
+models."""
 
 from tests.benchmarks.scripts import load_script
 

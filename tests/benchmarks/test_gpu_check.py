@@ -1,6 +1,7 @@
-"""scripts/gpu_check.py: its GPU plan runs the steps in order of value at full size under one 6-minute deadline,
-results go under $OUT, a step past its cap is killed with its rows kept, a missing fixture or a skipped GPU
-test is a failure. The dry run in a mirror of the GPU image is tests/benchmarks/test_gpu_rehearsal.py."""
+"""scripts/gpu_check.py: its GPU plan runs the steps in order of value at full size under one 6-minute
+deadline, results go under $OUT, a step past its cap is killed with its rows kept, a missing fixture or a
+skipped GPU test is a failure. The dry run in a mirror of the GPU image is
+tests/benchmarks/test_gpu_rehearsal.py."""
 
 import argparse
 import json

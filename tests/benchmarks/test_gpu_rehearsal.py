@@ -57,7 +57,8 @@ def test_the_carried_wheels_resolve_on_the_image():
 
 
 def test_the_recorded_listing_is_current():
-    """The listing holds every carried wheel at the lock's version, and is what .whl/ holds when it is there."""
+    """The listing holds every carried wheel at the lock's version, and is what .whl/ holds when it is
+    there."""
     listing = gpu_image.read_listing()
     pins = {gpu_image.canonical(n): v for n, v in gpu_check.carried_pins().items()}
     assert {gpu_image.canonical(e["name"]): e["version"] for e in listing} == pins, "run `make gpu-wheels`"
@@ -121,7 +122,8 @@ def test_the_mirror_holds_the_image_packages_and_nothing_else(tmp_path):
     python = _mirror(tmp_path)
     absent = ["av", "wandb", "ftfy", "videogpa", *(["kernels"] if _image_wheels() else [])]
     code = (
-        "import importlib.util, json, torch, triton, numpy, safetensors, transformers, huggingface_hub, pytest\n"
+        "import importlib.util, json, torch, triton, numpy, safetensors, transformers, huggingface_hub, "
+        "pytest\n"
         f"absent = {absent!r}\n"
         "print(json.dumps({'found': [n for n in absent if importlib.util.find_spec(n)],"
         " 'transformers': transformers.__version__, 'hub': huggingface_hub.__version__}))"
@@ -138,7 +140,8 @@ def test_the_mirror_holds_the_image_packages_and_nothing_else(tmp_path):
 
 
 def test_a_mirror_without_the_carried_packages_misses_them(tmp_path):
-    """What a wheel left out of .whl/ costs shows in the mirror as on the device (kornia was left out once)."""
+    """What a wheel left out of .whl/ costs shows in the mirror as on the device (kornia was left out
+    once)."""
     python, _ = gpu_image.build_mirror(tmp_path / "bare", set(), [])
     for name in ("diffusers", "deepspeed", "kornia"):
         done = _run(python, f"import {name}", tmp_path)

@@ -1,4 +1,5 @@
-"""Every released DA3 size built on the meta device has exactly the official state dict (da3_manifests.json)."""
+"""Every released DA3 size built on the meta device has exactly the official state dict
+(da3_manifests.json)."""
 
 import json
 

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def numpy_sampson(x1: np.ndarray, x2: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Hartley & Zisserman's first-order geometric error: |x2ᵀFx1| / sqrt((Fx1)₁² + (Fx1)₂² + (Fᵀx2)₁² + (Fᵀx2)₂²)."""
+    """Hartley & Zisserman's first-order geometric error: |x2ᵀFx1| / sqrt((Fx1)₁² + (Fx1)₂² +
+    (Fᵀx2)₁² + (Fᵀx2)₂²)."""
     h1 = np.concatenate([x1, np.ones((len(x1), 1))], 1)
     h2 = np.concatenate([x2, np.ones((len(x2), 1))], 1)
     fx1, ftx2 = h1 @ f.T, h2 @ f
@@ -44,7 +45,8 @@ def numpy_sampson(x1: np.ndarray, x2: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def numpy_fundamental(k1, e1, k2, e2) -> np.ndarray:
-    """F = [e2]× P2 P1⁺ from the projection matrices (Hartley & Zisserman 9.2.2), an independent construction."""
+    """F = [e2]× P2 P1⁺ from the projection matrices (Hartley & Zisserman 9.2.2), an independent
+    construction."""
     p1, p2 = k1 @ e1, k2 @ e2
     centre = np.linalg.svd(np.vstack([p1, [0, 0, 0, 0]]))[2][
         -1
@@ -97,7 +99,8 @@ def test_true_fundamental_matrix_gives_near_zero_sampson_on_projected_points(pat
 
 
 def _scene_matches(n: int, outliers: int, seed: int):
-    """Exact matches of random 3D points seen by two cameras, the first `outliers` of them replaced by noise."""
+    """Exact matches of random 3D points seen by two cameras, the first `outliers` of them replaced by
+    noise."""
     g = torch.Generator().manual_seed(seed)
     points = (
         torch.rand(n, 3, generator=g, dtype=torch.float64) * 4
@@ -149,9 +152,9 @@ def _padded(found: list[tuple[torch.Tensor, torch.Tensor]]) -> PairMatches:
 
 
 def test_authors_epi_on_matches_with_outliers_is_the_direct_kornia_computation():
-    """Pairs of different lengths (padded in one PairMatches) with 0, 15, 40 and 10 outliers: each pair's error
-    is kornia's 8-point fit on exactly its matches, outliers included, and the video's Epi is the mean over
-    pairs; pixels, whatever frame size the scorer is told."""
+    """Pairs of different lengths (padded in one PairMatches) with 0, 15, 40 and 10 outliers: each pair's
+    error is kornia's 8-point fit on exactly its matches, outliers included, and the video's Epi is the mean
+    over pairs; pixels, whatever frame size the scorer is told."""
     found = []
     for seed, (n, outliers) in enumerate([(100, 0), (100, 15), (100, 40), (60, 10)]):
         x1, x2, _ = _scene_matches(n, outliers, seed)
@@ -267,8 +270,9 @@ def test_clean_clips_score_better_than_warped_and_drifting_ones():
 
 @pytest.mark.parametrize("kind", ["scale", "jitter"])
 def test_per_frame_similarities_are_invisible_to_the_epipolar_error(kind):
-    """A per-frame zoom or shift is a projective change of one image, which F absorbs (F' = A⁻ᵀ F): with exact
-    matches such clips score like clean ones, far below a warp (the reprojection score does see them)."""
+    """A per-frame zoom or shift is a projective change of one image, which F absorbs (F' = A⁻ᵀ F): with
+    exact matches such clips score like clean ones, far below a warp (the reprojection score does see
+    them)."""
     clip = render_clip(make_scene(5), "orbit", FRAMES, SIZE, SIZE)
     warped, similar = _score(corrupt(clip, "warp", 0.6, seed=0)), _score(corrupt(clip, kind, 1.0, seed=0))
     assert similar.epi < 0.1 * warped.epi and similar.epi_robust < 0.1 * warped.epi_robust

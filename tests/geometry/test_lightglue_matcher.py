@@ -1,7 +1,8 @@
-"""The learned matcher end to end with tiny random SuperPoint + LightGlue configs of transformers' own classes:
-loading from local folders (clear errors), the authors' matching settings, shapes, coordinates, determinism,
-too-few-match reporting. Frames of 48 px are matched as given (size=None) with the folder's 256 keypoints
-(max_keypoints=None): the authors' 1024-px resize and 2,048 keypoints cost seconds per frame on a CPU."""
+"""The learned matcher end to end with tiny random SuperPoint + LightGlue configs of transformers' own
+classes: loading from local folders (clear errors), the authors' matching settings, shapes, coordinates,
+determinism, too-few-match reporting. Frames of 48 px are matched as given (size=None) with the folder's 256
+keypoints (max_keypoints=None): the authors' 1024-px resize and 2,048 keypoints cost seconds per frame on a
+CPU."""
 
 import pytest
 import torch

@@ -26,7 +26,8 @@ def test_distance_properties(files):
 
 
 def test_first_layer_matches_the_formula(files):
-    """Only lin0 non-zero: d = mean_hw Σ_c w_c (φ̂(x) − φ̂(y))² with φ = relu(conv2(relu(conv0(scaled x))))."""
+    """Only lin0 non-zero: d = mean_hw Σ_c w_c (φ̂(x) − φ̂(y))² with
+    φ = relu(conv2(relu(conv0(scaled x))))."""
     vgg_path, _, vgg, lins = files
     only_first = {k: (v if k.startswith("lin0") else torch.zeros_like(v)) for k, v in lins.items()}
     lin_path = vgg_path.parent / "first_only.pth"

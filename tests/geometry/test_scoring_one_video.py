@@ -138,7 +138,8 @@ def test_psnr_ssim_and_3dcs():
 
 
 def test_point_sources(clip):
-    """auto takes the world points when present; depth always unprojects; pointmap uses the point confidence."""
+    """auto takes the world points when present; depth always unprojects; pointmap uses the point
+    confidence."""
     shifted = unproject_depth(clip.depth, clip.intrinsics, clip.extrinsics) + 0.05
     point_conf = torch.zeros_like(clip.depth)
     point_conf[:, :4] = 1.0  # only four rows are confident

@@ -1,4 +1,5 @@
-"""Video input for scoring: read mp4/webm/gif/frame folders, uniform sampling, centre crop/resize, clear errors."""
+"""Video input for scoring: read mp4/webm/gif/frame folders, uniform sampling, centre crop/resize, clear
+errors."""
 
 import pytest
 import torch

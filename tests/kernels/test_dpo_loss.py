@@ -1,8 +1,8 @@
 """The fused Diffusion-DPO loss kernel against its plain-PyTorch reference.
 
-Tensors live on the GPU when there is one (the compiled kernel, `make gpu-check` runs this file in full there),
-else on the CPU (the interpreter). Comparisons use tolerances, never bit-exact agreement between the kernel
-and the reference (the GPU contracts multiply-adds; summation orders differ)."""
+Tensors live on the GPU when there is one (the compiled kernel, `make gpu-check` runs this file in full
+there), else on the CPU (the interpreter). Comparisons use tolerances, never bit-exact agreement between the
+kernel and the reference (the GPU contracts multiply-adds; summation orders differ)."""
 
 import math
 
@@ -134,7 +134,8 @@ def test_mask_view_keeps_one_term_per_moving_dim():
 def test_sigmoid_loss_keeps_its_tail_for_large_logits(backend, z):
     """loss = log(1 + e^-z) ≈ e^-z, not 0, when the pair is already well separated (float64 truth)."""
     target = torch.zeros(2, 4, device=DEVICE)
-    policy = torch.tensor([[1.0] * 4, [2.0] * 4], device=DEVICE, requires_grad=True)  # E_θ(w) = 1, E_θ(l) = 4
+    # E_θ(w) = 1, E_θ(l) = 4
+    policy = torch.tensor([[1.0] * 4, [2.0] * 4], device=DEVICE, requires_grad=True)
     ref = torch.tensor([[2.0] * 4, [1.0] * 4], device=DEVICE)  # E_ref(w) = 4, E_ref(l) = 1: h = 6
     beta = z / 6.0
     out = diffusion_dpo_loss(policy, ref, target, beta, backend=backend)

@@ -1,4 +1,5 @@
-"""Nearest-point reprojection: Triton kernel (interpreter on a CPU) vs PyTorch reference vs the authors' fixture.
+"""Nearest-point reprojection: Triton kernel (interpreter on a CPU) vs PyTorch reference vs the authors'
+fixture.
 
 Tensors live on the GPU when there is one (the compiled kernel), else on the CPU (the interpreter). On a GPU,
 FMA contraction may move a point lying within an ulp of a rounding boundary, so random-input comparisons there
@@ -20,7 +21,8 @@ MAX_DIFFERING_PIXELS = 1e-4 if DEVICE.type == "cuda" else 0.0
 
 
 def random_scene(n_points: int, n_views: int, height: int, width: int, seed: int):
-    """Points in front of slightly moving cameras, with some behind, far outside, NaN, and exact duplicates."""
+    """Points in front of slightly moving cameras, with some behind, far outside, NaN, and exact
+    duplicates."""
     g = torch.Generator().manual_seed(seed)
     depth = 2.0 + torch.rand(n_points, generator=g) * 2.0
     focal = 0.9 * width
@@ -147,7 +149,8 @@ def test_4x4_extrinsics_empty_cloud_and_determinism():
 
 @pytest.mark.gpu
 def test_paper_size_on_gpu_is_deterministic():
-    """T = 10 views of 518² (2.68 M points): repeated kernel runs are bit-identical and agree with the reference."""
+    """T = 10 views of 518² (2.68 M points): repeated kernel runs are bit-identical and agree with the
+    reference."""
     n_views, size = 10, 518
     points, colors, intr, extr = random_scene(n_views * size * size, n_views, size, size, seed=9)
     first = render_point_cloud(points, colors, intr, extr, size, size, backend="triton")

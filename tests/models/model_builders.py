@@ -46,7 +46,8 @@ def cogvideox_i2v(**overrides) -> CogVideoXTransformer3DModel:
 
 def cogvideox15_t2v(**overrides) -> CogVideoXTransformer3DModel:
     """CogVideoX1.5-5B-like (its public config's distinguishing fields): temporal patch 2, rotary embeddings
-    on a sliced grid, no learned positional embeddings, no patch bias, no ofs embedding; latents [B, 4, 4, 8, 8]."""
+    on a sliced grid, no learned positional embeddings, no patch bias, no ofs embedding; latents
+    [B, 4, 4, 8, 8]."""
     config = dict(
         use_rotary_positional_embeddings=True,
         use_learned_positional_embeddings=False,

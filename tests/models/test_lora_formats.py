@@ -20,9 +20,9 @@ from videogpa.engine.models.lora_formats import LoraFile, read_lora
 from videogpa.engine.train.exports import INFO_KEY, FinishedRun, write_comfyui, write_diffusers, write_merged
 
 RANK, ALPHA = 4, 16.0  # scale 4: a format that loses alpha loads at a quarter (or 4×) strength
-# fp32 (ε ≈ 1.2e-7): the loaders regroup (x·A)·B·s as (x·sA)·B or x·(W + sBA), a reordering whose round-off,
-# grown over two small blocks, stays orders of magnitude below 1e-4 of the output; the LoRA's own effect is
-# checked to be far larger than this tolerance, so a wrong scale cannot pass.
+# fp32 (ε ≈ 1.2e-7): the loaders regroup (x·A)·B·s as (x·sA)·B or x·(W + sBA), a reordering whose
+# round-off, grown over two small blocks, stays orders of magnitude below 1e-4 of the output; the LoRA's own
+# effect is checked to be far larger than this tolerance, so a wrong scale cannot pass.
 TOL = dict(rtol=1e-4, atol=1e-5)
 FAMILIES = {
     "wan2.2-ti2v": (wan_ti2v, WanPipeline, WanTransformer3DModel, dict(shift=5.0), (2, 4, 3, 8, 8)),

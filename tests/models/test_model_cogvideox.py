@@ -15,7 +15,8 @@ from videogpa.engine.types import Conditioning
 
 
 def expected_alphas_cumprod(beta_start, beta_end, T, snr_shift, zero_snr):
-    """ᾱ from the formulas: scaled-linear betas, SD3-style SNR shift, zero-terminal-SNR rescale (Lin et al.)."""
+    """ᾱ from the formulas: scaled-linear betas, SD3-style SNR shift, zero-terminal-SNR rescale
+    (Lin et al.)."""
     betas = [
         (math.sqrt(beta_start) + (math.sqrt(beta_end) - math.sqrt(beta_start)) * i / (T - 1)) ** 2
         for i in range(T)

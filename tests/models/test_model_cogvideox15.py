@@ -1,7 +1,8 @@
 """CogVideoX 1.5 (text-to-video): the cogvideox1.5-t2v family on a tiny random config of the real transformer
 class with 1.5's distinguishing fields. Its maths are CogVideoX's (the DPO step is tested with every family in
 tests/trainer/test_dpo_step.py, sequence parallelism in tests/trainer/test_sequence_parallel.py); here: its
-defaults, the even latent-frame count its temporal patch needs, and its LoRA loading into diffusers' pipeline."""
+defaults, the even latent-frame count its temporal patch needs, and its LoRA loading into diffusers'
+pipeline."""
 
 import copy
 

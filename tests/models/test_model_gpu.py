@@ -1,4 +1,5 @@
-"""On a CUDA device: every adapter runs forward+backward in bf16 with LoRA and checkpointing, close to fp32."""
+"""On a CUDA device: every adapter runs forward+backward in bf16 with LoRA and checkpointing, close to
+fp32."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""LoRA: trainable parameters, adapters-off equals the base model, checkpointing gradients, diffusers export."""
+"""LoRA: trainable parameters, adapters-off equals the base model, checkpointing gradients, diffusers
+export."""
 
 from __future__ import annotations
 

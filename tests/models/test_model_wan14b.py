@@ -45,7 +45,8 @@ def _image_cond(batch: int, frames: int = 3, embeds: bool = True, size: int = 8)
 
 
 def _pipeline_mask(batch: int, num_frames: int, h: int, w: int) -> torch.Tensor:
-    """The mask as WanImageToVideoPipeline.prepare_latents builds it from pixel frames (4 per latent frame)."""
+    """The mask as WanImageToVideoPipeline.prepare_latents builds it from pixel frames (4 per latent
+    frame)."""
     mask = torch.ones(batch, 1, num_frames, h, w)
     mask[:, :, 1:] = 0
     mask = torch.cat([mask[:, :, :1].repeat_interleave(4, dim=2), mask[:, :, 1:]], dim=2)
@@ -104,7 +105,8 @@ def test_wan_i2v_shape_errors():
 
 
 def test_i2v_image_latents_match_the_wan_i2v_pipeline():
-    """PipelineEncoder's image condition and the adapter's mask equal WanImageToVideoPipeline.prepare_latents'."""
+    """PipelineEncoder's image condition and the adapter's mask equal
+    WanImageToVideoPipeline.prepare_latents'."""
     from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
 
     from videogpa.engine.models.pipeline_encoder import PipelineEncoder
@@ -440,7 +442,8 @@ def test_a14b_run_exports_every_format_for_both_experts(tmp_path):
 
 
 def _a14b_run_inputs(root: Path) -> tuple[Path, Path]:
-    """A two-expert pipeline folder (transformers, model_index.json, scheduler config) and 8 preference pairs."""
+    """A two-expert pipeline folder (transformers, model_index.json, scheduler config) and 8 preference
+    pairs."""
     from videogpa.engine.data.preference import PreferenceShardWriter
 
     folder = root / "model"
@@ -580,7 +583,8 @@ def test_wan21_i2v_lora_loads_into_the_i2v_pipeline_and_scale_0_restores_it(tmp_
 
 
 def test_trained_weights_of_both_experts_are_exported(tmp_path):
-    """The trainer's final export: one LoRA file per expert, or (full fine-tuning) one diffusers folder each."""
+    """The trainer's final export: one LoRA file per expert, or (full fine-tuning) one diffusers folder
+    each."""
     from videogpa.engine.models.lora import export_trained_weights
 
     adapter = get_adapter("wan2.2-i2v-a14b", shift=5.0)
@@ -598,8 +602,9 @@ def test_trained_weights_of_both_experts_are_exported(tmp_path):
 
 @pytest.mark.slow
 def test_sequence_parallel_split_equals_unsplit_for_the_new_wan_families():
-    """2 gloo ranks, 27 video tokens split unevenly: Wan 2.1 T2V / I2V (CLIP, 512 text tokens) and Wan 2.2 A14B
-    (both experts busy; one idle, on its one-frame slice) give the unsplit loss, logits and LoRA gradients."""
+    """2 gloo ranks, 27 video tokens split unevenly: Wan 2.1 T2V / I2V (CLIP, 512 text tokens) and Wan 2.2
+    A14B (both experts busy; one idle, on its one-frame slice) give the unsplit loss, logits and LoRA
+    gradients."""
     families = ["wan2.1-t2v", "wan2.1-i2v", "wan2.2-t2v-a14b", "wan2.2-t2v-a14b-idle"]
     repo = Path(__file__).resolve().parents[2]
     env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
@@ -620,8 +625,9 @@ def test_sequence_parallel_split_equals_unsplit_for_the_new_wan_families():
 
 
 def test_lora_on_one_expert_trains_exports_and_loads_only_that_expert(tmp_path):
-    """lora.experts: [transformer_2]: LoRA layers and gradients in the low-noise expert only, one exported file
-    (the second expert's), which the project's loader puts into the pipeline's transformer_2; scale 0 restores."""
+    """lora.experts: [transformer_2]: LoRA layers and gradients in the low-noise expert only, one exported
+    file (the second expert's), which the project's loader puts into the pipeline's transformer_2; scale 0
+    restores."""
     from videogpa.engine.models.lora import trained_lora_file
 
     adapter = get_adapter("wan2.2-t2v-a14b", shift=12.0)

@@ -38,8 +38,9 @@ def trained(tmp_path_factory):
 
 
 def documented_calls() -> list[str]:
-    """The loader calls engine.models.lora's docstring recommends for one transformer (a call written with `...`
-    is a warning; the two-expert call is run by tests/models/test_model_wan14b.py on a two-expert pipeline)."""
+    """The loader calls engine.models.lora's docstring recommends for one transformer (a call written with
+    `...` is a warning; the two-expert call is run by tests/models/test_model_wan14b.py on a two-expert
+    pipeline)."""
     calls = re.findall(r"(?:pipe|transformer)\.load_lora_\w+\([^()]*\)", lora.__doc__)
     return [c for c in calls if "..." not in c and "load_into_transformer_2" not in c]
 

@@ -29,8 +29,9 @@ def test_non_finite_config_values_are_config_errors(tmp_path, key, value):
 
 
 def test_a_run_that_keeps_going_non_finite_stops_names_the_pairs_and_keeps_its_state(tmp_path, monkeypatch):
-    """A run whose steps keep going non-finite stops after dpo.max_consecutive_skips, naming the shard and pair
-    of each skipped step, saves its last good (finite) state as a checkpoint and says so, exports nothing."""
+    """A run whose steps keep going non-finite stops after dpo.max_consecutive_skips, naming the shard and
+    pair of each skipped step, saves its last good (finite) state as a checkpoint and says so, exports
+    nothing."""
     real = trainer_module.dpo_forward
 
     def forward(*args, **kwargs):
@@ -42,7 +43,10 @@ def test_a_run_that_keeps_going_non_finite_stops_names_the_pairs_and_keeps_its_s
     monkeypatch.setattr(trainer_module, "dpo_forward", forward)
     cfg = tiny_config(tmp_path, dpo={"max_consecutive_skips": 2}, train={**STEPS, "checkpoint_every": 0})
     trainer = Trainer(cfg)
-    stop = r"stopped at step 3: 3 steps in a row had a non-finite loss or gradients .*, the last from preference "
+    stop = (
+        r"stopped at step 3: 3 steps in a row had a non-finite loss or gradients .*, "
+        r"the last from preference "
+    )
     saved = (
         rf"shard .*pair_id .*; the last good state \(step 3\) is saved as checkpoint {tmp_path}/checkpoints/"
     )

@@ -118,8 +118,8 @@ def test_a_file_swapped_after_its_check_is_not_loaded(run_copy, tmp_path, monkey
 
 
 def test_states_load_through_the_verified_engine_from_a_relative_output_folder(tmp_path, monkeypatch):
-    """`--output-dir runs/dpo`: DeepSpeed asks for runs/dpo/checkpoints/.../state/*.pt, relative to the working
-    directory; the verified engine finds it in the manifest (and refuses a path that leads out)."""
+    """`--output-dir runs/dpo`: DeepSpeed asks for runs/dpo/checkpoints/.../state/*.pt, relative to the
+    working directory; the verified engine finds it in the manifest (and refuses a path that leads out)."""
     from videogpa.engine.train.checkpoint_files import VerifiedCheckpointEngine
 
     folder = tmp_path / "runs" / "dpo" / "checkpoints" / "step_00000002"

@@ -155,7 +155,8 @@ def test_a_disk_filling_up_during_torch_save_is_one_line_naming_the_file(tmp_pat
 
 
 def test_a_shape_changing_key_is_refused_even_when_changes_are_allowed(run_copy):
-    """Audit N32: --allow-config-change let lora.rank 4 -> 2 through, into DeepSpeed's size-mismatch traceback."""
+    """Audit N32: --allow-config-change let lora.rank 4 -> 2 through, into DeepSpeed's size-mismatch
+    traceback."""
     changed = tiny_config(run_copy, lora={"rank": 2}, train=STEPS)
     refused = r"^--resume: lora.rank: 4 -> 2 \(the LoRA matrices' shapes\) cannot change in a resumed run"
     with pytest.raises(ValueError, match=refused + ", not even with --allow-config-change"):
@@ -163,8 +164,8 @@ def test_a_shape_changing_key_is_refused_even_when_changes_are_allowed(run_copy)
 
 
 def test_resuming_with_more_ranks_than_wrote_the_checkpoint_is_one_line(run_copy, monkeypatch):
-    """Audit N31 (in-process; test_two_rank_resume launches it): every rank reads the manifest's world size and
-    gives the same verdict before anyone loads."""
+    """Audit N31 (in-process; test_two_rank_resume launches it): every rank reads the manifest's world size
+    and gives the same verdict before anyone loads."""
     from videogpa.engine.runtime import distributed as D
     from videogpa.engine.train.run_folder import resume_point
 

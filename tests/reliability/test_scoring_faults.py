@@ -108,8 +108,8 @@ def test_non_finite_world_points_are_an_error_row(tmp_path):
 
 
 def truncated_mp4(path, n_frames: int = 12, keep: int = 6):
-    """An mp4 from write_video, made web-optimised (index first, as downloads are) and cut after `keep` frames'
-    packets: it opens, declares n_frames, and decodes `keep` frames without a decoder error."""
+    """An mp4 from write_video, made web-optimised (index first, as downloads are) and cut after `keep`
+    frames' packets: it opens, declares n_frames, and decodes `keep` frames without a decoder error."""
     import av
 
     full = path.with_name("full.mp4")
@@ -139,8 +139,8 @@ def test_truncated_mp4_is_an_error_row(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".mkv", ".webm"])
 def test_truncated_matroska_is_an_error_row(tmp_path, suffix):
-    """Audit s11: mkv and webm declare no frame count (0), but a duration; a file cut in half decodes without a
-    decoder error and used to be scored "ok"."""
+    """Audit s11: mkv and webm declare no frame count (0), but a duration; a file cut in half decodes without
+    a decoder error and used to be scored "ok"."""
     path = video(tmp_path / f"cut{suffix}", 12)
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])

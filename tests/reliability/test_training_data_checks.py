@@ -74,7 +74,8 @@ def test_a_consistent_set_passes_and_gives_its_layout(tmp_path):
     [
         (
             dict(latents=(3, 4, 4, 8)),
-            r"'latents_w' is \[3, 4, 4, 8\] F32, but in pair 0 \(pair_id 'p0', shard-00000.safetensors\) it is \[3, 4, 4, 6\] F32",
+            r"'latents_w' is \[3, 4, 4, 8\] F32, but in pair 0 \(pair_id 'p0', shard-00000.safetensors\) "
+            r"it is \[3, 4, 4, 6\] F32",
         ),
         (dict(dtype=torch.bfloat16), r"'latents_w' is \[3, 4, 4, 6\] BF16, but .* it is \[3, 4, 4, 6\] F32"),
         (dict(text=(7, 8)), r"'text_embeds' is \[7, 8\] F32, but .* it is \[5, 8\] F32"),

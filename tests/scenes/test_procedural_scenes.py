@@ -1,4 +1,5 @@
-"""Synthetic scenes: exact cameras/depth, deterministic rendering, and oracle scores that rank clean above corrupted."""
+"""Synthetic scenes: exact cameras/depth, deterministic rendering, and oracle scores that rank clean above
+corrupted."""
 
 import json
 import random

@@ -1,5 +1,6 @@
 """The README's memory plan (scripts/memory_plan.py): counted from the real model classes, calibrated against
-the one measured step, and shaped as memory should be (less with more sequence parallelism, LoRA below full)."""
+the one measured step, and shaped as memory should be (less with more sequence parallelism, LoRA below
+full)."""
 
 import importlib.util
 from pathlib import Path

@@ -1,5 +1,5 @@
-"""recipes/benchmark.py, the authors' benchmark protocol, on the tiny model with a random tiny Depth Anything 3 on
-a CPU: captions JSON in, base and LoRA videos at one seed, both scored by DA3, the paper's table out."""
+"""recipes/benchmark.py, the authors' benchmark protocol, on the tiny model with a random tiny Depth Anything
+3 on a CPU: captions JSON in, base and LoRA videos at one seed, both scored by DA3, the paper's table out."""
 
 import json
 

@@ -1,5 +1,6 @@
 """recipes/evaluate.py --metrics reprojection,epipolar on the tiny loop: the evaluation's score stage computes
-Epi (a random tiny LightGlue is built, flagged as not meaningful); a bad metric is a one-line error, exit 2."""
+Epi (a random tiny LightGlue is built, flagged as not meaningful); a bad metric is a one-line error, exit
+2."""
 
 import pytest
 import torch

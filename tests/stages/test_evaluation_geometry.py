@@ -1,6 +1,6 @@
-"""The evaluation's geometry model can differ from the pairs' (the authors: VGGT-1B for pairs, Depth Anything 3
-for the benchmark): `auto` picks the backend a weights file holds, loop.evaluate.score builds the evaluation's
-scorer, and the table says which model made its columns."""
+"""The evaluation's geometry model can differ from the pairs' (the authors: VGGT-1B for pairs, Depth Anything
+3 for the benchmark): `auto` picks the backend a weights file holds, loop.evaluate.score builds the
+evaluation's scorer, and the table says which model made its columns."""
 
 from pathlib import Path
 

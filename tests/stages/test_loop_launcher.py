@@ -1,5 +1,5 @@
-"""loop.launcher: the loop runs its stages as recipes under the launcher (here generate and score, torchrun with
-2 ranks): each rank writes its own record files, and the union holds every candidate exactly once."""
+"""loop.launcher: the loop runs its stages as recipes under the launcher (here generate and score, torchrun
+with 2 ranks): each rank writes its own record files, and the union holds every candidate exactly once."""
 
 import json
 from pathlib import Path
@@ -32,8 +32,8 @@ def test_the_loop_launches_its_stages_sharded(tmp_path, monkeypatch, capsys):
         scores = loop.score(manifest)
     log = capsys.readouterr().out
     assert (
-        f"[generate] {' '.join(TORCHRUN)} {REPO / 'recipes' / 'generate.py'} --config {out / 'stage_config.yaml'}"
-        in log
+        f"[generate] {' '.join(TORCHRUN)} {REPO / 'recipes' / 'generate.py'} "
+        f"--config {out / 'stage_config.yaml'}" in log
     )
     generated = out / "generated"
     per_rank = [read_jsonl(generated / f"manifest.shard-{i}-of-2.jsonl") for i in (0, 1)]

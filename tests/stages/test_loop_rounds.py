@@ -1,6 +1,6 @@
-"""recipes/pipeline.py --rounds 2 on the tiny model: both rounds run, round 2 generates with round 1's LoRA (its
-manifest rows name it, its latents differ from round 1's for the same prompt and seed), trains on round 1's
-merged transformer, and DIR/evaluation.json holds one before/after row per round."""
+"""recipes/pipeline.py --rounds 2 on the tiny model: both rounds run, round 2 generates with round 1's LoRA
+(its manifest rows name it, its latents differ from round 1's for the same prompt and seed), trains on round
+1's merged transformer, and DIR/evaluation.json holds one before/after row per round."""
 
 import json
 from pathlib import Path
@@ -40,7 +40,10 @@ def test_two_rounds_the_second_generating_with_the_first_lora(tmp_path, capsys):
     assert (
         len(rows_2) == 4 and {r["lora"] for r in rows_1} == {None} and {r["lora"] for r in rows_2} == {lora_1}
     )
-    latents = lambda folder, row: load_file(str(folder / "generated" / row["latents"]))["latents"]  # noqa: E731
+
+    def latents(folder, row):
+        return load_file(str(folder / "generated" / row["latents"]))["latents"]
+
     by_stem = {Path(r["video"]).stem: r for r in rows_1}
     for row in rows_2:  # the same prompt and seed, another model
         assert not torch.equal(latents(second, row), latents(first, by_stem[Path(row["video"]).stem]))

@@ -1,5 +1,6 @@
-"""A long prompt list is streamed, never held: the generate stage reads the prompt file line by line, forms its
-batches as the prompts go by and keeps only its shard's, so a process holds a batch of prompts at a time."""
+"""A long prompt list is streamed, never held: the generate stage reads the prompt file line by line, forms
+its batches as the prompts go by and keeps only its shard's, so a process holds a batch of prompts at a
+time."""
 
 import json
 import weakref

@@ -1,4 +1,5 @@
-"""Depth Anything 3 in-tree: the network, weight-compatible with the public DA3 checkpoints, and its backend."""
+"""Depth Anything 3 in-tree: the network, weight-compatible with the public DA3 checkpoints, and its
+backend."""
 
 from videogpa.engine.geometry.da3.config import (
     SIZES,

@@ -1,4 +1,5 @@
-"""DA3's cameras: the decoder (camera token → pose encoding → w2c, K) and the encoder (known cameras → tokens)."""
+"""DA3's cameras: the decoder (camera token → pose encoding → w2c, K) and the encoder (known cameras →
+tokens)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def cameras_to_encoder_input(
 
 
 class CameraDec(nn.Module):
-    """`cam_dec`: the last out layer's camera token [B, S, D] → pose encoding [B, S, 9] (fov through ReLU)."""
+    """`cam_dec`: the last out layer's camera token [B, S, D] → pose encoding [B, S, 9] (fov through
+    ReLU)."""
 
     def __init__(self, dim_in: int) -> None:
         super().__init__()
@@ -60,7 +62,8 @@ class CameraDec(nn.Module):
 
 
 class CameraEnc(nn.Module):
-    """`cam_enc`: known cameras → one token per view [B, S, C] (an MLP, then a transformer over the views)."""
+    """`cam_enc`: known cameras → one token per view [B, S, C] (an MLP, then a transformer over the
+    views)."""
 
     def __init__(self, dim_out: int, trunk_depth: int, num_heads: int) -> None:
         super().__init__()

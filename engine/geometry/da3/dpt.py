@@ -57,7 +57,8 @@ class MonoDPT(PlainDPT):
 class GaussianHeadWeights(PlainDPT):
     """`gs_head` of DA3-Giant: its parameters only, so that the Giant checkpoint loads strictly.
 
-    The 3D-Gaussian output (the official `infer_gs=True` branch) is not implemented; nothing calls this module.
+    The 3D-Gaussian output (the official `infer_gs=True` branch) is not implemented; nothing calls this
+    module.
     """
 
     def __init__(self, dim_in: int, features: int, out_channels: tuple[int, ...], output_dim: int) -> None:

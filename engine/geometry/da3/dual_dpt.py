@@ -39,7 +39,8 @@ def aux_refinement(features: int) -> nn.Sequential:
 
 
 def aux_output(features: int, norm: nn.LayerNorm) -> nn.Sequential:
-    """3×3 conv F/2 → 32, LayerNorm over channels (one module shared by all levels), ReLU, 1×1 conv → 7."""
+    """3×3 conv F/2 → 32, LayerNorm over channels (one module shared by all levels), ReLU, 1×1 conv →
+    7."""
     return nn.Sequential(
         conv3x3(features // 2, OUTPUT_HIDDEN),
         ChannelsLast(True),

@@ -71,7 +71,8 @@ class DA3GeometryModel(GeometryModel):
         images = preprocess(videos.to(self.device, torch.float32), self.input_size)
         if images.shape != videos.shape:
             raise ValueError(
-                f"da3 scores its processed frames: give frames of the size DA3 processes them to (longest side "
+                "da3 scores its processed frames: give frames of the size DA3 processes them to "
+                "(longest side "
                 f"{self.input_size}, sides multiples of 14, e.g. {self.input_size}²), got "
                 f"{tuple(videos.shape[-2:])}, which it would resize to {tuple(images.shape[-2:])}"
             )

@@ -1,4 +1,5 @@
-"""DA3 weights: read a local safetensors file or folder (offline), check every key, load; save with the config.
+"""DA3 weights: read a local safetensors file or folder (offline), check every key, load; save with the
+config.
 
 The key names are the official DepthAnything3Net ones; the hub's `model.` prefix (the PyTorchModelHubMixin
 wrapper) is accepted, and the ray head's shared LayerNorm may be stored under one of its four names or all.
@@ -29,7 +30,8 @@ def _one_line(exc: Exception) -> str:
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:
-    """The .safetensors files at `path`: the file itself, or every one in the folder (a sharded checkpoint)."""
+    """The .safetensors files at `path`: the file itself, or every one in the folder (a sharded
+    checkpoint)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))

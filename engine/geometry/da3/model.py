@@ -1,4 +1,5 @@
-"""DepthAnything3Net: backbone, head and cameras, with the official state-dict names; build_da3 by size or config."""
+"""DepthAnything3Net: backbone, head and cameras, with the official state-dict names; build_da3 by size
+or config."""
 
 from __future__ import annotations
 

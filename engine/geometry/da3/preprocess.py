@@ -1,10 +1,11 @@
-"""The official input processing: upper-bound resize to 504, sides to the nearest multiple of 14, ImageNet norm.
+"""The official input processing: upper-bound resize to 504, sides to the nearest multiple of 14,
+ImageNet norm.
 
 The official code resizes 8-bit images with OpenCV: bicubic when a side grows, pixel-area averaging
 otherwise, each result rounded back to 8 bits. Here the same filters run in torch on frames in [0, 1]
 (area weights computed exactly, bicubic with a = −0.75 like OpenCV) and each result is rounded to k/255.
-Checked once against opencv-python 4.14 on 8-bit images (518² → 504², 480×720 → 336×504, 1080×1920 →
-284×504, 300×400 → 378×504): equal, or one 8-bit level apart on under 1% of the values.
+Checked once against opencv-python 4.14 on 8-bit images (518² → 504², 480×720 → 336×504,
+1080×1920 → 284×504, 300×400 → 378×504): equal, or one 8-bit level apart on under 1% of the values.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def processed_size(
 
 
 def area_weights(n_in: int, n_out: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """[n_out, n_in]: output pixel i averages the input over [i·s, (i+1)·s), s = n_in/n_out (n_out ≤ n_in)."""
+    """[n_out, n_in]: output pixel i averages the input over [i·s, (i+1)·s), s = n_in/n_out
+    (n_out ≤ n_in)."""
     scale = n_in / n_out
     start = torch.arange(n_out, dtype=dtype)[:, None] * scale
     left = torch.arange(n_in, dtype=dtype)[None, :]
@@ -49,7 +51,8 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 
 
 def resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """frames [N, 3, H, W] in [0, 1] → [N, 3, h, w]: bicubic if a side grows, else pixel-area, then 8-bit."""
+    """frames [N, 3, H, W] in [0, 1] → [N, 3, h, w]: bicubic if a side grows, else pixel-area, then
+    8-bit."""
     height, width = frames.shape[-2:]
     if (height, width) == tuple(size):
         return frames
@@ -70,7 +73,8 @@ def normalise(frames: torch.Tensor) -> torch.Tensor:
 
 
 def preprocess(frames: torch.Tensor, process_res: int = PROCESS_RES) -> torch.Tensor:
-    """Frames [..., 3, H, W] in [0, 1] → the normalised network input [..., 3, h, w] (h, w multiples of 14)."""
+    """Frames [..., 3, H, W] in [0, 1] → the normalised network input [..., 3, h, w] (h, w multiples of
+    14)."""
     if frames.ndim < 3 or frames.shape[-3] != 3 or not frames.is_floating_point():
         raise ValueError(f"frames must be floating point [..., 3, H, W] in [0, 1], got {tuple(frames.shape)}")
     lead, (height, width) = frames.shape[:-3], frames.shape[-2:]

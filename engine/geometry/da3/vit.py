@@ -1,4 +1,5 @@
-"""The DA3 backbone: a DINOv2 ViT/14 with a camera token, alternating frame/global attention, qk-norm and RoPE."""
+"""The DA3 backbone: a DINOv2 ViT/14 with a camera token, alternating frame/global attention, qk-norm
+and RoPE."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ LAYERSCALE_INIT = 1.0
 
 
 class DA3ViT(nn.Module):
-    """`backbone.pretrained`: normalised images [B, S, 3, H, W] → (local output, block output) of every out layer.
+    """`backbone.pretrained`: normalised images [B, S, 3, H, W] → (local output, block output) of every
+    out layer.
 
     Blocks before alt_start attend within a view; from alt_start on, odd blocks attend across all views of a
     video. Just before block alt_start − 1 the views are re-ordered reference first; just before block
@@ -59,7 +61,8 @@ class DA3ViT(nn.Module):
         )
 
     def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """[1, 1 + h·w, C] float32: the table, its grid part resized bicubically by ((h+0.1)/M, (w+0.1)/M)."""
+        """[1, 1 + h·w, C] float32: the table, its grid part resized bicubically by
+        ((h+0.1)/M, (w+0.1)/M)."""
         table = self.pos_embed.float()
         if (grid_h, grid_w) == (self.grid, self.grid):
             return table
@@ -81,7 +84,8 @@ class DA3ViT(nn.Module):
         return rope_tables(local, head_dim, base), rope_tables(flat, head_dim, base)
 
     def _camera_tokens(self, b: int, s: int, given: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """[B, S, C]: the encoder's tokens, else slot 0 for the first (reference) view and slot 1 for the rest."""
+        """[B, S, C]: the encoder's tokens, else slot 0 for the first (reference) view and slot 1 for the
+        rest."""
         if given is not None:
             return given.to(dtype)
         token = self.camera_token

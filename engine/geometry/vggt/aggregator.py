@@ -60,7 +60,8 @@ class Aggregator(nn.Module):
         return per_frame.expand(b, -1, -1, -1).reshape(b * s, *special.shape[2:]).to(dtype)
 
     def forward(self, images: torch.Tensor, keep: Collection[int] | None = None) -> list[torch.Tensor | None]:
-        """All `depth` outputs, or only those whose index is in `keep` (the others are None, saving memory)."""
+        """All `depth` outputs, or only those whose index is in `keep` (the others are None, saving
+        memory)."""
         b, s, _, h, w = images.shape
         mean = images.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = images.new_tensor(IMAGENET_STD).view(3, 1, 1)

@@ -21,7 +21,8 @@ class PatchConv(nn.Module):
 
 
 class PatchEmbedViT(nn.Module):
-    """cls + learned positions (bicubic-antialias resized) + registers → pre-norm blocks → final LayerNorm."""
+    """cls + learned positions (bicubic-antialias resized) + registers → pre-norm blocks → final
+    LayerNorm."""
 
     def __init__(
         self,

@@ -26,7 +26,8 @@ def uv_grid(height: int, width: int, aspect: float, device: torch.device | None 
 
 
 def sincos_embedding(grid: torch.Tensor, channels: int, omega_0: float = 100.0) -> torch.Tensor:
-    """[H, W, 2] → [channels, H, W]: [sin, cos](p·ω_k), ω_k = ω₀^(−k/(C/4)), x then y, float64 → float32."""
+    """[H, W, 2] → [channels, H, W]: [sin, cos](p·ω_k), ω_k = ω₀^(−k/(C/4)), x then y,
+    float64 → float32."""
     quarter = channels // 4
     omega = 1.0 / omega_0 ** (torch.arange(quarter, dtype=torch.float64, device=grid.device) / quarter)
     angles = grid.to(torch.float64)[..., None] * omega  # [H, W, 2, C/4]
@@ -56,7 +57,8 @@ def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def make_resize_layers(out_channels: tuple[int, ...]) -> nn.ModuleList:
-    """Per level: 4× and 2× transposed convs, identity, a stride-2 3×3 conv (the checkpoint's resize_layers)."""
+    """Per level: 4× and 2× transposed convs, identity, a stride-2 3×3 conv (the checkpoint's
+    resize_layers)."""
     oc = out_channels
     return nn.ModuleList(
         [

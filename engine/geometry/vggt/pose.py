@@ -6,7 +6,8 @@ import torch
 
 
 def quaternion_to_matrix(quat: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices [..., 3, 3] from quaternions [..., 4] (x, y, z, w), not necessarily unit (2/|q|²)."""
+    """Rotation matrices [..., 3, 3] from quaternions [..., 4] (x, y, z, w), not necessarily unit
+    (2/|q|²)."""
     x, y, z, w = quat.unbind(-1)
     s = 2.0 / (quat * quat).sum(-1)
     rows = (

@@ -14,7 +14,8 @@ def patch_positions(grid_h: int, grid_w: int, num_special: int, device: torch.de
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [N, head_dim] for positions [N, 2]; per half the angles are [pω, pω], ω_k = base^(−4k/D)."""
+    """cos, sin [N, head_dim] for positions [N, 2]; per half the angles are [pω, pω],
+    ω_k = base^(−4k/D)."""
     half = head_dim // 2
     omega = 1.0 / base ** (torch.arange(0, half, 2, device=positions.device, dtype=torch.float32) / half)
     angles = positions.to(torch.float32)[..., None] * omega  # [N, 2, D/4]
