@@ -832,12 +832,15 @@ def save_config(cfg: Config, path: str | Path) -> None:
 PLACEHOLDER_PREFIX = "/path/to/"
 
 
-def require_real_paths(cfg: Config) -> None:
-    """A ValueError naming every key that still holds a /path/to/... placeholder, all in one message."""
+def require_real_paths(cfg: Config, set_later: tuple[str, ...] = ()) -> None:
+    """A ValueError naming every key that still holds a /path/to/... placeholder, all in one message; keys
+    under the `set_later` sections (e.g. "data", which the loop fills from its encode stage) are passed over."""
     found = [
         f"{key} ({value})"
         for key, value in _flatten(cfg.to_dict()).items()
-        if isinstance(value, str) and value.startswith(PLACEHOLDER_PREFIX)
+        if isinstance(value, str)
+        and value.startswith(PLACEHOLDER_PREFIX)
+        and not key.startswith(tuple(f"{section}." for section in set_later))
     ]
     if found:
         raise ValueError(

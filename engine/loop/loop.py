@@ -110,7 +110,9 @@ class Loop:
     """Runs the stages of one loop folder."""
 
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.PathLike):
-        require_real_paths(cfg)
+        require_real_paths(
+            cfg, set_later=("data",)
+        )  # the training stage's data are the encode stage's shards
         self.config, self.cfg = cfg, cfg.loop
         self.builtin = has_builtin_model(cfg.model.name)
         self.out = Path(out_dir)
