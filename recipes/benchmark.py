@@ -1,5 +1,5 @@
-r"""The authors' benchmark: every caption generated with the base model and with a LoRA at a chosen strength (one
-seed, 456 as the authors use), both scored with the evaluation geometry model on T = 10 uniformly sampled
+r"""The authors' benchmark: every caption generated with the base model and with a LoRA at a chosen strength
+(one seed, 456 as the authors use), both scored with the evaluation geometry model on T = 10 uniformly sampled
 frames, and the paper's table written: PSNR ↑, SSIM ↑, LPIPS ↓, MVCS ↑, 3DCS ↓, Epi ↓, with per-prompt win
 rates and 95% bootstrap intervals.
 
@@ -7,13 +7,14 @@ rates and 95% bootstrap intervals.
         --captions dl3dv_captions.json --first-frames dl3dv_first_frames/ \
         --lora runs/dpo --lora-scale 0.2 --weights /models/da3_large/ \
         --vgg-weights /models/lpips/vgg16-397923af.pth --lpips-weights /models/lpips/vgg.pth \
-        --metrics reprojection,epipolar --lightglue-weights /models/lightglue_superpoint --out-dir runs/benchmark
+        --metrics reprojection,epipolar --lightglue-weights /models/lightglue_superpoint \
+        --out-dir runs/benchmark
 
 Captions: a JSON list of strings, a list of objects with `caption` (or `prompt`) and an optional `id`, or an
 object mapping ids to captions. --first-frames (image-to-video): FOLDER/<id>.png (or .jpg, .jpeg, .webp), else
 the folder's images in name order. --weights: the evaluation geometry model's local weights; --geometry auto
-(the default) takes the model the file holds (the authors evaluate with DA3-Large, whose frames are DA3's
-504 px processed frames). Sampler settings: --set loop.generation.KEY=VALUE (e.g. --set loop.generation.steps=30).
+(the default) takes the model the file holds (the authors evaluate with DA3-Large, whose frames are DA3's 504
+px processed frames). Sampler settings: --set loop.generation.KEY=VALUE (e.g. --set loop.generation.steps=30).
 Sharded like every stage (`torchrun --nproc-per-node 8 recipes/benchmark.py ...` or `--shard I/N`); generation
 and scoring resume; the table is OUT/evaluation.{md,json,png}.
 """

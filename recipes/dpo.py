@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from videogpa.engine.core.config import check_input_paths, parse_config, require_real_paths, validate
 
     def body() -> int:
-        # the config's keys, types, placeholders and input folders first: seconds, before the model stack loads
+        # the config's keys, types, placeholders and input folders first: seconds, before the model stack
+        # loads
         cfg = parse_config(args.config, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir

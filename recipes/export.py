@@ -7,9 +7,10 @@ diffusers folder.
         --set model.path=/models/Wan2.2-TI2V-5B-Diffusers      # the base model is elsewhere on this machine
 
 Reads the run folder only (config.yaml, else the newest checkpoint's config.json; pytorch_lora_weights.
-safetensors; eval.json when present), never unpickling anything. --config replaces the run's config,
---set overrides its keys (the merged export loads the base model from model.path). Writes OUT/pytorch_lora_weights.safetensors, OUT/comfyui_lora.safetensors,
-OUT/transformer_merged/ and OUT/transformer_merged.json.
+safetensors; eval.json when present), never unpickling anything. --config replaces the run's config, --set
+overrides its keys (the merged export loads the base model from model.path). Writes
+OUT/pytorch_lora_weights.safetensors, OUT/comfyui_lora.safetensors, OUT/transformer_merged/ and
+OUT/transformer_merged.json.
 """
 
 from __future__ import annotations

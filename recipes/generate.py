@@ -6,12 +6,12 @@ r"""Generate N candidate videos per prompt (several seeds, same prompt/image oth
         --out-dir runs/gen --camera-motion [--lora runs/dpo --lora-scale 1]    # the trainer run folder
     python recipes/generate.py --config my_loop.yaml --out-dir runs/gen --set loop.generation.steps=20
 
-Each candidate is saved as videos/<prompt_id>_s<seed>.mp4, latents/<...>.safetensors (the final latents) and
-a manifest.jsonl row (prompt, seed, model, sampler settings). Rerunning resumes; settings that differ from
-an earlier run's for the same candidate are an error.
-Sharded (`torchrun --nproc-per-node 8 recipes/generate.py ...` or `--shard I/N`): each process makes every
-N-th batch of candidates and writes manifest.shard-I-of-N.jsonl; readers take the union (README "Sharding"). Prompt files: plain text (one per line) or JSONL
-(`prompt`, optional `id`, and `image` for image-to-video). Every flag is a key of the config's
+Each candidate is saved as videos/<prompt_id>_s<seed>.mp4, latents/<...>.safetensors (the final latents) and a
+manifest.jsonl row (prompt, seed, model, sampler settings). Rerunning resumes; settings that differ from an
+earlier run's for the same candidate are an error. Sharded (`torchrun --nproc-per-node 8 recipes/generate.py
+...` or `--shard I/N`): each process makes every N-th batch of candidates and writes
+manifest.shard-I-of-N.jsonl; readers take the union (README "Sharding"). Prompt files: plain text (one per
+line) or JSONL (`prompt`, optional `id`, and `image` for image-to-video). Every flag is a key of the config's
 loop.generation section (engine.config.GenerationConfig); sampler flags left out take the model's defaults.
 """
 
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.build_tiny and cfg.pipeline and not (Path(cfg.pipeline) / "model_index.json").is_file():
             save_pipeline(adapter_class(cfg.model).builtin_pipeline(), cfg.pipeline)
             print(
-                f"wrote the built-in random pipeline to {cfg.pipeline} (its videos are noise; scores mean nothing)"
+                f"wrote the built-in random pipeline to {cfg.pipeline} "
+                "(its videos are noise; scores mean nothing)"
             )
         summary = generate.run(cfg, None, args.out_dir, shard=args.shard)
         print(f"generate: {summary}; manifest {summary.manifest}")

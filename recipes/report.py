@@ -2,8 +2,8 @@
 relative path) with the configuration and versions, counts per stage, score histograms and pictures, the
 training curves, held-out accuracy over steps, validation frame grids and the before/after table.
 
-    python recipes/report.py --run runs/dpo-tiny          # a training run (the trainer also writes it at its end)
-    python recipes/report.py --run runs/loop              # a loop folder (the loop also writes it at its end)
+    python recipes/report.py --run runs/dpo-tiny    # a training run (the trainer writes it at its end too)
+    python recipes/report.py --run runs/loop        # a loop folder (the loop writes it at its end too)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ beside it our robust variant `epi_robust`, engine.geometry.epipolar).
     python recipes/score.py --videos DIR_OR_MANIFEST.jsonl --geometry vggt --weights vggt_1b.safetensors \
         --vgg-weights vgg16.pth --lpips-weights lpips_vgg.pth --out scores.jsonl
     python recipes/score.py --videos DIR --metrics reprojection,epipolar ... --lightglue-weights lightglue/
-    python recipes/score.py --videos DIR --metrics epipolar --lightglue-weights lightglue/   # no geometry model
+    python recipes/score.py --videos DIR --metrics epipolar --lightglue-weights lightglue/  # no geometry
 
 One JSONL row per video (scores, motion, frames used, backend, versions); rerunning skips videos already
 scored and retries the rest (a retried video's new row replaces its error row); sharded (torchrun or
@@ -84,7 +84,8 @@ def summarize(rows: list[dict]) -> None:
     print(f"\nscored {len(ok)} videos, {len(rows) - len(ok)} errors")
     if any(r.get("score") is not None for r in ok):
         print(
-            f"mean 3DCS {statistics.mean(r['score'] for r in ok):.5f}, mean motion {statistics.mean(r['motion'] for r in ok):.4f}"
+            f"mean 3DCS {statistics.mean(r['score'] for r in ok):.5f}, "
+            f"mean motion {statistics.mean(r['motion'] for r in ok):.4f}"
         )
         summarize_metric(ok, "score", "3DCS")
     epi = [r for r in ok if r.get("epi") is not None]
@@ -92,8 +93,8 @@ def summarize(rows: list[dict]) -> None:
         unscored = sum(r["epi_pairs"] - r["epi_pairs_scored"] for r in ok if "epi_pairs" in r)
         mean = f"mean Epi {statistics.mean(r['epi'] for r in epi):.5g} px" if epi else "mean Epi n/a"
         print(
-            f"{mean} ({len(ok) - len(epi)} videos without a value, left out; {unscored} frame pairs with too few "
-            "matches)"
+            f"{mean} ({len(ok) - len(epi)} videos without a value, left out; "
+            f"{unscored} frame pairs with too few matches)"
         )
         summarize_metric(epi, "epi", "Epi")
         robust = [r for r in ok if r.get("epi_robust") is not None]
@@ -103,7 +104,8 @@ def summarize(rows: list[dict]) -> None:
 
 
 def summarize_metric(ok: list[dict], metric: str, label: str) -> None:
-    """Per corruption kind means, and how often the clean clip beat its corrupted versions (synthetic sets)."""
+    """Per corruption kind means, and how often the clean clip beat its corrupted versions (synthetic
+    sets)."""
     by_kind = defaultdict(list)
     groups = defaultdict(dict)
     for r in ok:

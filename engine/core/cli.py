@@ -42,7 +42,8 @@ def add_config_flags(
     """One flag per field of the config dataclass (`num_candidates` → `--num-candidates`); a flag left out
     leaves the config's value. Booleans: `--name` sets True, or `--no-name` False for fields that default to
     True. Lists of strings: `--name a,b`. A nested section's fields: `--section-field` (dest `section.field`).
-    `aliases` adds flags by dest (`{"epipolar.stride": "--pair-stride"}`); `choices` restrict fields by dest."""
+    `aliases` adds flags by dest (`{"epipolar.stride": "--pair-stride"}`); `choices` restrict fields by
+    dest."""
     hints = typing.get_type_hints(cls)
     aliases = aliases or {}
     for field in dataclasses.fields(cls):
@@ -94,7 +95,9 @@ def add_config_file_flags(parser: argparse.ArgumentParser, section: str) -> None
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config key, e.g. --set loop.{section}.seed=3 (repeatable; the flags are its aliases)",
+        help=(
+            f"override a config key, e.g. --set loop.{section}.seed=3 (repeatable; the flags are its aliases)"
+        ),
     )
 
 
@@ -105,8 +108,8 @@ def section_override(item: str, section: str) -> str:
     if not item.startswith(prefix):
         key = item.partition("=")[0]
         raise ValueError(
-            f"override {item!r}: this recipe runs the loop.{section} section; expected --set {prefix}KEY=VALUE"
-            + (f" (e.g. --set {prefix}{item})" if "." not in key else "")
+            f"override {item!r}: this recipe runs the loop.{section} section; "
+            f"expected --set {prefix}KEY=VALUE" + (f" (e.g. --set {prefix}{item})" if "." not in key else "")
         )
     return item[len(prefix) :]
 

@@ -25,7 +25,8 @@ from videogpa.kernels.dpo_loss import LOSS_TYPES
 REFERENCE_STRATEGIES = ("adapters_off", "separate", "precomputed")
 SDPA_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 PRECISIONS = ("bf16", "fp32")
-# the final weights' formats (engine.exports): the diffusers LoRA, ComfyUI's key format, the merged transformer
+# the final weights' formats (engine.exports): the diffusers LoRA, ComfyUI's key format, the merged
+# transformer
 EXPORT_FORMATS = ("diffusers", "comfyui", "merged")
 NAN_POLICIES = ("skip", "stop")
 STEP_CACHES = ("first_block",)  # diffusers' FirstBlockCacheConfig
@@ -42,7 +43,8 @@ class ModelConfig:
     # PyTorch SDPA's kernel (auto: PyTorch's choice; cudnn, flash, efficient, math), or a diffusers attention
     # backend "diffusers:<name>" (e.g. diffusers:flash for flash-attn) for families that dispatch through it
     attention_backend: str = "auto"
-    # regional torch.compile of the transformer's repeated blocks with this backend (e.g. inductor); None: eager
+    # regional torch.compile of the transformer's repeated blocks with this backend (e.g. inductor); None:
+    # eager
     compile: str | None = None
 
 
@@ -72,8 +74,8 @@ class DPOConfig:
 
 @dataclass
 class SyntheticDataConfig:
-    """The embedded default's scene pairs (engine.scenes.preference_pairs): clean clip vs corrupted clip. A set
-    is made once and copied from a cache after that (engine.scenes.pair_cache: $VIDEOGPA_CACHE_DIR, else
+    """The embedded default's scene pairs (engine.scenes.preference_pairs): clean clip vs corrupted clip. A
+    set is made once and copied from a cache after that (engine.scenes.pair_cache: $VIDEOGPA_CACHE_DIR, else
     ~/.cache/videogpa; `VIDEOGPA_CACHE_DIR=off` turns it off)."""
 
     train_pairs: int = 160  # training pairs of procedural scenes
@@ -123,8 +125,8 @@ class DistributedConfig:
     zero_stage: int = 3  # DeepSpeed ZeRO stage (3: parameters partitioned, loaded partitioned)
     offload_optimizer: bool = False  # optimizer states on the CPU
     offload_params: bool = False  # ZeRO-3 parameters on the CPU
-    # Ulysses sequence parallelism: each sample's video tokens are split over groups of this many
-    # consecutive ranks (engine/runtime/sequence_parallel.py); the data-parallel size is world / sequence_parallel.
+    # Ulysses sequence parallelism: each sample's video tokens are split over groups of this many consecutive
+    # ranks (engine/runtime/sequence_parallel.py); the data-parallel size is world / sequence_parallel.
     sequence_parallel: int = 1
     deepspeed_config: str | None = None  # a user's DeepSpeed JSON, merged over the generated one
 
@@ -143,7 +145,8 @@ WANDB_MODES = ("offline", "online")
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases beside TensorBoard (engine.train.run_logs): the same scalars, figures, videos, config."""
+    """Weights & Biases beside TensorBoard (engine.train.run_logs): the same scalars, figures, videos,
+    config."""
 
     project: str = "videogpa"  # the W&B project
     mode: str = "offline"  # offline: files under <output_dir>/wandb (`wandb sync` them later); online
@@ -253,8 +256,8 @@ class ScoreConfig:
 
 @dataclass
 class ValidationConfig:
-    """eval.validation (engine.validation): fixed prompts × seeds sampled with the current weights at step 0, every
-    eval.every steps and at the end, saved as mp4 under <output_dir>/validation/step_<n>/ and scored."""
+    """eval.validation (engine.validation): fixed prompts × seeds sampled with the current weights at step 0,
+    every eval.every steps and at the end, saved as mp4 under <output_dir>/validation/step_<n>/ and scored."""
 
     prompts: list[str] = field(default_factory=list)  # the fixed validation prompts
     images: list[str] | None = None  # image-to-video: one first frame per prompt
@@ -404,7 +407,8 @@ def _check_scalar(value: object, tp: object, where: str) -> object:
 
 
 def build_dataclass(cls: type, data: object, where: str) -> object:
-    """Instantiate the (nested) config dataclass cls from a mapping, checking keys and types; errors name `where`."""
+    """Instantiate the (nested) config dataclass cls from a mapping, checking keys and types; errors name
+    `where`."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -605,7 +609,8 @@ def _check_epipolar(epi: EpipolarConfig, where: str) -> None:
         raise ValueError(f"config key '{where}.keypoint_threshold': expected a score in (0, 1) or null")
     if epi.min_matches < SAMPLE:
         raise ValueError(
-            f"config key '{where}.min_matches': expected at least {SAMPLE} (the 8-point sample), got {epi.min_matches}"
+            f"config key '{where}.min_matches': expected at least {SAMPLE} (the 8-point sample), "
+            f"got {epi.min_matches}"
         )
     if not 0 < epi.inlier_threshold < 1:
         raise ValueError(f"config key '{where}.inlier_threshold': expected a fraction of max(H, W) in (0, 1)")
@@ -834,7 +839,8 @@ PLACEHOLDER_PREFIX = "/path/to/"
 
 def require_real_paths(cfg: Config, set_later: tuple[str, ...] = ()) -> None:
     """A ValueError naming every key that still holds a /path/to/... placeholder, all in one message; keys
-    under the `set_later` sections (e.g. "data", which the loop fills from its encode stage) are passed over."""
+    under the `set_later` sections (e.g. "data", which the loop fills from its encode stage) are passed
+    over."""
     found = [
         f"{key} ({value})"
         for key, value in _flatten(cfg.to_dict()).items()

@@ -1,14 +1,15 @@
 """The whole VideoGPA loop in one folder: generate → score → pairs → encode → train → evaluate.
 
-The config is one engine.config.Config: the trainer's sections plus `loop:` (one section per stage). Each stage
-(engine.stages.*) skips what is already complete and resumes what is not, and hands the next stage its output
-path; nothing produced is overwritten:
+The config is one engine.config.Config: the trainer's sections plus `loop:` (one section per stage). Each
+stage (engine.stages.*) skips what is already complete and resumes what is not, and hands the next stage its
+output path; nothing produced is overwritten:
 
     DIR/models/            the tiny loop's pipeline, random VGGT and random LightGlue (built once)
     DIR/generated/         manifest.jsonl, videos/, latents/, scores.jsonl
     DIR/pairs/             pairs.jsonl, pairs_report.json, histograms
     DIR/shards/            train/ (and heldout/) preference shards
-    DIR/train_config.yaml  the trainer config the loop derived; DIR/train/ the run (LoRA, metrics, checkpoints)
+    DIR/train_config.yaml  the trainer config the loop derived
+    DIR/train/             the training run (LoRA, metrics, checkpoints)
     DIR/eval/{base,lora}/  held-out prompts generated without / with the LoRA, and their scores
     DIR/evaluation.json    the before/after table (also .md and .png)
 
@@ -87,7 +88,8 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
     try:
         if given is None and not has_builtin_model(model):
             raise ValueError(
-                "section 'loop' is missing: a real model needs loop.generation.prompts and loop.score.weights "
+                "section 'loop' is missing: a real model needs loop.generation.prompts and "
+                "loop.score.weights "
                 "(and loop.generation.pipeline or model.path inside a local diffusers pipeline folder)"
             )
         for stage in ("generation", "encode"):
@@ -169,8 +171,9 @@ class Loop:
 
     # ---------------------------------------------------------------------------------------- stages
     def prepare_models(self) -> None:
-        """A built-in model's pipeline, random VGGT and random LightGlue (written once); real models: check the
-        folders. Shards of a sharded evaluate in one folder take turns: one builds, the others find them."""
+        """A built-in model's pipeline, random VGGT and random LightGlue (written once); real models: check
+        the folders. Shards of a sharded evaluate in one folder take turns: one builds, the others find
+        them."""
         with one_at_a_time(self.out, "models"):
             built = prepare_models(
                 self.cfg, self.config.model.path, self.builtin, self.out / "models", self.config.seed
@@ -387,7 +390,8 @@ class Loop:
             write_json_atomic(self.out / "loop_summary.json", self.report)
             report = write_report(self.out)
             print(
-                f"\nloop done in {self.report['seconds']} s; before/after table: {self.out / evaluate.EVALUATION_FILE}",
+                f"\nloop done in {self.report['seconds']} s; "
+                f"before/after table: {self.out / evaluate.EVALUATION_FILE}",
                 flush=True,
             )
             print(f"report (open it in a browser): {report}", flush=True)

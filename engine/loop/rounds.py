@@ -50,7 +50,8 @@ def prompt_slice(prompts: str | os.PathLike, k: int, per_round: int, folder: Pat
     start = (k - 1) * per_round
     if per_round < 1 or start + per_round > len(items):
         raise ValueError(
-            f"loop.round_prompts {per_round}: round {k} needs prompts {start + 1}..{start + per_round} of {prompts}, "
+            f"loop.round_prompts {per_round}: round {k} needs prompts "
+            f"{start + 1}..{start + per_round} of {prompts}, "
             f"which has {len(items)}"
         )
     rows = [

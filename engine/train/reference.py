@@ -170,10 +170,10 @@ def precomputed_reference(
     name_pair: Callable[[int], str] = lambda i: f"pair {i}",
 ) -> Precomputed:
     """A fresh run computes the table (collective: every rank calls `compute`; the policy is where the run
-    starts) and rank 0 writes it. A resumed run never recomputes it (the policy has moved): it loads the stored
-    one, which must be the file the checkpoint recorded (`recorded`: its SHA-256, None for checkpoints that
-    predate the record). Either way the table is checked (shape, finiteness, the pairs it was computed for,
-    in `meta`); every error names the table file."""
+    starts) and rank 0 writes it. A resumed run never recomputes it (the policy has moved): it loads the
+    stored one, which must be the file the checkpoint recorded (`recorded`: its SHA-256, None for checkpoints
+    that predate the record). Either way the table is checked (shape, finiteness, the pairs it was computed
+    for, in `meta`); every error names the table file."""
     pairs, draws = int(meta["pairs"]), int(meta["draws"])
     if resuming:
         found = load_table(path)
@@ -183,7 +183,8 @@ def precomputed_reference(
         differ = sorted(k for k in meta if stored.get(k) != meta[k])
         if differ:
             raise ValueError(
-                f"precomputed reference table {path} was computed for another {', '.join(differ)} than this run "
+                f"precomputed reference table {path} was computed for another {', '.join(differ)} "
+                "than this run "
                 f"has ({', '.join(f'{k} {stored.get(k)!r}, expected {meta[k]!r}' for k in differ)})"
             )
         if recorded is not None and sha != recorded:

@@ -50,8 +50,9 @@ class Trainer:
     def __init__(
         self, cfg: Config, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False
     ):
-        """Validate everything (model folder, data, weights, the checkpoint to resume) before the output folder
-        is written; one trainer per folder (a lock); a fresh run never mixes with another run's files."""
+        """Validate everything (model folder, data, weights, the checkpoint to resume) before the output
+        folder is written; one trainer per folder (a lock); a fresh run never mixes with another run's
+        files."""
         require_real_paths(cfg)
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         D.init_distributed()
@@ -283,9 +284,9 @@ class Trainer:
         return result
 
     def _stop(self, done: int, err: Exception) -> Exception:
-        """Collective: a run stopped by bad data or non-finite values keeps its last good state: the state after
-        `done` steps is saved as a checkpoint (unless one holds it already); the error says so. Skipped steps
-        changed no weight, so the state is the last finite one."""
+        """Collective: a run stopped by bad data or non-finite values keeps its last good state: the state
+        after `done` steps is saved as a checkpoint (unless one holds it already); the error says so. Skipped
+        steps changed no weight, so the state is the last finite one."""
         self.logger.close()
         if done > self.saved_step:
             try:

@@ -1,7 +1,10 @@
-"""Run under torchrun (gloo): for each tiny family, one DPO forward + backward with the video tokens split over
-all ranks equals the unsplit one computed in the same process (loss, DPO logits, LoRA gradients).
+"""Run under torchrun (gloo): for each tiny family, one DPO forward + backward with the video tokens split
+over all ranks equals the unsplit one computed in the same process (loss, DPO logits, LoRA gradients).
 
-Usage (from the repository root): torchrun --nproc-per-node S -m tests.trainer.sequence_parallel_worker DTYPE FAMILY...
+Usage (from the repository root):
+
+    torchrun --nproc-per-node S -m tests.trainer.sequence_parallel_worker DTYPE FAMILY...
+
 Each rank prints `<rank R ok FAMILY>` per family that matched; any mismatch raises (exit code != 0).
 """
 

@@ -94,8 +94,9 @@ def test_config_errors(tmp_path, key, value, message):
 
 
 def test_regional_compile_of_the_blocks_trains_like_eager(tmp_path):
-    """model.compile: every block compiled in place (ZeRO-3, checkpointing, LoRA), the same losses and weights;
-    an unknown backend is named. (aot_eager: the compiler's graph capture without code generation, fast on a CPU.)"""
+    """model.compile: every block compiled in place (ZeRO-3, checkpointing, LoRA), the same losses and
+    weights; an unknown backend is named. (aot_eager: the compiler's graph capture without code generation,
+    fast on a CPU.)"""
     from safetensors.torch import load_file
 
     from videogpa.engine.train.run_logs import read_metrics

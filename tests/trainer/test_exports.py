@@ -76,7 +76,8 @@ def test_the_recipe_exports_a_finished_run_folder(finished, tmp_path, capsys):
         (["--run", "{tmp}"], r"^error: \S+ is not a trainer run folder: no config.yaml and no checkpoint$"),
         (
             ["--run", "{run}", "--formats", "comfyui,onnx", "--out", "{tmp}/x"],
-            r"^error: export formats \['comfyui', 'onnx'\]: expected some of \['diffusers', 'comfyui', 'merged'\]$",
+            r"^error: export formats \['comfyui', 'onnx'\]: "
+            r"expected some of \['diffusers', 'comfyui', 'merged'\]$",
         ),
         (
             ["--run", "{run}", "--set", "lora.rank=8", "--out", "{tmp}/x"],

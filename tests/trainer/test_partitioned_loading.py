@@ -1,8 +1,9 @@
-"""Partitioned loading under ZeRO-3 (engine/runtime/partitioned_loading.py), on two CPU ranks (deepspeed launcher,
-gloo): a ~214 M-parameter CogVideoX transformer saved on disk is set up with each rank's peak resident memory
-well under the model's full fp32 size (and under that of two models with the `separate` reference, loaded
-partitioned too), and training from it (LoRA, activation checkpointing) equals training from a plain whole
-load (ZeRO-2); parameter and optimizer CPU offload from the config are in effect and train the same."""
+"""Partitioned loading under ZeRO-3 (engine/runtime/partitioned_loading.py), on two CPU ranks (deepspeed
+launcher, gloo): a ~214 M-parameter CogVideoX transformer saved on disk is set up with each rank's peak
+resident memory well under the model's full fp32 size (and under that of two models with the `separate`
+reference, loaded partitioned too), and training from it (LoRA, activation checkpointing) equals training from
+a plain whole load (ZeRO-2); parameter and optimizer CPU offload from the config are in effect and train the
+same."""
 
 import json
 import math
@@ -87,7 +88,8 @@ def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_training_from_a_partitioned_load_equals_a_plain_load_and_offload(runs):
     _, ranks, lora = runs
     zero3, offload, zero2 = (ranks[0][k] for k in ("zero3", "offload", "zero2"))
-    # LoRA B starts at 0: the policy equals its reference (the separate one: if loaded right), softplus(0) = log 2
+    # LoRA B starts at 0: the policy equals its reference (the separate one: if loaded right), softplus(0) =
+    # log 2
     for run in (zero3, offload, zero2):
         assert run["losses"][0] == pytest.approx(math.log(2), abs=1e-6)
     assert abs(zero3["losses"][1] - math.log(2)) > 1e-5  # after one update the policy has moved

@@ -1,5 +1,6 @@
-"""eval.every and eval.validation: held-out accuracy every N steps (history, TensorBoard, PNG curve), validation
-videos sampled with the current weights (step 0 = the base model), scored, shown, resumable; W&B offline."""
+"""eval.every and eval.validation: held-out accuracy every N steps (history, TensorBoard, PNG curve),
+validation videos sampled with the current weights (step 0 = the base model), scored, shown, resumable; W&B
+offline."""
 
 import json
 import os
@@ -146,8 +147,8 @@ def test_resumed_run_keeps_finished_evaluations(full_run, tmp_path, vggt):
 
 
 def test_two_ranks_equal_one_rank(full_run, tmp_path, vggt):
-    """ZeRO-3 over two CPU ranks (deepspeed launcher, gloo): the videos are sharded over the ranks (each samples
-    and scores its share with the gathered weights) and everything equals the one-rank run."""
+    """ZeRO-3 over two CPU ranks (deepspeed launcher, gloo): the videos are sharded over the ranks (each
+    samples and scores its share with the gathered weights) and everything equals the one-rank run."""
     from tests.reliability.test_two_rank_resume import _launch
     from videogpa.engine.core.config import save_config
 
