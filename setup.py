@@ -2,6 +2,7 @@
 
 engine/  -> videogpa.engine
 kernels/ -> videogpa.kernels
+recipes/ -> videogpa.recipes (the loop launches its stages as `python -m videogpa.recipes.<stage>`)
 Both folders are namespace packages (no __init__.py): when the repository root is on sys.path (pytest,
 `python -m`, a notebook started in the checkout), a bare `import kernels` or `import engine` passes over
 them to an installed package of that name (Hugging Face's `kernels`, which transformers imports), because
@@ -11,7 +12,7 @@ bare top-level `engine` or `kernels`; the import names are `videogpa.engine` and
 
 from setuptools import find_packages, setup
 
-ROOTS = {"videogpa.engine": "engine", "videogpa.kernels": "kernels"}
+ROOTS = {"videogpa.engine": "engine", "videogpa.kernels": "kernels", "videogpa.recipes": "recipes"}
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:

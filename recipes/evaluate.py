@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> int:
-        loop = Loop(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py")
+        loop = Loop(load_loop_config(args.config, args.overrides), args.output_dir)
         shard = current_shard(args.shard)
         with contextlib.nullcontext() if args.in_loop else loop.lock(shard):
             loop.prepare_models()

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> int:  # bad input: named in the message; what was produced so far is kept
-        run_rounds(load_loop_config(args.config, args.overrides), args.output_dir, RECIPES / "dpo.py")
+        run_rounds(load_loop_config(args.config, args.overrides), args.output_dir)
         return 0
 
     return run_recipe(body)

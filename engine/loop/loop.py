@@ -28,9 +28,9 @@ A real model's config adds, for example (model.path: /models/CogVideoX-5b, the p
       train_launcher: [deepspeed, --num_gpus, "8"]
       launcher: [torchrun, --nproc-per-node, "8"]    # generate, score, encode, evaluate on every GPU
 
-With `loop.launcher`, those four stages run as recipes/<stage>.py under the launcher (each rank its share of
-the items, engine.stages.sharding) with the loop's resolved config (DIR/stage_config.yaml); without it, in
-this process. Synthetic candidates are always scored here (the oracle).
+With `loop.launcher`, those four stages run as `-m videogpa.recipes.<stage>` under the launcher (each rank its
+share of the items, engine.stages.sharding) with the loop's resolved config (DIR/stage_config.yaml); without
+it, in this process. Synthetic candidates are always scored here (the oracle).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from videogpa.engine.loop.demo import (
     has_builtin_model,
     prepare_models,
 )
-from videogpa.engine.loop.launch import launch_recipe
+from videogpa.engine.loop.launch import launch_recipe, recipe_command
 from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
@@ -111,14 +111,16 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
 class Loop:
     """Runs the stages of one loop folder."""
 
-    def __init__(self, cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.PathLike):
+    def __init__(self, cfg: Config, out_dir: str | os.PathLike):
         require_real_paths(
             cfg, set_later=("data",)
         )  # the training stage's data are the encode stage's shards
         self.config, self.cfg = cfg, cfg.loop
+        for launcher in (cfg.loop.launcher, cfg.loop.train_launcher):  # named before any stage runs
+            if launcher:
+                recipe_command(launcher, "dpo")
         self.builtin = has_builtin_model(cfg.model.name)
         self.out = Path(out_dir)
-        self.dpo_script = Path(dpo_script)
         self.report: dict[str, str] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._scorer: score.Scorer | None = None
@@ -319,8 +321,7 @@ class Loop:
         config = self.out / "train_config.yaml"
         write_atomic(config, yaml.safe_dump(self.trainer_config(shards), sort_keys=False))
         command = [
-            *(self.cfg.train_launcher or [sys.executable]),
-            str(self.dpo_script),
+            *recipe_command(self.cfg.train_launcher or [sys.executable], "dpo"),
             "--config",
             str(config),
         ]
@@ -364,10 +365,8 @@ class Loop:
         return summary.result
 
     def _launch(self, recipe: str, *args, config: Config | None = None) -> None:
-        """recipes/RECIPE.py under loop.launcher with this loop's resolved config (or `config`)."""
-        launch_recipe(
-            self.cfg.launcher, self.dpo_script.parent / f"{recipe}.py", config or self.config, self.out, *args
-        )
+        """videogpa.recipes.RECIPE under loop.launcher with this loop's resolved config (or `config`)."""
+        launch_recipe(self.cfg.launcher, recipe, config or self.config, self.out, *args)
 
     def lock(self, shard: Shard = WHOLE):
         """One loop per folder at a time (engine.io.lock); a shard of a sharded stage run (recipes/evaluate.py

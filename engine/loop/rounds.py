@@ -78,14 +78,14 @@ def round_row(k: int, loop: Loop, result: dict, started_from: str | None) -> dic
     }
 
 
-def run_rounds(cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.PathLike) -> list[dict]:
+def run_rounds(cfg: Config, out_dir: str | os.PathLike) -> list[dict]:
     """Run loop.rounds rounds (resuming finished ones) and return their rows; one round: the plain loop."""
     rounds = cfg.loop.rounds
     if rounds < 1:
         raise ValueError(f"loop.rounds: expected ≥ 1, got {rounds}")
     out = Path(out_dir)
     if rounds == 1:
-        loop = Loop(cfg, out, dpo_script)
+        loop = Loop(cfg, out)
         return [round_row(1, loop, loop.run(), None)]
     rows, previous = [], None
     with folder_lock(out, LOCK_NAME):
@@ -93,7 +93,7 @@ def run_rounds(cfg: Config, out_dir: str | os.PathLike, dpo_script: str | os.Pat
             config = copy.deepcopy(cfg)
             if "merged" not in config.train.export_formats and k < rounds:  # the next round's base
                 config.train.export_formats = [*config.train.export_formats, "merged"]
-            loop = Loop(config, out / f"round_{k}", dpo_script)
+            loop = Loop(config, out / f"round_{k}")
             if config.loop.round_prompts is not None:
                 if config.loop.generation.prompts is None:
                     raise ValueError("loop.round_prompts needs a prompt file (loop.generation.prompts)")

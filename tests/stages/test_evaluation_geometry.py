@@ -50,7 +50,7 @@ def test_the_loop_evaluates_with_its_own_geometry_model(weights, tmp_path):
         "loop.evaluate.score.device=cpu",
     ]
     cfg = load_loop_config(REPO_RECIPES / "configs" / "tiny.yaml", overrides)
-    loop = Loop(cfg, tmp_path / "loop", REPO_RECIPES / "dpo.py")
+    loop = Loop(cfg, tmp_path / "loop")
     assert loop.scorer().cfg.geometry == "vggt"
     assert loop.evaluation_scorer().cfg.geometry == "da3"
     described = geometry_description(loop.evaluation_scorer().cfg)
@@ -60,7 +60,7 @@ def test_the_loop_evaluates_with_its_own_geometry_model(weights, tmp_path):
 def test_without_an_evaluation_model_the_pairs_model_evaluates(weights, tmp_path):
     vggt, _ = weights
     cfg = load_loop_config(REPO_RECIPES / "configs" / "tiny.yaml", [f"loop.score.weights={vggt}"])
-    loop = Loop(cfg, tmp_path / "loop", REPO_RECIPES / "dpo.py")
+    loop = Loop(cfg, tmp_path / "loop")
     assert loop.evaluation_scorer() is loop.scorer()
 
 

@@ -37,7 +37,7 @@ def test_tiny_loop_runs_resumes_and_is_consistent(tmp_path, capsys):
 
     # a stage that dies (here: the training launcher) leaves everything before it in place
     with pytest.raises(RuntimeError, match="train: .* failed"):
-        pipeline.main([*argv, "--set=loop.train_launcher=['false']"])
+        pipeline.main([*argv, "--set=loop.train_launcher=['python3', '-c', 'raise SystemExit(3)']"])
     assert (out / "shards" / "train" / "index.jsonl").is_file() and not (out / "train").exists()
     manifest_before = (out / "generated" / "manifest.jsonl").read_text()
 

@@ -21,18 +21,14 @@ def test_the_loop_launches_its_stages_sharded(tmp_path, monkeypatch, capsys):
         "loop.generation.steps=2",
     ]
     out = tmp_path / "loop"
-    loop = Loop(
-        load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml", overrides),
-        out,
-        REPO / "recipes" / "dpo.py",
-    )
+    loop = Loop(load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml", overrides), out)
     with loop.lock():
         loop.prepare_models()
         manifest = loop.generate()
         scores = loop.score(manifest)
     log = capsys.readouterr().out
     assert (
-        f"[generate] {' '.join(TORCHRUN)} {REPO / 'recipes' / 'generate.py'} "
+        f"[generate] {' '.join(TORCHRUN)} -m videogpa.recipes.generate "
         f"--config {out / 'stage_config.yaml'}" in log
     )
     generated = out / "generated"

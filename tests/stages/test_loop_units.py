@@ -11,9 +11,7 @@ from videogpa.engine.loop.loop import Loop, load_loop_config
 
 
 def test_one_loop_per_folder(tmp_path):
-    loop = Loop(
-        load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml"), tmp_path, REPO / "recipes" / "dpo.py"
-    )
+    loop = Loop(load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml"), tmp_path)
     with loop.lock() as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
         with pytest.raises(ValueError, match=f"in use by another process \\(pid {os.getpid()}"):
@@ -31,7 +29,7 @@ def test_trainer_config_points_at_the_loop_and_fits_a_small_set(tmp_path, micro,
     cfg = load_loop_config(
         REPO / "recipes" / "configs" / "tiny.yaml", [f"train.micro_batch_size={micro or 'null'}"]
     )
-    loop = Loop(cfg, tmp_path, REPO / "recipes" / "dpo.py")
+    loop = Loop(cfg, tmp_path)
     loop.cfg.generation.pipeline = str(tmp_path / "models" / "pipeline")
     with PreferenceShardWriter(tmp_path / "shards" / "train") as writer:
         for i in range(3):
@@ -59,3 +57,41 @@ def test_round_k_takes_the_kth_slice_of_the_prompts_with_their_ids(tmp_path):
         ValueError, match=r"loop.round_prompts 2: round 3 needs prompts 5..6 of .*, which has 5"
     ):
         prompt_slice(prompts, 3, 2, tmp_path / "round_3")
+
+
+@pytest.mark.parametrize(
+    ("launcher", "expected"),
+    [
+        (["python3"], ["python3", "-m", "videogpa.recipes.score"]),
+        (["/venv/bin/python"], ["/venv/bin/python", "-m", "videogpa.recipes.score"]),
+        (
+            ["torchrun", "--nproc-per-node", "8"],
+            ["torchrun", "--nproc-per-node", "8", "-m", "videogpa.recipes.score"],
+        ),
+        (
+            ["deepspeed", "--num_gpus", "8"],
+            ["deepspeed", "--num_gpus", "8", "--module", "videogpa.recipes.score"],
+        ),
+        (["srun", "-n", "8", "python"], ["srun", "-n", "8", "python", "-m", "videogpa.recipes.score"]),
+    ],
+)
+def test_stages_launch_as_modules(launcher, expected):
+    from videogpa.engine.loop.launch import recipe_command
+
+    assert recipe_command(launcher, "score") == expected
+
+
+def test_a_launcher_that_cannot_run_a_module_is_named():
+    from videogpa.engine.loop.launch import recipe_command
+
+    with pytest.raises(
+        ValueError, match=r"launcher \['mpirun', '-n', '8'\]: expected a python, torchrun or deepspeed"
+    ):
+        recipe_command(["mpirun", "-n", "8"], "score")
+
+
+def test_the_loop_names_a_bad_launcher_before_any_stage(tmp_path):
+    cfg = load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml", ["loop.train_launcher=['mpirun']"])
+    with pytest.raises(ValueError, match=r"launcher \['mpirun'\]"):
+        Loop(cfg, tmp_path / "loop")
+    assert not (tmp_path / "loop").exists()

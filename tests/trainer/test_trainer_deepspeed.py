@@ -173,7 +173,7 @@ def test_real_model_configs_name_every_placeholder_at_once(name, tmp_path):
     assert "data.train" not in str(err.value)
     # the loop fills data.train from its encode stage: only model.path is named
     with pytest.raises(ValueError, match=r"1 placeholder.*model\.path") as err:
-        Loop(load_config(path, [f"output_dir={tmp_path / 'out'}"]), tmp_path / "loop", "recipes/dpo.py")
+        Loop(load_config(path, [f"output_dir={tmp_path / 'out'}"]), tmp_path / "loop")
     assert "data.train" not in str(err.value)
     overrides = [
         f"output_dir={tmp_path / 'out'}",
