@@ -24,23 +24,24 @@ from videogpa.engine.core.cli import (
     stage_config,
 )
 from videogpa.engine.core.config import EncodeConfig
-from videogpa.engine.models import adapter_names
-from videogpa.engine.stages import encode
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, help="pair index written by recipes/pairs.py")
     p.add_argument("--out-dir", required=True)
-    add_config_flags(p, EncodeConfig, model=adapter_names())
+    add_config_flags(p, EncodeConfig)  # --model: checked against the registry after the config
     add_config_file_flags(p, "encode")
     add_shard_flag(p)
     args = p.parse_args(argv)
 
     def body() -> int:
-        summary = encode.run(
-            stage_config(EncodeConfig, "encode", args), args.pairs, args.out_dir, shard=args.shard
-        )
+        cfg = stage_config(EncodeConfig, "encode", args)  # a bad key or value: named before the model stack
+        from videogpa.engine.models import adapter_class
+        from videogpa.engine.stages import encode
+
+        adapter_class(cfg.model)
+        summary = encode.run(cfg, args.pairs, args.out_dir, shard=args.shard)
         print(f"encode: {summary}; shards in {summary.out_dir}")
         return 0
 

@@ -29,15 +29,13 @@ from videogpa.engine.core.cli import (
     stage_config,
 )
 from videogpa.engine.core.config import GenerationConfig
-from videogpa.engine.models import adapter_class, adapter_names
-from videogpa.engine.models.pipelines import save_pipeline
-from videogpa.engine.stages import generate
 from videogpa.engine.types import DTYPE_CHOICES
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, GenerationConfig]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(p, GenerationConfig, model=adapter_names(), dtype=list(DTYPE_CHOICES))
+    # --model: checked against the registry after the config (whose errors come before the model stack)
+    add_config_flags(p, GenerationConfig, dtype=list(DTYPE_CHOICES))
     add_config_file_flags(p, "generation")
     add_shard_flag(p)
     p.add_argument("--out-dir", required=True)
@@ -53,6 +51,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, GenerationCo
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args, cfg = parse_args(argv)
+        from videogpa.engine.models import adapter_class
+        from videogpa.engine.models.pipelines import save_pipeline
+        from videogpa.engine.stages import generate
+
+        adapter_class(cfg.model)
         if args.build_tiny and cfg.pipeline and not (Path(cfg.pipeline) / "model_index.json").is_file():
             save_pipeline(adapter_class(cfg.model).builtin_pipeline(), cfg.pipeline)
             print(

@@ -1,6 +1,8 @@
-"""recipes/dpo.py reports a bad --set, a placeholder or a missing input folder before it imports the model
-stack (DeepSpeed, diffusers, transformers): seconds, not the minute those imports take on a busy machine."""
+"""recipes/dpo.py (and the generate and encode stages) report a bad --set, a placeholder or a missing input
+folder before they import the model stack (DeepSpeed, diffusers, transformers): seconds, not the minute
+those imports take on a busy machine."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +13,16 @@ REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("deepspeed", "diffusers", "transformers", "peft")
 PROBE = """
 import sys
-sys.argv = ["dpo.py", *{args!r}]
+sys.argv = ["{recipe}.py", *{args!r}]
 sys.path.insert(0, {recipes!r})
-import dpo
-status = dpo.main(sys.argv[1:])
+import {recipe} as recipe
+status = recipe.main(sys.argv[1:])
 print("STATUS", status, "HEAVY", sorted(m for m in {heavy!r} if m in sys.modules))
 """
 
 
-def _run(*args: str) -> tuple[str, str]:
-    code = PROBE.format(args=list(args), recipes=str(REPO / "recipes"), heavy=HEAVY)
+def _run(*args: str, recipe: str = "dpo") -> tuple[str, str]:
+    code = PROBE.format(recipe=recipe, args=list(args), recipes=str(REPO / "recipes"), heavy=HEAVY)
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     return done.stdout, done.stderr
 
@@ -40,4 +42,19 @@ def test_config_errors_come_before_the_model_stack_is_imported(args, message, tm
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
 
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, args, message",
+    [
+        ("generate", ["--set", "loop.generation.num_candidatez=3"], "loop.generation.num_candidatez"),
+        ("encode", ["--pairs", "p.jsonl", "--set", "loop.encode.heldout_fraction=lots"], "heldout_fraction"),
+    ],
+)
+def test_stage_config_errors_come_before_the_model_stack_is_imported(recipe, args, message, tmp_path):
+    stdout, stderr = _run(*args, "--out-dir", str(tmp_path / "out"), recipe=recipe)
+    assert "STATUS 2 HEAVY []" in stdout, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert lines and re.search(message, lines[-1]), stderr
     assert not (tmp_path / "out").exists()

@@ -54,10 +54,10 @@ def test_split_step_equals_the_unsplit_step_for_every_family():
 
 
 def test_split_step_in_bf16_with_compiled_blocks():
-    """bf16, and model.compile's regional torch.compile over the split blocks (their hooks included)."""
-    out = _torchrun(["bf16", "cogvideox-i2v", "wan2.2-ti2v"], SP_WORKER_COMPILE="aot_eager")
-    for family in ("cogvideox-i2v", "wan2.2-ti2v"):
-        assert all(f"<rank {r} ok {family}>" in out for r in (0, 1)), (family, out[-2000:])
+    """bf16, and model.compile's regional torch.compile over the split blocks (their hooks included), on one
+    family (the split itself is checked for every family above; the compiled hooks are the same for all)."""
+    out = _torchrun(["bf16", "wan2.2-ti2v"], SP_WORKER_COMPILE="aot_eager")
+    assert all(f"<rank {r} ok wan2.2-ti2v>" in out for r in (0, 1)), out[-2000:]
 
 
 def _launch(ranks: int, config_path: Path, *extra: str) -> None:
