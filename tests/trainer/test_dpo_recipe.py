@@ -34,6 +34,14 @@ def _run(cmd: list[str], timeout: int, **env: str) -> subprocess.CompletedProces
     return proc
 
 
+def launch_dpo(ranks: int, config: Path, *extra: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    """The trainer on `ranks` CPU ranks under torchrun, as `-m videogpa.recipes.dpo` (the loop's way); ~8 s
+    faster a launch than the deepspeed launcher, which test_two_ranks_match_one_rank... below runs."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc-per-node", str(ranks), "--master-port", str(_free_port())]
+    return _run([*cmd, "-m", "videogpa.recipes.dpo", "--config", str(config), *extra], timeout=timeout)
+
+
 def test_embedded_default_raises_heldout_accuracy(tmp_path):
     proc = _run([sys.executable, str(RECIPE), "--output-dir", str(tmp_path)], timeout=300)
     result = json.loads((tmp_path / "eval.json").read_text())

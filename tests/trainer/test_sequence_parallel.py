@@ -2,7 +2,7 @@
 
 The step-level check runs every tiny family (CogVideoX T2V with sincos and with rotary positions, CogVideoX
 I2V, Wan T2V and I2V) with 27 video tokens split unevenly over 2 gloo ranks; the trainer-level checks run
-recipes/dpo.py under the deepspeed launcher (ZeRO-3, activation checkpointing) against fewer ranks.
+recipes/dpo.py under torchrun (ZeRO-3, activation checkpointing) against fewer ranks.
 """
 
 import json
@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.trainer.test_dpo_recipe import RECIPE, _free_port, _run
+from tests.trainer.test_dpo_recipe import _free_port, _run, launch_dpo
 from tests.trainer.trainer_helpers import tiny_config
 from videogpa.engine.core.config import config_from_dict, save_config
 from videogpa.engine.train.run_logs import read_metrics
@@ -60,16 +60,10 @@ def test_split_step_in_bf16_with_compiled_blocks():
     assert all(f"<rank {r} ok wan2.2-ti2v>" in out for r in (0, 1)), out[-2000:]
 
 
-def _launch(ranks: int, config_path: Path, *extra: str) -> None:
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(deepspeed), "--num_gpus", str(ranks), "--master_port", str(_free_port()), str(RECIPE)]
-    _run([*cmd, "--config", str(config_path), *extra], timeout=400)
-
-
 def _launched(tmp_path: Path, name: str, ranks: int, *extra: str, **sections) -> Path:
     cfg = tiny_config(tmp_path / name, **sections)
     save_config(cfg, tmp_path / f"{name}.yaml")
-    _launch(ranks, tmp_path / f"{name}.yaml", *extra)
+    launch_dpo(ranks, tmp_path / f"{name}.yaml", *extra)
     return tmp_path / name
 
 
@@ -125,7 +119,7 @@ def test_resumed_sequence_parallel_run_equals_an_uninterrupted_one(tmp_path):
         tmp_path, "part", 2, "--stop-after-steps", "2", **sections, distributed={"sequence_parallel": 2}
     )
     assert [r["step"] for r in read_metrics(part)] == [1, 2]
-    _launch(2, tmp_path / "part.yaml", "--resume")
+    launch_dpo(2, tmp_path / "part.yaml", "--resume")
     _assert_same_run(tmp_path / "whole", part)
 
 

@@ -147,15 +147,15 @@ def test_resumed_run_keeps_finished_evaluations(full_run, tmp_path, vggt):
 
 
 def test_two_ranks_equal_one_rank(full_run, tmp_path, vggt):
-    """ZeRO-3 over two CPU ranks (deepspeed launcher, gloo): the videos are sharded over the ranks (each
+    """ZeRO-3 over two CPU ranks (torchrun, gloo): the videos are sharded over the ranks (each
     samples and scores its share with the gathered weights) and everything equals the one-rank run."""
-    from tests.reliability.test_two_rank_resume import _launch
+    from tests.trainer.test_dpo_recipe import launch_dpo
     from videogpa.engine.core.config import save_config
 
     out, result = full_run
     two = tmp_path / "two"
     save_config(_config(two, vggt), tmp_path / "two.yaml")
-    _launch(tmp_path / "two.yaml")
+    launch_dpo(2, tmp_path / "two.yaml")
     assert {p.name for p in (two / "validation/step_0").glob("manifest*.jsonl")} == {
         "manifest.shard-0-of-2.jsonl",
         "manifest.shard-1-of-2.jsonl",
