@@ -20,7 +20,7 @@ def test_synthetic_candidates_through_encode(tmp_path, capsys):
             "loop.synthetic.scenes=2",
             "loop.synthetic.kinds=[jitter]",
             "loop.generation.num_frames=9",
-            "loop.train_launcher=['false']",
+            "loop.train_launcher=['python3', '-c', 'raise SystemExit(3)']",  # stop before training
         )
     ]
     with pytest.raises(RuntimeError, match="train: .* failed"):
