@@ -66,14 +66,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-def pytest_collection_finish(session):
-    """DeepSpeed's CPU ops built in the background, at low priority (tests/prebuild_deepspeed_ops.py), when
-    the session holds multi-process tests (marked slow). The build is never killed (torch's build lock would
-    be left behind) nor waited for: it finishes on its own."""
+_PREBUILD: list[subprocess.Popen] = []
+
+
+def pytest_sessionstart(session):
+    """DeepSpeed's CPU ops built in the background, at low priority (tests/prebuild_deepspeed_ops.py)."""
     if torch.cuda.is_available() or os.environ.get("VIDEOGPA_PREBUILD_OPS") == "0":
-        return
-    if not any("slow" in item.keywords for item in session.items):
         return
     command = [sys.executable, "-m", "tests.prebuild_deepspeed_ops"]
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.Popen(command, cwd=REPO_ROOT, preexec_fn=lambda: os.nice(19), start_new_session=True, **quiet)
+    _PREBUILD.append(subprocess.Popen(command, cwd=REPO_ROOT, preexec_fn=lambda: os.nice(19), **quiet))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Never kill a build mid-way (torch's build lock would be left behind): wait for it."""
+    for process in _PREBUILD:
+        process.wait()

@@ -1,10 +1,9 @@
 """DeepSpeed JIT-builds its CPU ops (the shared-memory collective, CPU Adam) the first time a process uses
 them: about a minute of compiler each on a fresh machine, on the critical path of whichever test comes first.
-A test session with multi-process tests runs this in the background at low priority (tests/conftest.py) so
-that the builds use idle cycles instead: the shared-memory op into torch's default extensions folder (every
-launched test), both into the virtual environment's own folder (tests/trainer/test_partitioned_loading.py).
-Concurrent builds of one op wait for each other (torch's build lock), so a test that needs an op first simply
-waits for this build."""
+The test session runs this in the background at low priority (tests/conftest.py) so that the builds use idle
+cycles instead: the shared-memory op into torch's default extensions folder (every launched test), both into
+the virtual environment's own folder (tests/trainer/test_partitioned_loading.py). Concurrent builds of one op
+wait for each other (torch's build lock), so a test that needs an op first simply waits for this build."""
 
 import os
 import subprocess
