@@ -11,8 +11,6 @@ if not torch.cuda.is_available():
 
 import atexit  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -64,21 +62,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
-
-
-_PREBUILD: list[subprocess.Popen] = []
-
-
-def pytest_sessionstart(session):
-    """DeepSpeed's CPU ops built in the background, at low priority (tests/prebuild_deepspeed_ops.py)."""
-    if torch.cuda.is_available() or os.environ.get("VIDEOGPA_PREBUILD_OPS") == "0":
-        return
-    command = [sys.executable, "-m", "tests.prebuild_deepspeed_ops"]
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _PREBUILD.append(subprocess.Popen(command, cwd=REPO_ROOT, preexec_fn=lambda: os.nice(19), **quiet))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Never kill a build mid-way (torch's build lock would be left behind): wait for it."""
-    for process in _PREBUILD:
-        process.wait()
