@@ -19,8 +19,9 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from videogpa.engine.scenes.preference_pairs import SPLITS
+
 CACHE_ENV = "VIDEOGPA_CACHE_DIR"
-SPLITS = ("train", "heldout")
 log = logging.getLogger(__name__)
 
 
