@@ -28,15 +28,8 @@ import sys
 from pathlib import Path
 
 from videogpa.engine.core.cli import add_shard_flag, comma_list, run_recipe, section_override
-from videogpa.engine.core.config import (
-    GEOMETRY_BACKENDS,
-    EvaluateConfig,
-    GenerationConfig,
-    ScoreConfig,
-    apply_override,
-    build_dataclass,
-    validate_stage,
-)
+from videogpa.engine.core.config import GEOMETRY_BACKENDS, EvaluateConfig, GenerationConfig, ScoreConfig
+from videogpa.engine.core.config_loading import apply_override, build_dataclass
 from videogpa.engine.stages.benchmark import AUTHORS_SEED, write_prompt_file
 from videogpa.engine.stages.sharding import current_shard
 
@@ -88,7 +81,7 @@ def configs(args: argparse.Namespace) -> tuple[GenerationConfig, EvaluateConfig,
     score.epipolar.lightglue_weights = args.lightglue_weights
     evaluate = EvaluateConfig(num_candidates=1, seed=args.seed, lora_scale=args.lora_scale, score=score)
     for section, where in ((generation, "generation"), (score, "score"), (evaluate, "evaluate")):
-        validate_stage(section, f"benchmark {where}")
+        section.check(f"benchmark {where}")
     return generation, evaluate, score
 
 

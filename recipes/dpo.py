@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from videogpa.engine.core.cli import run_recipe
-    from videogpa.engine.core.config import check_input_paths, parse_config, require_real_paths, validate
+    from videogpa.engine.core.config_loading import check_input_paths, parse_config, require_real_paths
 
     def body() -> int:
         # the config's keys, types, placeholders and input folders first: seconds, before the model stack
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         from videogpa.engine.train.trainer import Trainer
 
         try:
-            validate(cfg)
+            cfg.check()
         except ValueError as err:
             raise ValueError(f"{args.config}: {err}") from None
         trainer = Trainer(

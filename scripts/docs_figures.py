@@ -25,7 +25,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def training_pictures(work: Path, out: Path) -> None:
     import torch
 
-    from videogpa.engine.core.config import config_from_dict
+    from videogpa.engine.core.config_loading import config_from_dict
     from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
     from videogpa.engine.train.trainer import Trainer
 

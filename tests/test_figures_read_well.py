@@ -286,7 +286,7 @@ def test_report_numbers_are_formatted_and_missing_values_read_na(tmp_path, demo)
 
 
 def test_demo_note_names_the_builtin_model_and_synthetic_data():
-    from videogpa.engine.core.config import config_from_dict
+    from videogpa.engine.core.config_loading import config_from_dict
 
     tiny = config_from_dict({"data": {"synthetic": {}}})
     assert run_logs.demo_note(tiny, builtin_model=True) == (

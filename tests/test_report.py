@@ -8,7 +8,8 @@ from html.parser import HTMLParser
 import pytest
 
 from tests.stages.stage_helpers import build_pairs, write_rows
-from videogpa.engine.core.config import ScoreConfig, config_from_dict, save_config
+from videogpa.engine.core.config import ScoreConfig
+from videogpa.engine.core.config_loading import config_from_dict, save_config
 from videogpa.engine.core.report import write_report
 from videogpa.engine.io.records import read_jsonl, write_json_atomic
 from videogpa.engine.scenes.video_set import write_synthetic_set

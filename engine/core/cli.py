@@ -10,13 +10,8 @@ import types
 import typing
 from collections.abc import Callable
 
-from videogpa.engine.core.config import (
-    Config,
-    apply_override,
-    build_dataclass,
-    read_config_dict,
-    validate_stage,
-)
+from videogpa.engine.core.config import Config
+from videogpa.engine.core.config_loading import apply_override, build_dataclass, read_config_dict
 
 
 def _flag_type(tp: object) -> type:
@@ -140,7 +135,7 @@ def stage_config(cls: type, section: str, args: argparse.Namespace):
     where = f"loop.{section}"
     try:
         cfg = build_dataclass(cls, data, where)
-        validate_stage(cfg, where)
+        cfg.check(where)
     except ValueError as err:
         raise ValueError(f"{args.config}: {err}" if args.config else str(err)) from None
     return cfg

@@ -1,23 +1,16 @@
-"""The one config tree: a YAML file validated into nested dataclasses (unknown keys are errors).
+"""The one config tree: nested dataclasses, each section checking its own fields (`check`).
 
 The trainer's sections (model, lora, dpo, data, optim, train, distributed, eval) and the loop's (`loop:`, one
-section per stage: generation, score, pairs, encode, evaluate) live in one `Config`; each stage module
-(engine.stages) takes its section. Every default is written here once.
+section per stage: generation, score, pairs, encode, evaluate) live in one `Config`, whose `check` runs every
+section's and then the checks across sections; each stage module (engine.stages) takes its section. Every
+default is written here once. Reading YAML and overrides into these classes: engine.core.config_loading.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-
-from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.scenes.procedural import CORRUPTIONS
 from videogpa.engine.types import DTYPE_CHOICES
 from videogpa.kernels.dpo_loss import LOSS_TYPES
@@ -31,6 +24,28 @@ EXPORT_FORMATS = ("diffusers", "comfyui", "merged")
 NAN_POLICIES = ("skip", "stop")
 STEP_CACHES = ("first_block",)  # diffusers' FirstBlockCacheConfig
 LR_SCHEDULES = ("cosine", "constant")
+
+
+def _choice(value: object, choices: tuple, key: str) -> None:
+    if value not in choices:
+        raise ValueError(f"config key {key!r}: expected one of {choices}, got {value!r}")
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(
+            f"config key {key!r}: expected a {'non-negative' if allow_zero else 'positive'} value"
+        )
+
+
+def _installed(package: str) -> bool:
+    """Whether `package` can be imported (a package that cannot even be looked up counts as missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass
@@ -47,6 +62,15 @@ class ModelConfig:
     # eager
     compile: str | None = None
 
+    def check(self, where: str = "model") -> None:
+        from videogpa.engine.models import adapter_names
+
+        _choice(self.name, tuple(adapter_names()), f"{where}.name")
+        if not 0 < self.checkpoint_fraction <= 1:
+            raise ValueError(f"config key '{where}.checkpoint_fraction': expected a fraction in (0, 1]")
+        if not self.attention_backend.startswith("diffusers:"):
+            _choice(self.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
+
 
 @dataclass
 class LoraConfig:
@@ -57,6 +81,27 @@ class LoraConfig:
     targets: list[str] | None = None  # module-name suffixes; None: the adapter's defaults
     # the pipeline components that get LoRA (Wan 2.2 A14B: transformer, transformer_2); None: every one
     experts: list[str] | None = None
+
+    def check(self, where: str = "lora") -> None:
+        if self.enabled:
+            _positive(self.rank, f"{where}.rank")
+            _positive(self.alpha, f"{where}.alpha")
+            if not 0.0 <= self.dropout < 1.0:
+                raise ValueError(f"config key '{where}.dropout': expected a value in [0, 1)")
+
+    def check_experts(self, model: str) -> None:
+        """lora.experts names distinct components of `model` that can take LoRA."""
+        from videogpa.engine.models import adapter_class
+
+        components = adapter_class(model).lora_components
+        experts = self.experts
+        if experts is not None and (
+            not experts or len(set(experts)) != len(experts) or set(experts) - set(components)
+        ):
+            raise ValueError(
+                f"config key 'lora.experts': expected distinct names among {list(components)} (the "
+                f"components of model {model!r} that can take LoRA), got {experts!r}"
+            )
 
 
 @dataclass
@@ -71,6 +116,19 @@ class DPOConfig:
     nan_policy: str = "skip"  # a non-finite loss or gradient: skip the step (skip) or stop the run (stop)
     max_consecutive_skips: int = 3  # skip: a run stops after this many non-finite steps in a row
 
+    def check(self, where: str = "dpo") -> None:
+        _choice(self.reference, REFERENCE_STRATEGIES, f"{where}.reference")
+        _choice(self.loss_type, LOSS_TYPES, f"{where}.loss_type")
+        _choice(self.nan_policy, NAN_POLICIES, f"{where}.nan_policy")
+        _positive(self.beta, f"{where}.beta")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"config key '{where}.label_smoothing': expected a value in [0, 0.5)")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"config key '{where}.label_smoothing': applies only to dpo.loss_type 'sigmoid'")
+        if self.noise_cycle is not None:
+            _positive(self.noise_cycle, f"{where}.noise_cycle")
+        _positive(self.max_consecutive_skips, f"{where}.max_consecutive_skips")
+
 
 @dataclass
 class SyntheticDataConfig:
@@ -84,12 +142,29 @@ class SyntheticDataConfig:
     corruptions: list[str] = field(default_factory=lambda: ["jitter", "scale"])  # used in turn
     strength: float = 4.0  # engine.scenes.procedural.corrupt's strength
 
+    def check(self, where: str = "data.synthetic") -> None:
+        _positive(self.train_pairs, f"{where}.train_pairs")
+        _positive(self.heldout_pairs, f"{where}.heldout_pairs")
+        _positive(self.strength, f"{where}.strength")
+        if not self.corruptions:
+            raise ValueError(f"config key '{where}.corruptions': expected at least one corruption")
+        for kind in self.corruptions:
+            _choice(kind, CORRUPTIONS, f"{where}.corruptions")
+
 
 @dataclass
 class DataConfig:
     train: str | None = None  # preference-shard folder
     heldout: str | None = None  # preference-shard folder never trained on (evaluation)
     synthetic: SyntheticDataConfig | None = None  # generate the sets into <output_dir>/data instead
+
+    def check(self, where: str = "data") -> None:
+        if self.synthetic is None and self.train is None:
+            raise ValueError(
+                f"config section '{where}': set 'train' (a preference-shard folder) or 'synthetic'"
+            )
+        if self.synthetic is not None:
+            self.synthetic.check(f"{where}.synthetic")
 
 
 @dataclass
@@ -102,6 +177,14 @@ class OptimConfig:
     warmup_steps: int = 500  # linear warm-up steps
     min_lr_ratio: float = 0.0  # the cosine ends at lr × this
     grad_clip: float = 1.0  # gradient-norm clip (0: off)
+
+    def check(self, where: str = "optim") -> None:
+        _choice(self.schedule, LR_SCHEDULES, f"{where}.schedule")
+        _positive(self.lr, f"{where}.lr")
+        _positive(self.warmup_steps, f"{where}.warmup_steps", allow_zero=True)
+        _positive(self.grad_clip, f"{where}.grad_clip", allow_zero=True)
+        if len(self.betas) != 2:
+            raise ValueError(f"config key '{where}.betas': expected two values, got {self.betas}")
 
 
 @dataclass
@@ -119,6 +202,26 @@ class TrainConfig:
     # evaluate stage and recipes/export.py read it); comfyui and merged need LoRA
     export_formats: list[str] = field(default_factory=lambda: ["diffusers"])
 
+    def check(self, where: str = "train") -> None:
+        _choice(self.precision, PRECISIONS, f"{where}.precision")
+        for key in ("max_steps", "global_batch_size", "log_every"):
+            _positive(getattr(self, key), f"{where}.{key}")
+        if self.micro_batch_size is not None:
+            _positive(self.micro_batch_size, f"{where}.micro_batch_size")
+        _positive(self.checkpoint_every, f"{where}.checkpoint_every", allow_zero=True)
+        _positive(self.keep_checkpoints, f"{where}.keep_checkpoints")
+        formats = self.export_formats
+        if [f for f in formats if f not in EXPORT_FORMATS] or len(set(formats)) != len(formats):
+            raise ValueError(
+                f"config key '{where}.export_formats': expected distinct values among "
+                f"{list(EXPORT_FORMATS)}, got {formats}"
+            )
+        if "diffusers" not in formats:
+            raise ValueError(
+                f"config key '{where}.export_formats': must include 'diffusers' (the other formats are made "
+                f"from it), got {formats}"
+            )
+
 
 @dataclass
 class DistributedConfig:
@@ -130,6 +233,13 @@ class DistributedConfig:
     sequence_parallel: int = 1
     deepspeed_config: str | None = None  # a user's DeepSpeed JSON, merged over the generated one
 
+    def check(self, where: str = "distributed") -> None:
+        # Stages 1-3 discard a step whose gradients are non-finite (dpo.nan_policy: skip relies on it).
+        _choice(self.zero_stage, (1, 2, 3), f"{where}.zero_stage")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"config key '{where}.offload_params': parameter offload needs zero_stage 3")
+        _positive(self.sequence_parallel, f"{where}.sequence_parallel")
+
 
 @dataclass
 class EvalConfig:
@@ -138,6 +248,13 @@ class EvalConfig:
     plot: bool = True  # write heldout_accuracy.png and training_curves.png
     every: int = 0  # also evaluate (held-out accuracy, validation videos) every N steps; 0: before/after only
     validation: ValidationConfig | None = None  # videos sampled with the current weights (None: off)
+
+    def check(self, where: str = "eval") -> None:
+        _positive(self.draws, f"{where}.draws")
+        _positive(self.batch_size, f"{where}.batch_size")
+        _positive(self.every, f"{where}.every", allow_zero=True)
+        if self.validation is not None:
+            self.validation.check(f"{where}.validation")
 
 
 WANDB_MODES = ("offline", "online")
@@ -153,11 +270,22 @@ class WandbConfig:
     name: str | None = None  # the run's name (None: the output folder's name)
     entity: str | None = None  # the W&B entity (None: your default)
 
+    def check(self, where: str = "logging.wandb") -> None:
+        _choice(self.mode, WANDB_MODES, f"{where}.mode")
+        if not _installed("wandb"):
+            raise ValueError(
+                f"config key '{where}': needs the wandb package (pip install wandb), not installed"
+            )
+
 
 @dataclass
 class LoggingConfig:
     tensorboard: bool = True  # TensorBoard events under <output_dir>/tensorboard
     wandb: WandbConfig | None = None  # None: off (the wandb package is needed only when it is on)
+
+    def check(self, where: str = "logging") -> None:
+        if self.wandb is not None:
+            self.wandb.check(f"{where}.wandb")
 
 
 @dataclass
@@ -195,6 +323,17 @@ class GenerationConfig:
     step_cache: str | None = None
     step_cache_threshold: float = 0.05  # first_block: reuse the rest of the blocks below this change
 
+    def check(self, where: str = "loop.generation") -> None:
+        for key in ("num_candidates", "batch_size"):
+            _positive(getattr(self, key), f"{where}.{key}")
+        if self.dtype is not None:
+            _choice(self.dtype, DTYPE_CHOICES, f"{where}.dtype")
+        if not self.attention_backend.startswith("diffusers:"):
+            _choice(self.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
+        if self.step_cache is not None:
+            _choice(self.step_cache, STEP_CACHES, f"{where}.step_cache")
+            _positive(self.step_cache_threshold, f"{where}.step_cache_threshold")
+
 
 GEOMETRY_BACKENDS = ("auto", "oracle", "vggt", "da3")
 POINT_SOURCES = ("auto", "depth", "pointmap")
@@ -221,6 +360,28 @@ class EpipolarConfig:
     inlier_threshold: float = 0.004  # epi_robust: Sampson inlier threshold, a fraction of max(H, W)
     robust: str = "batched"  # epi_robust: "batched" MSAC over all pairs at once, or "kornia" RANSAC per pair
     seed: int = 0  # epi_robust's sampling seed (fixed: not the synthetic set's)
+
+    def check(self, where: str = "loop.score.epipolar") -> None:
+        # imported here: importing the config does not import the geometry package (the trainer needs none)
+        from videogpa.engine.geometry.epipolar import ROBUST_FITS, SAMPLE
+        from videogpa.engine.geometry.matching import MATCHERS
+
+        _choice(self.matcher, tuple(MATCHERS), f"{where}.matcher")
+        _choice(self.robust, ROBUST_FITS, f"{where}.robust")
+        for key in ("size", "stride", "max_keypoints"):
+            if getattr(self, key) is not None:
+                _positive(getattr(self, key), f"{where}.{key}")
+        if self.keypoint_threshold is not None and not 0 < self.keypoint_threshold < 1:
+            raise ValueError(f"config key '{where}.keypoint_threshold': expected a score in (0, 1) or null")
+        if self.min_matches < SAMPLE:
+            raise ValueError(
+                f"config key '{where}.min_matches': expected at least {SAMPLE} (the 8-point sample), "
+                f"got {self.min_matches}"
+            )
+        if not 0 < self.inlier_threshold < 1:
+            raise ValueError(
+                f"config key '{where}.inlier_threshold': expected a fraction of max(H, W) in (0, 1)"
+            )
 
 
 @dataclass
@@ -253,6 +414,39 @@ class ScoreConfig:
     figures: int = 0
     figure_videos: list[str] = field(default_factory=list)  # file names or stems
 
+    def check(self, where: str = "loop.score") -> None:
+        _choice(self.geometry, GEOMETRY_BACKENDS, f"{where}.geometry")
+        _choice(self.points, POINT_SOURCES, f"{where}.points")
+        _choice(self.kernel_backend, KERNEL_BACKENDS, f"{where}.kernel_backend")
+        _positive(self.num_frames, f"{where}.num_frames")
+        for key in ("size", "batch_size"):
+            if getattr(self, key) is not None:
+                _positive(getattr(self, key), f"{where}.{key}")
+        if not 0 <= self.conf_thres < 100:
+            raise ValueError(f"config key '{where}.conf_thres': expected a percentile in [0, 100)")
+        if bool(self.vgg_weights) != bool(self.lpips_weights):
+            raise ValueError(
+                f"config section '{where}': give both vgg_weights and lpips_weights for LPIPS, or neither"
+            )
+        if self.mse_only and self.vgg_weights:
+            raise ValueError(
+                f"config key '{where}.mse_only': scores without LPIPS; drop vgg_weights/lpips_weights"
+            )
+        if not self.metrics or not set(self.metrics) <= set(SCORE_METRICS):
+            raise ValueError(
+                f"config key '{where}.metrics': expected a non-empty list of {list(SCORE_METRICS)}, "
+                f"got {self.metrics}"
+            )
+        self.epipolar.check(f"{where}.epipolar")
+        if "epipolar" in self.metrics and not _installed("kornia"):
+            raise ValueError(
+                f"config key '{where}.metrics': 'epipolar' needs the kornia package (pip install kornia), "
+                "not installed"
+            )
+        _positive(self.figures, f"{where}.figures", allow_zero=True)
+        if (self.figures or self.figure_videos) and "reprojection" not in self.metrics:
+            raise ValueError(f"config key '{where}.figures': the pictures need the 'reprojection' metric")
+
 
 @dataclass
 class ValidationConfig:
@@ -274,6 +468,24 @@ class ValidationConfig:
     offload: bool = True  # between validations: the sampling pipeline on the CPU, the scorer not kept
     score: ScoreConfig | None = None  # the geometry scorer of the videos (None: not scored)
 
+    def check(self, where: str = "eval.validation") -> None:
+        if not self.prompts:
+            raise ValueError(f"config key '{where}.prompts': expected at least one prompt")
+        if self.images is not None and len(self.images) != len(self.prompts):
+            raise ValueError(
+                f"config key '{where}.images': expected one image per prompt ({len(self.prompts)}), "
+                f"got {len(self.images)}"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"config key '{where}.seeds': expected distinct seeds, got {self.seeds}")
+        for key in ("num_frames", "height", "width", "steps"):
+            if getattr(self, key) is not None:
+                _positive(getattr(self, key), f"{where}.{key}")
+        _positive(self.batch_size, f"{where}.batch_size")
+        _positive(self.grid_frames, f"{where}.grid_frames")
+        if self.score is not None:
+            self.score.check(f"{where}.score")
+
 
 @dataclass
 class PairsConfig:
@@ -283,6 +495,10 @@ class PairsConfig:
     min_motion: float = 0.001  # drop videos whose camera-motion score is below this
     overwrite: bool = False  # replace an existing, different pair index
     plots: bool = True  # write the score and gap histograms
+
+    def check(self, where: str = "loop.pairs") -> None:
+        _positive(self.min_gap, f"{where}.min_gap", allow_zero=True)
+        _positive(self.min_motion, f"{where}.min_motion", allow_zero=True)
 
 
 @dataclass
@@ -298,6 +514,11 @@ class EncodeConfig:
     shard_size: int = 64  # pairs per safetensors shard
     device: str | None = None  # None: cuda when available, else cpu
 
+    def check(self, where: str = "loop.encode") -> None:
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"config key '{where}.heldout_fraction': expected a value in [0, 1)")
+        _positive(self.shard_size, f"{where}.shard_size")
+
 
 @dataclass
 class EvaluateConfig:
@@ -311,6 +532,11 @@ class EvaluateConfig:
     # their pairs with VGGT-1B and evaluate with Depth Anything 3 (geometry da3, or auto with DA3 weights)
     score: ScoreConfig | None = None
 
+    def check(self, where: str = "loop.evaluate") -> None:
+        _positive(self.num_candidates, f"{where}.num_candidates")
+        if self.score is not None:
+            self.score.check(f"{where}.score")
+
 
 @dataclass
 class SyntheticCandidatesConfig:
@@ -320,6 +546,11 @@ class SyntheticCandidatesConfig:
     scenes: int = 8  # procedural scenes (each gives clean and corrupted candidates)
     kinds: list[str] | None = None  # corruption kinds (None: all)
     seed: int = 0  # the scenes' seed
+
+    def check(self, where: str = "loop.synthetic") -> None:
+        for kind in self.kinds or []:
+            _choice(kind, CORRUPTIONS, f"{where}.kinds")
+        _positive(self.scenes, f"{where}.scenes")
 
 
 CANDIDATE_SOURCES = ("generate", "synthetic")
@@ -348,6 +579,11 @@ class LoopConfig:
     # ids kept; with rounds ≥ 2); None: every round generates from all of them
     round_prompts: int | None = None
 
+    def check(self, where: str = "loop") -> None:
+        _choice(self.candidates, CANDIDATE_SOURCES, f"{where}.candidates")
+        for name in ("synthetic", "generation", "score", "pairs", "encode", "evaluate"):
+            getattr(self, name).check(f"{where}.{name}")
+
 
 @dataclass
 class Config:
@@ -367,489 +603,35 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-def _dataclass_type(tp: object) -> type | None:
-    """The dataclass in `tp` (also inside `X | None`), else None."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
-
-
-def _check_scalar(value: object, tp: object, where: str) -> object:
-    """Validate a leaf value against its annotation (ints accepted for floats)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (tp,) = [a for a in args if a is not type(None)]
-        return _check_scalar(value, tp, where)
-    if typing.get_origin(tp) is list:
-        if not isinstance(value, list):
-            raise ValueError(f"config key {where!r}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check_scalar(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML reads 5e-6 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if tp is float and isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"config key {where!r}: expected a finite number, got {value!r}")
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ValueError(f"config key {where!r}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def build_dataclass(cls: type, data: object, where: str) -> object:
-    """Instantiate the (nested) config dataclass cls from a mapping, checking keys and types; errors name
-    `where`."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config section {where or '<root>'!r}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; expected one of {sorted(known)}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        sub = _dataclass_type(hints[name])
-        if sub is not None and not (value is None and sub is not hints[name]):
-            kwargs[name] = build_dataclass(sub, value, key)
-        else:
-            kwargs[name] = _check_scalar(value, hints[name], key)
-    return cls(**kwargs)
-
-
-def _choice(value: object, choices: tuple, key: str) -> None:
-    if value not in choices:
-        raise ValueError(f"config key {key!r}: expected one of {choices}, got {value!r}")
-
-
-def _positive(value: float, key: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(
-            f"config key {key!r}: expected a {'non-negative' if allow_zero else 'positive'} value"
-        )
-
-
-def _check_lora_experts(experts: list[str] | None, model: str) -> None:
-    from videogpa.engine.models import adapter_class
-
-    components = adapter_class(model).lora_components
-    if experts is not None and (
-        not experts or len(set(experts)) != len(experts) or set(experts) - set(components)
-    ):
-        raise ValueError(
-            f"config key 'lora.experts': expected distinct names among {list(components)} (the "
-            f"components of model {model!r} that can take LoRA), got {experts!r}"
-        )
-
-
-def _check_synthetic(syn: SyntheticDataConfig) -> None:
-
-    _positive(syn.train_pairs, "data.synthetic.train_pairs")
-    _positive(syn.heldout_pairs, "data.synthetic.heldout_pairs")
-    _positive(syn.strength, "data.synthetic.strength")
-    if not syn.corruptions:
-        raise ValueError("config key 'data.synthetic.corruptions': expected at least one corruption")
-    for kind in syn.corruptions:
-        _choice(kind, CORRUPTIONS, "data.synthetic.corruptions")
-
-
-def _check_export_formats(formats: list[str], lora: bool) -> None:
-    key = "config key 'train.export_formats'"
-    bad = [f for f in formats if f not in EXPORT_FORMATS]
-    if bad or len(set(formats)) != len(formats):
-        raise ValueError(f"{key}: expected distinct values among {list(EXPORT_FORMATS)}, got {formats}")
-    if "diffusers" not in formats:
-        raise ValueError(
-            f"{key}: must include 'diffusers' (the other formats are made from it), got {formats}"
-        )
-    if not lora and len(formats) > 1:
-        raise ValueError(
-            f"{key}: {formats} need LoRA (lora.enabled: true); full fine-tuning exports 'diffusers'"
-        )
-
-
-def _check_validation(val: ValidationConfig) -> None:
-    where = "eval.validation"
-    if not val.prompts:
-        raise ValueError(f"config key '{where}.prompts': expected at least one prompt")
-    if val.images is not None and len(val.images) != len(val.prompts):
-        raise ValueError(
-            f"config key '{where}.images': expected one image per prompt ({len(val.prompts)}), "
-            f"got {len(val.images)}"
-        )
-    if not val.seeds or len(set(val.seeds)) != len(val.seeds):
-        raise ValueError(f"config key '{where}.seeds': expected distinct seeds, got {val.seeds}")
-    for key in ("num_frames", "height", "width", "steps"):
-        if getattr(val, key) is not None:
-            _positive(getattr(val, key), f"{where}.{key}")
-    _positive(val.batch_size, f"{where}.batch_size")
-    _positive(val.grid_frames, f"{where}.grid_frames")
-    if val.score is not None:
-        validate_stage(val.score, f"{where}.score")
-
-
-def validate(cfg: Config) -> Config:
-    """Cross-field checks that the types alone cannot express."""
-    from videogpa.engine.models import adapter_names
-
-    _choice(cfg.model.name, tuple(adapter_names()), "model.name")
-    if not 0 < cfg.model.checkpoint_fraction <= 1:
-        raise ValueError("config key 'model.checkpoint_fraction': expected a fraction in (0, 1]")
-    if not cfg.model.attention_backend.startswith("diffusers:"):
-        _choice(cfg.model.attention_backend, SDPA_KERNELS, "model.attention_backend")
-    _choice(cfg.dpo.reference, REFERENCE_STRATEGIES, "dpo.reference")
-    _choice(cfg.dpo.loss_type, LOSS_TYPES, "dpo.loss_type")
-    _choice(cfg.dpo.nan_policy, NAN_POLICIES, "dpo.nan_policy")
-    _choice(cfg.train.precision, PRECISIONS, "train.precision")
-    _choice(cfg.optim.schedule, LR_SCHEDULES, "optim.schedule")
-    # Stages 1-3 discard a step whose gradients are non-finite (dpo.nan_policy: skip relies on it).
-    _choice(cfg.distributed.zero_stage, (1, 2, 3), "distributed.zero_stage")
-    _positive(cfg.dpo.beta, "dpo.beta")
-    if not 0.0 <= cfg.dpo.label_smoothing < 0.5:
-        raise ValueError("config key 'dpo.label_smoothing': expected a value in [0, 0.5)")
-    if cfg.dpo.label_smoothing and cfg.dpo.loss_type != "sigmoid":
-        raise ValueError("config key 'dpo.label_smoothing': applies only to dpo.loss_type 'sigmoid'")
-    if cfg.dpo.noise_cycle is not None:
-        _positive(cfg.dpo.noise_cycle, "dpo.noise_cycle")
-    _positive(cfg.dpo.max_consecutive_skips, "dpo.max_consecutive_skips")
-    if cfg.dpo.reference == "adapters_off" and not cfg.lora.enabled:
-        raise ValueError(
-            "config key 'dpo.reference': 'adapters_off' needs LoRA (lora.enabled: true); "
-            "full fine-tuning needs 'separate' or 'precomputed'"
-        )
-    if cfg.lora.enabled:
-        _positive(cfg.lora.rank, "lora.rank")
-        _positive(cfg.lora.alpha, "lora.alpha")
-        if not 0.0 <= cfg.lora.dropout < 1.0:
-            raise ValueError("config key 'lora.dropout': expected a value in [0, 1)")
-        _check_lora_experts(cfg.lora.experts, cfg.model.name)
-    for key in ("max_steps", "global_batch_size", "log_every"):
-        _positive(getattr(cfg.train, key), f"train.{key}")
-    if cfg.train.micro_batch_size is not None:
-        _positive(cfg.train.micro_batch_size, "train.micro_batch_size")
-    _positive(cfg.train.checkpoint_every, "train.checkpoint_every", allow_zero=True)
-    _positive(cfg.train.keep_checkpoints, "train.keep_checkpoints")
-    _check_export_formats(cfg.train.export_formats, cfg.lora.enabled)
-    _positive(cfg.optim.lr, "optim.lr")
-    _positive(cfg.optim.warmup_steps, "optim.warmup_steps", allow_zero=True)
-    _positive(cfg.optim.grad_clip, "optim.grad_clip", allow_zero=True)
-    if len(cfg.optim.betas) != 2:
-        raise ValueError(f"config key 'optim.betas': expected two values, got {cfg.optim.betas}")
-    if cfg.data.synthetic is None and cfg.data.train is None:
-        raise ValueError("config section 'data': set 'train' (a preference-shard folder) or 'synthetic'")
-    if cfg.data.synthetic is not None:
-        _check_synthetic(cfg.data.synthetic)
-    if cfg.distributed.offload_params and cfg.distributed.zero_stage != 3:
-        raise ValueError("config key 'distributed.offload_params': parameter offload needs zero_stage 3")
-    _positive(cfg.distributed.sequence_parallel, "distributed.sequence_parallel")
-    backend = cfg.model.attention_backend.removeprefix("diffusers:")
-    if (
-        cfg.distributed.sequence_parallel > 1
-        and backend != cfg.model.attention_backend
-        and "native" not in backend
-    ):
-        raise ValueError(
-            f"config key 'model.attention_backend': sequence parallelism exchanges PyTorch SDPA's "
-            f"inputs; use an SDPA kernel or a diffusers native backend, not {backend!r}"
-        )
-    _positive(cfg.eval.draws, "eval.draws")
-    _positive(cfg.eval.batch_size, "eval.batch_size")
-    _positive(cfg.eval.every, "eval.every", allow_zero=True)
-    if cfg.eval.validation is not None:
-        _check_validation(cfg.eval.validation)
-    if cfg.logging.wandb is not None:
-        _choice(cfg.logging.wandb.mode, WANDB_MODES, "logging.wandb.mode")
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
+    def check(self) -> Config:
+        """Each section's checks, then those across sections; returns the config, its loop's stages set to the
+        trainer's model."""
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if dataclasses.is_dataclass(value):
+                value.check()
+        if self.dpo.reference == "adapters_off" and not self.lora.enabled:
             raise ValueError(
-                "config key 'logging.wandb': needs the wandb package (pip install wandb), not installed"
+                "config key 'dpo.reference': 'adapters_off' needs LoRA (lora.enabled: true); "
+                "full fine-tuning needs 'separate' or 'precomputed'"
             )
-    if cfg.loop is not None:
-        validate_loop(cfg.loop, cfg.model.name)
-    return cfg
-
-
-def _installed(package: str) -> bool:
-    """Whether `package` can be imported (a package that cannot even be looked up counts as missing)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _check_epipolar(epi: EpipolarConfig, where: str) -> None:
-    # imported here: importing the config does not import the geometry package (the trainer needs none of it)
-    from videogpa.engine.geometry.epipolar import ROBUST_FITS, SAMPLE
-    from videogpa.engine.geometry.matching import MATCHERS
-
-    _choice(epi.matcher, tuple(MATCHERS), f"{where}.matcher")
-    _choice(epi.robust, ROBUST_FITS, f"{where}.robust")
-    for key in ("size", "stride", "max_keypoints"):
-        if getattr(epi, key) is not None:
-            _positive(getattr(epi, key), f"{where}.{key}")
-    if epi.keypoint_threshold is not None and not 0 < epi.keypoint_threshold < 1:
-        raise ValueError(f"config key '{where}.keypoint_threshold': expected a score in (0, 1) or null")
-    if epi.min_matches < SAMPLE:
-        raise ValueError(
-            f"config key '{where}.min_matches': expected at least {SAMPLE} (the 8-point sample), "
-            f"got {epi.min_matches}"
-        )
-    if not 0 < epi.inlier_threshold < 1:
-        raise ValueError(f"config key '{where}.inlier_threshold': expected a fraction of max(H, W) in (0, 1)")
-
-
-def validate_stage(section: object, where: str) -> None:
-    """Checks of one stage section that the types alone cannot express."""
-    if isinstance(section, GenerationConfig):
-        for key in ("num_candidates", "batch_size"):
-            _positive(getattr(section, key), f"{where}.{key}")
-        if section.dtype is not None:
-            _choice(section.dtype, DTYPE_CHOICES, f"{where}.dtype")
-        if not section.attention_backend.startswith("diffusers:"):
-            _choice(section.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
-        if section.step_cache is not None:
-            _choice(section.step_cache, STEP_CACHES, f"{where}.step_cache")
-            _positive(section.step_cache_threshold, f"{where}.step_cache_threshold")
-    elif isinstance(section, ScoreConfig):
-        _choice(section.geometry, GEOMETRY_BACKENDS, f"{where}.geometry")
-        _choice(section.points, POINT_SOURCES, f"{where}.points")
-        _choice(section.kernel_backend, KERNEL_BACKENDS, f"{where}.kernel_backend")
-        _positive(section.num_frames, f"{where}.num_frames")
-        for key in ("size", "batch_size"):
-            if getattr(section, key) is not None:
-                _positive(getattr(section, key), f"{where}.{key}")
-        if not 0 <= section.conf_thres < 100:
-            raise ValueError(f"config key '{where}.conf_thres': expected a percentile in [0, 100)")
-        if bool(section.vgg_weights) != bool(section.lpips_weights):
+        if self.lora.enabled:
+            self.lora.check_experts(self.model.name)
+        if not self.lora.enabled and len(self.train.export_formats) > 1:
             raise ValueError(
-                f"config section '{where}': give both vgg_weights and lpips_weights for LPIPS, or neither"
+                f"config key 'train.export_formats': {self.train.export_formats} need LoRA (lora.enabled: "
+                "true); full fine-tuning exports 'diffusers'"
             )
-        if section.mse_only and section.vgg_weights:
+        backend = self.model.attention_backend.removeprefix("diffusers:")
+        if (
+            self.distributed.sequence_parallel > 1
+            and backend != self.model.attention_backend
+            and "native" not in backend
+        ):
             raise ValueError(
-                f"config key '{where}.mse_only': scores without LPIPS; drop vgg_weights/lpips_weights"
+                f"config key 'model.attention_backend': sequence parallelism exchanges PyTorch SDPA's "
+                f"inputs; use an SDPA kernel or a diffusers native backend, not {backend!r}"
             )
-        if not section.metrics or not set(section.metrics) <= set(SCORE_METRICS):
-            raise ValueError(
-                f"config key '{where}.metrics': expected a non-empty list of {list(SCORE_METRICS)}, "
-                f"got {section.metrics}"
-            )
-        _check_epipolar(section.epipolar, f"{where}.epipolar")
-        if "epipolar" in section.metrics and not _installed("kornia"):
-            raise ValueError(
-                f"config key '{where}.metrics': 'epipolar' needs the kornia package (pip install kornia), "
-                "not installed"
-            )
-        _positive(section.figures, f"{where}.figures", allow_zero=True)
-        if (section.figures or section.figure_videos) and "reprojection" not in section.metrics:
-            raise ValueError(f"config key '{where}.figures': the pictures need the 'reprojection' metric")
-    elif isinstance(section, PairsConfig):
-        _positive(section.min_gap, f"{where}.min_gap", allow_zero=True)
-        _positive(section.min_motion, f"{where}.min_motion", allow_zero=True)
-    elif isinstance(section, EncodeConfig):
-        if not 0 <= section.heldout_fraction < 1:
-            raise ValueError(f"config key '{where}.heldout_fraction': expected a value in [0, 1)")
-        _positive(section.shard_size, f"{where}.shard_size")
-    elif isinstance(section, EvaluateConfig):
-        _positive(section.num_candidates, f"{where}.num_candidates")
-
-
-def validate_loop(loop: LoopConfig, model: str) -> None:
-    """The loop section: each stage's checks, and the stages' model is the trainer's."""
-    _choice(loop.candidates, CANDIDATE_SOURCES, "loop.candidates")
-    for name in ("generation", "score", "pairs", "encode", "evaluate"):
-        validate_stage(getattr(loop, name), f"loop.{name}")
-    if loop.evaluate.score is not None:
-        validate_stage(loop.evaluate.score, "loop.evaluate.score")
-    for kind in loop.synthetic.kinds or []:
-        _choice(kind, CORRUPTIONS, "loop.synthetic.kinds")
-    _positive(loop.synthetic.scenes, "loop.synthetic.scenes")
-    loop.generation.model = loop.encode.model = model
-
-
-def merge_dicts(base: dict, override: dict) -> dict:
-    """A deep copy of base with override's keys laid over it, mappings merged recursively."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge_dicts(out[key], value) if nested else copy.deepcopy(value)
-    return out
-
-
-def config_from_dict(data: dict) -> Config:
-    return validate(build_dataclass(Config, data, ""))
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """One line saying where (1-based line and column) and what is wrong in a YAML text."""
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or type(err).__name__
-    context = getattr(err, "context", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "an unknown place"
-    if mark is None and getattr(err, "position", None) is not None:  # a ReaderError: bad character
-        where = f"character {err.position}"
-    return f"{where}: {problem}" + (f" ({context})" if context else "")
-
-
-def read_config_dict(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """The YAML mapping at `path` with `key.sub=value` overrides applied (values parsed as YAML); invalid
-    YAML is a one-line ValueError naming the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as err:
-        raise ValueError(f"config file {str(path)!r} is not UTF-8 text (byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {str(path)!r}: invalid YAML at {_yaml_problem(err)}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
-    for item in overrides or []:
-        apply_override(data, item)
-    return data
-
-
-def parse_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config and apply overrides: keys and types checked, nothing else (no heavy import: a bad
-    --set is reported before torch's model stack is loaded); validate() does the cross-field checks."""
-    data = read_config_dict(path, overrides)
-    try:
-        return build_dataclass(Config, data, "")
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply overrides, validate it."""
-    cfg = parse_config(path, overrides)
-    try:
-        return validate(cfg)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
-def check_input_paths(cfg: Config) -> None:
-    """A ValueError naming the first input folder of the run (model.path, data.train, data.heldout) that does
-    not exist: cheap checks a recipe makes before it loads anything."""
-    for key, path, what in (
-        (
-            "model.path",
-            cfg.model.path,
-            f"checkpoint folder (a local diffusers folder for model {cfg.model.name!r})",
-        ),
-        ("data.train", cfg.data.train, "preference-shard folder (recipes/encode.py writes it)"),
-        ("data.heldout", cfg.data.heldout, "preference-shard folder (recipes/encode.py writes it)"),
-    ):
-        if path is not None and not Path(path).is_dir():
-            raise ValueError(f"config key {key!r}: {what} {path!r} does not exist")
-
-
-def apply_override(data: dict, item: str) -> None:
-    """Set `a.b.c=value` in a nested dict (value parsed as YAML; invalid YAML is a one-line ValueError naming
-    the override and the line)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"override {item!r}: expected key.sub=value")
-    *parents, leaf = key.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {item!r}: {part!r} is not a section")
-    try:
-        node[leaf] = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ValueError(f"override {item!r}: invalid YAML value at {_yaml_problem(err)}") from None
-
-
-# Keys a resumed run may change freely: where and how often it reports, not what it computes.
-BOOKKEEPING_KEYS = (
-    "output_dir",
-    "loop",
-    "logging",
-    "train.log_every",
-    "train.progress_bar",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.export_formats",
-    "eval.plot",
-    "eval.every",
-    "eval.validation",
-)
-
-
-# Keys no resume may change, even with --allow-config-change: the checkpoint's tensors would not fit (their
-# shapes, which parameters train, the optimizer's state layout), and DeepSpeed's load would fail half-way.
-STRUCTURAL_KEYS = {
-    "model.name": "another model family's weights",
-    "lora.enabled": "LoRA or full fine-tuning trains other parameters",
-    "lora.rank": "the LoRA matrices' shapes",
-    "lora.targets": "which modules carry LoRA",
-    "lora.experts": "which experts carry LoRA",
-    "train.precision": "the optimizer states' precision and files",
-    "distributed.zero_stage": "how the optimizer states are partitioned",
-    "distributed.offload_optimizer": "the optimizer (DeepSpeed's CPU Adam or torch's AdamW) and its states",
-    "distributed.sequence_parallel": "the data-parallel ranks the states are partitioned over",
-}
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def config_changes(old: dict, new: dict) -> dict[str, tuple]:
-    """{dotted key: (old value, new value)} for what differs between two config dicts, bookkeeping aside."""
-    a, b = _flatten(old), _flatten(new)
-    keep = lambda k: not any(k == p or k.startswith(p + ".") for p in BOOKKEEPING_KEYS)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if keep(k) and a.get(k) != b.get(k)}
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-# The shipped model configs leave local paths as placeholders under this prefix.
-PLACEHOLDER_PREFIX = "/path/to/"
-
-
-def require_real_paths(cfg: Config, set_later: tuple[str, ...] = ()) -> None:
-    """A ValueError naming every key that still holds a /path/to/... placeholder, all in one message; keys
-    under the `set_later` sections (e.g. "data", which the loop fills from its encode stage) are passed
-    over."""
-    found = [
-        f"{key} ({value})"
-        for key, value in _flatten(cfg.to_dict()).items()
-        if isinstance(value, str)
-        and value.startswith(PLACEHOLDER_PREFIX)
-        and not key.startswith(tuple(f"{section}." for section in set_later))
-    ]
-    if found:
-        raise ValueError(
-            f"the config still holds {len(found)} placeholder path(s); set each to a local folder or file "
-            f"(--set KEY=PATH or in the YAML): {', '.join(found)}"
-        )
+        if self.loop is not None:
+            self.loop.generation.model = self.loop.encode.model = self.model.name
+        return self

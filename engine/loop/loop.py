@@ -47,9 +47,8 @@ from pathlib import Path
 
 import yaml
 
-from videogpa.engine.core.config import (
-    Config,
-    ModelConfig,
+from videogpa.engine.core.config import Config, ModelConfig
+from videogpa.engine.core.config_loading import (
     apply_override,
     config_from_dict,
     merge_dicts,

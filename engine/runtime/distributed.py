@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from videogpa.engine.core.config import Config, merge_dicts
+from videogpa.engine.core.config import Config
+from videogpa.engine.core.config_loading import merge_dicts
 
 
 def _free_port() -> int:

@@ -21,13 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from videogpa.engine.core.config import (
-    EXPORT_FORMATS,
-    Config,
-    apply_override,
-    config_from_dict,
-    read_config_dict,
-)
+from videogpa.engine.core.config import EXPORT_FORMATS, Config
+from videogpa.engine.core.config_loading import apply_override, config_from_dict, read_config_dict
 from videogpa.engine.io.atomic import atomic_path, write_atomic
 from videogpa.engine.models.lora import LORA_PREFIX, LORA_WEIGHT_NAME, lora_weight_name, model_components
 from videogpa.engine.models.lora_formats import LoraFile, merge_lora, read_lora

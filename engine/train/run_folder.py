@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from videogpa.engine.core.config import STRUCTURAL_KEYS, config_changes
+from videogpa.engine.core.config_loading import STRUCTURAL_KEYS, config_changes
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import append_jsonl
 from videogpa.engine.runtime import distributed as D

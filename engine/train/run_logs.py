@@ -185,7 +185,7 @@ def write_run_records(
     """What reproduces a run, written at its start: the resolved config.yaml and run_info.json (with `demo`,
     the report's warning, when the model or the data is a built-in toy; builtin_model None: the model
     registry says)."""
-    from videogpa.engine.core.config import save_config
+    from videogpa.engine.core.config_loading import save_config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from videogpa.engine.core.config import Config, require_real_paths
+from videogpa.engine.core.config import Config
+from videogpa.engine.core.config_loading import require_real_paths
 from videogpa.engine.core.report import write_report
 from videogpa.engine.data.preference import PreferenceSampler
 from videogpa.engine.models.lora import export_trained_weights

@@ -32,7 +32,7 @@ import torch
 import videogpa.engine.geometry.lightglue
 import videogpa.engine.geometry.matching
 import videogpa.engine.stages.score_metrics
-from videogpa.engine.core.config import ScoreConfig, validate_stage
+from videogpa.engine.core.config import ScoreConfig
 from videogpa.engine.geometry.epipolar import EpipolarScorer, score_matches
 from videogpa.engine.geometry.matching import GeometryMatcher, PairMatches
 
@@ -45,9 +45,9 @@ try:
     raise SystemExit("scored without kornia")
 except ModuleNotFoundError as err:
     print("score:", err)
-validate_stage(ScoreConfig(), "loop.score")  # reprojection alone: kornia is not needed
+ScoreConfig().check("loop.score")  # reprojection alone: kornia is not needed
 try:
-    validate_stage(ScoreConfig(metrics=["epipolar"]), "loop.score")
+    ScoreConfig(metrics=["epipolar"]).check("loop.score")
     raise SystemExit("the config asked for the epipolar metric without kornia and passed")
 except ValueError as err:
     print("config:", err)

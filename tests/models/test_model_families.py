@@ -9,7 +9,7 @@ import diffusers
 import pytest
 import torch
 
-from videogpa.engine.core.config import load_config
+from videogpa.engine.core.config_loading import load_config
 from videogpa.engine.models import adapter_class, adapter_names
 from videogpa.engine.models.base import ModelAdapter, PipelineClasses, SamplerSettings
 from videogpa.engine.models.latents import LatentConvention

@@ -665,7 +665,7 @@ def test_lora_on_one_expert_trains_exports_and_loads_only_that_expert(tmp_path):
 
 
 def test_lora_experts_config_names_the_components_it_allows(tmp_path):
-    from videogpa.engine.core.config import config_from_dict
+    from videogpa.engine.core.config_loading import config_from_dict
 
     base = {"output_dir": str(tmp_path), "data": {"train": str(tmp_path)}}
     config_from_dict({**base, "model": {"name": "wan2.2-t2v-a14b"}, "lora": {"experts": ["transformer_2"]}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.stages.stage_helpers import load_recipe
-from videogpa.engine.core.config import apply_override, load_config, read_config_dict
+from videogpa.engine.core.config_loading import apply_override, load_config, read_config_dict
 
 BAD_FILES = {
     # line 4 of each is the broken one

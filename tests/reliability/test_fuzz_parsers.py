@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from videogpa.engine.core.config import apply_override, config_from_dict, read_config_dict
+from videogpa.engine.core.config_loading import apply_override, config_from_dict, read_config_dict
 from videogpa.engine.data.preference import PreferenceDataset, read_shard_header
 from videogpa.engine.data.prompts import load_prompts
 from videogpa.engine.stages.pairs import load_candidates

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from tests.reliability.conftest import STEPS
 from tests.stages.stage_helpers import load_recipe
 from tests.trainer.trainer_helpers import BASE, tiny_config
-from videogpa.engine.core.config import load_config
+from videogpa.engine.core.config_loading import load_config
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME, export_trained_weights
 from videogpa.engine.train import checkpoint as ckpt

@@ -13,7 +13,7 @@ import pytest
 from tests.stages.stage_helpers import REPO
 from tests.trainer.test_dpo_recipe import launch_dpo
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.core.config import save_config
+from videogpa.engine.core.config_loading import save_config
 from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.train import checkpoint as ckpt
 from videogpa.engine.train.run_logs import read_metrics

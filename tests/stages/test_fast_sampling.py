@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from videogpa.engine.core.config import GenerationConfig, validate_stage
+from videogpa.engine.core.config import GenerationConfig
 from videogpa.engine.data.prompts import PromptItem
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.models import get_adapter
@@ -31,7 +31,7 @@ def test_bad_keys_are_errors_naming_them(key, value, message):
         **{key: value, **({"step_cache": "first_block"} if key == "step_cache_threshold" else {})}
     )
     with pytest.raises(ValueError, match=message):
-        validate_stage(cfg, "loop.generation")
+        cfg.check("loop.generation")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ with exit 2, and the score stage (engine.stages.score) with the same settings: t
 import pytest
 
 from tests.stages.stage_helpers import load_recipe
-from videogpa.engine.core.config import EpipolarConfig, ScoreConfig, validate_stage
+from videogpa.engine.core.config import EpipolarConfig, ScoreConfig
 from videogpa.engine.geometry.lightglue import write_random_lightglue
 from videogpa.engine.io.records import read_jsonl, write_jsonl_atomic
 from videogpa.engine.scenes.video_set import write_synthetic_set
@@ -34,7 +34,7 @@ def recipe():
 
 
 def test_metrics_and_epipolar_settings_are_checked_when_the_config_is_read():
-    validate_stage(ScoreConfig(metrics=["epipolar", "reprojection"]), "loop.score")
+    ScoreConfig(metrics=["epipolar", "reprojection"]).check("loop.score")
     bad = [
         (ScoreConfig(metrics=["3dcs"]), r"'loop.score.metrics': expected a non-empty list .* got \['3dcs'\]"),
         (ScoreConfig(metrics=[]), "'loop.score.metrics': expected a non-empty list"),
@@ -66,7 +66,7 @@ def test_metrics_and_epipolar_settings_are_checked_when_the_config_is_read():
     ]
     for cfg, message in bad:
         with pytest.raises(ValueError, match=message):
-            validate_stage(cfg, "loop.score")
+            cfg.check("loop.score")
 
 
 def test_both_metrics_and_epipolar_alone(recipe, tmp_path, capsys):

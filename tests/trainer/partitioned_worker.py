@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from videogpa.engine.core.config import config_from_dict
+from videogpa.engine.core.config_loading import config_from_dict
 from videogpa.engine.runtime import distributed as D
 from videogpa.engine.train.dpo_step import LossSettings, build_inputs, dpo_forward
 from videogpa.engine.train.policy import build_policy, model_adapter

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.core.config import save_config
+from videogpa.engine.core.config_loading import save_config
 from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.train.run_logs import read_metrics
 from videogpa.engine.train.trainer import Trainer

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from tests.stages.stage_helpers import load_recipe
 from tests.trainer.trainer_helpers import BASE, tiny_config
-from videogpa.engine.core.config import config_from_dict
+from videogpa.engine.core.config_loading import config_from_dict
 from videogpa.engine.models.lora import LORA_WEIGHT_NAME, METADATA_KEY
 from videogpa.engine.train.exports import COMFYUI_NAME, INFO_KEY, MERGED_NAME
 from videogpa.engine.train.trainer import Trainer

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from tests.trainer.test_dpo_recipe import _free_port, _run, launch_dpo
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.core.config import config_from_dict, save_config
+from videogpa.engine.core.config_loading import config_from_dict, save_config
 from videogpa.engine.train.run_logs import read_metrics
 from videogpa.engine.train.trainer import Trainer
 

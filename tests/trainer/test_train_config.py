@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from videogpa.engine.core.config import Config, apply_override, config_from_dict, load_config
+from videogpa.engine.core.config import Config
+from videogpa.engine.core.config_loading import apply_override, config_from_dict, load_config
 from videogpa.engine.runtime.distributed import accumulation_steps, deepspeed_config, micro_batch_size
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "configs").glob("*.yaml"))

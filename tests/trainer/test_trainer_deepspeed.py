@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.core.config import load_config
+from videogpa.engine.core.config_loading import load_config
 from videogpa.engine.loop.loop import Loop
 from videogpa.engine.models.tiny import build_tiny_transformer
 from videogpa.engine.train import checkpoint as ckpt

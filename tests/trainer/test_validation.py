@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.core.config import config_from_dict
+from videogpa.engine.core.config_loading import config_from_dict
 from videogpa.engine.geometry.vggt import TINY_CONFIG, random_vggt, save_vggt
 from videogpa.engine.models.tiny import build_tiny_pipeline
 from videogpa.engine.train.trainer import Trainer
@@ -150,7 +150,7 @@ def test_two_ranks_equal_one_rank(full_run, tmp_path, vggt):
     """ZeRO-3 over two CPU ranks (torchrun, gloo): the videos are sharded over the ranks (each
     samples and scores its share with the gathered weights) and everything equals the one-rank run."""
     from tests.trainer.test_dpo_recipe import launch_dpo
-    from videogpa.engine.core.config import save_config
+    from videogpa.engine.core.config_loading import save_config
 
     out, result = full_run
     two = tmp_path / "two"

@@ -6,7 +6,8 @@ import copy
 import os
 from pathlib import Path
 
-from videogpa.engine.core.config import Config, config_from_dict
+from videogpa.engine.core.config import Config
+from videogpa.engine.core.config_loading import config_from_dict
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
