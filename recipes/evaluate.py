@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from videogpa.engine.core.cli import add_shard_flag, comma_list, run_recipe
-from videogpa.engine.loop.loop import Loop, load_loop_config
+from videogpa.engine.loop.loop_config import load_loop_config
 from videogpa.engine.stages.sharding import current_shard
 
 RECIPES = Path(__file__).resolve().parent
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> int:
-        loop = Loop(load_loop_config(args.config, args.overrides), args.output_dir)
+        cfg = load_loop_config(args.config, args.overrides)  # its errors come before the model stack
+        from videogpa.engine.loop.loop import Loop
+
+        loop = Loop(cfg, args.output_dir)
         shard = current_shard(args.shard)
         with contextlib.nullcontext() if args.in_loop else loop.lock(shard):
             loop.prepare_models()

@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 from videogpa.engine.core.cli import run_recipe
-from videogpa.engine.loop.loop import load_loop_config
-from videogpa.engine.loop.rounds import run_rounds
+from videogpa.engine.loop.loop_config import load_loop_config
 
 RECIPES = Path(__file__).resolve().parent
 DEFAULT_CONFIG = RECIPES / "configs" / "tiny.yaml"
@@ -52,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> int:  # bad input: named in the message; what was produced so far is kept
-        run_rounds(load_loop_config(args.config, args.overrides), args.output_dir)
+        cfg = load_loop_config(args.config, args.overrides)  # its errors come before the model stack
+        from videogpa.engine.loop.rounds import run_rounds
+
+        run_rounds(cfg, args.output_dir)
         return 0
 
     return run_recipe(body)

@@ -47,21 +47,14 @@ from pathlib import Path
 
 import yaml
 
-from videogpa.engine.core.config import Config, ModelConfig
-from videogpa.engine.core.config_loading import (
-    apply_override,
-    config_from_dict,
-    merge_dicts,
-    read_config_dict,
-    require_real_paths,
-)
+from videogpa.engine.core.config import Config
+from videogpa.engine.core.config_loading import apply_override, config_from_dict
 from videogpa.engine.core.report import write_report
 from videogpa.engine.io.atomic import write_atomic
 from videogpa.engine.io.lock import folder_lock
 from videogpa.engine.io.records import read_jsonl, write_json_atomic, write_jsonl_atomic
 from videogpa.engine.io.sharded import read_sharded
 from videogpa.engine.loop.demo import (
-    BUILTIN_LOOP,
     TINY_EVAL_PROMPTS,
     TINY_PROMPTS,
     has_builtin_model,
@@ -72,52 +65,15 @@ from videogpa.engine.models.lora import trained_lora_file
 from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.stages import encode, evaluate, generate, pairs, score
 from videogpa.engine.stages.sharding import WHOLE, Shard, one_at_a_time
-from videogpa.engine.train.run_logs import wandb_login_problem
 
 LOCK_NAME = ".loop.lock"
-
-
-def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read the YAML with its overrides (`loop.*` for the loop) and validate the whole tree; a built-in
-    model's loop starts from BUILTIN_LOOP, a real model needs its own `loop:` section."""
-    path = Path(path)
-    data = read_config_dict(path, overrides)
-    model = (data.get("model") or {}).get("name", ModelConfig.name)
-    given = data.get("loop")
-    try:
-        if given is None and not has_builtin_model(model):
-            raise ValueError(
-                "section 'loop' is missing: a real model needs loop.generation.prompts and "
-                "loop.score.weights "
-                "(and loop.generation.pipeline or model.path inside a local diffusers pipeline folder)"
-            )
-        for stage in ("generation", "encode"):
-            named = ((given or {}).get(stage) or {}).get("model")
-            if named is not None and named != model:
-                raise ValueError(f"loop.{stage}.model ({named!r}) must match model.name ({model!r})")
-        if has_builtin_model(model):
-            data["loop"] = merge_dicts(BUILTIN_LOOP, given or {})
-        cfg = config_from_dict(data)
-        problem = wandb_login_problem(cfg)  # the training stage logs to W&B: known before any generation
-        if problem:
-            raise ValueError(problem)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-    cfg.loop.encode.seed = cfg.seed
-    return cfg
 
 
 class Loop:
     """Runs the stages of one loop folder."""
 
     def __init__(self, cfg: Config, out_dir: str | os.PathLike):
-        require_real_paths(
-            cfg, set_later=("data",)
-        )  # the training stage's data are the encode stage's shards
         self.config, self.cfg = cfg, cfg.loop
-        for launcher in (cfg.loop.launcher, cfg.loop.train_launcher):  # named before any stage runs
-            if launcher:
-                recipe_command(launcher, "dpo")
         self.builtin = has_builtin_model(cfg.model.name)
         self.out = Path(out_dir)
         self.report: dict[str, str] = {}

@@ -13,7 +13,8 @@ from videogpa.engine.geometry.da3 import random_da3, save_da3
 from videogpa.engine.geometry.registry import detect_backend
 from videogpa.engine.geometry.vggt import TINY_CONFIG as VGGT_TINY
 from videogpa.engine.geometry.vggt import random_vggt, save_vggt
-from videogpa.engine.loop.loop import Loop, load_loop_config
+from videogpa.engine.loop.loop import Loop
+from videogpa.engine.loop.loop_config import load_loop_config
 from videogpa.engine.stages.evaluate import format_table, geometry_description
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"

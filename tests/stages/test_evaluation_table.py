@@ -7,7 +7,7 @@ import yaml
 
 from tests.stages.stage_helpers import REPO, write_rows
 from videogpa.engine.loop.demo import BUILTIN_LOOP
-from videogpa.engine.loop.loop import load_loop_config
+from videogpa.engine.loop.loop_config import load_loop_config
 from videogpa.engine.stages.evaluate import compare_scores, format_table, plot_comparison
 
 

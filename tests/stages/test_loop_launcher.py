@@ -7,7 +7,8 @@ from pathlib import Path
 from tests.stages.stage_helpers import REPO, TORCHRUN
 from videogpa.engine.io.records import read_jsonl
 from videogpa.engine.io.sharded import read_sharded
-from videogpa.engine.loop.loop import Loop, load_loop_config
+from videogpa.engine.loop.loop import Loop
+from videogpa.engine.loop.loop_config import load_loop_config
 
 
 def test_the_loop_launches_its_stages_sharded(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,8 @@ import pytest
 
 from tests.stages.stage_helpers import REPO
 from videogpa.engine.loop.demo import BUILTIN_LOOP
-from videogpa.engine.loop.loop import Loop, load_loop_config
+from videogpa.engine.loop.loop import Loop
+from videogpa.engine.loop.loop_config import load_loop_config
 
 
 def test_one_loop_per_folder(tmp_path):

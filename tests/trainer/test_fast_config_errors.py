@@ -1,6 +1,6 @@
-"""recipes/dpo.py (and the generate and encode stages) report a bad --set, a placeholder or a missing input
-folder before they import the model stack (DeepSpeed, diffusers, transformers): seconds, not the minute
-those imports take on a busy machine."""
+"""recipes/dpo.py, the generate and encode stages, the loop and its evaluation report a bad --set, a
+placeholder, a bad launcher or a missing input folder before they import the model stack (DeepSpeed,
+diffusers, transformers): seconds, not the minute those imports take on a busy machine."""
 
 import re
 import subprocess
@@ -40,7 +40,7 @@ def test_config_errors_come_before_the_model_stack_is_imported(args, message, tm
     stdout, stderr = _run(*args, "--output-dir", str(tmp_path / "out"))
     assert "STATUS 2 HEAVY []" in stdout, stdout + stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), stderr
 
     assert not (tmp_path / "out").exists()
 
@@ -57,4 +57,21 @@ def test_stage_config_errors_come_before_the_model_stack_is_imported(recipe, arg
     assert "STATUS 2 HEAVY []" in stdout, stdout + stderr
     lines = stderr.strip().splitlines()
     assert lines and re.search(message, lines[-1]), stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, args, message",
+    [
+        ("pipeline", ["--set", "loop.pairs.gap=0.2"], "loop.pairs.gap"),
+        ("pipeline", ["--config", str(REPO / "recipes/configs/cogvideox_5b_t2v.yaml")], "placeholder"),
+        ("evaluate", ["--set", "loop.evaluate.num_candidates=zero"], "loop.evaluate.num_candidates"),
+        ("evaluate", ["--set", "loop.launcher=['mpirun']"], "mpirun"),
+    ],
+)
+def test_loop_config_errors_come_before_the_model_stack_is_imported(recipe, args, message, tmp_path):
+    stdout, stderr = _run(*args, "--output-dir", str(tmp_path / "out"), recipe=recipe)
+    assert "STATUS 2 HEAVY []" in stdout, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), stderr
     assert not (tmp_path / "out").exists()
