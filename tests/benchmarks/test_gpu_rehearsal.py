@@ -173,6 +173,7 @@ def test_dry_run_in_a_mirror_of_the_image(tmp_path):
     site, rows = tmp_path / "site", tmp_path / "rows"
     argv = [str(python), "scripts/gpu_check.py", "--dry-run", "--wheels", str(wheels), "--site", str(site)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OUT")}
+    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "torch_extensions")  # the mirror's ops never the session's
     proc = subprocess.run(
         [*argv, "--results", str(rows)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1000
     )

@@ -56,10 +56,7 @@ def _launch(*args: str) -> None:
         port = s.getsockname()[1]
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), str(WORKER), *args]
-    # DeepSpeed's JIT-built ops (shm comm, CPU Adam) cached per environment: a cache shared with other
-    # environments is rebuilt whenever they alternate (its build file names the environment's paths)
-    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
-    env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions)
+    env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")  # tests/conftest.py: the session's op folder
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
