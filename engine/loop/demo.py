@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from videogpa.engine.core.config import LoopConfig, ScoreConfig
-from videogpa.engine.models import adapter_class
 
 TINY_PROMPTS = (
     "a red barn in a green field",
@@ -34,6 +33,8 @@ BUILTIN_LOOP: dict = {
 
 def has_builtin_model(model: object) -> bool:
     """A family that ships its pipeline built in code (the tiny model): the loop can run with no files."""
+    from videogpa.engine.models import adapter_class  # imported here: the loop's config is read without it
+
     try:
         return adapter_class(model).ships_pipeline
     except (ValueError, TypeError):
@@ -68,6 +69,7 @@ def prepare_models(
     """Fill in the loop's model folders: the pipeline from model.path, or for a built-in model its random
     pipeline, random VGGT and random LightGlue (written once into `models`); a real model missing one is a
     one-line error. Returns what was built."""
+    from videogpa.engine.models import adapter_class
     from videogpa.engine.models.pipelines import pipeline_folder, save_pipeline
 
     gen, sc = loop.generation, loop.score

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from videogpa.engine.core.config import Config, ModelConfig
 from videogpa.engine.core.config_loading import (
+    build_dataclass,
     config_from_dict,
     merge_dicts,
     read_config_dict,
@@ -20,10 +21,20 @@ from videogpa.engine.train.run_logs import wandb_login_problem
 
 def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     """Read the YAML with its overrides (`loop.*` for the loop) and validate the whole tree; a built-in
-    model's loop starts from BUILTIN_LOOP, a real model needs its own `loop:` section. Placeholders (but
-    `data`, which the encode stage fills) and launchers that cannot run a stage are named here."""
+    model's loop starts from BUILTIN_LOOP, a real model needs its own `loop:` section. Unknown keys, wrong
+    types, placeholders (but `data`, which the encode stage fills) and launchers that cannot run a stage are
+    named before anything heavy is imported."""
     path = Path(path)
     data = read_config_dict(path, overrides)
+    try:  # keys, types, placeholders and launchers first: seconds, before the model registry is imported
+        given_config = build_dataclass(Config, data, "")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    require_real_paths(given_config, set_later=("data",))  # the training stage's data: the encode stage's
+    if given_config.loop is not None:
+        for launcher in (given_config.loop.launcher, given_config.loop.train_launcher):
+            if launcher:
+                recipe_command(launcher, "dpo")
     model = (data.get("model") or {}).get("name", ModelConfig.name)
     given = data.get("loop")
     try:
@@ -45,9 +56,5 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
             raise ValueError(problem)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    require_real_paths(cfg, set_later=("data",))  # the training stage's data are the encode stage's shards
-    for launcher in (cfg.loop.launcher, cfg.loop.train_launcher):  # named before any stage runs
-        if launcher:
-            recipe_command(launcher, "dpo")
     cfg.loop.encode.seed = cfg.seed
     return cfg

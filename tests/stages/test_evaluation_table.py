@@ -75,6 +75,10 @@ def test_loop_config_tiny_defaults_overrides_and_errors(tmp_path):
     real = yaml.safe_load((REPO / "recipes" / "configs" / "cogvideox_5b_t2v.yaml").read_text())
     path = tmp_path / "real.yaml"
     path.write_text(yaml.safe_dump(real))
+    with pytest.raises(ValueError, match="placeholder path.*model.path"):
+        load_loop_config(path)
+    real["model"]["path"] = str(tmp_path / "CogVideoX-5b")
+    path.write_text(yaml.safe_dump(real))
     with pytest.raises(ValueError, match="section 'loop' is missing"):
         load_loop_config(path)
     real["loop"] = {"generation": {"prompts": "p.txt"}, "score": {"weights": "vggt.safetensors"}}

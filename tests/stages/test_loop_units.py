@@ -92,7 +92,5 @@ def test_a_launcher_that_cannot_run_a_module_is_named():
 
 
 def test_the_loop_names_a_bad_launcher_before_any_stage(tmp_path):
-    cfg = load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml", ["loop.train_launcher=['mpirun']"])
     with pytest.raises(ValueError, match=r"launcher \['mpirun'\]"):
-        Loop(cfg, tmp_path / "loop")
-    assert not (tmp_path / "loop").exists()
+        load_loop_config(REPO / "recipes" / "configs" / "tiny.yaml", ["loop.train_launcher=['mpirun']"])
