@@ -1,9 +1,18 @@
 # The two entry points of the README. Each does its whole set-up first (idempotent).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# DeepSpeed's CPU backend only where no NVIDIA GPU is present (it auto-detects CUDA otherwise).
+# DeepSpeed's JIT-built CPU ops live in the venv's own folder (tests/conftest.py uses the same): torch's
+# default folder is shared by every environment, and builds made by one are rebuilt by the next.
+EXTENSIONS = $(abspath $(VENV))/torch_extensions
+# DeepSpeed's CPU backend only where no NVIDIA GPU is present (it auto-detects CUDA otherwise). There, setup
+# builds its ops (the shared-memory collective every run loads, CPU Adam for offload) while pip installs the
+# rest: about 2 min of compiler that the first run or test using each would otherwise wait for.
 ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
 export DS_ACCELERATOR ?= cpu
+BUILD_CPU_OPS = TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -c "from deepspeed.ops.op_builder.cpu import \
+	CPUAdamBuilder as A, ShareMemCommBuilder as S; [b().load(verbose=False) for b in (S, A)]"
+else
+BUILD_CPU_OPS = true
 endif
 export DS_BUILD_OPS ?= 0
 
@@ -23,7 +32,10 @@ $(VENV)/.installed: pyproject.toml setup.py requirements-cpu.txt $(LOCK)
 	# torch first: DeepSpeed ships only an sdist whose build imports torch.
 	$(PY) -m pip install -q $$(grep -E '^(torch|triton)==' requirements-cpu.txt) $(CONSTRAINTS)
 	$(PY) -m pip install -q --no-build-isolation -r requirements-cpu.txt $(CONSTRAINTS)
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev]" $(CONSTRAINTS)
+	$(BUILD_CPU_OPS) & ops=$$!; \
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]" $(CONSTRAINTS); installed=$$?; \
+	wait $$ops || { echo "error: building DeepSpeed's CPU ops into $(EXTENSIONS) failed (a C++ compiler?)"; \
+	exit 1; }; exit $$installed
 	touch $@
 
 # Re-resolve every dependency to its newest release in a fresh venv and freeze it into the lock.
@@ -48,7 +60,8 @@ test-latest:
 # preference set (recipes/configs/tiny.yaml); prints and plots held-out preference accuracy.
 # The launcher's own INFO lines are left out (--log_level warning), so the run's last line names its report.
 run: setup
-	$(VENV)/bin/deepspeed --log_level warning recipes/dpo.py --output-dir runs/tiny --overwrite
+	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(VENV)/bin/deepspeed --log_level warning recipes/dpo.py \
+		--output-dir runs/tiny --overwrite
 
 test: setup
 	$(PY) -m pytest -q

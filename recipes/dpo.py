@@ -49,16 +49,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from videogpa.engine.core.cli import run_recipe
-    from videogpa.engine.core.config_loading import check_input_paths, parse_config, require_real_paths
+    from videogpa.engine.core.config_loading import (
+        check_input_paths,
+        check_output_folder,
+        parse_config,
+        require_real_paths,
+    )
 
     def body() -> int:
-        # the config's keys, types, placeholders and input folders first: seconds, before the model stack
-        # loads
+        # the config's keys, types, placeholders, input folders and output folder first: seconds, before the
+        # model stack loads
         cfg = parse_config(args.config, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
         require_real_paths(cfg)
         check_input_paths(cfg)
+        check_output_folder(cfg.output_dir)
         import torch
 
         if not torch.cuda.is_available():

@@ -11,7 +11,6 @@ if not torch.cuda.is_available():
 
 import atexit  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,9 +26,9 @@ if "VIDEOGPA_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["VIDEOGPA_CACHE_DIR"], True)
 
 
-# DeepSpeed's JIT-built CPU ops in this environment's own folder, for every test and subprocess: torch's
-# default folder is shared by every environment (the GPU rehearsal's mirror, .venv-latest), whose builds name
-# their own paths, so alternating environments rebuild each other's ops.
+# DeepSpeed's JIT-built CPU ops in this environment's own folder, for every test and subprocess (make setup
+# builds them there): torch's default folder is shared by every environment (the GPU rehearsal's mirror,
+# .venv-latest), whose builds name their own paths, so alternating environments rebuild each other's ops.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
@@ -71,15 +70,3 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
 
-
-def pytest_collection_finish(session):
-    """DeepSpeed's CPU ops built in the background at the lowest priority (tests/prebuild_deepspeed_ops.py)
-    when the session holds multi-process tests (marked slow). The build is never killed (torch's build lock
-    would be left behind) nor waited for: it finishes on its own."""
-    if torch.cuda.is_available() or not any("slow" in item.keywords for item in session.items):
-        return
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    command = [sys.executable, "-m", "tests.prebuild_deepspeed_ops"]
-    nice = lambda: os.nice(19)
-    subprocess.Popen(command, cwd=REPO_ROOT, env=env, preexec_fn=nice, start_new_session=True, **quiet)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -156,6 +157,20 @@ def check_input_paths(cfg: Config) -> None:
     ):
         if path is not None and not Path(path).is_dir():
             raise ValueError(f"config key {key!r}: {what} {path!r} does not exist")
+
+
+def check_output_folder(out: str | Path) -> None:
+    """A ValueError when the output folder cannot be made: its nearest existing ancestor is a file or not
+    writable. A cheap check a recipe makes before it loads anything."""
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = "Not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "Permission denied"
+    if problem:
+        raise ValueError(f"cannot write the output folder {out}: {problem}")
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -75,3 +75,11 @@ def test_loop_config_errors_come_before_the_model_stack_is_imported(recipe, args
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_named_before_the_model_stack(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    stdout, stderr = _run("--output-dir", str(out))
+    assert "STATUS 2 HEAVY []" in stdout, stdout + stderr
+    assert stderr.strip().splitlines() == [f"error: cannot write the output folder {out}: Not a directory"]

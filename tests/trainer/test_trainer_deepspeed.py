@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from tests.trainer.trainer_helpers import tiny_config
 from videogpa.engine.core.config_loading import load_config
-from videogpa.engine.loop.loop import Loop
+from videogpa.engine.loop.loop_config import load_loop_config
 from videogpa.engine.models.tiny import build_tiny_transformer
 from videogpa.engine.train import checkpoint as ckpt
 from videogpa.engine.train import trainer as trainer_module
@@ -173,7 +173,7 @@ def test_real_model_configs_name_every_placeholder_at_once(name, tmp_path):
     assert "data.train" not in str(err.value)
     # the loop fills data.train from its encode stage: only model.path is named
     with pytest.raises(ValueError, match=r"1 placeholder.*model\.path") as err:
-        Loop(load_config(path, [f"output_dir={tmp_path / 'out'}"]), tmp_path / "loop")
+        load_loop_config(path, [f"output_dir={tmp_path / 'out'}"])
     assert "data.train" not in str(err.value)
     overrides = [
         f"output_dir={tmp_path / 'out'}",
