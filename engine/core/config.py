@@ -38,6 +38,12 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         )
 
 
+def _check_attention_backend(value: str, key: str) -> None:
+    """An SDPA kernel (SDPA_KERNELS) or a diffusers backend `diffusers:<name>`."""
+    if not value.startswith("diffusers:"):
+        _choice(value, SDPA_KERNELS, key)
+
+
 def _installed(package: str) -> bool:
     """Whether `package` can be imported (a package that cannot even be looked up counts as missing)."""
     import importlib.util
@@ -68,8 +74,7 @@ class ModelConfig:
         _choice(self.name, tuple(adapter_names()), f"{where}.name")
         if not 0 < self.checkpoint_fraction <= 1:
             raise ValueError(f"config key '{where}.checkpoint_fraction': expected a fraction in (0, 1]")
-        if not self.attention_backend.startswith("diffusers:"):
-            _choice(self.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
+        _check_attention_backend(self.attention_backend, f"{where}.attention_backend")
 
 
 @dataclass
@@ -328,8 +333,7 @@ class GenerationConfig:
             _positive(getattr(self, key), f"{where}.{key}")
         if self.dtype is not None:
             _choice(self.dtype, DTYPE_CHOICES, f"{where}.dtype")
-        if not self.attention_backend.startswith("diffusers:"):
-            _choice(self.attention_backend, SDPA_KERNELS, f"{where}.attention_backend")
+        _check_attention_backend(self.attention_backend, f"{where}.attention_backend")
         if self.step_cache is not None:
             _choice(self.step_cache, STEP_CACHES, f"{where}.step_cache")
             _positive(self.step_cache_threshold, f"{where}.step_cache_threshold")

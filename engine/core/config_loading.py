@@ -127,7 +127,11 @@ def read_config_dict(path: str | Path, overrides: list[str] | None = None) -> di
 def parse_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config and apply overrides: keys and types checked, nothing else (no heavy import: a bad
     --set is reported before torch's model stack is loaded); Config.check() does the rest."""
-    data = read_config_dict(path, overrides)
+    return config_tree(read_config_dict(path, overrides), path)
+
+
+def config_tree(data: dict, path: str | Path) -> Config:
+    """The Config of a mapping read from `path`, keys and types checked; errors name the file."""
     try:
         return build_dataclass(Config, data, "")
     except ValueError as err:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from videogpa.engine.core.config import Config, ModelConfig
 from videogpa.engine.core.config_loading import (
-    build_dataclass,
     config_from_dict,
+    config_tree,
     merge_dicts,
     read_config_dict,
     require_real_paths,
@@ -26,10 +26,8 @@ def load_loop_config(path: str | os.PathLike, overrides: list[str] | None = None
     named before anything heavy is imported."""
     path = Path(path)
     data = read_config_dict(path, overrides)
-    try:  # keys, types, placeholders and launchers first: seconds, before the model registry is imported
-        given_config = build_dataclass(Config, data, "")
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    # keys, types, placeholders and launchers first: seconds, before the model registry is imported
+    given_config = config_tree(data, path)
     require_real_paths(given_config, set_later=("data",))  # the training stage's data: the encode stage's
     if given_config.loop is not None:
         for launcher in (given_config.loop.launcher, given_config.loop.train_launcher):
