@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         check_output_folder(cfg.output_dir)
         import torch
 
+        from videogpa.engine.runtime.distributed import share_cpu_threads
+
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-            if "OMP_NUM_THREADS" not in os.environ:  # CPU ranks share the cores; small ops only contend
-                torch.set_num_threads(1)
+        share_cpu_threads()
         # DeepSpeed still calls the collectives torch renamed; the warning repeats every step.
         warnings.filterwarnings(
             "ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)", category=FutureWarning

@@ -49,8 +49,11 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    """Each test starts from seed 0, and a test that sets torch's thread count sets it for itself alone."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

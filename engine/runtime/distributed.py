@@ -41,6 +41,48 @@ def init_distributed() -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    _unlink_shared_memory_buffer()
+
+
+def shared_memory_buffer() -> Path:
+    """The /dev/shm file of this rank's buffer in DeepSpeed's CPU shared-memory all-reduce, named as its
+    op names it (ops/csrc/cpu/comm/shm.cpp): a prefix, the user id, MASTER_ADDR, MASTER_PORT, the rank."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm", f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{dist.get_rank()}")
+
+
+def _unlink_shared_memory_buffer() -> None:
+    """Unlink this rank's shared-memory buffer once every rank has mapped every buffer.
+
+    Under the deepspeed launcher on a CPU machine, DeepSpeed creates one ~69 MB file per rank in /dev/shm
+    (RAM) and never unlinks it: each run leaked that much memory until reboot (a CI run of the suite leaked
+    GBs, until a later test was killed for memory). Every rank maps all the buffers before init returns, so
+    after a barrier the names are no longer needed: the mappings live until the processes exit, crashed or
+    not."""
+    own = shared_memory_buffer()
+    if not own.exists():  # the same on every rank: the op creates all the buffers or none
+        return
+    dist.barrier()
+    own.unlink(missing_ok=True)
+
+
+def local_ranks() -> int:
+    """How many ranks the launcher started on this machine (torchrun: LOCAL_WORLD_SIZE; the deepspeed
+    launcher: LOCAL_SIZE); 1 without a launcher."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def share_cpu_threads() -> int:
+    """On a machine without a GPU, unless OMP_NUM_THREADS says otherwise, give this rank an equal share of
+    torch's threads (all of them for a single process, one each when the ranks fill the cores: more only
+    contend). Returns the thread count now in use."""
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, torch.get_num_threads() // local_ranks()))
+    return torch.get_num_threads()
 
 
 def seed_everything(seed: int) -> None:

@@ -6,6 +6,8 @@ import math
 import uuid
 from pathlib import Path
 
+import torch
+
 from videogpa.engine.core.provenance import run_info
 from videogpa.engine.io.plots import pyplot, save_figure
 from videogpa.engine.io.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -194,6 +196,7 @@ def write_run_records(
 
         builtin_model = adapter_class(cfg.model.name).ships_pipeline
     info = run_info(cfg.seed, world_size, source_dir)
+    info["torch_threads"] = torch.get_num_threads()  # CPU float results depend on it
     note = demo_note(cfg, builtin_model)
     if note is not None:
         info["demo"] = note

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,8 +80,9 @@ def test_results_go_under_out_when_it_is_set(monkeypatch, tmp_path):
     assert gpu_check.results_folder(args, dry_run=False) == tmp_path
     assert gpu_check.results_folder(args, dry_run=True) == tmp_path
     monkeypatch.delenv("OUT")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the dry run's fresh folder, made in tmp_path
     assert gpu_check.results_folder(args, dry_run=False) == REPO / "benchmarks" / "results"
-    assert gpu_check.results_folder(args, dry_run=True) != REPO / "benchmarks" / "results"
+    assert gpu_check.results_folder(args, dry_run=True).parent == tmp_path
     monkeypatch.setenv("OUT", str(tmp_path))
     assert (
         gpu_check.results_folder(argparse.Namespace(results=tmp_path / "x"), dry_run=False) == tmp_path / "x"

@@ -49,8 +49,12 @@ def one_line_or_fine(call):
         assert str(err).strip(), "an empty message"
 
 
+SCRATCH = tempfile.TemporaryDirectory(prefix="fuzz-")  # removed with everything in it when pytest exits
+
+
 def folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="fuzz-"))
+    """A fresh folder for one example (hypothesis runs many per test, so no function-scoped tmp_path)."""
+    return Path(tempfile.mkdtemp(dir=SCRATCH.name))
 
 
 def jsonl(rows: list) -> str:

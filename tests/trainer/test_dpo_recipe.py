@@ -1,6 +1,7 @@
 """recipes/dpo.py end to end: the embedded default, and 2 CPU ranks (deepspeed launcher) vs 1 rank."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,7 +20,16 @@ from videogpa.engine.train.trainer import Trainer
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "dpo.py"
-ENV = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+# OMP_NUM_THREADS as the session has it (usually unset): the recipe then shares the cores among its local
+# ranks, all of them for a single process.
+ENV = child_env(DS_ACCELERATOR="cpu")
+
+
+def threads_per_rank(ranks: int) -> int:
+    """The torch threads recipes/dpo.py gives each of `ranks` local CPU ranks."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    return max(1, torch.get_num_threads() // ranks)
 
 
 def _free_port() -> int:
@@ -53,6 +63,8 @@ def test_embedded_default_raises_heldout_accuracy(tmp_path):
     for name in ("heldout_accuracy.png", "training_curves.png", "pytorch_lora_weights.safetensors"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert len(read_metrics(tmp_path)) == 150
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["world_size"] == 1 and info["torch_threads"] == threads_per_rank(1)
 
 
 def test_two_ranks_match_one_rank_for_the_same_global_batch(tmp_path):
@@ -75,4 +87,4 @@ def test_two_ranks_match_one_rank_for_the_same_global_batch(tmp_path):
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
     info = json.loads((tmp_path / "two" / "run_info.json").read_text())
-    assert info["world_size"] == 2
+    assert info["world_size"] == 2 and info["torch_threads"] == threads_per_rank(2)
