@@ -9,8 +9,11 @@ EXTENSIONS = $(abspath $(VENV))/torch_extensions
 # rest: about 2 min of compiler that the first run or test using each would otherwise wait for.
 ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
 export DS_ACCELERATOR ?= cpu
-BUILD_CPU_OPS = TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -c "from deepspeed.ops.op_builder.cpu import \
-	CPUAdamBuilder as A, ShareMemCommBuilder as S; [b().load(verbose=False) for b in (S, A)]"
+# The two build at once (each compiles its two sources in parallel; together they keep both cores busier).
+BUILD_OP = TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -c "import deepspeed.ops.op_builder.cpu as b; \
+	b.$(1)().load(verbose=False)"
+BUILD_CPU_OPS = { $(call BUILD_OP,ShareMemCommBuilder) & s=$$!; $(call BUILD_OP,CPUAdamBuilder); a=$$?; \
+	wait $$s && exit $$a; }
 else
 BUILD_CPU_OPS = true
 endif
