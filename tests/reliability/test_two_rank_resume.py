@@ -1,5 +1,7 @@
-"""Checkpoints across ranks: two CPU ranks (torchrun, gloo) write a verified checkpoint (each rank
-hashes its own files), are killed, resume from it, and end where one uninterrupted rank ends."""
+"""Checkpoints across ranks: two CPU ranks (gloo) write a verified checkpoint (each rank hashes its own
+files), are killed, resume from it, and end where one uninterrupted rank ends: every logged metric of every
+step and the LoRA weights. The first run goes through the deepspeed launcher and the resumed one through
+torchrun (`-m videogpa.recipes.dpo`, the loop's way), so both launchers train on two ranks."""
 
 import json
 import os
@@ -9,9 +11,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tests.stages.stage_helpers import REPO
-from tests.trainer.test_dpo_recipe import launch_dpo
+from tests.trainer.test_dpo_recipe import launch_dpo, threads_per_rank
 from tests.trainer.trainer_helpers import tiny_config
 from videogpa.engine.core.config_loading import save_config
 from videogpa.engine.runtime.distributed import child_env
@@ -39,19 +43,19 @@ def _launch(config, *extra, status: int = 0):
         str(config),
         *extra,
     ]
-    env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    env = child_env(DS_ACCELERATOR="cpu")  # the recipe gives each rank its share of the threads
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == status, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
 def test_two_ranks_killed_and_resumed_equal_one_rank(tmp_path):
-    one = tiny_config(tmp_path / "one", train=TRAIN)
+    one = tiny_config(tmp_path / "one", train=TRAIN)  # one rank: 2 accumulation micro-steps a step
     expected = Trainer(one).run()
-    two = tiny_config(tmp_path / "two", train=TRAIN)
+    two = tiny_config(tmp_path / "two", train=TRAIN)  # two ranks: one micro-step each
     save_config(two, tmp_path / "two.yaml")
     # killed after step 3: its checkpoint is step 2's
-    launch_dpo(2, tmp_path / "two.yaml", "--stop-after-steps", "3")
+    _launch(tmp_path / "two.yaml", "--stop-after-steps", "3")
     latest = ckpt.latest_checkpoint(tmp_path / "two")
     files = json.loads((latest / "manifest.json").read_text())["files"]
     assert {"rng_rank0.safetensors", "rng_rank1.safetensors"} <= set(files)
@@ -59,11 +63,18 @@ def test_two_ranks_killed_and_resumed_equal_one_rank(tmp_path):
     done = launch_dpo(2, tmp_path / "two.yaml", "--resume")
     assert "resumed from" in done.stdout and "step 2" in done.stdout
     a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b):
-        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-9), ra["step"]
+        for key in ("loss", "reward_margin", "policy_err_w", "policy_err_l", "ref_err_w", "ref_err_l", "lr"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-9), (ra["step"], key)
+    wa, wb = (load_file(str(tmp_path / r / "pytorch_lora_weights.safetensors")) for r in ("one", "two"))
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
     result = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert result["heldout_accuracy_after"] == pytest.approx(expected["heldout_accuracy_after"], abs=1e-9)
+    info = json.loads((tmp_path / "two" / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["torch_threads"] == threads_per_rank(2)
     # Audit N31: one rank's checkpoint resumed on two ranks is the same one line on both, before any load
     # (under the deepspeed launcher, whose failure report has no traceback of its own).
     save_config(one, tmp_path / "one.yaml")

@@ -1,4 +1,5 @@
-"""recipes/dpo.py end to end: the embedded default, and 2 CPU ranks (deepspeed launcher) vs 1 rank."""
+"""recipes/dpo.py end to end: the embedded default (two CPU ranks against one, under both launchers, are
+tests/reliability/test_two_rank_resume.py's)."""
 
 import json
 import os
@@ -9,13 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.trainer.trainer_helpers import tiny_config
-from videogpa.engine.core.config_loading import save_config
 from videogpa.engine.runtime.distributed import child_env
 from videogpa.engine.train.run_logs import read_metrics
-from videogpa.engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +43,7 @@ def _run(cmd: list[str], timeout: int, **env: str) -> subprocess.CompletedProces
 
 def launch_dpo(ranks: int, config: Path, *extra: str, timeout: int = 400) -> subprocess.CompletedProcess:
     """The trainer on `ranks` CPU ranks under torchrun, as `-m videogpa.recipes.dpo` (the loop's way); ~8 s
-    faster a launch than the deepspeed launcher, which test_two_ranks_match_one_rank... below runs."""
+    faster a launch than the deepspeed launcher (tests/reliability/test_two_rank_resume.py runs both)."""
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nproc-per-node", str(ranks), "--master-port", str(_free_port())]
     return _run([*cmd, "-m", "videogpa.recipes.dpo", "--config", str(config), *extra], timeout=timeout)
@@ -65,26 +62,3 @@ def test_embedded_default_raises_heldout_accuracy(tmp_path):
     assert len(read_metrics(tmp_path)) == 150
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["world_size"] == 1 and info["torch_threads"] == threads_per_rank(1)
-
-
-def test_two_ranks_match_one_rank_for_the_same_global_batch(tmp_path):
-    train = {"max_steps": 3, "micro_batch_size": 1, "global_batch_size": 2, "checkpoint_every": 0}
-    one = tiny_config(tmp_path / "one", train=train)  # one rank: 2 accumulation micro-steps
-    Trainer(one).run()
-    two = tiny_config(tmp_path / "two", train=train)  # two ranks: one micro-step each
-    save_config(two, tmp_path / "two.yaml")
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), str(RECIPE)]
-    _run([*cmd, "--config", str(tmp_path / "two.yaml")], timeout=300)
-    a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
-    for ra, rb in zip(a, b):
-        for key in ("loss", "reward_margin", "policy_err_w", "policy_err_l", "ref_err_w", "ref_err_l", "lr"):
-            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-9), (ra["step"], key)
-    wa = load_file(str(tmp_path / "one" / "pytorch_lora_weights.safetensors"))
-    wb = load_file(str(tmp_path / "two" / "pytorch_lora_weights.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
-    info = json.loads((tmp_path / "two" / "run_info.json").read_text())
-    assert info["world_size"] == 2 and info["torch_threads"] == threads_per_rank(2)
