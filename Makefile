@@ -23,6 +23,11 @@ export DS_BUILD_OPS ?= 0
 # `make lock`. The package's own ranges (pyproject.toml) stay open for users' machines.
 LOCK ?= requirements-cpu.lock
 CONSTRAINTS = $(if $(LOCK),-c $(LOCK))
+PIP_INSTALL = $(PY) -m pip install -q
+# torch, triton and DeepSpeed go in without their bytecode, so that the CPU ops start building sooner; it is
+# compiled beside that build (as pip would have, failures of stray files ignored as pip ignores them).
+COMPILE_SITE = $(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))") \
+	> /dev/null || true
 
 .PHONY: setup run test lint bench score aot aot-rows gpu-check gpu-wheels gpu-fixtures gpu-rehearsal lock test-latest
 
@@ -31,12 +36,12 @@ setup: $(VENV)/.installed
 # The install steps, from the lock unless LOCK is empty (make lock and make test-latest: the newest releases).
 $(VENV)/.installed: pyproject.toml setup.py requirements-cpu.txt $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel $(CONSTRAINTS)
+	$(PIP_INSTALL) --upgrade pip "setuptools>=69" wheel $(CONSTRAINTS)
 	# torch first: DeepSpeed ships only an sdist whose build imports torch.
-	$(PY) -m pip install -q $$(grep -E '^(torch|triton)==' requirements-cpu.txt) $(CONSTRAINTS)
-	$(PY) -m pip install -q --no-build-isolation -r requirements-cpu.txt $(CONSTRAINTS)
-	$(BUILD_CPU_OPS) & ops=$$!; \
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev]" $(CONSTRAINTS); installed=$$?; \
+	$(PIP_INSTALL) --no-compile $$(grep -E '^(torch|triton)==' requirements-cpu.txt) $(CONSTRAINTS)
+	$(PIP_INSTALL) --no-compile --no-build-isolation -r requirements-cpu.txt $(CONSTRAINTS)
+	$(BUILD_CPU_OPS) & ops=$$!; $(COMPILE_SITE); \
+	$(PIP_INSTALL) --no-build-isolation -e ".[dev]" $(CONSTRAINTS); installed=$$?; \
 	wait $$ops || { echo "error: building DeepSpeed's CPU ops into $(EXTENSIONS) failed (a C++ compiler?)"; \
 	exit 1; }; exit $$installed
 	touch $@
