@@ -1,8 +1,8 @@
-"""Encode and evaluate sharded over torchrun ranks (no process group) and over separate `--shard I/N`
-processes give what one process gives, bit for bit; a shard that never finished is completed by a rerun with
-another N, every item made exactly once, and only the run that completes the set writes the shard folders /
-the table. Every process runs with one thread (OMP_NUM_THREADS=1), so the comparisons are between the same
-computation on the same machine with the same thread count."""
+"""Encode (over separate `--shard I/N` processes) and evaluate (over those and over torchrun ranks, no
+process group) sharded give what one process gives, bit for bit; a shard that never finished is completed by
+a rerun with another N, every item made exactly once, and only the run that completes the set writes the
+shard folders / the table. Every process runs with one thread (OMP_NUM_THREADS=1), so the comparisons are
+between the same computation on the same machine with the same thread count."""
 
 import json
 from pathlib import Path
@@ -79,7 +79,7 @@ def pairs_index(root):
     return index
 
 
-def encode(root, index, out, *extra, launcher=()):
+def encode(root, index, out, *extra):
     return start(
         "encode",
         "--pipeline",
@@ -95,7 +95,6 @@ def encode(root, index, out, *extra, launcher=()):
         "--device",
         "cpu",
         *extra,
-        launcher=launcher,
     )
 
 
@@ -107,11 +106,12 @@ def shard_folders(out: Path) -> dict[str, bytes]:
 
 
 def test_encode_sharded_equals_one_process_and_a_partial_run_is_finished_by_another_n(root, pairs_index):
-    one, ranks, mixed = root / "enc_one", root / "enc_ranks", root / "enc_mixed"
-    finish(encode(root, pairs_index, one), encode(root, pairs_index, ranks, launcher=TORCHRUN))
+    """`--shard` processes (encode takes its shard as generate does, whose torchrun ranks are checked in
+    test_sharded_stages)."""
+    one, mixed = root / "enc_one", root / "enc_mixed"
+    finish(encode(root, pairs_index, one))
     reference = shard_folders(one)
     assert {n.split("/")[0] for n in reference} == {"train", "heldout"}
-    assert shard_folders(ranks) == reference
     cached = len(list((one / "cache").glob("*.safetensors")))
     assert cached == 4 + 4  # 4 winner videos + 4 prompts, each encoded once
     (out,) = finish(encode(root, pairs_index, mixed, "--shard", "0/3"))  # shards 1/3, 2/3 never ran
