@@ -16,7 +16,7 @@ from videogpa.engine.runtime.distributed import child_env
 pytestmark = pytest.mark.slow
 
 RANK_SCRIPT = """
-import os, torch, deepspeed.comm
+import os, time, torch, deepspeed.comm
 from videogpa.engine.runtime import distributed as D
 D.init_distributed()
 values = torch.full((5,), float(D.rank() + 1))
@@ -24,8 +24,8 @@ deepspeed.comm.inference_all_reduce(values)  # through the shared-memory buffers
 print(f"rank {D.rank()}: sum {values.tolist()} buffer named {D.shared_memory_buffer().exists()}", flush=True)
 D.barrier()
 if D.rank() == 1:
-    os._exit(3)  # a crash: no clean-up code runs on this rank, and the launcher kills the other
-D.barrier()
+    os._exit(3)  # a crash: no clean-up code runs on this rank
+time.sleep(120)  # rank 0 waits to be killed by the launcher, which saw rank 1 fail
 """
 
 
