@@ -3,7 +3,6 @@ launcher and never removes it. init_distributed (engine/runtime/distributed.py) 
 once all ranks have mapped the buffers: the all-reduce still works, and a crash leaves nothing in RAM."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.stages.stage_helpers import REPO
+from tests.trainer.test_dpo_recipe import _free_port
 from videogpa.engine.runtime.distributed import child_env
 
 pytestmark = pytest.mark.slow
@@ -32,9 +32,7 @@ time.sleep(120)  # rank 0 waits to be killed by the launcher, which saw rank 1 f
 def test_launcher_runs_leave_no_shared_memory_behind(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), str(script)]
     env = child_env(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO))
